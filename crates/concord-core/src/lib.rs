@@ -1,0 +1,14 @@
+//! Sans-IO core of Concord: identifiers, per-room sequencing, idempotency, hybrid logical clocks.
+//!
+//! Nothing in this crate performs IO or reads the time by itself: clocks are injected
+//! through [`Clock`], so every piece can be tested deterministically.
+
+pub mod hlc;
+pub mod ids;
+pub mod idempotency;
+pub mod sequencer;
+
+pub use hlc::{Clock, HlcClock, HlcTimestamp, ManualClock};
+pub use idempotency::{IdemKey, IdempotencyTable, Lookup};
+pub use ids::{ClientId, Epoch, IdError, OpId, RoomId, RoomKind, Seq};
+pub use sequencer::{Sequencer, SinceCheck};

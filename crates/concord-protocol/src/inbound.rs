@@ -1,0 +1,209 @@
+//! Client → server messages and their decoding, with precise `bad_request` messages.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A client's position in a room's history, sent on (re)join.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// A decoded client message. Field values are not validated here beyond their JSON types.
+#[derive(Debug)]
+pub enum ClientMsg {
+    Hello {
+        client_id: String,
+        token: Option<String>,
+    },
+    Join {
+        room: String,
+        kind: Option<String>,
+        since: Option<Since>,
+        history: Option<u64>,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        id: String,
+        data: Box<RawValue>,
+    },
+}
+
+impl ClientMsg {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Leave { .. } => "leave",
+            ClientMsg::Publish { .. } => "publish",
+        }
+    }
+}
+
+/// Why a frame could not be decoded; always answered with `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub message: String,
+    /// The frame's `id`, if one could be read, to correlate the error.
+    pub id: Option<String>,
+    /// The frame's `room`, if one could be read.
+    pub room: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Loose {
+    id: Option<serde_json::Value>,
+    room: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct HelloBody {
+    client_id: String,
+    token: Option<String>,
+}
+#[derive(Deserialize)]
+struct JoinBody {
+    room: String,
+    kind: Option<String>,
+    since: Option<Since>,
+    history: Option<u64>,
+}
+#[derive(Deserialize)]
+struct LeaveBody {
+    room: String,
+}
+#[derive(Deserialize)]
+struct PublishBody {
+    room: String,
+    id: String,
+    data: Box<RawValue>,
+}
+
+fn fail(text: &str, message: String) -> DecodeError {
+    let loose: Option<Loose> = serde_json::from_str(text).ok();
+    let as_string = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) if s.len() <= 256 => Some(s),
+        _ => None,
+    };
+    let (id, room) = match loose {
+        Some(l) => (as_string(l.id), as_string(l.room)),
+        None => (None, None),
+    };
+    DecodeError { message, id, room }
+}
+
+fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, DecodeError> {
+    serde_json::from_str(text).map_err(|e| fail(text, format!("invalid {ty} message: {e}")))
+}
+
+/// Decodes one text frame.
+pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
+    let head: Head = serde_json::from_str(text).map_err(|e| DecodeError {
+        message: if e.is_data() {
+            "expected a JSON object with a \"type\" field".to_string()
+        } else {
+            format!("malformed JSON: {e}")
+        },
+        id: None,
+        room: None,
+    })?;
+    let ty = head
+        .ty
+        .ok_or_else(|| fail(text, "missing \"type\" field".to_string()))?;
+    Ok(match &*ty {
+        "hello" => {
+            let b: HelloBody = body(text, "hello")?;
+            ClientMsg::Hello {
+                client_id: b.client_id,
+                token: b.token,
+            }
+        }
+        "join" => {
+            let b: JoinBody = body(text, "join")?;
+            ClientMsg::Join {
+                room: b.room,
+                kind: b.kind,
+                since: b.since,
+                history: b.history,
+            }
+        }
+        "leave" => {
+            let b: LeaveBody = body(text, "leave")?;
+            ClientMsg::Leave { room: b.room }
+        }
+        "publish" => {
+            let b: PublishBody = body(text, "publish")?;
+            ClientMsg::Publish {
+                room: b.room,
+                id: b.id,
+                data: b.data,
+            }
+        }
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(fail(text, format!("unknown message type {shown:?}")));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decodes_every_type() {
+        let m = decode_client(r#"{"type":"hello","client_id":"c1","extra":1}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Hello { client_id, token: None } if client_id == "c1"));
+        let m = decode_client(
+            r#"{"type":"join","room":"r","kind":"stream","since":{"epoch":"e","seq":4}}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, ClientMsg::Join { since: Some(Since { seq: 4, .. }), .. }));
+        let m = decode_client(r#"{"type":"publish","room":"r","id":"m1","data":{"a":[1,2]}}"#)
+            .unwrap();
+        match m {
+            ClientMsg::Publish { data, .. } => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
+            _ => panic!("not a publish"),
+        }
+    }
+
+    #[test]
+    fn errors_are_specific_and_carry_id() {
+        let e = decode_client("{not json").unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        let e = decode_client("[1,2]").unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = decode_client(r#"{"room":"r"}"#).unwrap_err();
+        assert_eq!(e.message, "missing \"type\" field");
+        let e = decode_client(r#"{"type":"frobnicate","id":"x9"}"#).unwrap_err();
+        assert!(e.message.contains("unknown message type"));
+        assert_eq!(e.id.as_deref(), Some("x9"));
+        let e = decode_client(r#"{"type":"publish","room":"r","id":"m2"}"#).unwrap_err();
+        assert!(e.message.contains("missing field `data`"), "{}", e.message);
+        assert_eq!(e.id.as_deref(), Some("m2"));
+        assert_eq!(e.room.as_deref(), Some("r"));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_text(s in ".{0,200}") {
+            let _ = decode_client(&s);
+        }
+        #[test]
+        fn never_panics_on_json_like_text(s in r#"\{("(type|room|id|data|since|client_id)":("(hello|join|publish|leave)"|[0-9]{1,3}|\{\}|null|"x"),?){0,6}\}"#) {
+            let _ = decode_client(&s);
+        }
+    }
+}

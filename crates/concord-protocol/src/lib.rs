@@ -1,0 +1,14 @@
+//! Concord wire protocol v1: the JSON messages of `/v1/ws`, error codes, close codes, default limits.
+//!
+//! Both directions are decoded in two passes — first the `type`, then the message itself — so
+//! that `data` can stay a borrowed raw JSON slice and never be re-encoded by the server.
+
+pub mod codes;
+pub mod inbound;
+pub mod limits;
+pub mod outbound;
+
+pub use codes::{close, ErrorCode};
+pub use inbound::{decode_client, ClientMsg, DecodeError, Since};
+pub use limits::Limits;
+pub use outbound::{decode_server, ServerMsg};
