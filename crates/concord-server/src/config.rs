@@ -1,0 +1,95 @@
+//! Server configuration: every limit and timing knob, with production defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where committed events are kept.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// A SQLite database file (embedded mode). `sync_full` fsyncs every group commit.
+    Sqlite { path: PathBuf, sync_full: bool },
+    /// In-process memory only (tests of the logic above the store; nothing survives a restart).
+    Memory,
+}
+
+/// Everything `run` needs. Environment variables and flags are read by the CLI, not here.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: StoreConfig,
+    /// This node's id: in `welcome.node` and in every HLC timestamp it issues.
+    pub node_id: String,
+    /// Largest WebSocket message accepted (larger → close 1009).
+    pub max_frame_bytes: usize,
+    /// Largest event `data` accepted, in bytes of JSON (larger → `too_large`).
+    pub max_data_bytes: usize,
+    /// Bytes queued for one connection before it is closed with 4008 (lagging).
+    pub max_queue_bytes: usize,
+    /// Publishes one connection may have awaiting their ack; beyond it the server stops reading
+    /// that connection's frames until acks go out (backpressure).
+    pub max_inflight_per_conn: usize,
+    /// Rooms one connection may be joined to at once.
+    pub max_rooms_per_conn: usize,
+    /// Most missed events replayed on a `since` rejoin; older positions get `recovered:false`.
+    pub recovery_window: u64,
+    /// Most events `history` may ask for on join.
+    pub max_history: u64,
+    /// Recent committed events each loaded room keeps in memory for joins and recovery.
+    pub room_window: usize,
+    /// Recent idempotency keys each loaded room keeps in memory (older ones are looked up in the store).
+    pub idempotency_cache: usize,
+    /// Largest `limit` of `GET /v1/rooms/{room}/events`.
+    pub max_page: usize,
+    /// A connection that has not sent `hello` within this time is closed (1008).
+    pub handshake_timeout: Duration,
+    /// Interval of server WebSocket pings.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) arrived for this long is closed.
+    pub idle_timeout: Duration,
+    /// A room with no members and nothing in flight is unloaded after this long.
+    pub room_idle_unload: Duration,
+    /// On shutdown, how long connections get to receive their pending acks before close 1001.
+    pub shutdown_grace: Duration,
+    /// Most events the store writer commits in one transaction.
+    pub max_commit_batch: usize,
+    /// WebSocket read and write buffer sizes per connection (small: they cost memory per connection).
+    pub ws_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: StoreConfig::Memory,
+            node_id: "concord".to_string(),
+            max_frame_bytes: 1024 * 1024,
+            max_data_bytes: 64 * 1024,
+            max_queue_bytes: 8 * 1024 * 1024,
+            max_inflight_per_conn: 1024,
+            max_rooms_per_conn: 128,
+            recovery_window: 10_000,
+            max_history: 1_000,
+            room_window: 1_024,
+            idempotency_cache: 4_096,
+            max_page: 1_000,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            room_idle_unload: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            max_commit_batch: 4_096,
+            ws_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// The embedded default: a SQLite database under `data_dir`, fsync on every group commit.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            store: StoreConfig::Sqlite {
+                path: data_dir.into().join("concord.db"),
+                sync_full: true,
+            },
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
+
+mod http;
+mod ws;
+
+use crate::context::Shared;
+use crate::room::Registry;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every handler needs.
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub registry: Arc<Registry>,
+    /// Cancelled when the server begins shutting down.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket connection task, so shutdown can wait for them.
+    pub conns: TaskTracker,
+    pub next_conn_id: AtomicU64,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.shared.config.max_frame_bytes;
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/rooms/{room}/events", post(http::post_event).get(http::get_events))
+        .route("/v1/rooms/{room}", get(http::get_room))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics of one server instance (a registry per instance, so tests stay isolated).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub close_code: String,
+}
+
+/// Every metric the server exports, cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub rooms_active: Gauge,
+    pub frames_in: Counter,
+    pub events_committed: Counter,
+    pub deliveries: Counter,
+    pub duplicate_ops: Counter,
+    pub joins: Family<OutcomeLabel, Counter>,
+    pub errors: Family<CodeLabel, Counter>,
+    pub limit_hits: Family<LimitLabel, Counter>,
+    pub disconnects: Family<CloseLabel, Counter>,
+    pub ack_latency: Histogram,
+    pub store_commit: Histogram,
+    pub store_batch_events: Histogram,
+    registry: std::sync::Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            connections: Gauge::default(),
+            rooms_active: Gauge::default(),
+            frames_in: Counter::default(),
+            events_committed: Counter::default(),
+            deliveries: Counter::default(),
+            duplicate_ops: Counter::default(),
+            joins: Family::default(),
+            errors: Family::default(),
+            limit_hits: Family::default(),
+            disconnects: Family::default(),
+            ack_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            store_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            store_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            registry: Default::default(),
+        };
+        r.register("concord_connections", "Open WebSocket connections", m.connections.clone());
+        r.register("concord_rooms_active", "Rooms loaded in memory", m.rooms_active.clone());
+        r.register("concord_frames_in", "WebSocket frames received", m.frames_in.clone());
+        r.register("concord_events_committed", "Events committed (durable)", m.events_committed.clone());
+        r.register("concord_deliveries", "Event frames queued to members", m.deliveries.clone());
+        r.register("concord_duplicate_ops", "Retried ops answered with their original ack", m.duplicate_ops.clone());
+        r.register("concord_joins", "Joins by outcome (fresh, recovered, reset)", m.joins.clone());
+        r.register("concord_errors", "Error replies by code", m.errors.clone());
+        r.register("concord_limit_hits", "Requests refused or connections closed by a limit", m.limit_hits.clone());
+        r.register("concord_disconnects", "Connections closed by the server, by close code", m.disconnects.clone());
+        r.register("concord_ack_latency_seconds", "Time from receiving a publish to sending its ack", m.ack_latency.clone());
+        r.register("concord_store_commit_seconds", "Duration of one store group commit", m.store_commit.clone());
+        r.register("concord_store_batch_events", "Events per store group commit", m.store_batch_events.clone());
+        Metrics {
+            registry: std::sync::Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn error(&self, code: concord_protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn limit(&self, limit: &str) {
+        self.limit_hits
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn disconnect(&self, close_code: u16) {
+        self.disconnects
+            .get_or_create(&CloseLabel {
+                close_code: close_code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn join(&self, outcome: &str) {
+        self.joins
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,8 @@
+//! Rooms: one actor task per loaded room (the room's sequencer), and the registry that finds them.
+
+mod actor;
+mod msg;
+mod registry;
+
+pub use msg::{Acked, Publish, Reply, RoomError, RoomMsg, Waiter};
+pub use registry::Registry;

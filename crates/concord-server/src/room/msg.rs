@@ -1,0 +1,108 @@
+//! Messages to a room actor and the ways it answers them.
+
+use crate::outbound::{ConnHandle, Outbound};
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
+use concord_protocol::{outbound as wire, ErrorCode, Since};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+pub enum RoomMsg {
+    Join {
+        conn: ConnHandle,
+        kind: Option<RoomKind>,
+        since: Option<Since>,
+        history: u64,
+        /// Told `true` once the connection is a member (dropped on refusal).
+        joined: oneshot::Sender<bool>,
+    },
+    /// The connection left (`notify` gets `left`) or went away (`notify` is None).
+    Leave {
+        conn_id: u64,
+        notify: Option<Outbound>,
+    },
+    Publish(Publish),
+}
+
+/// One event to sequence.
+pub struct Publish {
+    pub client: ClientId,
+    pub data: Box<RawValue>,
+    /// Create the room as a stream room if it does not exist (HTTP publish).
+    pub create: bool,
+    pub waiter: Waiter,
+}
+
+/// Whoever waits for the outcome of one op: its id, when it arrived, and where to answer.
+pub struct Waiter {
+    pub id: Option<OpId>,
+    pub received: Instant,
+    pub reply: Reply,
+}
+
+/// Where the outcome of a publish goes.
+pub enum Reply {
+    /// A WebSocket connection; the permit bounds its publishes in flight.
+    Ws {
+        out: Outbound,
+        _permit: OwnedSemaphorePermit,
+    },
+    Http(oneshot::Sender<Result<Acked, RoomError>>),
+}
+
+/// A committed publish.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub seq: Seq,
+    pub hlc: Arc<str>,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RoomError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RoomError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RoomError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Waiter {
+    pub fn ack(self, room: &RoomId, acked: Acked) {
+        match self.reply {
+            Reply::Ws { out, .. } => {
+                let id = self.id.as_ref().map(|i| i.as_str()).unwrap_or("");
+                out.send(Utf8Bytes::from(wire::ack(room.as_str(), id, acked.seq.0, &acked.hlc)));
+            }
+            Reply::Http(tx) => {
+                let _ = tx.send(Ok(acked));
+            }
+        }
+    }
+
+    pub fn fail(self, room: &RoomId, err: RoomError) {
+        match self.reply {
+            Reply::Ws { out, .. } => {
+                out.send(Utf8Bytes::from(wire::error(
+                    self.id.as_ref().map(|i| i.as_str()),
+                    Some(room.as_str()),
+                    err.code,
+                    &err.message,
+                    None,
+                )));
+            }
+            Reply::Http(tx) => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `MemoryStore`: the store contract held in process memory, for tests of the logic above it.
+
+use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use async_trait::async_trait;
+use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Default)]
+struct MemRoom {
+    kind: Option<RoomKind>,
+    epoch: Option<Epoch>,
+    events: Vec<StoredEvent>,
+    keys: HashSet<(String, String)>,
+}
+
+/// Nothing survives the process; use [`super::SqliteStore`] for anything durable.
+#[derive(Default)]
+pub struct MemoryStore {
+    rooms: Mutex<HashMap<RoomId, MemRoom>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        let rooms = self.rooms.lock();
+        Ok(rooms.get(room).and_then(|r| {
+            Some(RoomRecord {
+                kind: r.kind?,
+                epoch: r.epoch.clone()?,
+                head: Seq(r.events.len() as u64),
+                head_hlc: r.events.last().map(|e| e.hlc.clone()),
+            })
+        }))
+    }
+
+    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
+        let mut rooms = self.rooms.lock();
+        let r = rooms.entry(room.clone()).or_default();
+        if r.kind.is_none() {
+            r.kind = Some(kind);
+            r.epoch = Some(epoch.clone());
+        }
+        Ok(())
+    }
+
+    async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()> {
+        let mut rooms = self.rooms.lock();
+        let r = rooms
+            .get_mut(room)
+            .filter(|r| r.kind.is_some())
+            .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
+        let mut expected = r.events.len() as u64 + 1;
+        let mut new_keys = HashSet::new();
+        for e in &events {
+            if let Some(op) = &e.op_id {
+                let key = (e.from.clone(), op.clone());
+                if r.keys.contains(&key) || !new_keys.insert(key) {
+                    return Err(StoreError::Backend(format!("duplicate op id {op} from {}", e.from)));
+                }
+            }
+            if e.seq.0 != expected {
+                return Err(StoreError::NotContiguous {
+                    room: room.to_string(),
+                    expected,
+                    got: e.seq.0,
+                });
+            }
+            expected += 1;
+        }
+        r.keys.extend(new_keys);
+        r.events.extend(events);
+        Ok(())
+    }
+
+    async fn read_events(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rooms = self.rooms.lock();
+        Ok(rooms
+            .get(room)
+            .map(|r| {
+                r.events
+                    .iter()
+                    .skip(after.0 as usize)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>> {
+        let rooms = self.rooms.lock();
+        let Some(r) = rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        Ok(r
+            .events
+            .iter()
+            .filter_map(|e| {
+                let op = e.op_id.as_ref()?;
+                keys.iter()
+                    .any(|(f, o)| *f == e.from && o == op)
+                    .then(|| FoundOp {
+                        from: e.from.clone(),
+                        op_id: op.clone(),
+                        seq: e.seq,
+                        hlc: e.hlc.clone(),
+                    })
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! The `Store` trait — the durable record of rooms and their events — and its backends.
+//!
+//! A store only ever holds committed events. `append` returns once the events are durable and
+//! refuses any append that does not continue the room's log exactly (`expected` seq), which is
+//! the fencing that keeps a log gap-free even when an earlier commit failed.
+
+use async_trait::async_trait;
+use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use serde_json::value::RawValue;
+
+mod memory;
+mod sqlite;
+#[cfg(test)]
+mod suite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// One committed event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub hlc: String,
+    /// The client that sent it (`http` for the HTTP API).
+    pub from: String,
+    /// The client's op id, if it gave one (idempotency key with `from`).
+    pub op_id: Option<String>,
+    pub data: Box<RawValue>,
+}
+
+/// What the store knows about a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub kind: RoomKind,
+    pub epoch: Epoch,
+    /// The last committed seq (0 for an empty room).
+    pub head: Seq,
+    /// The hlc of the event at `head`, if any.
+    pub head_hlc: Option<String>,
+}
+
+/// An op found by its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundOp {
+    pub from: String,
+    pub op_id: String,
+    pub seq: Seq,
+    pub hlc: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("room {0} does not exist")]
+    NoRoom(String),
+    #[error("append to {room} at seq {got} does not continue the log (expected {expected})")]
+    NotContiguous { room: String, expected: u64, got: u64 },
+    #[error("store is closed")]
+    Closed,
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The durable record. Implementations: [`SqliteStore`] (embedded), [`MemoryStore`] (tests).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The room's record, or `None` if it was never created.
+    async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>>;
+    /// Creates a room durably; creating an existing room with the same kind is a no-op.
+    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()>;
+    /// Appends events with consecutive seqs following the room's head; durable on return.
+    async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()>;
+    /// Up to `limit` events with seq > `after`, in seq order.
+    async fn read_events(&self, room: &RoomId, after: Seq, limit: usize)
+        -> StoreResult<Vec<StoredEvent>>;
+    /// The committed ops among `keys` (from, op_id).
+    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>>;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Finishes pending writes and releases the backend (called once, at shutdown).
+    async fn close(&self) {}
+}

@@ -1,0 +1,399 @@
+//! `SqliteStore`: the embedded store — one WAL database, one writer thread doing group commits.
+//!
+//! Appends from every room queue to the writer thread, which takes everything queued (up to a
+//! batch bound), writes it in one transaction with one savepoint per request (a failing request
+//! never takes others down), commits (fsync with `synchronous=FULL`) and then answers each
+//! request. Reads use a small pool of separate connections, which see committed data only.
+
+use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rooms (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    room INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc TEXT NOT NULL,
+    client TEXT NOT NULL,
+    op_id TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (room, client, op_id) WHERE op_id IS NOT NULL;
+";
+
+const MAX_READERS: usize = 8;
+
+enum WriteReq {
+    Create {
+        room: RoomId,
+        kind: RoomKind,
+        epoch: Epoch,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Append {
+        room: RoomId,
+        events: Vec<StoredEvent>,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The embedded SQLite store. See the module docs for the commit path.
+pub struct SqliteStore {
+    tx: mpsc::Sender<WriteReq>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" })?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path, sync_full: bool, max_batch: usize, metrics: Metrics) -> StoreResult<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = open_conn(path, sync_full)?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("concord-sqlite-writer".into())
+            .spawn(move || Writer::new(conn, max_batch.max(1), metrics).run(rx))
+            .map_err(|e| StoreError::Backend(format!("spawning writer: {e}")))?;
+        Ok(SqliteStore {
+            tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn write(&self, make: impl FnOnce(oneshot::Sender<StoreResult<()>>) -> WriteReq) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = open_conn(&path, false)?;
+                    c.pragma_update(None, "query_only", true)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            let mut pool = pool.lock();
+            if pool.len() < MAX_READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, Option<String>, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        let name = room.to_string();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached("SELECT id, kind, epoch FROM rooms WHERE name = ?1")?
+                .query_row([&name], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+                .optional()?;
+            let Some((id, kind, epoch)) = row else {
+                return Ok(None);
+            };
+            let head = c
+                .prepare_cached("SELECT seq, hlc FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT 1")?
+                .query_row([id], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            let kind = RoomKind::parse(&kind).map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok(Some(RoomRecord {
+                kind,
+                epoch: Epoch(epoch),
+                head: Seq(head.as_ref().map(|h| h.0).unwrap_or(0)),
+                head_hlc: head.map(|h| h.1),
+            }))
+        })
+        .await
+    }
+
+    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Create {
+            room: room.clone(),
+            kind,
+            epoch: epoch.clone(),
+            reply,
+        })
+        .await
+    }
+
+    async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Append {
+            room: room.clone(),
+            events,
+            reply,
+        })
+        .await
+    }
+
+    async fn read_events(&self, room: &RoomId, after: Seq, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let name = room.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.hlc, e.client, e.op_id, e.data FROM events e JOIN rooms r ON e.room = r.id \
+                 WHERE r.name = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![name, after.0, limit as i64], row_to_event)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hlc, from, op_id, data) = row?;
+                out.push(StoredEvent {
+                    seq: Seq(seq),
+                    hlc,
+                    from,
+                    op_id,
+                    data: RawValue::from_string(data)
+                        .map_err(|e| StoreError::Backend(format!("stored data is not JSON: {e}")))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>> {
+        let name = room.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.hlc FROM events e JOIN rooms r ON e.room = r.id \
+                 WHERE r.name = ?1 AND e.client = ?2 AND e.op_id = ?3",
+            )?;
+            let mut out = Vec::new();
+            for (from, op_id) in keys {
+                let found = stmt
+                    .query_row(params![name, from, op_id], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+                    .optional()?;
+                if let Some((seq, hlc)) = found {
+                    out.push(FoundOp {
+                        from,
+                        op_id,
+                        seq: Seq(seq),
+                        hlc,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteReq::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+        self.readers.lock().clear();
+    }
+}
+
+/// The writer thread: group commit of everything queued.
+struct Writer {
+    conn: Connection,
+    max_batch: usize,
+    metrics: Metrics,
+    /// room name → (row id, head seq), for rooms appended to since the last failed commit.
+    rooms: HashMap<RoomId, (i64, u64)>,
+}
+
+impl Writer {
+    fn new(conn: Connection, max_batch: usize, metrics: Metrics) -> Self {
+        Writer {
+            conn,
+            max_batch,
+            metrics,
+            rooms: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<WriteReq>) {
+        let mut close_reply = None;
+        while let Ok(first) = rx.recv() {
+            let mut batch = Vec::new();
+            let mut events = 0usize;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    WriteReq::Close { reply } => {
+                        close_reply = Some(reply);
+                        break;
+                    }
+                    WriteReq::Append { events: ref e, .. } => events += e.len(),
+                    WriteReq::Create { .. } => events += 1,
+                }
+                batch.push(req);
+                if events < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(batch, events);
+            }
+            if close_reply.is_some() {
+                break;
+            }
+        }
+        drop(self.conn);
+        if let Some(reply) = close_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<WriteReq>, events: usize) {
+        let start = Instant::now();
+        let mut results: Vec<StoreResult<()>> = Vec::with_capacity(batch.len());
+        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = began {
+            let msg = e.to_string();
+            for req in batch {
+                reply(req, Err(StoreError::Backend(msg.clone())));
+            }
+            return;
+        }
+        for req in &batch {
+            let r = self.conn.execute_batch("SAVEPOINT req").map_err(StoreError::from).and_then(|_| {
+                let r = self.apply(req);
+                let end = if r.is_ok() { "RELEASE req" } else { "ROLLBACK TO req; RELEASE req" };
+                self.conn.execute_batch(end)?;
+                if let Ok(Some((room, id, head))) = &r {
+                    self.rooms.insert(room.clone(), (*id, *head));
+                }
+                r.map(|_| ())
+            });
+            results.push(r);
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.metrics.store_commit.observe(start.elapsed().as_secs_f64());
+                self.metrics.store_batch_events.observe(events as f64);
+                for (req, r) in batch.into_iter().zip(results) {
+                    reply(req, r);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.rooms.clear();
+                let msg = e.to_string();
+                for req in batch {
+                    reply(req, Err(StoreError::Backend(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Applies one request inside the open transaction; returns the room's new head on append.
+    fn apply(&mut self, req: &WriteReq) -> StoreResult<Option<(RoomId, i64, u64)>> {
+        match req {
+            WriteReq::Create { room, kind, epoch, .. } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO rooms (name, kind, epoch, created_ms) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT(name) DO NOTHING",
+                    )?
+                    .execute(params![room.as_str(), kind.as_str(), epoch.as_str(), now])?;
+                Ok(None)
+            }
+            WriteReq::Append { room, events, .. } => {
+                let (id, head) = match self.rooms.get(room) {
+                    Some(v) => *v,
+                    None => self
+                        .conn
+                        .prepare_cached(
+                            "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = rooms.id) \
+                             FROM rooms WHERE name = ?1",
+                        )?
+                        .query_row([room.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)))
+                        .optional()?
+                        .ok_or_else(|| StoreError::NoRoom(room.to_string()))?,
+                };
+                let mut expected = head + 1;
+                let mut stmt = self.conn.prepare_cached(
+                    "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for e in events {
+                    if e.seq.0 != expected {
+                        return Err(StoreError::NotContiguous {
+                            room: room.to_string(),
+                            expected,
+                            got: e.seq.0,
+                        });
+                    }
+                    stmt.execute(params![id, e.seq.0, e.hlc, e.from, e.op_id, e.data.get()])?;
+                    expected += 1;
+                }
+                Ok(Some((room.clone(), id, expected - 1)))
+            }
+            WriteReq::Close { .. } => Ok(None),
+        }
+    }
+}
+
+fn reply(req: WriteReq, result: StoreResult<()>) {
+    match req {
+        WriteReq::Create { reply, .. } | WriteReq::Append { reply, .. } => {
+            let _ = reply.send(result);
+        }
+        WriteReq::Close { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}
