@@ -1,1 +1,39 @@
-//! placeholder
+//! Rust client for Concord: one background task per [`Client`] keeps a WebSocket to the server,
+//! reconnects with jittered exponential backoff, rejoins rooms from the last seq seen (delivering
+//! exactly the missed events, or a [`RoomUpdate::Reset`]) and resends unacked publishes with
+//! their original ids, so that nothing is lost or duplicated across disconnects.
+//!
+//! Stream rooms only for now; doc rooms will add their own [`RoomUpdate`] variants.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), concord_client::ClientError> {
+//! use concord_client::{Client, ClientConfig, JoinOptions, RoomUpdate};
+//! let client = Client::connect(ClientConfig::new("ws://127.0.0.1:7070/v1/ws")).await?;
+//! let mut room = client.join("chat:lobby", JoinOptions::stream().with_history(10)).await?;
+//! let ack = client.publish("chat:lobby", serde_json::json!({"text": "hi"})).await?;
+//! while let Some(update) = room.next().await {
+//!     match update {
+//!         RoomUpdate::Event(e) if e.seq == ack.seq => break,
+//!         _ => {}
+//!     }
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod client;
+mod config;
+mod conn;
+mod error;
+mod pending;
+mod room;
+mod task;
+mod track;
+mod wire;
+
+pub use client::{Ack, AckFuture, Client, Stats};
+pub use concord_protocol::outbound::EventMsg;
+pub use config::{random_client_id, ClientConfig, JoinOptions};
+pub use error::ClientError;
+pub use room::{Room, RoomUpdate};

@@ -1,0 +1,66 @@
+//! Opening one connection: WebSocket handshake, `hello`, wait for `welcome`.
+
+use concord_protocol::{decode_server, ServerMsg};
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::error::ClientError;
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects to `url`, sends the `hello` frame and returns once `welcome` arrived.
+/// An `error` before `welcome` (e.g. `unauthorized`) is returned as [`ClientError::Server`].
+pub(crate) async fn establish(
+    url: String,
+    hello: String,
+    timeout: Duration,
+) -> Result<Ws, ClientError> {
+    let attempt = async {
+        let (mut ws, _response) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+        ws.send(Message::text(hello))
+            .await
+            .map_err(|e| ClientError::Connect(format!("sending hello: {e}")))?;
+        loop {
+            let frame = match ws.next().await {
+                None => return Err(ClientError::Connect("closed before welcome".into())),
+                Some(Err(e)) => return Err(ClientError::Connect(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            match frame {
+                Message::Text(text) => match decode_server(&text) {
+                    Ok(ServerMsg::Welcome { node, .. }) => {
+                        tracing::debug!(%url, %node, "welcome");
+                        return Ok(ws);
+                    }
+                    Ok(ServerMsg::Error {
+                        code,
+                        message,
+                        retry_after_ms,
+                        ..
+                    }) => return Err(ClientError::server(code, message, retry_after_ms)),
+                    other => tracing::debug!(?other, "ignoring frame before welcome"),
+                },
+                Message::Close(close) => {
+                    let why = close.map_or_else(|| "no code".to_string(), |c| c.to_string());
+                    return Err(ClientError::Connect(format!(
+                        "closed before welcome: {why}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Connect(format!(
+                "no welcome within {timeout:?}"
+            )))
+        })
+}

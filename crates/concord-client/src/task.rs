@@ -1,0 +1,795 @@
+//! The background task: owns the WebSocket, reconnects with backoff, rejoins rooms from their
+//! last seq, resends unacked publishes, and routes server frames to the handles.
+
+use concord_protocol::outbound::EventMsg;
+use concord_protocol::{close, decode_server, ErrorCode, ServerMsg};
+use futures::{SinkExt, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+
+use crate::backoff::Backoff;
+use crate::client::{Ack, Counters};
+use crate::config::{ClientConfig, JoinOptions};
+use crate::conn::{self, Ws};
+use crate::error::ClientError;
+use crate::pending::{AckReply, PendingQueue};
+use crate::room::{Delivery, Room, RoomUpdate};
+use crate::track::SeqTracker;
+use crate::wire;
+
+/// Room kinds this client can follow. (Doc rooms will add their own state handling.)
+const STREAM_KIND: &str = "stream";
+/// At most this many queued commands are handled before writing what they produced.
+const COMMAND_BATCH: usize = 1024;
+
+/// A request from a handle to the task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Join {
+        room: String,
+        opts: JoinOptions,
+        reply: oneshot::Sender<Result<Room, ClientError>>,
+    },
+    Leave {
+        room: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Publish {
+        room: String,
+        id: String,
+        frame: Utf8Bytes,
+        deadline: Option<Instant>,
+        reply: AckReply,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A room with a live [`Room`] handle.
+struct JoinedRoom {
+    kind: String,
+    tracker: SeqTracker,
+    tx: mpsc::UnboundedSender<Delivery>,
+}
+
+/// A first join waiting for its `joined`.
+struct JoinRequest {
+    opts: JoinOptions,
+    reply: oneshot::Sender<Result<Room, ClientError>>,
+    /// Sent on the current connection (its answer is the next `joined`/`error` for the room).
+    sent: bool,
+}
+
+/// The state of the current connection.
+enum Link {
+    /// No session (backoff, connecting, handshake).
+    Offline,
+    /// Welcome received; waiting for the `joined` of these rejoined rooms.
+    Rejoining(HashSet<String>),
+    /// Every room rejoined: publishes flow.
+    Ready,
+}
+
+/// What to do after handling an input.
+enum Step {
+    Continue,
+    /// Drop this connection and establish a new one.
+    Reconnect(String),
+    /// Stop for good with this error.
+    Fatal(ClientError),
+    /// Close gracefully and stop.
+    Close,
+}
+
+enum Input {
+    Cmd(Option<Command>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    Timer,
+}
+
+pub(crate) struct Task {
+    config: ClientConfig,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    connected: watch::Sender<bool>,
+    counters: Arc<Counters>,
+    backoff: Backoff,
+    /// Failed attempts since the last session that got every room rejoined.
+    attempt: u32,
+    link: Link,
+    rooms: HashMap<String, JoinedRoom>,
+    joining: HashMap<String, JoinRequest>,
+    /// Leaves sent and not answered; a new join of such a room waits for the answer.
+    leaving: HashMap<String, Vec<oneshot::Sender<Result<(), ClientError>>>>,
+    pending: PendingQueue,
+    closers: Vec<oneshot::Sender<()>>,
+}
+
+impl Task {
+    pub(crate) fn new(
+        config: ClientConfig,
+        cmds: mpsc::UnboundedReceiver<Command>,
+        connected: watch::Sender<bool>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Task {
+            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            config,
+            cmds,
+            connected,
+            counters,
+            attempt: 0,
+            link: Link::Offline,
+            rooms: HashMap::new(),
+            joining: HashMap::new(),
+            leaving: HashMap::new(),
+            pending: PendingQueue::default(),
+            closers: Vec::new(),
+        }
+    }
+
+    /// Runs until closed. `first` gets the outcome of the first connection; if that fails the
+    /// task ends.
+    pub(crate) async fn run(mut self, first: oneshot::Sender<Result<(), ClientError>>) {
+        let mut first = Some(first);
+        let reason = loop {
+            if first.is_none() {
+                let delay = self.backoff.delay(self.attempt, &mut rand::rng());
+                self.attempt = self.attempt.saturating_add(1);
+                tracing::debug!(?delay, attempt = self.attempt, "reconnecting after backoff");
+                if self.wait_offline(tokio::time::sleep(delay)).await.is_none() {
+                    break ClientError::Closed;
+                }
+            }
+            let hello = wire::hello(&self.config.client_id, self.config.token.as_deref());
+            let attempt =
+                conn::establish(self.config.url.clone(), hello, self.config.connect_timeout);
+            let ws = match self.wait_offline(attempt).await {
+                None => break ClientError::Closed,
+                Some(Ok(ws)) => ws,
+                Some(Err(e)) => {
+                    if let Some(first) = first.take() {
+                        let _ = first.send(Err(e.clone()));
+                        break e;
+                    }
+                    if e.is_fatal() {
+                        tracing::error!(error = %e, "reconnect refused; giving up");
+                        break e;
+                    }
+                    tracing::warn!(error = %e, "reconnect failed");
+                    continue;
+                }
+            };
+            match first.take() {
+                Some(first) => {
+                    let _ = first.send(Ok(()));
+                }
+                None => Counters::bump(&self.counters.reconnects, 1),
+            }
+            match self.session(ws).await {
+                Step::Close => break ClientError::Closed,
+                Step::Fatal(e) => break e,
+                Step::Continue | Step::Reconnect(_) => {}
+            }
+        };
+        self.finish(reason);
+    }
+
+    /// Drives `fut` while handling commands and timers offline. `None` if the client was
+    /// closed meanwhile.
+    async fn wait_offline<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            let wake = self.pending.next_wakeup(Instant::now());
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                cmd = self.cmds.recv() => {
+                    let step = match cmd {
+                        None => Step::Close,
+                        Some(cmd) => self.on_command(cmd, &mut Vec::new()),
+                    };
+                    if matches!(step, Step::Close) {
+                        return None;
+                    }
+                }
+                () = sleep_until(wake) => self.on_timer(&mut Vec::new()),
+            }
+        }
+    }
+
+    /// One connected session, from `welcome` until the connection is lost or closed.
+    /// Returns `Close`, `Fatal` or `Reconnect`.
+    async fn session(&mut self, mut ws: Ws) -> Step {
+        let mut out = Vec::new();
+        self.start_session(&mut out);
+        let end = loop {
+            if !out.is_empty() {
+                if let Err(e) = write_all(&mut ws, &mut out).await {
+                    break Step::Reconnect(format!("write failed: {e}"));
+                }
+            }
+            let wake = self.pending.next_wakeup(Instant::now());
+            let input = tokio::select! {
+                cmd = self.cmds.recv() => Input::Cmd(cmd),
+                frame = ws.next() => Input::Frame(frame),
+                () = sleep_until(wake) => Input::Timer,
+            };
+            let step = match input {
+                Input::Cmd(None) => Step::Close,
+                Input::Cmd(Some(cmd)) => self.on_commands(cmd, &mut out),
+                Input::Frame(None) => Step::Reconnect("connection closed".into()),
+                Input::Frame(Some(Err(e))) => Step::Reconnect(format!("read failed: {e}")),
+                Input::Frame(Some(Ok(frame))) => self.on_frame(frame, &mut out),
+                Input::Timer => {
+                    self.on_timer(&mut out);
+                    Step::Continue
+                }
+            };
+            if !matches!(step, Step::Continue) {
+                break step;
+            }
+        };
+        self.end_session();
+        match &end {
+            Step::Close => {
+                // Flush what the last commands produced, then the close handshake.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = write_all(&mut ws, &mut out).await;
+                    let _ = ws.close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Step::Reconnect(why) => {
+                tracing::info!(reason = %why, "connection lost; reconnecting");
+                let _ = tokio::time::timeout(Duration::from_millis(250), ws.close(None)).await;
+            }
+            Step::Fatal(e) => tracing::error!(error = %e, "connection refused; giving up"),
+            Step::Continue => {}
+        }
+        end
+    }
+
+    fn online(&self) -> bool {
+        !matches!(self.link, Link::Offline)
+    }
+
+    /// Welcome received: rejoin every room from its position, send pending first joins.
+    fn start_session(&mut self, out: &mut Vec<Message>) {
+        self.rooms.retain(|_, r| !r.tx.is_closed());
+        let mut waiting = HashSet::new();
+        for (name, room) in &self.rooms {
+            let since = room.tracker.since();
+            out.push(text(wire::join(name, Some(&room.kind), Some(&since), None)));
+            waiting.insert(name.clone());
+        }
+        for (name, req) in &mut self.joining {
+            out.push(text(wire::join(
+                name,
+                req.opts.kind.as_deref(),
+                None,
+                req.opts.history,
+            )));
+            req.sent = true;
+        }
+        tracing::debug!(
+            rooms = waiting.len(),
+            joins = self.joining.len(),
+            publishes = self.pending.len(),
+            "session started"
+        );
+        self.link = Link::Rejoining(waiting);
+        self.check_ready(out);
+    }
+
+    /// Once every rejoin is answered: connected, and the pending publishes go out in order.
+    fn check_ready(&mut self, out: &mut Vec<Message>) {
+        if matches!(&self.link, Link::Rejoining(w) if w.is_empty()) {
+            self.link = Link::Ready;
+            self.attempt = 0;
+            self.connected.send_replace(true);
+            self.flush_pending(out);
+        }
+    }
+
+    fn end_session(&mut self) {
+        self.link = Link::Offline;
+        self.connected.send_replace(false);
+        self.pending.connection_lost();
+        for req in self.joining.values_mut() {
+            req.sent = false;
+        }
+        // Not rejoined on the next connection: as good as left.
+        for (_, waiters) in self.leaving.drain() {
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    /// Stops for good: everything still waiting gets `reason`, rooms end.
+    fn finish(&mut self, reason: ClientError) {
+        tracing::debug!(reason = %reason, "client task stopping");
+        self.connected.send_replace(false);
+        self.cmds.close();
+        while let Ok(cmd) = self.cmds.try_recv() {
+            match cmd {
+                Command::Join { reply, .. } => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                Command::Leave { reply, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                Command::Publish { reply, .. } => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                Command::Close { reply } => self.closers.push(reply),
+            }
+        }
+        for w in self.pending.drain() {
+            let _ = w.send(Err(reason.clone()));
+        }
+        for (_, req) in self.joining.drain() {
+            let _ = req.reply.send(Err(reason.clone()));
+        }
+        for (_, waiters) in self.leaving.drain() {
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        for (_, room) in self.rooms.drain() {
+            let _ = room.tx.send(Delivery::Ended(reason.clone()));
+        }
+        for c in self.closers.drain(..) {
+            let _ = c.send(());
+        }
+    }
+
+    /// Handles `first` and whatever else is already queued, so that it is written in one flush.
+    fn on_commands(&mut self, first: Command, out: &mut Vec<Message>) -> Step {
+        let mut step = self.on_command(first, out);
+        for _ in 0..COMMAND_BATCH {
+            if !matches!(step, Step::Continue) {
+                break;
+            }
+            match self.cmds.try_recv() {
+                Ok(cmd) => step = self.on_command(cmd, out),
+                Err(_) => break,
+            }
+        }
+        step
+    }
+
+    fn on_command(&mut self, cmd: Command, out: &mut Vec<Message>) -> Step {
+        match cmd {
+            Command::Join { room, opts, reply } => self.on_join(room, opts, reply, out),
+            Command::Leave { room, reply } => self.on_leave(room, reply, out),
+            Command::Publish {
+                room,
+                id,
+                frame,
+                deadline,
+                reply,
+            } => {
+                self.pending.push(room, id, frame, deadline, reply);
+                self.flush_pending(out);
+            }
+            Command::Close { reply } => {
+                self.closers.push(reply);
+                return Step::Close;
+            }
+        }
+        Step::Continue
+    }
+
+    fn on_join(
+        &mut self,
+        room: String,
+        opts: JoinOptions,
+        reply: oneshot::Sender<Result<Room, ClientError>>,
+        out: &mut Vec<Message>,
+    ) {
+        if let Some(joined) = self.rooms.get(&room) {
+            if !joined.tx.is_closed() {
+                let _ = reply.send(Err(ClientError::AlreadyJoined(room)));
+                return;
+            }
+            // The previous handle was dropped: leave, then join afresh.
+            self.drop_room(&room, out);
+        }
+        if let Some(req) = self.joining.get_mut(&room) {
+            if req.reply.is_closed() {
+                req.reply = reply; // the earlier caller gave up; take over its join
+            } else {
+                let _ = reply.send(Err(ClientError::AlreadyJoined(room)));
+            }
+            return;
+        }
+        let mut req = JoinRequest {
+            opts,
+            reply,
+            sent: false,
+        };
+        if self.online() && !self.leaving.contains_key(&room) {
+            out.push(text(wire::join(
+                &room,
+                req.opts.kind.as_deref(),
+                None,
+                req.opts.history,
+            )));
+            req.sent = true;
+        }
+        self.joining.insert(room, req);
+    }
+
+    fn on_leave(
+        &mut self,
+        room: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+        out: &mut Vec<Message>,
+    ) {
+        let mut on_server = self.leaving.contains_key(&room);
+        if self.rooms.remove(&room).is_some() {
+            self.forget_rejoin(&room);
+            on_server = true;
+        }
+        if let Some(req) = self.joining.remove(&room) {
+            on_server |= req.sent;
+            let _ = req.reply.send(Err(ClientError::Cancelled(room.clone())));
+        }
+        if on_server {
+            self.send_leave(&room, Some(reply), out);
+        } else {
+            let _ = reply.send(Ok(()));
+        }
+        self.check_ready(out);
+    }
+
+    /// Sends `leave` (when online) and remembers it until `left`.
+    fn send_leave(
+        &mut self,
+        room: &str,
+        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+        out: &mut Vec<Message>,
+    ) {
+        if !self.online() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        }
+        let waiters = match self.leaving.get_mut(room) {
+            Some(waiters) => waiters,
+            None => {
+                out.push(text(wire::leave(room)));
+                self.leaving.entry(room.to_string()).or_default()
+            }
+        };
+        waiters.extend(reply);
+    }
+
+    /// Forgets a room whose handle is gone (or that is being replaced), leaving it on the server.
+    fn drop_room(&mut self, room: &str, out: &mut Vec<Message>) {
+        if self.rooms.remove(room).is_some() {
+            tracing::debug!(room, "room handle dropped; leaving");
+            self.forget_rejoin(room);
+            self.send_leave(room, None, out);
+        }
+    }
+
+    fn forget_rejoin(&mut self, room: &str) {
+        if let Link::Rejoining(waiting) = &mut self.link {
+            waiting.remove(room);
+        }
+    }
+
+    /// Sends the queued publishes that may go now (only once every room is rejoined).
+    fn flush_pending(&mut self, out: &mut Vec<Message>) {
+        if !matches!(self.link, Link::Ready) {
+            return;
+        }
+        let sends = self.pending.take_sendable(Instant::now());
+        let resent = sends.iter().filter(|o| o.resend).count() as u64;
+        if resent > 0 {
+            Counters::bump(&self.counters.resent_publishes, resent);
+        }
+        out.extend(sends.into_iter().map(|o| Message::Text(o.frame)));
+    }
+
+    fn on_timer(&mut self, out: &mut Vec<Message>) {
+        for w in self.pending.expire(Instant::now()) {
+            let _ = w.send(Err(ClientError::Timeout));
+        }
+        self.flush_pending(out);
+    }
+
+    fn on_frame(&mut self, frame: Message, out: &mut Vec<Message>) -> Step {
+        match frame {
+            Message::Text(text) => self.on_text(&text, out),
+            Message::Close(frame) => {
+                let code = frame.as_ref().map(|f| u16::from(f.code));
+                let why = match code {
+                    Some(close::LAGGING) => "lagging",
+                    Some(close::GOING_AWAY) => "server going away",
+                    Some(close::POLICY) => "policy",
+                    Some(close::TOO_BIG) => "frame too big",
+                    _ => "closed by server",
+                };
+                Step::Reconnect(format!("{why} (close code {code:?})"))
+            }
+            Message::Binary(_) => {
+                tracing::warn!("ignoring binary frame");
+                Step::Continue
+            }
+            _ => Step::Continue,
+        }
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Vec<Message>) -> Step {
+        let msg = match decode_server(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring undecodable server frame");
+                return Step::Continue;
+            }
+        };
+        match msg {
+            ServerMsg::Joined {
+                room,
+                kind,
+                epoch,
+                seq,
+                recovered,
+                events,
+                state: _,
+            } => {
+                self.on_joined(room, kind, epoch, seq, recovered, events, out);
+                Step::Continue
+            }
+            ServerMsg::Left { room } => {
+                self.on_left(&room, out);
+                Step::Continue
+            }
+            ServerMsg::Ack { room, id, seq, hlc } => {
+                match self.pending.complete(&id) {
+                    Some(waiters) => {
+                        let ack = Ack { room, id, seq, hlc };
+                        for w in waiters {
+                            let _ = w.send(Ok(ack.clone()));
+                        }
+                    }
+                    None => tracing::debug!(id, "ack for no pending publish"),
+                }
+                Step::Continue
+            }
+            ServerMsg::Event(event) => self.on_event(event, out),
+            ServerMsg::Error {
+                id,
+                room,
+                code,
+                message,
+                retry_after_ms,
+            } => self.on_error(id, room, code, message, retry_after_ms, out),
+            ServerMsg::Welcome { .. } => Step::Continue,
+            ServerMsg::Other(ty) => {
+                tracing::debug!(ty, "ignoring unknown message type");
+                Step::Continue
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_joined(
+        &mut self,
+        room: String,
+        kind: String,
+        epoch: String,
+        seq: u64,
+        recovered: bool,
+        events: Vec<EventMsg>,
+        out: &mut Vec<Message>,
+    ) {
+        let rejoin = match &mut self.link {
+            Link::Rejoining(waiting) => waiting.remove(&room),
+            _ => false,
+        };
+        if rejoin {
+            if let Some(joined) = self.rooms.get_mut(&room) {
+                let result = joined.tracker.on_rejoined(epoch, seq, recovered, events);
+                if result.violation {
+                    Counters::bump(&self.counters.protocol_violations, 1);
+                    tracing::warn!(
+                        room,
+                        seq,
+                        "recovered events do not continue our position; delivering a reset"
+                    );
+                }
+                joined.kind = kind;
+                let alive = result
+                    .updates
+                    .into_iter()
+                    .all(|u| joined.tx.send(Delivery::Update(u)).is_ok());
+                if !alive {
+                    self.drop_room(&room, out);
+                }
+            }
+            self.check_ready(out);
+            return;
+        }
+        if !self.joining.get(&room).is_some_and(|req| req.sent) {
+            tracing::debug!(room, "ignoring joined answering an abandoned join");
+            return;
+        }
+        let Some(req) = self.joining.remove(&room) else {
+            return;
+        };
+        if kind != STREAM_KIND {
+            let _ = req.reply.send(Err(ClientError::UnsupportedKind(kind)));
+            self.send_leave(&room, None, out);
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let before_first = events.first().map_or(seq, |e| e.seq.saturating_sub(1));
+        for event in events {
+            let _ = tx.send(Delivery::Update(RoomUpdate::Event(event)));
+        }
+        let handle = Room::new(room.clone(), kind.clone(), epoch.clone(), before_first, rx);
+        if req.reply.send(Ok(handle)).is_err() {
+            self.send_leave(&room, None, out);
+            return;
+        }
+        let joined = JoinedRoom {
+            kind,
+            tracker: SeqTracker::new(epoch, seq),
+            tx,
+        };
+        self.rooms.insert(room, joined);
+    }
+
+    fn on_left(&mut self, room: &str, out: &mut Vec<Message>) {
+        for w in self.leaving.remove(room).into_iter().flatten() {
+            let _ = w.send(Ok(()));
+        }
+        self.send_deferred_join(room, out);
+    }
+
+    /// A join issued while a leave of the same room was unanswered goes out after the answer.
+    fn send_deferred_join(&mut self, room: &str, out: &mut Vec<Message>) {
+        if !self.online() {
+            return;
+        }
+        if let Some(req) = self.joining.get_mut(room).filter(|req| !req.sent) {
+            out.push(text(wire::join(
+                room,
+                req.opts.kind.as_deref(),
+                None,
+                req.opts.history,
+            )));
+            req.sent = true;
+        }
+    }
+
+    fn on_event(&mut self, event: EventMsg, out: &mut Vec<Message>) -> Step {
+        if matches!(&self.link, Link::Rejoining(waiting) if waiting.contains(&event.room)) {
+            tracing::debug!(room = event.room, "ignoring event before rejoined");
+            return Step::Continue;
+        }
+        let Some(joined) = self.rooms.get_mut(&event.room) else {
+            tracing::debug!(room = event.room, "ignoring event of a room not joined");
+            return Step::Continue;
+        };
+        if let Err(gap) = joined.tracker.on_live(event.seq) {
+            Counters::bump(&self.counters.protocol_violations, 1);
+            tracing::warn!(
+                room = event.room,
+                expected = gap.expected,
+                got = gap.got,
+                "event out of sequence; reconnecting to recover"
+            );
+            return Step::Reconnect(format!(
+                "room {} expected seq {} got {}",
+                event.room, gap.expected, gap.got
+            ));
+        }
+        let room = event.room.clone();
+        if joined
+            .tx
+            .send(Delivery::Update(RoomUpdate::Event(event)))
+            .is_err()
+        {
+            self.drop_room(&room, out);
+        }
+        Step::Continue
+    }
+
+    fn on_error(
+        &mut self,
+        id: Option<String>,
+        room: Option<String>,
+        code: String,
+        message: String,
+        retry_after_ms: Option<u64>,
+        out: &mut Vec<Message>,
+    ) -> Step {
+        let err = ClientError::server(code, message, retry_after_ms);
+        if err.is_fatal() {
+            return Step::Fatal(err);
+        }
+        let retryable = err.code() == Some(ErrorCode::Unavailable.as_str());
+        if let Some(id) = id {
+            // An error about a publish (or about an id we no longer track).
+            if retryable {
+                let backoff = self.backoff;
+                let at_least = Duration::from_millis(retry_after_ms.unwrap_or(0));
+                let delay = |n| backoff.delay(n, &mut rand::rng()).max(at_least);
+                if self.pending.retry_later(&id, Instant::now(), delay) {
+                    tracing::debug!(id, "publish unavailable; will resend");
+                    return Step::Continue;
+                }
+            } else if let Some(waiters) = self.pending.complete(&id) {
+                for w in waiters {
+                    let _ = w.send(Err(err.clone()));
+                }
+                return Step::Continue;
+            }
+            tracing::debug!(id, error = %err, "error for no pending publish");
+            return Step::Continue;
+        }
+        let Some(room) = room else {
+            tracing::warn!(error = %err, "server error");
+            return Step::Continue;
+        };
+        if self.joining.get(&room).is_some_and(|req| req.sent) {
+            if let Some(req) = self.joining.remove(&room) {
+                let _ = req.reply.send(Err(err));
+            }
+            return Step::Continue;
+        }
+        let rejoin = match &mut self.link {
+            Link::Rejoining(waiting) => waiting.remove(&room),
+            _ => false,
+        };
+        if rejoin {
+            let retry = retryable || err.code() == Some(ErrorCode::RateLimited.as_str());
+            if retry {
+                return Step::Reconnect(format!("rejoin of {room} failed: {err}"));
+            }
+            tracing::warn!(room, error = %err, "rejoin refused; the room ends");
+            if let Some(joined) = self.rooms.remove(&room) {
+                let _ = joined.tx.send(Delivery::Ended(err));
+            }
+            self.check_ready(out);
+            return Step::Continue;
+        }
+        if self.leaving.contains_key(&room) {
+            // e.g. "not a member": left all the same.
+            self.on_left(&room, out);
+            return Step::Continue;
+        }
+        tracing::warn!(room, error = %err, "server error");
+        Step::Continue
+    }
+}
+
+fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// Writes everything queued with `feed`, then one `flush`.
+async fn write_all(ws: &mut Ws, out: &mut Vec<Message>) -> Result<(), tungstenite::Error> {
+    for frame in out.drain(..) {
+        ws.feed(frame).await?;
+    }
+    ws.flush().await
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
