@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Limit: most events `history` may ask for on join.
     #[arg(long, env = "CONCORD_MAX_HISTORY", default_value_t = 1_000)]
     max_history: u64,
+    /// Limit: largest catch-up in one `joined`, in bytes (a larger recovery becomes a reset).
+    #[arg(long, env = "CONCORD_MAX_CATCH_UP_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_catch_up_bytes: usize,
     /// Limit: largest `limit` of GET /v1/rooms/{room}/events.
     #[arg(long, env = "CONCORD_MAX_PAGE", default_value_t = 1_000)]
     max_page: usize,
@@ -145,6 +148,7 @@ impl ServeArgs {
             max_rooms_per_conn: self.max_rooms_per_conn,
             recovery_window: self.recovery_window,
             max_history: self.max_history,
+            max_catch_up_bytes: self.max_catch_up_bytes,
             room_window: self.room_window,
             idempotency_cache: self.idempotency_cache.max(1),
             max_page: self.max_page.max(1),

@@ -33,6 +33,9 @@ pub struct Config {
     pub recovery_window: u64,
     /// Most events `history` may ask for on join.
     pub max_history: u64,
+    /// Largest catch-up (bytes of events) sent in one `joined`: a recovery that needs more
+    /// becomes `recovered:false`; `history` is trimmed to the newest events that fit.
+    pub max_catch_up_bytes: usize,
     /// Recent committed events each loaded room keeps in memory for joins and recovery.
     pub room_window: usize,
     /// Recent idempotency keys each loaded room keeps in memory (older ones are looked up in the store).
@@ -67,6 +70,7 @@ impl Default for Config {
             max_rooms_per_conn: 128,
             recovery_window: 10_000,
             max_history: 1_000,
+            max_catch_up_bytes: 8 * 1024 * 1024,
             room_window: 1_024,
             idempotency_cache: 4_096,
             max_page: 1_000,

@@ -6,6 +6,7 @@
 //! reconnects and recovers with `since` — committed events are never dropped silently.
 
 use axum::extract::ws::Utf8Bytes;
+use crate::metrics::Metrics;
 use concord_core::ClientId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ struct Shared {
     queued: AtomicUsize,
     lagging: AtomicBool,
     max: usize,
+    metrics: Metrics,
 }
 
 /// The sending side, cloned into every room the connection joined.
@@ -38,12 +40,13 @@ pub struct OutboundRx {
     shared: Arc<Shared>,
 }
 
-pub fn channel(max_bytes: usize) -> (Outbound, OutboundRx) {
+pub fn channel(max_bytes: usize, metrics: Metrics) -> (Outbound, OutboundRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         queued: AtomicUsize::new(0),
         lagging: AtomicBool::new(false),
         max: max_bytes,
+        metrics,
     });
     (
         Outbound {
@@ -66,6 +69,7 @@ impl Outbound {
         if before + n > self.shared.max && before > 0 {
             self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             if !self.shared.lagging.swap(true, Ordering::Relaxed) {
+                self.shared.metrics.limit("max_queue_bytes");
                 let _ = self.tx.send(Frame::Close(
                     concord_protocol::close::LAGGING,
                     "lagging too far behind: reconnect and recover with since",
@@ -128,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn crossing_the_bound_closes_with_4008_once() {
-        let (out, mut rx) = channel(10);
+        let (out, mut rx) = channel(10, Metrics::new());
         assert!(out.send(Utf8Bytes::from("123456")));
         assert!(!out.send(Utf8Bytes::from("123456")));
         assert!(out.is_lagging());
@@ -140,7 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_single_large_frame_is_allowed_when_the_queue_is_empty() {
-        let (out, mut rx) = channel(4);
+        let (out, mut rx) = channel(4, Metrics::new());
         assert!(out.send(Utf8Bytes::from("much more than four bytes")));
         let Some(Frame::Text(t)) = rx.recv().await else { panic!() };
         rx.written(t.len());

@@ -26,7 +26,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Respo
     let app2 = app.clone();
     ws.read_buffer_size(buf)
         .write_buffer_size(buf)
-        .max_write_buffer_size(cfg.max_queue_bytes.max(buf + 1))
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket| {
@@ -60,7 +60,7 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
     metrics.connections.inc();
     let cfg = &app.shared.config;
     let (sink, stream) = socket.split();
-    let (out, out_rx) = outbound::channel(cfg.max_queue_bytes);
+    let (out, out_rx) = outbound::channel(cfg.max_queue_bytes, metrics.clone());
     let writer_done = CancellationToken::new();
     let writer = tokio::spawn(writer(sink, out_rx, writer_done.clone(), metrics.clone()));
     let mut conn = Conn {
@@ -130,9 +130,6 @@ async fn writer(
         }
         if let Some((code, reason)) = close {
             metrics.disconnect(code);
-            if code == close::LAGGING {
-                metrics.limit("outbound_queue_bytes");
-            }
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),

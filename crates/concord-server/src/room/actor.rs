@@ -480,25 +480,31 @@ impl RoomActor {
             },
             None => (false, latest(history), "fresh"),
         };
-        let frames: Vec<Utf8Bytes> = if after == committed {
-            Vec::new()
-        } else if live.window.front().is_some_and(|f| f.seq.0 <= after.0 + 1) {
-            let skip = (after.0 + 1 - live.window.front().map(|f| f.seq.0).unwrap_or(0)) as usize;
-            live.window.iter().skip(skip).map(|c| c.frame.clone()).collect()
-        } else {
-            let n = (committed.0 - after.0) as usize;
-            match self.shared.store.read_events(&self.room, after, n).await {
-                Ok(evs) if evs.len() == n => evs.iter().map(|e| encode_event(&self.room, e)).collect(),
-                Ok(evs) => {
-                    tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
-                    return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
-                }
-                Err(e) => {
-                    tracing::error!(room = %self.room, error = %e, "reading history failed");
-                    return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
-                }
-            }
+        let (mut recovered, mut outcome) = (recovered, outcome);
+        let Ok(mut frames) = self.catch_up(after, committed).await else {
+            return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
         };
+        let cap = self.shared.config.max_catch_up_bytes;
+        let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
+        if recovered && size(&frames) > cap {
+            // Too much to replay in one frame: all or nothing, so this becomes a reset.
+            self.shared.metrics.limit("max_catch_up_bytes");
+            (recovered, outcome) = (false, "reset");
+            let Ok(latest_frames) = self.catch_up(latest(history), committed).await else {
+                return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
+            };
+            frames = latest_frames;
+        }
+        if !recovered {
+            // `history` gives the newest events that fit in the byte budget.
+            let mut total = size(&frames);
+            let mut drop = 0;
+            while total > cap && drop < frames.len() {
+                total -= frames[drop].len() + 1;
+                drop += 1;
+            }
+            frames.drain(..drop);
+        }
         let State::Live(live) = &self.state else { return false };
         let frame = wire::joined(
             self.room.as_str(),
@@ -514,6 +520,32 @@ impl RoomActor {
             true
         } else {
             false
+        }
+    }
+}
+
+impl RoomActor {
+    /// The encoded events after `after` up to `committed`, from memory or from the store.
+    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<Vec<Utf8Bytes>, ()> {
+        let State::Live(live) = &self.state else { return Err(()) };
+        if after >= committed {
+            return Ok(Vec::new());
+        }
+        if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
+            let skip = (after.0 + 1 - front.seq.0) as usize;
+            return Ok(live.window.iter().skip(skip).map(|c| c.frame.clone()).collect());
+        }
+        let n = (committed.0 - after.0) as usize;
+        match self.shared.store.read_events(&self.room, after, n).await {
+            Ok(evs) if evs.len() == n => Ok(evs.iter().map(|e| encode_event(&self.room, e)).collect()),
+            Ok(evs) => {
+                tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
+                Err(())
+            }
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "reading history failed");
+                Err(())
+            }
         }
     }
 }

@@ -1,0 +1,9 @@
+//! Integration tests: the server as a library on port 0, spoken to over real WebSockets and HTTP.
+
+mod bad_input;
+mod durability;
+mod http;
+mod ordering;
+mod recovery;
+mod slow_consumer;
+mod support;

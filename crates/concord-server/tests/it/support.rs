@@ -1,0 +1,235 @@
+//! Test support: start a server on port 0, a raw WebSocket client, a tiny HTTP client.
+
+use concord_server::{Config, ServerError, StoreConfig};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected message may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    join: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(concord_server::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(tx),
+            join,
+        }
+    }
+
+    /// A server with an in-memory store.
+    pub async fn memory(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut c = Config::default();
+        tweak(&mut c);
+        Self::start(c).await
+    }
+
+    /// A server with a SQLite store in `dir`.
+    pub async fn sqlite(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut c = Config::embedded(dir);
+        if let StoreConfig::Sqlite { sync_full, .. } = &mut c.store {
+            *sync_full = false;
+        }
+        tweak(&mut c);
+        Self::start(c).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Graceful shutdown; waits until `run` returned.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.join)
+            .await
+            .expect("server did not stop in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub struct Ws {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(server: &TestServer) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.unwrap();
+        Ws { ws }
+    }
+
+    /// Connects and completes the hello/welcome handshake.
+    pub async fn hello(server: &TestServer, client_id: &str) -> Ws {
+        let mut w = Self::connect(server).await;
+        w.send(json!({"type":"hello","client_id":client_id})).await;
+        let welcome = w.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["client_id"], client_id);
+        w
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Queues without flushing (for pipelining many frames).
+    pub async fn feed(&mut self, v: Value) {
+        self.ws.feed(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn flush(&mut self) {
+        self.ws.flush().await.unwrap();
+    }
+
+    /// The next JSON message (pings skipped); fails the test on timeout or close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("connection ended")
+                .expect("socket error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            match m {
+                None => return None,
+                Some(Err(_)) => return None,
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str, extra: Value) -> Value {
+        let mut msg = json!({"type":"join","room":room,"kind":"stream"});
+        if let (Some(m), Some(e)) = (msg.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        self.send(msg).await;
+        let joined = self.recv().await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        joined
+    }
+
+    /// Publishes and waits for the ack, skipping (and returning) events that arrive meanwhile.
+    pub async fn publish(&mut self, room: &str, id: &str, data: Value) -> (Value, Vec<Value>) {
+        self.send(json!({"type":"publish","room":room,"id":id,"data":data})).await;
+        let mut events = Vec::new();
+        loop {
+            let m = self.recv().await;
+            match m["type"].as_str() {
+                Some("ack") if m["id"] == id => return (m, events),
+                Some("event") => events.push(m),
+                _ => panic!("unexpected {m} while waiting for ack of {id}"),
+            }
+        }
+    }
+
+    /// Collects `n` events, failing on anything else.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let m = self.recv().await;
+            assert_eq!(m["type"], "event", "{m}");
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// A minimal HTTP client over reqwest-free hyper is overkill: use a raw request over TCP.
+pub async fn http(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body_start = text.find("\r\n\r\n").unwrap() + 4;
+    let headers = &text[..body_start];
+    let mut raw = text[body_start..].to_string();
+    if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        raw = dechunk(&raw);
+    }
+    let value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+    (status, value)
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    loop {
+        let Some(nl) = rest.find("\r\n") else { break };
+        let Ok(n) = usize::from_str_radix(rest[..nl].trim(), 16) else { break };
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[nl + 2..nl + 2 + n]);
+        rest = &rest[nl + 2 + n + 2..];
+    }
+    out
+}
+
+/// Every event of a room over HTTP, following pagination.
+pub async fn all_events(server: &TestServer, room: &str) -> Vec<Value> {
+    let mut after = 0;
+    let mut out = Vec::new();
+    loop {
+        let (status, page) = http(server, "GET", &format!("/v1/rooms/{room}/events?after={after}&limit=50"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            return out;
+        }
+        after = events.last().unwrap()["seq"].as_u64().unwrap();
+        out.extend(events);
+    }
+}
+
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
