@@ -29,7 +29,9 @@ enum Command {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 10s, 2m)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 10s, 2m)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -166,7 +168,9 @@ impl ServeArgs {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -104,7 +104,9 @@ impl fmt::Display for OpId {
 }
 
 /// A position in a room's log. Committed events have seq >= 1; 0 means "nothing yet".
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 

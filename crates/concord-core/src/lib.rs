@@ -4,8 +4,8 @@
 //! through [`Clock`], so every piece can be tested deterministically.
 
 pub mod hlc;
-pub mod ids;
 pub mod idempotency;
+pub mod ids;
 pub mod sequencer;
 
 pub use hlc::{Clock, HlcClock, HlcTimestamp, ManualClock};

@@ -105,9 +105,18 @@ mod tests {
             s.check_since("e1", Seq(41), 100),
             SinceCheck::Recover { after: Seq(41) }
         );
-        assert!(matches!(s.check_since("e2", Seq(41), 100), SinceCheck::Reset { .. }));
-        assert!(matches!(s.check_since("e1", Seq(58), 100), SinceCheck::Reset { .. }));
-        assert!(matches!(s.check_since("e1", Seq(1), 10), SinceCheck::Reset { .. }));
+        assert!(matches!(
+            s.check_since("e2", Seq(41), 100),
+            SinceCheck::Reset { .. }
+        ));
+        assert!(matches!(
+            s.check_since("e1", Seq(58), 100),
+            SinceCheck::Reset { .. }
+        ));
+        assert!(matches!(
+            s.check_since("e1", Seq(1), 10),
+            SinceCheck::Reset { .. }
+        ));
         assert_eq!(
             s.check_since("e1", Seq(47), 10),
             SinceCheck::Recover { after: Seq(47) }

@@ -170,9 +170,15 @@ mod tests {
             r#"{"type":"join","room":"r","kind":"stream","since":{"epoch":"e","seq":4}}"#,
         )
         .unwrap();
-        assert!(matches!(m, ClientMsg::Join { since: Some(Since { seq: 4, .. }), .. }));
-        let m = decode_client(r#"{"type":"publish","room":"r","id":"m1","data":{"a":[1,2]}}"#)
-            .unwrap();
+        assert!(matches!(
+            m,
+            ClientMsg::Join {
+                since: Some(Since { seq: 4, .. }),
+                ..
+            }
+        ));
+        let m =
+            decode_client(r#"{"type":"publish","room":"r","id":"m1","data":{"a":[1,2]}}"#).unwrap();
         match m {
             ClientMsg::Publish { data, .. } => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
             _ => panic!("not a publish"),

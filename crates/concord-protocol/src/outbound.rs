@@ -42,7 +42,14 @@ struct EventOut<'a> {
 }
 
 /// An `event` frame. Encoded once per event and shared by every member of the room.
-pub fn event(room: &str, seq: u64, hlc: &str, from: &str, id: Option<&str>, data: &RawValue) -> String {
+pub fn event(
+    room: &str,
+    seq: u64,
+    hlc: &str,
+    from: &str,
+    id: Option<&str>,
+    data: &RawValue,
+) -> String {
     to_json(&EventOut {
         ty: "event",
         room,
@@ -314,7 +321,12 @@ mod tests {
         let ev = event("chat:lobby", 58, "h", "c-1", Some("m-1"), &data);
         let j = joined("chat:lobby", "stream", "e1", 58, true, [ev.as_str()]);
         match decode_server(&j).unwrap() {
-            ServerMsg::Joined { events, seq, recovered, .. } => {
+            ServerMsg::Joined {
+                events,
+                seq,
+                recovered,
+                ..
+            } => {
                 assert_eq!(seq, 58);
                 assert!(recovered);
                 assert_eq!(events.len(), 1);
@@ -328,8 +340,12 @@ mod tests {
             e,
             r#"{"type":"error","id":"m-1","code":"too_large","message":"big"}"#
         );
-        assert!(matches!(decode_server(r#"{"type":"future_thing"}"#), Ok(ServerMsg::Other(t)) if t == "future_thing"));
+        assert!(
+            matches!(decode_server(r#"{"type":"future_thing"}"#), Ok(ServerMsg::Other(t)) if t == "future_thing")
+        );
         let empty = joined("r", "stream", "e", 0, false, std::iter::empty());
-        assert!(matches!(decode_server(&empty), Ok(ServerMsg::Joined { events, .. }) if events.is_empty()));
+        assert!(
+            matches!(decode_server(&empty), Ok(ServerMsg::Joined { events, .. }) if events.is_empty())
+        );
     }
 }

@@ -16,7 +16,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Arc<dyn Store>, metrics: Metrics, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let hlc = Mutex::new(HlcClock::new(&config.node_id));
         Shared {
             config,

@@ -40,12 +40,20 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let metrics = metrics::Metrics::new();
     let store: Arc<dyn Store> = match &config.store {
-        StoreConfig::Sqlite { path, sync_full } => {
-            Arc::new(SqliteStore::open(path, *sync_full, config.max_commit_batch, metrics.clone())?)
-        }
+        StoreConfig::Sqlite { path, sync_full } => Arc::new(SqliteStore::open(
+            path,
+            *sync_full,
+            config.max_commit_batch,
+            metrics.clone(),
+        )?),
         StoreConfig::Memory => Arc::new(MemoryStore::new()),
     };
-    let shared = Arc::new(Shared::new(config, store.clone(), metrics, Arc::new(SystemClock)));
+    let shared = Arc::new(Shared::new(
+        config,
+        store.clone(),
+        metrics,
+        Arc::new(SystemClock),
+    ));
     let registry = room::Registry::new(shared.clone());
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {

@@ -65,19 +65,67 @@ impl Metrics {
             store_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             registry: Default::default(),
         };
-        r.register("concord_connections", "Open WebSocket connections", m.connections.clone());
-        r.register("concord_rooms_active", "Rooms loaded in memory", m.rooms_active.clone());
-        r.register("concord_frames_in", "WebSocket frames received", m.frames_in.clone());
-        r.register("concord_events_committed", "Events committed (durable)", m.events_committed.clone());
-        r.register("concord_deliveries", "Event frames queued to members", m.deliveries.clone());
-        r.register("concord_duplicate_ops", "Retried ops answered with their original ack", m.duplicate_ops.clone());
-        r.register("concord_joins", "Joins by outcome (fresh, recovered, reset)", m.joins.clone());
+        r.register(
+            "concord_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "concord_rooms_active",
+            "Rooms loaded in memory",
+            m.rooms_active.clone(),
+        );
+        r.register(
+            "concord_frames_in",
+            "WebSocket frames received",
+            m.frames_in.clone(),
+        );
+        r.register(
+            "concord_events_committed",
+            "Events committed (durable)",
+            m.events_committed.clone(),
+        );
+        r.register(
+            "concord_deliveries",
+            "Event frames queued to members",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "concord_duplicate_ops",
+            "Retried ops answered with their original ack",
+            m.duplicate_ops.clone(),
+        );
+        r.register(
+            "concord_joins",
+            "Joins by outcome (fresh, recovered, reset)",
+            m.joins.clone(),
+        );
         r.register("concord_errors", "Error replies by code", m.errors.clone());
-        r.register("concord_limit_hits", "Requests refused or connections closed by a limit", m.limit_hits.clone());
-        r.register("concord_disconnects", "Connections closed by the server, by close code", m.disconnects.clone());
-        r.register("concord_ack_latency_seconds", "Time from receiving a publish to sending its ack", m.ack_latency.clone());
-        r.register("concord_store_commit_seconds", "Duration of one store group commit", m.store_commit.clone());
-        r.register("concord_store_batch_events", "Events per store group commit", m.store_batch_events.clone());
+        r.register(
+            "concord_limit_hits",
+            "Requests refused or connections closed by a limit",
+            m.limit_hits.clone(),
+        );
+        r.register(
+            "concord_disconnects",
+            "Connections closed by the server, by close code",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "concord_ack_latency_seconds",
+            "Time from receiving a publish to sending its ack",
+            m.ack_latency.clone(),
+        );
+        r.register(
+            "concord_store_commit_seconds",
+            "Duration of one store group commit",
+            m.store_commit.clone(),
+        );
+        r.register(
+            "concord_store_batch_events",
+            "Events per store group commit",
+            m.store_batch_events.clone(),
+        );
         Metrics {
             registry: std::sync::Arc::new(r),
             ..m

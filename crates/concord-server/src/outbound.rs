@@ -5,8 +5,8 @@
 //! marked lagging: nothing more is queued for it and it is closed with 4008, so the client
 //! reconnects and recovers with `since` — committed events are never dropped silently.
 
-use axum::extract::ws::Utf8Bytes;
 use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
 use concord_core::ClientId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -146,7 +146,9 @@ mod tests {
     async fn a_single_large_frame_is_allowed_when_the_queue_is_empty() {
         let (out, mut rx) = channel(4, Metrics::new());
         assert!(out.send(Utf8Bytes::from("much more than four bytes")));
-        let Some(Frame::Text(t)) = rx.recv().await else { panic!() };
+        let Some(Frame::Text(t)) = rx.recv().await else {
+            panic!()
+        };
         rx.written(t.len());
         assert!(out.send(Utf8Bytes::from("ok")));
     }

@@ -21,7 +21,8 @@ pub struct HttpError(RoomError);
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({"code": self.0.code, "message": self.0.message});
         (status, axum::Json(body)).into_response()
     }
@@ -53,13 +54,21 @@ pub async fn post_event(
 ) -> Result<Response, HttpError> {
     let received = Instant::now();
     let room = room_id(&app, &room)?;
-    let body: PostBody = serde_json::from_slice(&body)
-        .map_err(|e| err(&app, ErrorCode::BadRequest, format!("body must be {{\"data\":…,\"id\":…}}: {e}")))?;
+    let body: PostBody = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            &app,
+            ErrorCode::BadRequest,
+            format!("body must be {{\"data\":…,\"id\":…}}: {e}"),
+        )
+    })?;
     if body.data.get().len() > app.shared.config.max_data_bytes {
         return Err(err(
             &app,
             ErrorCode::TooLarge,
-            format!("data is larger than {} bytes", app.shared.config.max_data_bytes),
+            format!(
+                "data is larger than {} bytes",
+                app.shared.config.max_data_bytes
+            ),
         ));
     }
     let id = body
@@ -106,7 +115,11 @@ pub async fn get_events(
     let max = app.shared.config.max_page;
     let limit = q.limit.unwrap_or(100.min(max));
     if limit == 0 || limit > max {
-        return Err(err(&app, ErrorCode::BadRequest, format!("limit must be 1..={max}")));
+        return Err(err(
+            &app,
+            ErrorCode::BadRequest,
+            format!("limit must be 1..={max}"),
+        ));
     }
     let store = &app.shared.store;
     let unavailable = |e: crate::store::StoreError| {
@@ -131,13 +144,23 @@ pub async fn get_events(
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&wire::event(room.as_str(), e.seq.0, &e.hlc, &e.from, e.op_id.as_deref(), &e.data));
+        body.push_str(&wire::event(
+            room.as_str(),
+            e.seq.0,
+            &e.hlc,
+            &e.from,
+            e.op_id.as_deref(),
+            &e.data,
+        ));
     }
     body.push_str("]}");
     Ok(json(body))
 }
 
-pub async fn get_room(State(app): State<Arc<App>>, Path(room): Path<String>) -> Result<Response, HttpError> {
+pub async fn get_room(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+) -> Result<Response, HttpError> {
     let room = room_id(&app, &room)?;
     let record = app
         .shared
@@ -176,7 +199,10 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.shared.metrics.render(),
     )
         .into_response()

@@ -28,7 +28,10 @@ pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.shared.config.max_frame_bytes;
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/rooms/{room}/events", post(http::post_event).get(http::get_events))
+        .route(
+            "/v1/rooms/{room}/events",
+            post(http::post_event).get(http::get_events),
+        )
         .route("/v1/rooms/{room}", get(http::get_room))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))

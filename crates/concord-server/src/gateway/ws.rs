@@ -82,11 +82,18 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
             let grace = conn.app.shared.config.shutdown_grace;
             let all = conn.app.shared.config.max_inflight_per_conn as u32;
             let _ = tokio::time::timeout(grace, conn.permits.acquire_many(all)).await;
-            conn.out.control(Frame::Close(close::GOING_AWAY, "server shutting down"));
+            conn.out
+                .control(Frame::Close(close::GOING_AWAY, "server shutting down"));
         }
     }
     for room in conn.rooms.keys() {
-        let _ = conn.app.registry.send(room, RoomMsg::Leave { conn_id: conn.conn_id, notify: None });
+        let _ = conn.app.registry.send(
+            room,
+            RoomMsg::Leave {
+                conn_id: conn.conn_id,
+                notify: None,
+            },
+        );
     }
     drop(conn);
     // The writer ends once it sent the close frame or every room dropped this connection.
@@ -152,7 +159,11 @@ fn is_too_big(e: &axum::Error) -> bool {
 }
 
 impl Conn {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>, writer_done: &CancellationToken) -> End {
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        writer_done: &CancellationToken,
+    ) -> End {
         let cfg = self.app.shared.config.clone();
         let hello_deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
         let mut ping = tokio::time::interval(cfg.ping_interval);
@@ -199,7 +210,8 @@ impl Conn {
 
     fn error(&self, id: Option<&str>, room: Option<&str>, code: ErrorCode, message: &str) {
         self.app.shared.metrics.error(code);
-        self.out.send(Utf8Bytes::from(wire::error(id, room, code, message, None)));
+        self.out
+            .send(Utf8Bytes::from(wire::error(id, room, code, message, None)));
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -207,7 +219,12 @@ impl Conn {
         let msg = match decode_client(text) {
             Ok(m) => m,
             Err(e) => {
-                return self.error(e.id.as_deref(), e.room.as_deref(), ErrorCode::BadRequest, &e.message);
+                return self.error(
+                    e.id.as_deref(),
+                    e.room.as_deref(),
+                    ErrorCode::BadRequest,
+                    &e.message,
+                );
             }
         };
         let Some(client) = self.client.clone() else {
@@ -222,7 +239,12 @@ impl Conn {
             };
         };
         match msg {
-            ClientMsg::Hello { .. } => self.error(None, None, ErrorCode::BadRequest, "hello was already sent on this connection"),
+            ClientMsg::Hello { .. } => self.error(
+                None,
+                None,
+                ErrorCode::BadRequest,
+                "hello was already sent on this connection",
+            ),
             ClientMsg::Join {
                 room,
                 kind,
@@ -283,7 +305,9 @@ impl Conn {
         since: Option<concord_protocol::Since>,
         history: Option<u64>,
     ) {
-        let Some(room) = self.room(name, None) else { return };
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
         let kind = match kind.map(RoomKind::parse).transpose() {
             Ok(k) => k,
             Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
@@ -298,7 +322,10 @@ impl Conn {
         self.prune_failed_joins();
         if !self.rooms.contains_key(&room) && self.rooms.len() >= cfg.max_rooms_per_conn {
             self.app.shared.metrics.limit("max_rooms_per_conn");
-            let msg = format!("a connection may join at most {} rooms", cfg.max_rooms_per_conn);
+            let msg = format!(
+                "a connection may join at most {} rooms",
+                cfg.max_rooms_per_conn
+            );
             return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
         }
         let (tx, rx) = oneshot::channel();
@@ -315,16 +342,28 @@ impl Conn {
             joined: tx,
         };
         if self.app.registry.send(&room, msg).is_err() {
-            return self.error(None, Some(name), ErrorCode::Unavailable, "server is shutting down");
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            );
         }
         self.rooms.insert(room, Some(rx));
     }
 
     fn leave(&mut self, name: &str) {
-        let Some(room) = self.room(name, None) else { return };
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
         self.prune_failed_joins();
         if self.rooms.remove(&room).is_none() {
-            return self.error(None, Some(name), ErrorCode::NotFound, "not a member of this room");
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::NotFound,
+                "not a member of this room",
+            );
         }
         let msg = RoomMsg::Leave {
             conn_id: self.conn_id,
@@ -335,9 +374,17 @@ impl Conn {
         }
     }
 
-    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<serde_json::value::RawValue>) {
+    async fn publish(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        id: &str,
+        data: Box<serde_json::value::RawValue>,
+    ) {
         let received = Instant::now();
-        let Some(room) = self.room(name, Some(id)) else { return };
+        let Some(room) = self.room(name, Some(id)) else {
+            return;
+        };
         let op_id = match OpId::new(id) {
             Ok(i) => i,
             Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
@@ -345,9 +392,16 @@ impl Conn {
         let max = self.app.shared.config.max_data_bytes;
         if data.get().len() > max {
             self.app.shared.metrics.limit("max_data_bytes");
-            return self.error(Some(id), Some(name), ErrorCode::TooLarge, &format!("data is larger than {max} bytes"));
+            return self.error(
+                Some(id),
+                Some(name),
+                ErrorCode::TooLarge,
+                &format!("data is larger than {max} bytes"),
+            );
         }
-        let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
         let msg = RoomMsg::Publish(Publish {
             client,
             data,
@@ -362,7 +416,12 @@ impl Conn {
             },
         });
         if self.app.registry.send(&room, msg).is_err() {
-            self.error(Some(id), Some(name), ErrorCode::Unavailable, "server is shutting down");
+            self.error(
+                Some(id),
+                Some(name),
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            );
         }
     }
 }

@@ -11,7 +11,9 @@ use crate::context::Shared;
 use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{IdemKey, IdempotencyTable, Lookup, RoomId, RoomKind, Seq, Sequencer, SinceCheck};
+use concord_core::{
+    IdemKey, IdempotencyTable, Lookup, RoomId, RoomKind, Seq, Sequencer, SinceCheck,
+};
 use concord_protocol::{outbound as wire, ErrorCode, Since};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -161,8 +163,15 @@ impl RoomActor {
         let mut window = VecDeque::new();
         for e in &tail {
             if let Some(op) = &e.op_id {
-                if let (Ok(client), Ok(id)) = (concord_core::ClientId::new(&e.from), concord_core::OpId::new(op)) {
-                    idem.insert(IdemKey { client, id }, e.seq, (e.seq, Arc::from(e.hlc.as_str())));
+                if let (Ok(client), Ok(id)) = (
+                    concord_core::ClientId::new(&e.from),
+                    concord_core::OpId::new(op),
+                ) {
+                    idem.insert(
+                        IdemKey { client, id },
+                        e.seq,
+                        (e.seq, Arc::from(e.hlc.as_str())),
+                    );
                 }
             }
             window.push_back(Arc::new(Committed {
@@ -265,14 +274,25 @@ impl RoomActor {
 
     async fn create(&mut self, kind: RoomKind) -> Result<(), RoomError> {
         let epoch = self.shared.new_epoch();
-        if let Err(e) = self.shared.store.create_room(&self.room, kind, &epoch).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .create_room(&self.room, kind, &epoch)
+            .await
+        {
             tracing::error!(room = %self.room, error = %e, "creating room failed");
-            return Err(RoomError::new(ErrorCode::Unavailable, "the store is unavailable"));
+            return Err(RoomError::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable",
+            ));
         }
         self.reload().await;
         match &self.state {
             State::Live(_) => Ok(()),
-            _ => Err(RoomError::new(ErrorCode::Unavailable, "the store is unavailable")),
+            _ => Err(RoomError::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable",
+            )),
         }
     }
 
@@ -297,8 +317,20 @@ impl RoomActor {
         }
         let live = match &mut self.state {
             State::Live(live) => live,
-            State::Missing => return self.error(p, ErrorCode::NotFound, "room does not exist; join it with a kind to create it"),
-            State::Stale => return self.error(p, ErrorCode::Unavailable, "room is recovering from a store error; retry"),
+            State::Missing => {
+                return self.error(
+                    p,
+                    ErrorCode::NotFound,
+                    "room does not exist; join it with a kind to create it",
+                )
+            }
+            State::Stale => {
+                return self.error(
+                    p,
+                    ErrorCode::Unavailable,
+                    "room is recovering from a store error; retry",
+                )
+            }
         };
         if live.kind != RoomKind::Stream {
             return self.error(p, ErrorCode::KindMismatch, "publish is for stream rooms");
@@ -312,9 +344,15 @@ impl RoomActor {
                 Lookup::Hit((seq, hlc)) => Some((*seq, hlc.clone())),
                 Lookup::New => None,
                 Lookup::Unknown => match found {
-                    Ok(found) => found.get(&(key.client.to_string(), key.id.to_string())).cloned(),
+                    Ok(found) => found
+                        .get(&(key.client.to_string(), key.id.to_string()))
+                        .cloned(),
                     Err(()) => {
-                        return self.error(p, ErrorCode::Unavailable, "idempotency lookup failed; retry")
+                        return self.error(
+                            p,
+                            ErrorCode::Unavailable,
+                            "idempotency lookup failed; retry",
+                        )
                     }
                 },
             };
@@ -357,7 +395,8 @@ impl RoomActor {
         let events = std::mem::take(stored);
         let store = self.shared.store.clone();
         let room = self.room.clone();
-        self.commits.push_back(Box::pin(async move { store.append(&room, events).await }));
+        self.commits
+            .push_back(Box::pin(async move { store.append(&room, events).await }));
         self.inflight.push_back(InFlight {
             events: std::mem::take(&mut batch.events),
             acks: std::mem::take(&mut batch.acks),
@@ -372,7 +411,10 @@ impl RoomActor {
             // A commit failed earlier: everything after it fails too (the store refuses gaps).
             for (_, _, p) in done.acks {
                 self.shared.metrics.error(ErrorCode::Unavailable);
-                p.fail(&self.room, RoomError::new(ErrorCode::Unavailable, "commit failed; retry"));
+                p.fail(
+                    &self.room,
+                    RoomError::new(ErrorCode::Unavailable, "commit failed; retry"),
+                );
             }
             return;
         };
@@ -382,20 +424,29 @@ impl RoomActor {
             self.state = State::Stale;
             for (_, _, p) in done.acks.into_iter().chain(waiting) {
                 self.shared.metrics.error(ErrorCode::Unavailable);
-                p.fail(&self.room, RoomError::new(ErrorCode::Unavailable, "commit failed; retry"));
+                p.fail(
+                    &self.room,
+                    RoomError::new(ErrorCode::Unavailable, "commit failed; retry"),
+                );
             }
             if self.inflight.is_empty() {
                 self.reload().await;
             }
             return;
         }
-        let last = done.events.last().map(|e| e.seq).unwrap_or(live.seqr.committed());
+        let last = done
+            .events
+            .last()
+            .map(|e| e.seq)
+            .unwrap_or(live.seqr.committed());
         live.seqr.commit(last);
         let metrics = &self.shared.metrics;
         metrics.events_committed.inc_by(done.events.len() as u64);
         let epoch = live.seqr.epoch().clone();
         for (seq, hlc, p) in done.acks {
-            metrics.ack_latency.observe(p.received.elapsed().as_secs_f64());
+            metrics
+                .ack_latency
+                .observe(p.received.elapsed().as_secs_f64());
             p.ack(
                 &self.room,
                 Acked {
@@ -417,7 +468,9 @@ impl RoomActor {
                 live.window.pop_front();
             }
         }
-        metrics.deliveries.inc_by((done.events.len() * self.members.len()) as u64);
+        metrics
+            .deliveries
+            .inc_by((done.events.len() * self.members.len()) as u64);
         for id in gone {
             self.members.remove(&id);
         }
@@ -441,31 +494,63 @@ impl RoomActor {
     }
 
     /// Answers `joined` (or an error) and makes the connection a member; true on success.
-    async fn join(&mut self, conn: ConnHandle, kind: Option<RoomKind>, since: Option<Since>, history: u64) -> bool {
+    async fn join(
+        &mut self,
+        conn: ConnHandle,
+        kind: Option<RoomKind>,
+        since: Option<Since>,
+        history: u64,
+    ) -> bool {
         let fail = |s: &Self, code: ErrorCode, msg: &str| {
             s.shared.metrics.error(code);
-            conn.out.send(Utf8Bytes::from(wire::error(None, Some(s.room.as_str()), code, msg, None)));
+            conn.out.send(Utf8Bytes::from(wire::error(
+                None,
+                Some(s.room.as_str()),
+                code,
+                msg,
+                None,
+            )));
             false
         };
         if matches!(self.state, State::Missing) {
             match kind {
                 Some(RoomKind::Doc) => {
-                    return fail(self, ErrorCode::BadRequest, "doc rooms are not available on this server yet")
+                    return fail(
+                        self,
+                        ErrorCode::BadRequest,
+                        "doc rooms are not available on this server yet",
+                    )
                 }
                 Some(k) => {
                     if let Err(e) = self.create(k).await {
                         return fail(self, e.code, &e.message);
                     }
                 }
-                None => return fail(self, ErrorCode::NotFound, "room does not exist; give a kind to create it"),
+                None => {
+                    return fail(
+                        self,
+                        ErrorCode::NotFound,
+                        "room does not exist; give a kind to create it",
+                    )
+                }
             }
         }
         let live = match &self.state {
             State::Live(l) => l,
-            _ => return fail(self, ErrorCode::Unavailable, "room is recovering from a store error; retry"),
+            _ => {
+                return fail(
+                    self,
+                    ErrorCode::Unavailable,
+                    "room is recovering from a store error; retry",
+                )
+            }
         };
         if kind.is_some_and(|k| k != live.kind) {
-            return fail(self, ErrorCode::KindMismatch, &format!("room is a {} room", live.kind.as_str()));
+            return fail(
+                self,
+                ErrorCode::KindMismatch,
+                &format!("room is a {} room", live.kind.as_str()),
+            );
         }
         let committed = live.seqr.committed();
         let window = self.shared.config.recovery_window;
@@ -482,7 +567,11 @@ impl RoomActor {
         };
         let (mut recovered, mut outcome) = (recovered, outcome);
         let Ok(mut frames) = self.catch_up(after, committed).await else {
-            return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                "history is not readable right now; retry",
+            );
         };
         let cap = self.shared.config.max_catch_up_bytes;
         let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
@@ -491,7 +580,11 @@ impl RoomActor {
             self.shared.metrics.limit("max_catch_up_bytes");
             (recovered, outcome) = (false, "reset");
             let Ok(latest_frames) = self.catch_up(latest(history), committed).await else {
-                return fail(self, ErrorCode::Unavailable, "history is not readable right now; retry");
+                return fail(
+                    self,
+                    ErrorCode::Unavailable,
+                    "history is not readable right now; retry",
+                );
             };
             frames = latest_frames;
         }
@@ -505,7 +598,9 @@ impl RoomActor {
             }
             frames.drain(..drop);
         }
-        let State::Live(live) = &self.state else { return false };
+        let State::Live(live) = &self.state else {
+            return false;
+        };
         let frame = wire::joined(
             self.room.as_str(),
             live.kind.as_str(),
@@ -527,17 +622,26 @@ impl RoomActor {
 impl RoomActor {
     /// The encoded events after `after` up to `committed`, from memory or from the store.
     async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<Vec<Utf8Bytes>, ()> {
-        let State::Live(live) = &self.state else { return Err(()) };
+        let State::Live(live) = &self.state else {
+            return Err(());
+        };
         if after >= committed {
             return Ok(Vec::new());
         }
         if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
             let skip = (after.0 + 1 - front.seq.0) as usize;
-            return Ok(live.window.iter().skip(skip).map(|c| c.frame.clone()).collect());
+            return Ok(live
+                .window
+                .iter()
+                .skip(skip)
+                .map(|c| c.frame.clone())
+                .collect());
         }
         let n = (committed.0 - after.0) as usize;
         match self.shared.store.read_events(&self.room, after, n).await {
-            Ok(evs) if evs.len() == n => Ok(evs.iter().map(|e| encode_event(&self.room, e)).collect()),
+            Ok(evs) if evs.len() == n => {
+                Ok(evs.iter().map(|e| encode_event(&self.room, e)).collect())
+            }
             Ok(evs) => {
                 tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
                 Err(())

@@ -81,7 +81,12 @@ impl Waiter {
         match self.reply {
             Reply::Ws { out, .. } => {
                 let id = self.id.as_ref().map(|i| i.as_str()).unwrap_or("");
-                out.send(Utf8Bytes::from(wire::ack(room.as_str(), id, acked.seq.0, &acked.hlc)));
+                out.send(Utf8Bytes::from(wire::ack(
+                    room.as_str(),
+                    id,
+                    acked.seq.0,
+                    &acked.hlc,
+                )));
             }
             Reply::Http(tx) => {
                 let _ = tx.send(Ok(acked));

@@ -59,7 +59,13 @@ impl Registry {
         let entry = shard.entry(room.clone()).or_insert_with(|| {
             let (tx, rx) = unbounded_channel();
             let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-            let actor = RoomActor::new(room.clone(), generation, self.shared.clone(), self.clone(), rx);
+            let actor = RoomActor::new(
+                room.clone(),
+                generation,
+                self.shared.clone(),
+                self.clone(),
+                rx,
+            );
             self.actors.spawn(actor.run());
             Entry { tx, generation }
         });
@@ -68,7 +74,12 @@ impl Registry {
 
     /// Called by an idle actor: removes it if nothing is queued for it. On `true` the actor
     /// must stop; its mailbox is closed.
-    pub(crate) fn try_unload(&self, room: &RoomId, generation: u64, rx: &mut UnboundedReceiver<RoomMsg>) -> bool {
+    pub(crate) fn try_unload(
+        &self,
+        room: &RoomId,
+        generation: u64,
+        rx: &mut UnboundedReceiver<RoomMsg>,
+    ) -> bool {
         let mut shard = self.shard(room).lock();
         let ours = shard.get(room).is_some_and(|e| e.generation == generation);
         if ours && rx.is_empty() {

@@ -56,13 +56,15 @@ impl Store for MemoryStore {
             .get_mut(room)
             .filter(|r| r.kind.is_some())
             .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
-        let mut expected = r.events.len() as u64 + 1;
         let mut new_keys = HashSet::new();
-        for e in &events {
+        for (expected, e) in (r.events.len() as u64 + 1..).zip(events.iter()) {
             if let Some(op) = &e.op_id {
                 let key = (e.from.clone(), op.clone());
                 if r.keys.contains(&key) || !new_keys.insert(key) {
-                    return Err(StoreError::Backend(format!("duplicate op id {op} from {}", e.from)));
+                    return Err(StoreError::Backend(format!(
+                        "duplicate op id {op} from {}",
+                        e.from
+                    )));
                 }
             }
             if e.seq.0 != expected {
@@ -72,7 +74,6 @@ impl Store for MemoryStore {
                     got: e.seq.0,
                 });
             }
-            expected += 1;
         }
         r.keys.extend(new_keys);
         r.events.extend(events);
@@ -99,13 +100,16 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>> {
+    async fn find_ops(
+        &self,
+        room: &RoomId,
+        keys: Vec<(String, String)>,
+    ) -> StoreResult<Vec<FoundOp>> {
         let rooms = self.rooms.lock();
         let Some(r) = rooms.get(room) else {
             return Ok(Vec::new());
         };
-        Ok(r
-            .events
+        Ok(r.events
             .iter()
             .filter_map(|e| {
                 let op = e.op_id.as_ref()?;

@@ -53,7 +53,11 @@ pub enum StoreError {
     #[error("room {0} does not exist")]
     NoRoom(String),
     #[error("append to {room} at seq {got} does not continue the log (expected {expected})")]
-    NotContiguous { room: String, expected: u64, got: u64 },
+    NotContiguous {
+        room: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("store is closed")]
     Closed,
     #[error("store backend error: {0}")]
@@ -78,10 +82,18 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events with consecutive seqs following the room's head; durable on return.
     async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()>;
     /// Up to `limit` events with seq > `after`, in seq order.
-    async fn read_events(&self, room: &RoomId, after: Seq, limit: usize)
-        -> StoreResult<Vec<StoredEvent>>;
+    async fn read_events(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
     /// The committed ops among `keys` (from, op_id).
-    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>>;
+    async fn find_ops(
+        &self,
+        room: &RoomId,
+        keys: Vec<(String, String)>,
+    ) -> StoreResult<Vec<FoundOp>>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Finishes pending writes and releases the backend (called once, at shutdown).

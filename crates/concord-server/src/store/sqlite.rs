@@ -69,13 +69,22 @@ fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync_full { "FULL" } else { "NORMAL" },
+    )?;
     Ok(conn)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
-    pub fn open(path: &Path, sync_full: bool, max_batch: usize, metrics: Metrics) -> StoreResult<Self> {
+    pub fn open(
+        path: &Path,
+        sync_full: bool,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> StoreResult<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
@@ -94,7 +103,10 @@ impl SqliteStore {
         })
     }
 
-    async fn write(&self, make: impl FnOnce(oneshot::Sender<StoreResult<()>>) -> WriteReq) -> StoreResult<()> {
+    async fn write(
+        &self,
+        make: impl FnOnce(oneshot::Sender<StoreResult<()>>) -> WriteReq,
+    ) -> StoreResult<()> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -128,8 +140,16 @@ impl SqliteStore {
     }
 }
 
-fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, Option<String>, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+fn row_to_event(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(u64, String, String, Option<String>, String)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
 #[async_trait]
@@ -139,13 +159,21 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let row = c
                 .prepare_cached("SELECT id, kind, epoch FROM rooms WHERE name = ?1")?
-                .query_row([&name], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+                .query_row([&name], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
                 .optional()?;
             let Some((id, kind, epoch)) = row else {
                 return Ok(None);
             };
             let head = c
-                .prepare_cached("SELECT seq, hlc FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT 1")?
+                .prepare_cached(
+                    "SELECT seq, hlc FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT 1",
+                )?
                 .query_row([id], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
                 .optional()?;
             let kind = RoomKind::parse(&kind).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -178,7 +206,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn read_events(&self, room: &RoomId, after: Seq, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+    async fn read_events(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
         let name = room.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
@@ -203,7 +236,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn find_ops(&self, room: &RoomId, keys: Vec<(String, String)>) -> StoreResult<Vec<FoundOp>> {
+    async fn find_ops(
+        &self,
+        room: &RoomId,
+        keys: Vec<(String, String)>,
+    ) -> StoreResult<Vec<FoundOp>> {
         let name = room.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
@@ -213,7 +250,9 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for (from, op_id) in keys {
                 let found = stmt
-                    .query_row(params![name, from, op_id], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+                    .query_row(params![name, from, op_id], |r| {
+                        Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
+                    })
                     .optional()?;
                 if let Some((seq, hlc)) = found {
                     out.push(FoundOp {
@@ -230,7 +269,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     async fn close(&self) {
@@ -306,20 +346,30 @@ impl Writer {
             return;
         }
         for req in &batch {
-            let r = self.conn.execute_batch("SAVEPOINT req").map_err(StoreError::from).and_then(|_| {
-                let r = self.apply(req);
-                let end = if r.is_ok() { "RELEASE req" } else { "ROLLBACK TO req; RELEASE req" };
-                self.conn.execute_batch(end)?;
-                if let Ok(Some((room, id, head))) = &r {
-                    self.rooms.insert(room.clone(), (*id, *head));
-                }
-                r.map(|_| ())
-            });
+            let r = self
+                .conn
+                .execute_batch("SAVEPOINT req")
+                .map_err(StoreError::from)
+                .and_then(|_| {
+                    let r = self.apply(req);
+                    let end = if r.is_ok() {
+                        "RELEASE req"
+                    } else {
+                        "ROLLBACK TO req; RELEASE req"
+                    };
+                    self.conn.execute_batch(end)?;
+                    if let Ok(Some((room, id, head))) = &r {
+                        self.rooms.insert(room.clone(), (*id, *head));
+                    }
+                    r.map(|_| ())
+                });
             results.push(r);
         }
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
-                self.metrics.store_commit.observe(start.elapsed().as_secs_f64());
+                self.metrics
+                    .store_commit
+                    .observe(start.elapsed().as_secs_f64());
                 self.metrics.store_batch_events.observe(events as f64);
                 for (req, r) in batch.into_iter().zip(results) {
                     reply(req, r);
@@ -339,7 +389,9 @@ impl Writer {
     /// Applies one request inside the open transaction; returns the room's new head on append.
     fn apply(&mut self, req: &WriteReq) -> StoreResult<Option<(RoomId, i64, u64)>> {
         match req {
-            WriteReq::Create { room, kind, epoch, .. } => {
+            WriteReq::Create {
+                room, kind, epoch, ..
+            } => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)

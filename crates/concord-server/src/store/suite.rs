@@ -20,9 +20,13 @@ fn room(name: &str) -> RoomId {
 pub(crate) async fn create_and_load(s: Arc<dyn Store>) {
     let r = room("a");
     assert_eq!(s.load_room(&r).await.unwrap(), None);
-    s.create_room(&r, RoomKind::Stream, &Epoch("e1".into())).await.unwrap();
+    s.create_room(&r, RoomKind::Stream, &Epoch("e1".into()))
+        .await
+        .unwrap();
     // creating again is a no-op and keeps the first epoch
-    s.create_room(&r, RoomKind::Stream, &Epoch("e2".into())).await.unwrap();
+    s.create_room(&r, RoomKind::Stream, &Epoch("e2".into()))
+        .await
+        .unwrap();
     let rec = s.load_room(&r).await.unwrap().unwrap();
     assert_eq!(rec.kind, RoomKind::Stream);
     assert_eq!(rec.epoch, Epoch("e1".into()));
@@ -32,11 +36,28 @@ pub(crate) async fn create_and_load(s: Arc<dyn Store>) {
 
 pub(crate) async fn append_is_contiguous(s: Arc<dyn Store>) {
     let r = room("b");
-    assert!(matches!(s.append(&r, vec![ev(1, "c", None)]).await, Err(StoreError::NoRoom(_))));
-    s.create_room(&r, RoomKind::Stream, &Epoch("e".into())).await.unwrap();
-    s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)]).await.unwrap();
+    assert!(matches!(
+        s.append(&r, vec![ev(1, "c", None)]).await,
+        Err(StoreError::NoRoom(_))
+    ));
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)])
+        .await
+        .unwrap();
     let gap = s.append(&r, vec![ev(4, "c", None)]).await;
-    assert!(matches!(gap, Err(StoreError::NotContiguous { expected: 3, got: 4, .. })), "{gap:?}");
+    assert!(
+        matches!(
+            gap,
+            Err(StoreError::NotContiguous {
+                expected: 3,
+                got: 4,
+                ..
+            })
+        ),
+        "{gap:?}"
+    );
     let dup = s.append(&r, vec![ev(2, "c", None)]).await;
     assert!(matches!(dup, Err(StoreError::NotContiguous { .. })));
     // a batch failing half-way leaves nothing behind
@@ -47,20 +68,32 @@ pub(crate) async fn append_is_contiguous(s: Arc<dyn Store>) {
     assert_eq!(rec.head, Seq(3));
     assert_eq!(rec.head_hlc.as_deref(), Some("0000000000003-000000-n"));
     let all = s.read_events(&r, Seq(0), 100).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        all.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(all[0].data.get(), "{\"n\":1}");
     assert_eq!(all[0].op_id.as_deref(), Some("m1"));
 }
 
 pub(crate) async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     let r = room("c");
-    s.create_room(&r, RoomKind::Stream, &Epoch("e".into())).await.unwrap();
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
     s.append(&r, vec![ev(1, "c1", Some("m1"))]).await.unwrap();
     assert!(s.append(&r, vec![ev(2, "c1", Some("m1"))]).await.is_err());
     // same id from another client is another op
     s.append(&r, vec![ev(2, "c2", Some("m1"))]).await.unwrap();
     let found = s
-        .find_ops(&r, vec![("c1".into(), "m1".into()), ("c2".into(), "m1".into()), ("c3".into(), "m1".into())])
+        .find_ops(
+            &r,
+            vec![
+                ("c1".into(), "m1".into()),
+                ("c2".into(), "m1".into()),
+                ("c3".into(), "m1".into()),
+            ],
+        )
         .await
         .unwrap();
     let mut seqs: Vec<_> = found.iter().map(|f| (f.from.clone(), f.seq.0)).collect();
@@ -70,8 +103,12 @@ pub(crate) async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
 
 pub(crate) async fn pagination(s: Arc<dyn Store>) {
     let r = room("d");
-    s.create_room(&r, RoomKind::Stream, &Epoch("e".into())).await.unwrap();
-    s.append(&r, (1..=25).map(|i| ev(i, "c", None)).collect()).await.unwrap();
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(&r, (1..=25).map(|i| ev(i, "c", None)).collect())
+        .await
+        .unwrap();
     let mut after = Seq(0);
     let mut seen = Vec::new();
     loop {
@@ -83,7 +120,11 @@ pub(crate) async fn pagination(s: Arc<dyn Store>) {
         seen.extend(page.into_iter().map(|e| e.seq.0));
     }
     assert_eq!(seen, (1..=25).collect::<Vec<_>>());
-    assert!(s.read_events(&room("nope"), Seq(0), 10).await.unwrap().is_empty());
+    assert!(s
+        .read_events(&room("nope"), Seq(0), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(crate) async fn concurrent_rooms(s: Arc<dyn Store>) {
@@ -92,9 +133,13 @@ pub(crate) async fn concurrent_rooms(s: Arc<dyn Store>) {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let r = room(&format!("conc-{i}"));
-            s.create_room(&r, RoomKind::Stream, &Epoch("e".into())).await.unwrap();
+            s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+                .await
+                .unwrap();
             for seq in 1..=30 {
-                s.append(&r, vec![ev(seq, "c", Some(&format!("m{seq}")))]).await.unwrap();
+                s.append(&r, vec![ev(seq, "c", Some(&format!("m{seq}")))])
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -146,7 +191,13 @@ fn memory() -> (Arc<dyn Store>, ()) {
 
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("t.db"), false, 1000, crate::metrics::Metrics::new()).unwrap();
+    let s = SqliteStore::open(
+        &dir.path().join("t.db"),
+        false,
+        1000,
+        crate::metrics::Metrics::new(),
+    )
+    .unwrap();
     (Arc::new(s), dir)
 }
 
@@ -160,8 +211,12 @@ async fn sqlite_survives_reopen() {
     let r = room("p");
     {
         let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
-        s.create_room(&r, RoomKind::Stream, &Epoch("e9".into())).await.unwrap();
-        s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)]).await.unwrap();
+        s.create_room(&r, RoomKind::Stream, &Epoch("e9".into()))
+            .await
+            .unwrap();
+        s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)])
+            .await
+            .unwrap();
         s.close().await;
     }
     let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();

@@ -17,10 +17,12 @@ async fn every_bad_frame_gets_an_error_and_the_connection_stays_usable() {
     let server = TestServer::memory(|c| c.max_data_bytes = 1000).await;
     let mut w = Ws::connect(&server).await;
     // Before hello.
-    w.send(json!({"type":"join","room":"r","kind":"stream"})).await;
+    w.send(json!({"type":"join","room":"r","kind":"stream"}))
+        .await;
     let e = expect_error(&mut w, "bad_request").await;
     assert!(e["message"].as_str().unwrap().contains("hello"), "{e}");
-    w.send(json!({"type":"hello","client_id":"bad id with spaces"})).await;
+    w.send(json!({"type":"hello","client_id":"bad id with spaces"}))
+        .await;
     expect_error(&mut w, "bad_request").await;
     w.send(json!({"type":"hello","client_id":"c1"})).await;
     assert_eq!(w.recv().await["type"], "welcome");
@@ -32,18 +34,69 @@ async fn every_bad_frame_gets_an_error_and_the_connection_stays_usable() {
         (Message::text("{not json"), "bad_request", None),
         (Message::text("[1,2,3]"), "bad_request", None),
         (Message::text(r#"{"room":"ok"}"#), "bad_request", None),
-        (Message::text(r#"{"type":"frobnicate","id":"f1"}"#), "bad_request", Some("f1")),
-        (Message::text(r#"{"type":"publish","room":"ok","id":"p1"}"#), "bad_request", Some("p1")),
-        (Message::text(r#"{"type":"publish","room":"ok","id":7,"data":1}"#), "bad_request", None),
-        (Message::text(r#"{"type":"publish","room":"bad room!","id":"p2","data":1}"#), "bad_request", Some("p2")),
-        (Message::text(r#"{"type":"join","room":""}"#), "bad_request", None),
-        (Message::text(r#"{"type":"join","room":"ok","kind":"yjs"}"#), "bad_request", None),
-        (Message::text(r#"{"type":"join","room":"ok","history":100000}"#), "bad_request", None),
-        (Message::text(r#"{"type":"leave","room":"never-joined"}"#), "not_found", None),
-        (Message::text(r#"{"type":"join","room":"missing"}"#), "not_found", None),
-        (Message::text(r#"{"type":"join","room":"ok","kind":"doc"}"#), "kind_mismatch", None),
-        (Message::text(r#"{"type":"publish","room":"missing","id":"p3","data":1}"#), "not_found", Some("p3")),
-        (Message::text(format!(r#"{{"type":"publish","room":"ok","id":"big","data":"{}"}}"#, "x".repeat(2000))), "too_large", Some("big")),
+        (
+            Message::text(r#"{"type":"frobnicate","id":"f1"}"#),
+            "bad_request",
+            Some("f1"),
+        ),
+        (
+            Message::text(r#"{"type":"publish","room":"ok","id":"p1"}"#),
+            "bad_request",
+            Some("p1"),
+        ),
+        (
+            Message::text(r#"{"type":"publish","room":"ok","id":7,"data":1}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"publish","room":"bad room!","id":"p2","data":1}"#),
+            "bad_request",
+            Some("p2"),
+        ),
+        (
+            Message::text(r#"{"type":"join","room":""}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"join","room":"ok","kind":"yjs"}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"join","room":"ok","history":100000}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"leave","room":"never-joined"}"#),
+            "not_found",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"join","room":"missing"}"#),
+            "not_found",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"join","room":"ok","kind":"doc"}"#),
+            "kind_mismatch",
+            None,
+        ),
+        (
+            Message::text(r#"{"type":"publish","room":"missing","id":"p3","data":1}"#),
+            "not_found",
+            Some("p3"),
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"publish","room":"ok","id":"big","data":"{}"}}"#,
+                "x".repeat(2000)
+            )),
+            "too_large",
+            Some("big"),
+        ),
         (Message::binary(vec![1u8, 2, 3]), "bad_request", None),
     ];
     for (frame, code, id) in cases {
@@ -66,21 +119,31 @@ async fn oversized_frame_closes_with_1009_and_other_clients_are_unaffected() {
     let mut other = Ws::hello(&server, "other").await;
     other.join("r", json!({})).await;
     let mut w = Ws::hello(&server, "big").await;
-    let huge = format!(r#"{{"type":"publish","room":"r","id":"x","data":"{}"}}"#, "y".repeat(20 * 1024));
+    let huge = format!(
+        r#"{{"type":"publish","room":"r","id":"x","data":"{}"}}"#,
+        "y".repeat(20 * 1024)
+    );
     w.send_raw(Message::text(huge)).await;
     assert_eq!(w.closed().await, Some(1009));
     let (ack, _) = other.publish("r", "fine", json!(1)).await;
     assert_eq!(ack["seq"], 1);
     let (_, metrics) = http(&server, "GET", "/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_string();
-    assert!(metrics.contains("concord_limit_hits_total{limit=\"max_frame_bytes\"} 1"), "{metrics}");
-    assert!(metrics.contains("concord_disconnects_total{close_code=\"1009\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("concord_limit_hits_total{limit=\"max_frame_bytes\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("concord_disconnects_total{close_code=\"1009\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn no_hello_within_the_handshake_timeout_closes_with_1008() {
-    let server = TestServer::memory(|c| c.handshake_timeout = std::time::Duration::from_millis(300)).await;
+    let server =
+        TestServer::memory(|c| c.handshake_timeout = std::time::Duration::from_millis(300)).await;
     let mut w = Ws::connect(&server).await;
     assert_eq!(w.closed().await, Some(1008));
     server.stop().await;

@@ -13,7 +13,10 @@ async fn retry_on_a_new_connection_returns_the_original_ack() {
     a.events(1).await;
     // Same connection, same id: original ack, no event.
     let (again, evs) = a.publish("r", "m1", json!({"v":"other"})).await;
-    assert_eq!((again["seq"].clone(), again["hlc"].clone()), (ack["seq"].clone(), ack["hlc"].clone()));
+    assert_eq!(
+        (again["seq"].clone(), again["hlc"].clone()),
+        (ack["seq"].clone(), ack["hlc"].clone())
+    );
     assert!(evs.is_empty());
     drop(a);
     let mut b = Ws::hello(&server, "c1").await;
@@ -26,7 +29,10 @@ async fn retry_on_a_new_connection_returns_the_original_ack() {
     assert_eq!(other["seq"], 2);
     // Nothing was appended twice: the next event is seq 2 (c2's) for b.
     let evs = b.events(1).await;
-    assert_eq!((evs[0]["seq"].as_u64(), evs[0]["from"].as_str()), (Some(2), Some("c2")));
+    assert_eq!(
+        (evs[0]["seq"].as_u64(), evs[0]["from"].as_str()),
+        (Some(2), Some("c2"))
+    );
     let (_, room) = http(&server, "GET", "/v1/rooms/r", None).await;
     assert_eq!(room["seq"], 2);
     server.stop().await;
@@ -59,7 +65,10 @@ async fn retry_after_restart_and_beyond_the_cache_returns_the_original_ack() {
     }
     let (_, after) = http(&server, "GET", "/v1/rooms/r", None).await;
     assert_eq!(after["seq"], 10);
-    assert_eq!(after["epoch"], before["epoch"], "restart must keep the epoch");
+    assert_eq!(
+        after["epoch"], before["epoch"],
+        "restart must keep the epoch"
+    );
     let (next, _) = b.publish("r", "m10", json!(10)).await;
     assert_eq!(next["seq"], 11);
     let events = all_events(&server, "r").await;
@@ -80,7 +89,10 @@ async fn graceful_shutdown_closes_with_1001_and_keeps_acked_events() {
     let stopping = tokio::spawn(server.stop());
     assert_eq!(a.closed().await, Some(1001));
     stopping.await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
     let server = TestServer::sqlite(dir.path(), |_| {}).await;
     assert_eq!(seqs(&all_events(&server, "r").await), vec![1, 2, 3, 4, 5]);
     server.stop().await;

@@ -12,17 +12,35 @@ async fn publish_read_and_inspect_over_http() {
     .await;
     let mut member = Ws::hello(&server, "m").await;
     // Publishing over HTTP creates a stream room on first use.
-    let (s, r) = http(&server, "POST", "/v1/rooms/feed:1/events", Some(json!({"data":{"n":0},"id":"k0"}))).await;
+    let (s, r) = http(
+        &server,
+        "POST",
+        "/v1/rooms/feed:1/events",
+        Some(json!({"data":{"n":0},"id":"k0"})),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["seq"], 1);
     let epoch = r["epoch"].as_str().unwrap().to_string();
     assert!(r["hlc"].as_str().unwrap().len() > 20);
     member.join("feed:1", json!({})).await;
     // Same idempotency key: the original answer, nothing appended.
-    let (s, again) = http(&server, "POST", "/v1/rooms/feed:1/events", Some(json!({"data":{"n":"dup"},"id":"k0"}))).await;
+    let (s, again) = http(
+        &server,
+        "POST",
+        "/v1/rooms/feed:1/events",
+        Some(json!({"data":{"n":"dup"},"id":"k0"})),
+    )
+    .await;
     assert_eq!((s, again.clone()), (200, r.clone()));
     for n in 1..=120 {
-        let (s, r) = http(&server, "POST", "/v1/rooms/feed:1/events", Some(json!({"data":{"n":n}}))).await;
+        let (s, r) = http(
+            &server,
+            "POST",
+            "/v1/rooms/feed:1/events",
+            Some(json!({"data":{"n":n}})),
+        )
+        .await;
         assert_eq!((s, r["seq"].as_u64()), (200, Some(n + 1)));
     }
     // Members receive HTTP-published events.
@@ -30,26 +48,62 @@ async fn publish_read_and_inspect_over_http() {
     assert_eq!(evs[0]["from"], "http");
     assert_eq!(evs[0]["seq"], 2);
     // Pagination.
-    let (s, page) = http(&server, "GET", "/v1/rooms/feed:1/events?after=10&limit=50", None).await;
+    let (s, page) = http(
+        &server,
+        "GET",
+        "/v1/rooms/feed:1/events?after=10&limit=50",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(page["room"], "feed:1");
     assert_eq!(page["epoch"], epoch.as_str());
     assert_eq!(page["seq"], 121);
-    assert_eq!(seqs(page["events"].as_array().unwrap()), (11..=60).collect::<Vec<_>>());
-    assert_eq!(seqs(&all_events(&server, "feed:1").await), (1..=121).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(page["events"].as_array().unwrap()),
+        (11..=60).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&all_events(&server, "feed:1").await),
+        (1..=121).collect::<Vec<_>>()
+    );
     let (s, room) = http(&server, "GET", "/v1/rooms/feed:1", None).await;
-    assert_eq!((s, room), (200, json!({"room":"feed:1","kind":"stream","epoch":epoch,"seq":121})));
+    assert_eq!(
+        (s, room),
+        (
+            200,
+            json!({"room":"feed:1","kind":"stream","epoch":epoch,"seq":121})
+        )
+    );
 
     // Errors.
     let (s, e) = http(&server, "GET", "/v1/rooms/nope", None).await;
     assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
     let (s, e) = http(&server, "GET", "/v1/rooms/feed:1/events?limit=51", None).await;
     assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
-    let (s, e) = http(&server, "POST", "/v1/rooms/feed:1/events", Some(json!({"data":"x".repeat(200)}))).await;
+    let (s, e) = http(
+        &server,
+        "POST",
+        "/v1/rooms/feed:1/events",
+        Some(json!({"data":"x".repeat(200)})),
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (413, Some("too_large")));
-    let (s, e) = http(&server, "POST", "/v1/rooms/feed:1/events", Some(json!({"nodata":1}))).await;
+    let (s, e) = http(
+        &server,
+        "POST",
+        "/v1/rooms/feed:1/events",
+        Some(json!({"nodata":1})),
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
-    let (s, e) = http(&server, "POST", "/v1/rooms/bad%20room/events", Some(json!({"data":1}))).await;
+    let (s, e) = http(
+        &server,
+        "POST",
+        "/v1/rooms/bad%20room/events",
+        Some(json!({"data":1})),
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
 
     // Operations endpoints.

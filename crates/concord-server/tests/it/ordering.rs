@@ -23,7 +23,10 @@ async fn concurrent_publishers_every_member_sees_one_gap_free_order() {
         tasks.push(tokio::spawn(async move {
             // Pipeline every publish, then collect acks: ack order must follow send order.
             for n in 0..EACH {
-                w.feed(json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"p":p,"n":n}})).await;
+                w.feed(
+                    json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"p":p,"n":n}}),
+                )
+                .await;
             }
             w.flush().await;
             let mut acks = Vec::new();
@@ -31,7 +34,11 @@ async fn concurrent_publishers_every_member_sees_one_gap_free_order() {
                 let m = w.recv().await;
                 assert_eq!(m["type"], "ack", "{m}");
                 assert_eq!(m["room"], room);
-                acks.push((m["id"].as_str().unwrap().to_string(), m["seq"].as_u64().unwrap(), m["hlc"].clone()));
+                acks.push((
+                    m["id"].as_str().unwrap().to_string(),
+                    m["seq"].as_u64().unwrap(),
+                    m["hlc"].clone(),
+                ));
             }
             acks
         }));
@@ -40,9 +47,16 @@ async fn concurrent_publishers_every_member_sees_one_gap_free_order() {
     for (p, t) in tasks.into_iter().enumerate() {
         let acks = t.await.unwrap();
         let ids: Vec<_> = acks.iter().map(|a| a.0.clone()).collect();
-        assert_eq!(ids, (0..EACH).map(|n| format!("m{n}")).collect::<Vec<_>>(), "acks out of send order");
+        assert_eq!(
+            ids,
+            (0..EACH).map(|n| format!("m{n}")).collect::<Vec<_>>(),
+            "acks out of send order"
+        );
         let s: Vec<u64> = acks.iter().map(|a| a.1).collect();
-        assert!(s.windows(2).all(|w| w[0] < w[1]), "one connection's publishes must commit in send order: {s:?}");
+        assert!(
+            s.windows(2).all(|w| w[0] < w[1]),
+            "one connection's publishes must commit in send order: {s:?}"
+        );
         for (id, seq, hlc) in acks {
             acked.insert((format!("pub{p}"), id), (seq, hlc));
         }
@@ -51,21 +65,40 @@ async fn concurrent_publishers_every_member_sees_one_gap_free_order() {
     let mut orders = Vec::new();
     for o in &mut observers {
         let evs = o.events(total).await;
-        assert_eq!(seqs(&evs), (1..=total as u64).collect::<Vec<_>>(), "gap or reorder");
+        assert_eq!(
+            seqs(&evs),
+            (1..=total as u64).collect::<Vec<_>>(),
+            "gap or reorder"
+        );
         let order: Vec<(String, String)> = evs
             .iter()
-            .map(|e| (e["from"].as_str().unwrap().to_string(), e["id"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    e["from"].as_str().unwrap().to_string(),
+                    e["id"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         for (e, key) in evs.iter().zip(&order) {
             let (seq, hlc) = &acked[key];
-            assert_eq!(e["seq"].as_u64().unwrap(), *seq, "ack seq differs from event seq");
+            assert_eq!(
+                e["seq"].as_u64().unwrap(),
+                *seq,
+                "ack seq differs from event seq"
+            );
             assert_eq!(&e["hlc"], hlc, "ack hlc differs from event hlc");
         }
         let hlcs: Vec<&str> = evs.iter().map(|e| e["hlc"].as_str().unwrap()).collect();
-        assert!(hlcs.windows(2).all(|w| w[0] < w[1]), "hlc must increase with seq");
+        assert!(
+            hlcs.windows(2).all(|w| w[0] < w[1]),
+            "hlc must increase with seq"
+        );
         orders.push(order);
     }
-    assert!(orders.windows(2).all(|w| w[0] == w[1]), "members saw different orders");
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "members saw different orders"
+    );
     server.stop().await;
 }
 
@@ -77,7 +110,10 @@ async fn sender_receives_its_own_event_and_non_members_get_acks_only() {
     let (ack, _) = member.publish("r1", "x", json!({"text":"hi"})).await;
     assert_eq!(ack["seq"], 1);
     let ev = member.events(1).await.remove(0);
-    assert_eq!(ev, json!({"type":"event","room":"r1","seq":1,"hlc":ack["hlc"],"from":"a","id":"x","data":{"text":"hi"}}));
+    assert_eq!(
+        ev,
+        json!({"type":"event","room":"r1","seq":1,"hlc":ack["hlc"],"from":"a","id":"x","data":{"text":"hi"}})
+    );
     // Publishing without joining is allowed; only members receive the event.
     let mut outsider = Ws::hello(&server, "b").await;
     let (ack, evs) = outsider.publish("r1", "y", json!(2)).await;

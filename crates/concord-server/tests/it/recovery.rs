@@ -36,14 +36,23 @@ async fn rejoin_with_since_gets_exactly_the_missed_events_from_memory_and_from_t
     let mut a = Ws::hello(&server, "a").await;
     let j = a.join("r", json!({"since":{"epoch":epoch,"seq":8}})).await;
     assert_eq!(j["recovered"], true);
-    assert_eq!(seqs(j["events"].as_array().unwrap()), (9..=20).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(j["events"].as_array().unwrap()),
+        (9..=20).collect::<Vec<_>>()
+    );
     // And live events continue right after.
     fill(&server, "r", 21, 21).await;
     assert_eq!(a.events(1).await[0]["seq"], 21);
     // Up to date: nothing missed.
     let mut b = Ws::hello(&server, "b").await;
     let j = b.join("r", json!({"since":{"epoch":epoch,"seq":21}})).await;
-    assert_eq!((j["recovered"].clone(), j["events"].as_array().unwrap().len()), (json!(true), 0));
+    assert_eq!(
+        (
+            j["recovered"].clone(),
+            j["events"].as_array().unwrap().len()
+        ),
+        (json!(true), 0)
+    );
     server.stop().await;
 }
 
@@ -56,9 +65,18 @@ async fn unknown_epoch_old_or_future_since_gets_recovered_false_with_history() {
     let epoch = j["epoch"].as_str().unwrap().to_string();
     fill(&server, "r", 1, 12).await;
     let cases = [
-        (json!({"since":{"epoch":"not-the-epoch","seq":3}}), "unknown epoch"),
-        (json!({"since":{"epoch":epoch,"seq":2}}), "older than the recovery window"),
-        (json!({"since":{"epoch":epoch,"seq":99}}), "ahead of the room"),
+        (
+            json!({"since":{"epoch":"not-the-epoch","seq":3}}),
+            "unknown epoch",
+        ),
+        (
+            json!({"since":{"epoch":epoch,"seq":2}}),
+            "older than the recovery window",
+        ),
+        (
+            json!({"since":{"epoch":epoch,"seq":99}}),
+            "ahead of the room",
+        ),
     ];
     for (extra, why) in cases {
         let mut b = Ws::hello(&server, "b").await;
@@ -68,13 +86,20 @@ async fn unknown_epoch_old_or_future_since_gets_recovered_false_with_history() {
         assert_eq!(j["recovered"], false, "{why}");
         assert_eq!(j["epoch"], epoch.as_str());
         assert_eq!(j["seq"], 12);
-        assert_eq!(seqs(j["events"].as_array().unwrap()), vec![10, 11, 12], "{why}: last `history` events");
+        assert_eq!(
+            seqs(j["events"].as_array().unwrap()),
+            vec![10, 11, 12],
+            "{why}: last `history` events"
+        );
     }
     // Within the window: recovered.
     let mut c = Ws::hello(&server, "c").await;
     let j = c.join("r", json!({"since":{"epoch":epoch,"seq":7}})).await;
     assert_eq!(j["recovered"], true);
-    assert_eq!(seqs(j["events"].as_array().unwrap()), vec![8, 9, 10, 11, 12]);
+    assert_eq!(
+        seqs(j["events"].as_array().unwrap()),
+        vec![8, 9, 10, 11, 12]
+    );
     // history without since
     let j = c.join("r2", json!({"history": 5})).await;
     assert_eq!(j["events"].as_array().unwrap().len(), 0);

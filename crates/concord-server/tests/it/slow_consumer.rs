@@ -15,7 +15,10 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
     .await;
     let room = "busy";
     let mut slow = Ws::hello(&server, "slow").await;
-    let epoch = slow.join(room, json!({})).await["epoch"].as_str().unwrap().to_string();
+    let epoch = slow.join(room, json!({})).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut fast = Ws::hello(&server, "fast").await;
     fast.join(room, json!({})).await;
     // Publish until the member that never reads has filled the socket buffers and then its
@@ -38,7 +41,11 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
     let mut n = 0u64;
     while batches_after_cut != Some(2) {
         for _ in 0..BATCH {
-            publisher.feed(json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"s":payload}})).await;
+            publisher
+                .feed(
+                    json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"s":payload}}),
+                )
+                .await;
             n += 1;
         }
         publisher.flush().await;
@@ -52,13 +59,20 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
             batches_after_cut = batches_after_cut.map(|k| k + 1);
         } else {
             let (_, m) = http(&server, "GET", "/metrics", None).await;
-            if m.as_str().unwrap().contains("concord_limit_hits_total{limit=\"max_queue_bytes\"} 1") {
+            if m.as_str()
+                .unwrap()
+                .contains("concord_limit_hits_total{limit=\"max_queue_bytes\"} 1")
+            {
                 batches_after_cut = Some(0);
             }
         }
     }
     fast_reader.abort();
-    assert_eq!(fast_seen, (1..=n).collect::<Vec<_>>(), "the fast member must see everything");
+    assert_eq!(
+        fast_seen,
+        (1..=n).collect::<Vec<_>>(),
+        "the fast member must see everything"
+    );
     // The slow member now reads: a gap-free prefix, then close 4008.
     let mut got = Vec::new();
     let code = loop {
@@ -74,16 +88,28 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
     };
     assert_eq!(code, Some(4008));
     assert!((got.len() as u64) < n, "the slow member was never cut off");
-    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "prefix must be gap-free");
+    assert_eq!(
+        got,
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "prefix must be gap-free"
+    );
     // Recover from the last seq seen: exactly the rest.
     let last = *got.last().unwrap_or(&0);
     let mut again = Ws::hello(&server, "slow").await;
-    again.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":last}})).await;
+    again
+        .send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":last}}))
+        .await;
     let j = again.recv().await;
     assert_eq!(j["recovered"], true);
-    assert_eq!(seqs(j["events"].as_array().unwrap()), (last + 1..=n).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(j["events"].as_array().unwrap()),
+        (last + 1..=n).collect::<Vec<_>>()
+    );
     let (_, m) = http(&server, "GET", "/metrics", None).await;
-    assert!(m.as_str().unwrap().contains("concord_disconnects_total{close_code=\"4008\"} 1"));
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains("concord_disconnects_total{close_code=\"4008\"} 1"));
     server.stop().await;
 }
 
@@ -91,18 +117,33 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
 async fn a_catch_up_larger_than_the_byte_budget_is_a_reset_never_a_partial_recovery() {
     let server = TestServer::memory(|c| c.max_catch_up_bytes = 4096).await;
     let mut a = Ws::hello(&server, "a").await;
-    let epoch = a.join("r", json!({})).await["epoch"].as_str().unwrap().to_string();
+    let epoch = a.join("r", json!({})).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for n in 0..20 {
-        a.publish("r", &format!("m{n}"), json!({"pad": "p".repeat(500)})).await;
+        a.publish("r", &format!("m{n}"), json!({"pad": "p".repeat(500)}))
+            .await;
     }
     let mut b = Ws::hello(&server, "b").await;
-    let j = b.join("r", json!({"since":{"epoch":epoch,"seq":1},"history":20})).await;
+    let j = b
+        .join("r", json!({"since":{"epoch":epoch,"seq":1},"history":20}))
+        .await;
     assert_eq!(j["recovered"], false);
     let evs = seqs(j["events"].as_array().unwrap());
-    assert!(!evs.is_empty() && evs.len() < 20, "history trimmed to the budget: {evs:?}");
+    assert!(
+        !evs.is_empty() && evs.len() < 20,
+        "history trimmed to the budget: {evs:?}"
+    );
     assert_eq!(*evs.last().unwrap(), 20, "the newest events are kept");
     assert_eq!(evs, (21 - evs.len() as u64..=20).collect::<Vec<_>>());
     let j = b.join("r", json!({"since":{"epoch":epoch,"seq":18}})).await;
-    assert_eq!((j["recovered"].clone(), seqs(j["events"].as_array().unwrap())), (json!(true), vec![19, 20]));
+    assert_eq!(
+        (
+            j["recovered"].clone(),
+            seqs(j["events"].as_array().unwrap())
+        ),
+        (json!(true), vec![19, 20])
+    );
     server.stop().await;
 }

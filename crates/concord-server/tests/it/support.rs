@@ -76,7 +76,9 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(server: &TestServer) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(server.url())
+            .await
+            .unwrap();
         Ws { ws }
     }
 
@@ -126,7 +128,9 @@ impl Ws {
     /// Reads until the server closes; returns the close code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
             match m {
                 None => return None,
                 Some(Err(_)) => return None,
@@ -151,7 +155,8 @@ impl Ws {
 
     /// Publishes and waits for the ack, skipping (and returning) events that arrive meanwhile.
     pub async fn publish(&mut self, room: &str, id: &str, data: Value) -> (Value, Vec<Value>) {
-        self.send(json!({"type":"publish","room":room,"id":id,"data":data})).await;
+        self.send(json!({"type":"publish","room":room,"id":id,"data":data}))
+            .await;
         let mut events = Vec::new();
         loop {
             let m = self.recv().await;
@@ -175,43 +180,29 @@ impl Ws {
     }
 }
 
-/// A minimal HTTP client over reqwest-free hyper is overkill: use a raw request over TCP.
-pub async fn http(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
-    let body_start = text.find("\r\n\r\n").unwrap() + 4;
-    let headers = &text[..body_start];
-    let mut raw = text[body_start..].to_string();
-    if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        raw = dechunk(&raw);
+/// One HTTP request; returns the status and the body (JSON if it parses, else a string).
+pub async fn http(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}{}", server.addr, path);
+    let mut req = client.request(method.parse().unwrap(), url);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
-    let value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    loop {
-        let Some(nl) = rest.find("\r\n") else { break };
-        let Ok(n) = usize::from_str_radix(rest[..nl].trim(), 16) else { break };
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[nl + 2..nl + 2 + n]);
-        rest = &rest[nl + 2 + n + 2..];
-    }
-    out
 }
 
 /// Every event of a room over HTTP, following pagination.
@@ -219,7 +210,13 @@ pub async fn all_events(server: &TestServer, room: &str) -> Vec<Value> {
     let mut after = 0;
     let mut out = Vec::new();
     loop {
-        let (status, page) = http(server, "GET", &format!("/v1/rooms/{room}/events?after={after}&limit=50"), None).await;
+        let (status, page) = http(
+            server,
+            "GET",
+            &format!("/v1/rooms/{room}/events?after={after}&limit=50"),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{page}");
         let events = page["events"].as_array().unwrap().clone();
         if events.is_empty() {
