@@ -1,6 +1,7 @@
 //! Integration tests: the server as a library on port 0, spoken to over real WebSockets and HTTP.
 
 mod bad_input;
+mod client;
 mod durability;
 mod http;
 mod ordering;

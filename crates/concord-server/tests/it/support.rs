@@ -24,6 +24,10 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::with_listener(config, listener)
+    }
+
+    pub fn with_listener(config: Config, listener: tokio::net::TcpListener) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let join = tokio::spawn(concord_server::run(config, listener, async move {
