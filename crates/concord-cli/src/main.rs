@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket clients and the HTTP API (embedded mode: one process, SQLite).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an open-loop load benchmark against a running server.
     Bench(concord_bench::BenchArgs),
 }
@@ -202,6 +202,11 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(&args.log_format);
+    // Every connection is a file descriptor: use the hard open-file limit, not the soft one.
+    match concord_bench::raise_nofile_limit() {
+        Ok((soft, _)) => tracing::debug!(open_files = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let config = args.config();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -226,7 +231,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     match cli.command {
         None => runtime.block_on(serve(ServeArgs::default())),
-        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
     }
 }
