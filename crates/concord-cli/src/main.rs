@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
+use concord_server::config::Rate;
 use concord_server::{Config, StoreConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,24 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run an open-loop load benchmark against a running server.
     Bench(concord_bench::BenchArgs),
+}
+
+/// `PER_SEC[:BURST]`, e.g. `1000:2000`; `0` disables the limit.
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let (rate, burst) = s.split_once(':').unwrap_or((s, ""));
+    let per_sec: u32 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate {s:?} (PER_SEC[:BURST], e.g. 1000:2000)"))?;
+    let burst: u32 = if burst.is_empty() {
+        per_sec.saturating_mul(2)
+    } else {
+        burst
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad burst in {s:?}"))?
+    };
+    Ok(Rate::new(per_sec, burst))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,6 +132,46 @@ struct ServeArgs {
     /// On shutdown, time given to publishes in flight before sockets close with 1001.
     #[arg(long, env = "CONCORD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Authentication of clients: `none` (development only; allowed only when listening on a
+    /// loopback address) or `jwt` (HS256 with --jwt-secret-file, or RS256/ES256 with --jwt-public-key).
+    #[arg(long, env = "CONCORD_AUTH", default_value = "none", value_parser = ["none", "jwt"])]
+    auth: String,
+    /// File holding the HS256 shared secret (at least 16 bytes; surrounding whitespace is trimmed).
+    #[arg(long, env = "CONCORD_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key.
+    #[arg(long, env = "CONCORD_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    #[arg(long, env = "CONCORD_JWT_LEEWAY", default_value_t = 5)]
+    jwt_leeway: u64,
+    /// File holding a key that grants every right over HTTP (`Authorization: Bearer <key>`).
+    #[arg(long, env = "CONCORD_ADMIN_KEY_FILE")]
+    admin_key_file: Option<PathBuf>,
+    /// After a token expires, time to send `auth` with a fresh one before close 1008.
+    #[arg(long, env = "CONCORD_AUTH_GRACE", default_value = "10s", value_parser = parse_duration)]
+    auth_grace: Duration,
+    /// Presence of a room is coalesced and sent at most this often.
+    #[arg(long, env = "CONCORD_PRESENCE_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    presence_interval: Duration,
+    /// Limit: largest presence `data` in bytes (larger → too_large).
+    #[arg(long, env = "CONCORD_MAX_PRESENCE_BYTES", default_value_t = 4 * 1024)]
+    max_presence_bytes: usize,
+    /// Limit: member connections per room.
+    #[arg(long, env = "CONCORD_MAX_MEMBERS_PER_ROOM", default_value_t = 10_000)]
+    max_members_per_room: usize,
+    /// Limit: WebSocket connections per client IP address (beyond it the upgrade gets 429).
+    #[arg(long, env = "CONCORD_MAX_CONNS_PER_IP", default_value_t = 10_000)]
+    max_conns_per_ip: usize,
+    /// Limit: publishes per connection, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_PUBLISH_PER_CONN", default_value = "1000:2000", value_parser = parse_rate)]
+    rate_publish_per_conn: Rate,
+    /// Limit: publishes per room from all senders, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_PUBLISH_PER_ROOM", default_value = "50000:100000", value_parser = parse_rate)]
+    rate_publish_per_room: Rate,
+    /// Limit: presence updates per connection, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_PRESENCE_PER_CONN", default_value = "30:60", value_parser = parse_rate)]
+    rate_presence_per_conn: Rate,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -130,8 +190,43 @@ impl Default for ServeArgs {
     }
 }
 
+fn read_secret(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+}
+
 impl ServeArgs {
-    fn config(&self) -> Config {
+    fn auth_mode(&self) -> anyhow::Result<AuthMode> {
+        match self.auth.as_str() {
+            "jwt" => {
+                let keys = match (&self.jwt_secret_file, &self.jwt_public_key) {
+                    (Some(f), None) => JwtKeys::Secret(read_secret(f, "JWT secret")?),
+                    (None, Some(f)) => JwtKeys::PublicPem(
+                        std::fs::read(f)
+                            .with_context(|| format!("reading public key {}", f.display()))?,
+                    ),
+                    _ => anyhow::bail!(
+                        "--auth jwt needs exactly one of --jwt-secret-file or --jwt-public-key"
+                    ),
+                };
+                Ok(AuthMode::Jwt(
+                    JwtVerifier::new(keys, self.jwt_leeway).map_err(anyhow::Error::msg)?,
+                ))
+            }
+            _ => {
+                if !self.listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "--auth none is only allowed on a loopback address; use --auth jwt to listen on {}",
+                        self.listen
+                    );
+                }
+                Ok(AuthMode::None)
+            }
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<Config> {
         let store = if self.memory {
             StoreConfig::Memory
         } else {
@@ -140,7 +235,7 @@ impl ServeArgs {
                 sync_full: self.sqlite_sync == "full",
             }
         };
-        Config {
+        Ok(Config {
             store,
             node_id: self.node_id.clone(),
             max_frame_bytes: self.max_frame_bytes,
@@ -161,7 +256,23 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             max_commit_batch: self.max_commit_batch.max(1),
             ws_buffer_bytes: self.ws_buffer_bytes.max(256),
-        }
+            auth: self.auth_mode()?,
+            admin_key: match &self.admin_key_file {
+                Some(f) => Some(
+                    String::from_utf8(read_secret(f, "admin key")?)
+                        .context("admin key must be UTF-8")?,
+                ),
+                None => None,
+            },
+            auth_grace: self.auth_grace,
+            presence_interval: self.presence_interval,
+            max_presence_bytes: self.max_presence_bytes,
+            max_members_per_room: self.max_members_per_room,
+            max_conns_per_ip: self.max_conns_per_ip,
+            rate_publish_per_conn: self.rate_publish_per_conn,
+            rate_publish_per_room: self.rate_publish_per_room,
+            rate_presence_per_conn: self.rate_presence_per_conn,
+        })
     }
 }
 
@@ -207,17 +318,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok((soft, _)) => tracing::debug!(open_files = soft, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let config = args.config();
+    let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and the crash tests) can wait for.
     println!("concord listening on {addr}");
-    if addr.ip().is_loopback() {
-        tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded mode");
-    } else {
-        tracing::warn!(%addr, "listening beyond loopback without authentication");
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded mode");
+    if !config.auth.enabled() {
+        tracing::warn!(
+            "authentication is off (--auth none): every client may do everything; development only"
+        );
     }
     concord_server::run(config, listener, shutdown_signal()).await?;
     Ok(())

@@ -545,7 +545,7 @@ impl Task {
                 seq,
                 recovered,
                 events,
-                state: _,
+                ..
             } => {
                 self.on_joined(room, kind, epoch, seq, recovered, events, out);
                 Step::Continue
@@ -575,6 +575,11 @@ impl Task {
                 retry_after_ms,
             } => self.on_error(id, room, code, message, retry_after_ms, out),
             ServerMsg::Welcome { .. } => Step::Continue,
+            // Presence, membership and auth notices are not surfaced by this client yet.
+            ServerMsg::Presence { .. }
+            | ServerMsg::MemberJoined { .. }
+            | ServerMsg::MemberLeft { .. }
+            | ServerMsg::AuthOk { .. } => Step::Continue,
             ServerMsg::Other(ty) => {
                 tracing::debug!(ty, "ignoring unknown message type");
                 Step::Continue

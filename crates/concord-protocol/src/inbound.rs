@@ -31,6 +31,14 @@ pub enum ClientMsg {
         id: String,
         data: Box<RawValue>,
     },
+    Presence {
+        room: String,
+        data: Box<RawValue>,
+    },
+    /// A fresh token for a connection whose token expires.
+    Auth {
+        token: String,
+    },
 }
 
 impl ClientMsg {
@@ -40,6 +48,8 @@ impl ClientMsg {
             ClientMsg::Join { .. } => "join",
             ClientMsg::Leave { .. } => "leave",
             ClientMsg::Publish { .. } => "publish",
+            ClientMsg::Presence { .. } => "presence",
+            ClientMsg::Auth { .. } => "auth",
         }
     }
 }
@@ -88,6 +98,16 @@ struct PublishBody {
     room: String,
     id: String,
     data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    room: String,
+    data: Box<RawValue>,
+}
+#[derive(Deserialize)]
+struct AuthBody {
+    token: String,
 }
 
 fn fail(text: &str, message: String) -> DecodeError {
@@ -149,6 +169,17 @@ pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
                 id: b.id,
                 data: b.data,
             }
+        }
+        "presence" => {
+            let b: PresenceBody = body(text, "presence")?;
+            ClientMsg::Presence {
+                room: b.room,
+                data: b.data,
+            }
+        }
+        "auth" => {
+            let b: AuthBody = body(text, "auth")?;
+            ClientMsg::Auth { token: b.token }
         }
         other => {
             let shown: String = other.chars().take(64).collect();

@@ -72,7 +72,8 @@ struct JoinedHead<'a> {
     recovered: bool,
 }
 
-/// A `joined` frame whose `events` are already-encoded `event` frames.
+/// A `joined` frame whose `events` are already-encoded `event` frames; `extra` are more
+/// fields as (name, raw JSON) pairs (e.g. `presence`, `members`).
 pub fn joined<'a>(
     room: &str,
     kind: &str,
@@ -80,6 +81,7 @@ pub fn joined<'a>(
     seq: u64,
     recovered: bool,
     events: impl IntoIterator<Item = &'a str>,
+    extra: &[(&str, &str)],
 ) -> String {
     let mut out = to_json(&JoinedHead {
         ty: "joined",
@@ -97,8 +99,76 @@ pub fn joined<'a>(
         }
         out.push_str(e);
     }
-    out.push_str("]}");
+    out.push(']');
+    for (name, raw) in extra {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+        out.push_str(raw);
+    }
+    out.push('}');
     out
+}
+
+/// A `presence` frame; `data` None is `null` (the client left).
+pub fn presence(room: &str, client_id: &str, data: Option<&RawValue>) -> String {
+    #[derive(Serialize)]
+    struct PresenceOut<'a> {
+        #[serde(rename = "type")]
+        ty: &'static str,
+        room: &'a str,
+        client_id: &'a str,
+        data: Option<&'a RawValue>,
+    }
+    to_json(&PresenceOut {
+        ty: "presence",
+        room,
+        client_id,
+        data,
+    })
+}
+
+/// A member as others see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MemberInfo {
+    pub client_id: String,
+    pub user: String,
+    #[serde(default)]
+    pub meta: serde_json::Map<String, Value>,
+}
+
+/// `member_joined` / `member_left`.
+pub fn member(ty: &'static str, room: &str, m: &MemberInfo) -> String {
+    #[derive(Serialize)]
+    struct MemberOut<'a> {
+        #[serde(rename = "type")]
+        ty: &'static str,
+        room: &'a str,
+        #[serde(flatten)]
+        member: &'a MemberInfo,
+    }
+    to_json(&MemberOut {
+        ty,
+        room,
+        member: m,
+    })
+}
+
+/// `auth_ok`: a refreshed token was accepted.
+pub fn auth_ok(user: &str, exp: Option<u64>) -> String {
+    #[derive(Serialize)]
+    struct AuthOk<'a> {
+        #[serde(rename = "type")]
+        ty: &'static str,
+        user: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
+    }
+    to_json(&AuthOk {
+        ty: "auth_ok",
+        user,
+        exp,
+    })
 }
 
 pub fn left(room: &str) -> String {
@@ -188,9 +258,29 @@ pub enum ServerMsg {
         recovered: bool,
         events: Vec<EventMsg>,
         state: Option<Value>,
+        /// client_id → presence data of the members present.
+        presence: serde_json::Map<String, Value>,
+        members: Vec<MemberInfo>,
     },
     Left {
         room: String,
+    },
+    Presence {
+        room: String,
+        client_id: String,
+        data: Value,
+    },
+    MemberJoined {
+        room: String,
+        member: MemberInfo,
+    },
+    MemberLeft {
+        room: String,
+        member: MemberInfo,
+    },
+    AuthOk {
+        user: String,
+        exp: Option<u64>,
     },
     Ack {
         room: String,
@@ -227,9 +317,33 @@ enum Tagged {
         events: Vec<EventMsg>,
         #[serde(default)]
         state: Option<Value>,
+        #[serde(default)]
+        presence: serde_json::Map<String, Value>,
+        #[serde(default)]
+        members: Vec<MemberInfo>,
     },
     Left {
         room: String,
+    },
+    Presence {
+        room: String,
+        client_id: String,
+        data: Value,
+    },
+    MemberJoined {
+        room: String,
+        #[serde(flatten)]
+        member: MemberInfo,
+    },
+    MemberLeft {
+        room: String,
+        #[serde(flatten)]
+        member: MemberInfo,
+    },
+    AuthOk {
+        user: String,
+        #[serde(default)]
+        exp: Option<u64>,
     },
     Ack {
         room: String,
@@ -261,7 +375,16 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
     let head: Head = serde_json::from_str(text)?;
     if !matches!(
         head.ty.as_str(),
-        "welcome" | "joined" | "left" | "ack" | "event" | "error"
+        "welcome"
+            | "joined"
+            | "left"
+            | "ack"
+            | "event"
+            | "error"
+            | "presence"
+            | "member_joined"
+            | "member_left"
+            | "auth_ok"
     ) {
         return Ok(ServerMsg::Other(head.ty));
     }
@@ -283,6 +406,8 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
             recovered,
             events,
             state,
+            presence,
+            members,
         } => ServerMsg::Joined {
             room,
             kind,
@@ -291,8 +416,22 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
             recovered,
             events,
             state,
+            presence,
+            members,
         },
         Tagged::Left { room } => ServerMsg::Left { room },
+        Tagged::Presence {
+            room,
+            client_id,
+            data,
+        } => ServerMsg::Presence {
+            room,
+            client_id,
+            data,
+        },
+        Tagged::MemberJoined { room, member } => ServerMsg::MemberJoined { room, member },
+        Tagged::MemberLeft { room, member } => ServerMsg::MemberLeft { room, member },
+        Tagged::AuthOk { user, exp } => ServerMsg::AuthOk { user, exp },
         Tagged::Ack { room, id, seq, hlc } => ServerMsg::Ack { room, id, seq, hlc },
         Tagged::Event(e) => ServerMsg::Event(e),
         Tagged::Error {
@@ -319,7 +458,15 @@ mod tests {
     fn encoders_round_trip_through_the_client_decoder() {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
         let ev = event("chat:lobby", 58, "h", "c-1", Some("m-1"), &data);
-        let j = joined("chat:lobby", "stream", "e1", 58, true, [ev.as_str()]);
+        let j = joined(
+            "chat:lobby",
+            "stream",
+            "e1",
+            58,
+            true,
+            [ev.as_str()],
+            &[("presence", r#"{"c-1":{"cursor":3}}"#)],
+        );
         match decode_server(&j).unwrap() {
             ServerMsg::Joined {
                 events,
@@ -343,7 +490,21 @@ mod tests {
         assert!(
             matches!(decode_server(r#"{"type":"future_thing"}"#), Ok(ServerMsg::Other(t)) if t == "future_thing")
         );
-        let empty = joined("r", "stream", "e", 0, false, std::iter::empty());
+        let empty = joined("r", "stream", "e", 0, false, std::iter::empty(), &[]);
+        let m = MemberInfo {
+            client_id: "c".into(),
+            user: "u".into(),
+            meta: Default::default(),
+        };
+        assert!(matches!(
+            decode_server(&member("member_left", "r", &m)),
+            Ok(ServerMsg::MemberLeft { member, .. }) if member == m
+        ));
+        let p = presence("r", "c", None);
+        assert_eq!(
+            p,
+            r#"{"type":"presence","room":"r","client_id":"c","data":null}"#
+        );
         assert!(
             matches!(decode_server(&empty), Ok(ServerMsg::Joined { events, .. }) if events.is_empty())
         );

@@ -1,7 +1,25 @@
 //! Server configuration: every limit and timing knob, with production defaults.
 
+use crate::auth::AuthMode;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// A token-bucket rate: `per_sec` sustained with bursts up to `burst`. `per_sec == 0` disables it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const UNLIMITED: Rate = Rate {
+        per_sec: 0,
+        burst: 0,
+    };
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Rate { per_sec, burst }
+    }
+}
 
 /// Where committed events are kept.
 #[derive(Clone, Debug)]
@@ -56,6 +74,27 @@ pub struct Config {
     pub max_commit_batch: usize,
     /// WebSocket read and write buffer sizes per connection (small: they cost memory per connection).
     pub ws_buffer_bytes: usize,
+    /// How clients and HTTP callers authenticate.
+    pub auth: AuthMode,
+    /// A key that grants every right over HTTP (`Authorization: Bearer <key>`), for backends.
+    pub admin_key: Option<String>,
+    /// After a connection's token expires it may send `auth` with a fresh token within this
+    /// time; then it is closed with 1008.
+    pub auth_grace: Duration,
+    /// Presence updates of a room are coalesced and sent at most this often.
+    pub presence_interval: Duration,
+    /// Largest presence `data` in bytes (larger → `too_large`).
+    pub max_presence_bytes: usize,
+    /// Connections one room may have as members.
+    pub max_members_per_room: usize,
+    /// WebSocket connections from one IP address.
+    pub max_conns_per_ip: usize,
+    /// Publishes per connection.
+    pub rate_publish_per_conn: Rate,
+    /// Publishes per room (all senders together, HTTP included).
+    pub rate_publish_per_room: Rate,
+    /// Presence updates per connection.
+    pub rate_presence_per_conn: Rate,
 }
 
 impl Default for Config {
@@ -81,6 +120,16 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             max_commit_batch: 4_096,
             ws_buffer_bytes: 4 * 1024,
+            auth: AuthMode::None,
+            admin_key: None,
+            auth_grace: Duration::from_secs(10),
+            presence_interval: Duration::from_millis(50),
+            max_presence_bytes: 4 * 1024,
+            max_members_per_room: 10_000,
+            max_conns_per_ip: 10_000,
+            rate_publish_per_conn: Rate::new(1_000, 2_000),
+            rate_publish_per_room: Rate::new(50_000, 100_000),
+            rate_presence_per_conn: Rate::new(30, 60),
         }
     }
 }

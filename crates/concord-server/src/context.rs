@@ -3,9 +3,29 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use concord_core::{Clock, Epoch, HlcClock, HlcTimestamp};
+use concord_core::{Clock, Epoch, HlcClock, HlcTimestamp, RoomId};
 use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Live counters of one loaded room, for `/v1/admin/stats` and the top-rooms metric.
+#[derive(Default, Debug)]
+pub struct RoomStats {
+    pub publishes: AtomicU64,
+    pub presence: AtomicU64,
+    pub members: AtomicU64,
+}
+
+impl RoomStats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.publishes.load(Ordering::Relaxed),
+            self.presence.load(Ordering::Relaxed),
+            self.members.load(Ordering::Relaxed),
+        )
+    }
+}
 
 pub struct Shared {
     pub config: Config,
@@ -13,6 +33,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     hlc: Mutex<HlcClock>,
+    /// Counters of every loaded room.
+    pub room_stats: Mutex<HashMap<RoomId, Arc<RoomStats>>>,
 }
 
 impl Shared {
@@ -29,7 +51,24 @@ impl Shared {
             metrics,
             clock,
             hlc,
+            room_stats: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The busiest loaded rooms by publishes since load: (room, publishes, presence, members).
+    pub fn top_rooms(&self, n: usize) -> Vec<(RoomId, u64, u64, u64)> {
+        let mut all: Vec<_> = self
+            .room_stats
+            .lock()
+            .iter()
+            .map(|(r, s)| {
+                let (p, pr, m) = s.snapshot();
+                (r.clone(), p, pr, m)
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
     }
 
     /// A fresh node-wide HLC reading.

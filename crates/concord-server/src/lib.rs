@@ -2,9 +2,11 @@
 //!
 //! See ARCHITECTURE.md for the crate map and the data flow of a publish.
 
+pub mod auth;
 pub mod config;
 mod context;
 mod gateway;
+mod limiter;
 pub mod metrics;
 pub mod outbound;
 pub mod room;
@@ -62,6 +64,7 @@ pub async fn run(
         shutdown: token.clone(),
         conns: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
+        ips: Default::default(),
     });
     let trigger = token.clone();
     tokio::spawn(async move {
@@ -72,9 +75,13 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let served = axum::serve(listener, gateway::router(app.clone()))
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await;
+    let router = gateway::router(app.clone());
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned())
+    .await;
     token.cancel();
     app.conns.close();
     app.conns.wait().await;

@@ -23,6 +23,21 @@ pub struct LimitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoomLabel {
+    pub room: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabel {
     pub close_code: String,
 }
@@ -40,6 +55,13 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     pub limit_hits: Family<LimitLabel, Counter>,
     pub disconnects: Family<CloseLabel, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<ScopeLabel, Counter>,
+    pub presence_in: Counter,
+    pub presence_out: Counter,
+    pub presence_coalesced: Counter,
+    /// Publishes of the busiest rooms (top 10, refreshed at each scrape: bounded cardinality).
+    pub room_top_publishes: Family<RoomLabel, Gauge>,
     pub ack_latency: Histogram,
     pub store_commit: Histogram,
     pub store_batch_events: Histogram,
@@ -60,6 +82,12 @@ impl Metrics {
             errors: Family::default(),
             limit_hits: Family::default(),
             disconnects: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            presence_in: Counter::default(),
+            presence_out: Counter::default(),
+            presence_coalesced: Counter::default(),
+            room_top_publishes: Family::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -112,6 +140,36 @@ impl Metrics {
             m.disconnects.clone(),
         );
         r.register(
+            "concord_auth_failures",
+            "Refused tokens by reason",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "concord_rate_limited",
+            "Requests refused by a rate limit, by scope",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "concord_presence_in",
+            "Presence updates received",
+            m.presence_in.clone(),
+        );
+        r.register(
+            "concord_presence_out",
+            "Presence frames written to connections",
+            m.presence_out.clone(),
+        );
+        r.register(
+            "concord_presence_coalesced",
+            "Presence updates replaced by a newer value before being sent",
+            m.presence_coalesced.clone(),
+        );
+        r.register(
+            "concord_room_top_publishes",
+            "Publishes since load of the 10 busiest loaded rooms",
+            m.room_top_publishes.clone(),
+        );
+        r.register(
             "concord_ack_latency_seconds",
             "Time from receiving a publish to sending its ack",
             m.ack_latency.clone(),
@@ -152,6 +210,23 @@ impl Metrics {
         self.disconnects
             .get_or_create(&CloseLabel {
                 close_code: close_code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a rate-limit refusal (the error reply itself is counted by `error`).
+    pub fn rate_limit(&self, scope: &str) {
+        self.rate_limited
+            .get_or_create(&ScopeLabel {
+                scope: scope.to_string(),
             })
             .inc();
     }

@@ -4,13 +4,21 @@
 //! them to the socket. When the bytes queued for a connection pass the bound, the connection is
 //! marked lagging: nothing more is queued for it and it is closed with 4008, so the client
 //! reconnects and recovers with `since` — committed events are never dropped silently.
+//!
+//! Presence does not go through the queue: it goes to a per-connection slot that keeps only the
+//! latest frame per (room, client). The writer sends it after every queued frame, so presence
+//! never delays or displaces durable events and a slow connection gets only the latest values.
 
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::ClientId;
+use concord_core::RoomId;
+use concord_protocol::outbound::MemberInfo;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -25,6 +33,8 @@ struct Shared {
     lagging: AtomicBool,
     max: usize,
     metrics: Metrics,
+    presence: Mutex<HashMap<(RoomId, ClientId), Utf8Bytes>>,
+    presence_ready: Notify,
 }
 
 /// The sending side, cloned into every room the connection joined.
@@ -47,6 +57,8 @@ pub fn channel(max_bytes: usize, metrics: Metrics) -> (Outbound, OutboundRx) {
         lagging: AtomicBool::new(false),
         max: max_bytes,
         metrics,
+        presence: Mutex::new(HashMap::new()),
+        presence_ready: Notify::new(),
     });
     (
         Outbound {
@@ -84,6 +96,23 @@ impl Outbound {
         true
     }
 
+    /// Sets the latest presence frame of `client` in `room` for this connection, replacing one
+    /// not yet written.
+    pub fn presence(&self, room: &RoomId, client: &ClientId, frame: Utf8Bytes) {
+        if self.shared.lagging.load(Ordering::Relaxed) {
+            return;
+        }
+        let replaced = self
+            .shared
+            .presence
+            .lock()
+            .insert((room.clone(), client.clone()), frame);
+        if replaced.is_some() {
+            self.shared.metrics.presence_coalesced.inc();
+        }
+        self.shared.presence_ready.notify_one();
+    }
+
     /// Queues a control frame outside the byte bound.
     pub fn control(&self, frame: Frame) -> bool {
         self.tx.send(frame).is_ok()
@@ -103,8 +132,21 @@ impl Outbound {
 }
 
 impl OutboundRx {
-    pub async fn recv(&mut self) -> Option<Frame> {
-        self.rx.recv().await
+    /// The next frame; `Some(None)` means presence is waiting (see [`Self::take_presence`]).
+    pub async fn recv(&mut self) -> Option<Option<Frame>> {
+        tokio::select! {
+            biased;
+            f = self.rx.recv() => f.map(Some),
+            _ = self.shared.presence_ready.notified() => Some(None),
+        }
+    }
+    /// Every pending presence frame (latest per room and client).
+    pub fn take_presence(&self) -> Vec<Utf8Bytes> {
+        let mut p = self.shared.presence.lock();
+        if p.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *p).into_values().collect()
     }
     pub fn try_recv(&mut self) -> Option<Frame> {
         self.rx.try_recv().ok()
@@ -123,6 +165,8 @@ impl OutboundRx {
 pub struct ConnHandle {
     pub conn_id: u64,
     pub client: ClientId,
+    /// Who it is, as other members see it (user id and token metadata).
+    pub member: Arc<MemberInfo>,
     pub out: Outbound,
 }
 
@@ -131,14 +175,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn presence_keeps_only_the_latest_value_per_room_and_client() {
+        let (out, mut rx) = channel(100, Metrics::new());
+        let room = RoomId::new("r").unwrap();
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        for i in 0..5 {
+            out.presence(&room, &a, Utf8Bytes::from(format!("a{i}")));
+        }
+        out.presence(&room, &b, Utf8Bytes::from("b0"));
+        assert!(matches!(rx.recv().await, Some(None)));
+        let mut got: Vec<String> = rx.take_presence().iter().map(|f| f.to_string()).collect();
+        got.sort();
+        assert_eq!(got, vec!["a4", "b0"]);
+        assert!(rx.take_presence().is_empty());
+    }
+
+    #[tokio::test]
     async fn crossing_the_bound_closes_with_4008_once() {
         let (out, mut rx) = channel(10, Metrics::new());
         assert!(out.send(Utf8Bytes::from("123456")));
         assert!(!out.send(Utf8Bytes::from("123456")));
         assert!(out.is_lagging());
         assert!(!out.send(Utf8Bytes::from("1")));
-        assert!(matches!(rx.recv().await, Some(Frame::Text(_))));
-        assert!(matches!(rx.recv().await, Some(Frame::Close(4008, _))));
+        assert!(matches!(rx.recv().await, Some(Some(Frame::Text(_)))));
+        assert!(matches!(rx.recv().await, Some(Some(Frame::Close(4008, _)))));
         assert!(rx.try_recv().is_none());
     }
 
@@ -146,7 +206,7 @@ mod tests {
     async fn a_single_large_frame_is_allowed_when_the_queue_is_empty() {
         let (out, mut rx) = channel(4, Metrics::new());
         assert!(out.send(Utf8Bytes::from("much more than four bytes")));
-        let Some(Frame::Text(t)) = rx.recv().await else {
+        let Some(Some(Frame::Text(t))) = rx.recv().await else {
             panic!()
         };
         rx.written(t.len());

@@ -1,10 +1,13 @@
 //! The HTTP API for backends: publish, read history, room info, health, readiness, metrics.
 
+use super::ws::bearer;
 use super::App;
+use crate::auth::{Identity, Right};
 use crate::room::{Publish, Reply, RoomError, RoomMsg, Waiter};
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use concord_core::{ClientId, OpId, RoomId, Seq};
 use concord_protocol::{outbound as wire, ErrorCode};
@@ -33,6 +36,45 @@ fn err(app: &App, code: ErrorCode, message: impl Into<String>) -> HttpError {
     HttpError(RoomError::new(code, message))
 }
 
+/// Checks the caller's `Authorization: Bearer` credentials for `right` in `room`: the admin key
+/// grants everything; otherwise a JWT with the right is needed. Open when neither JWT auth nor
+/// an admin key is configured (development).
+fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    room: &str,
+    right: Right,
+) -> Result<Identity, HttpError> {
+    let cfg = &app.shared.config;
+    let token = bearer(headers);
+    if let (Some(key), Some(t)) = (&cfg.admin_key, &token) {
+        if key == t {
+            return Ok(Identity::admin());
+        }
+    }
+    if !cfg.auth.enabled() && cfg.admin_key.is_none() {
+        return Ok(Identity::anonymous());
+    }
+    let now = app.shared.clock.now_ms() / 1000;
+    let identity = match &cfg.auth {
+        crate::auth::AuthMode::Jwt(_) => cfg.auth.authenticate(token.as_deref(), now),
+        crate::auth::AuthMode::None => Err(crate::auth::AuthError::Missing),
+    }
+    .map_err(|e| {
+        app.shared.metrics.auth_failure(e.reason());
+        err(app, ErrorCode::Unauthorized, e.to_string())
+    })?;
+    if identity.may(room, right) {
+        Ok(identity)
+    } else {
+        Err(err(
+            app,
+            ErrorCode::Forbidden,
+            format!("your token does not grant {} in this room", right.as_str()),
+        ))
+    }
+}
+
 fn room_id(app: &App, name: &str) -> Result<RoomId, HttpError> {
     RoomId::new(name).map_err(|e| err(app, ErrorCode::BadRequest, e.to_string()))
 }
@@ -50,10 +92,20 @@ struct PostBody {
 pub async fn post_event(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let received = Instant::now();
     let room = room_id(&app, &room)?;
+    authorize(&app, &headers, room.as_str(), Right::Write)?;
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        err(&app, code, e.body_text())
+    })?;
     let body: PostBody = serde_json::from_slice(&body).map_err(|e| {
         err(
             &app,
@@ -109,9 +161,12 @@ pub struct EventsQuery {
 pub async fn get_events(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
-    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let room = room_id(&app, &room)?;
+    authorize(&app, &headers, room.as_str(), Right::Read)?;
+    let Query(q) = q.map_err(|e| err(&app, ErrorCode::BadRequest, e.body_text()))?;
     let max = app.shared.config.max_page;
     let limit = q.limit.unwrap_or(100.min(max));
     if limit == 0 || limit > max {
@@ -160,8 +215,10 @@ pub async fn get_events(
 pub async fn get_room(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let room = room_id(&app, &room)?;
+    authorize(&app, &headers, room.as_str(), Right::Read)?;
     let record = app
         .shared
         .store
@@ -197,7 +254,43 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `GET /v1/admin/stats`: connections and the busiest loaded rooms (admin right on `*`).
+pub async fn admin_stats(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    authorize(&app, &headers, "*", Right::Admin)?;
+    let rooms: Vec<serde_json::Value> = app
+        .shared
+        .top_rooms(50)
+        .into_iter()
+        .map(|(room, publishes, presence, members)| {
+            serde_json::json!({"room": room.as_str(), "publishes": publishes, "presence": presence, "members": members})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "node": app.shared.config.node_id,
+        "connections": app.shared.metrics.connections.get(),
+        "rooms_loaded": app.registry.len(),
+        "rooms": rooms,
+    });
+    Ok(json(body.to_string()))
+}
+
+/// Unknown paths: a JSON `not_found`.
+pub async fn fallback(State(app): State<Arc<App>>) -> HttpError {
+    err(&app, ErrorCode::NotFound, "no such endpoint")
+}
+
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let top = &app.shared.metrics.room_top_publishes;
+    top.clear();
+    for (room, publishes, _, _) in app.shared.top_rooms(10) {
+        top.get_or_create(&crate::metrics::RoomLabel {
+            room: room.to_string(),
+        })
+        .set(publishes as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
 //! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
 
-mod http;
+pub(crate) mod http;
+mod session;
+mod writer;
 mod ws;
 
 use crate::context::Shared;
@@ -8,6 +10,9 @@ use crate::room::Registry;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +27,8 @@ pub struct App {
     /// Every WebSocket connection task, so shutdown can wait for them.
     pub conns: TaskTracker,
     pub next_conn_id: AtomicU64,
+    /// Open WebSocket connections per client IP.
+    pub ips: Mutex<HashMap<IpAddr, usize>>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -36,6 +43,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
+        .route("/v1/admin/stats", get(http::admin_stats))
+        .fallback(http::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
 }

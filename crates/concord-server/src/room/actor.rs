@@ -5,9 +5,11 @@
 //! sequenced. Nothing is acked or broadcast before the store reports it durable, and batches
 //! complete in the order they were submitted, so every member sees seq order with no gaps.
 
+use super::members::Members;
 use super::msg::{Acked, Publish, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
-use crate::context::Shared;
+use crate::context::{RoomStats, Shared};
+use crate::limiter::Bucket;
 use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
@@ -18,6 +20,7 @@ use concord_protocol::{outbound as wire, ErrorCode, Since};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -62,7 +65,10 @@ pub(crate) struct RoomActor {
     registry: Arc<Registry>,
     rx: UnboundedReceiver<RoomMsg>,
     state: State,
-    members: HashMap<u64, ConnHandle>,
+    members: Members,
+    /// Publishes into this room from all senders together.
+    rate: Bucket,
+    stats: Arc<RoomStats>,
     inflight: VecDeque<InFlight>,
     commits: FuturesOrdered<BoxFuture<'static, StoreResult<()>>>,
 }
@@ -75,14 +81,18 @@ impl RoomActor {
         registry: Arc<Registry>,
         rx: UnboundedReceiver<RoomMsg>,
     ) -> Self {
+        let stats = Arc::new(RoomStats::default());
+        shared.room_stats.lock().insert(room.clone(), stats.clone());
         RoomActor {
+            members: Members::new(shared.config.presence_interval),
+            rate: Bucket::new(shared.config.rate_publish_per_room),
+            stats,
             room,
             generation,
             shared,
             registry,
             rx,
             state: State::Stale,
-            members: HashMap::new(),
             inflight: VecDeque::new(),
             commits: FuturesOrdered::new(),
         }
@@ -97,10 +107,14 @@ impl RoomActor {
         tokio::pin!(sleep);
         loop {
             let idle_now = self.is_idle();
+            let flush_at = self.members.flush_at;
             tokio::select! {
                 biased;
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    self.members.flush_presence(&self.room);
                 }
                 n = self.rx.recv_many(&mut buf, MAILBOX_BATCH) => {
                     if n == 0 {
@@ -124,6 +138,13 @@ impl RoomActor {
             }
         }
         self.shared.metrics.rooms_active.dec();
+        let mut stats = self.shared.room_stats.lock();
+        if stats
+            .get(&self.room)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.stats))
+        {
+            stats.remove(&self.room);
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -213,15 +234,32 @@ impl RoomActor {
                 } => {
                     // Events sequenced before the join go out through the normal broadcast.
                     self.submit(&mut batch, &mut stored);
-                    if self.join(conn, kind, since, history).await {
+                    // Tell the connection whether it is a member now (a failed rejoin keeps
+                    // an existing membership).
+                    let conn_id = conn.conn_id;
+                    if self.join(conn, kind, since, history).await || self.members.contains(conn_id)
+                    {
                         let _ = joined.send(true);
                     }
                 }
                 RoomMsg::Leave { conn_id, notify } => {
-                    self.members.remove(&conn_id);
+                    self.members
+                        .remove(&self.room, conn_id, &self.shared.metrics);
+                    self.stats
+                        .members
+                        .store(self.members.len() as u64, Ordering::Relaxed);
                     if let Some(out) = notify {
                         out.send(Utf8Bytes::from(wire::left(self.room.as_str())));
                     }
+                }
+                RoomMsg::Presence { conn_id, data } => {
+                    let Some(client) = self.members.client_of(conn_id).cloned() else {
+                        // The join was refused or the member left meanwhile.
+                        continue;
+                    };
+                    self.stats.presence.fetch_add(1, Ordering::Relaxed);
+                    self.members
+                        .set_presence(&client, data, &self.shared.metrics);
                 }
             }
         }
@@ -367,6 +405,19 @@ impl RoomActor {
                 return;
             }
         }
+        if let Err(retry) = self.rate.check() {
+            self.shared.metrics.rate_limit("room");
+            self.shared.metrics.error(ErrorCode::RateLimited);
+            let err = RoomError {
+                retry_after_ms: Some(retry),
+                ..RoomError::new(
+                    ErrorCode::RateLimited,
+                    "this room receives more publishes than its limit",
+                )
+            };
+            return p.fail(&self.room, err);
+        }
+        self.stats.publishes.fetch_add(1, Ordering::Relaxed);
         let seq = live.seqr.assign();
         let hlc: Arc<str> = Arc::from(self.shared.hlc_now().to_string());
         let ev = StoredEvent {
@@ -456,24 +507,16 @@ impl RoomActor {
                 },
             );
         }
-        let mut gone = Vec::new();
         for ev in &done.events {
-            for (id, m) in &self.members {
-                if !m.out.send(ev.frame.clone()) {
-                    gone.push(*id);
-                }
-            }
+            self.members.broadcast(&self.room, &ev.frame, metrics);
             live.window.push_back(ev.clone());
             if live.window.len() > self.shared.config.room_window {
                 live.window.pop_front();
             }
         }
-        metrics
-            .deliveries
-            .inc_by((done.events.len() * self.members.len()) as u64);
-        for id in gone {
-            self.members.remove(&id);
-        }
+        self.stats
+            .members
+            .store(self.members.len() as u64, Ordering::Relaxed);
         if !live.waiting.is_empty() {
             let committed = live.seqr.committed();
             let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut live.waiting)
@@ -552,6 +595,15 @@ impl RoomActor {
                 &format!("room is a {} room", live.kind.as_str()),
             );
         }
+        let max_members = self.shared.config.max_members_per_room;
+        if !self.members.contains(conn.conn_id) && self.members.len() >= max_members {
+            self.shared.metrics.limit("max_members_per_room");
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                &format!("room is full ({max_members} members)"),
+            );
+        }
         let committed = live.seqr.committed();
         let window = self.shared.config.recovery_window;
         let latest = |n: u64| Seq(committed.0 - n.min(committed.0));
@@ -608,10 +660,17 @@ impl RoomActor {
             committed.0,
             recovered,
             frames.iter().map(|f| f.as_str()),
+            &[
+                ("presence", &self.members.presence_json()),
+                ("members", &self.members.members_json()),
+            ],
         );
         self.shared.metrics.join(outcome);
         if conn.out.send(Utf8Bytes::from(frame)) {
-            self.members.insert(conn.conn_id, conn);
+            self.members.add(&self.room, conn, &self.shared.metrics);
+            self.stats
+                .members
+                .store(self.members.len() as u64, Ordering::Relaxed);
             true
         } else {
             false

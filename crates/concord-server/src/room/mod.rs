@@ -1,6 +1,7 @@
 //! Rooms: one actor task per loaded room (the room's sequencer), and the registry that finds them.
 
 mod actor;
+mod members;
 mod msg;
 mod registry;
 

@@ -24,6 +24,11 @@ pub enum RoomMsg {
         notify: Option<Outbound>,
     },
     Publish(Publish),
+    /// A member's presence (already checked for size and rights).
+    Presence {
+        conn_id: u64,
+        data: Box<RawValue>,
+    },
 }
 
 /// One event to sequence.
@@ -65,6 +70,8 @@ pub struct Acked {
 pub struct RoomError {
     pub code: ErrorCode,
     pub message: String,
+    /// For `rate_limited`: when a retry may succeed.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl RoomError {
@@ -72,6 +79,7 @@ impl RoomError {
         RoomError {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -102,7 +110,7 @@ impl Waiter {
                     Some(room.as_str()),
                     err.code,
                     &err.message,
-                    None,
+                    err.retry_after_ms,
                 )));
             }
             Reply::Http(tx) => {

@@ -167,20 +167,35 @@ impl Ws {
             match m["type"].as_str() {
                 Some("ack") if m["id"] == id => return (m, events),
                 Some("event") => events.push(m),
+                _ if is_ephemeral(&m) => {}
                 _ => panic!("unexpected {m} while waiting for ack of {id}"),
             }
         }
     }
 
-    /// Collects `n` events, failing on anything else.
+    /// Collects `n` events, skipping ephemeral messages (presence, membership), failing on
+    /// anything else.
     pub async fn events(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let m = self.recv().await;
+            if is_ephemeral(&m) {
+                continue;
+            }
             assert_eq!(m["type"], "event", "{m}");
             out.push(m);
         }
         out
+    }
+
+    /// The next message that is not presence or a membership notice.
+    pub async fn recv_durable(&mut self) -> Value {
+        loop {
+            let m = self.recv().await;
+            if !is_ephemeral(&m) {
+                return m;
+            }
+        }
     }
 }
 
@@ -229,6 +244,14 @@ pub async fn all_events(server: &TestServer, room: &str) -> Vec<Value> {
         after = events.last().unwrap()["seq"].as_u64().unwrap();
         out.extend(events);
     }
+}
+
+/// Presence and membership notices: not part of a room's durable order.
+pub fn is_ephemeral(m: &Value) -> bool {
+    matches!(
+        m["type"].as_str(),
+        Some("presence" | "member_joined" | "member_left")
+    )
 }
 
 pub fn seqs(events: &[Value]) -> Vec<u64> {

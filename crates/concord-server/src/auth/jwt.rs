@@ -1,0 +1,217 @@
+//! JWT verification: HS256 with a shared secret, RS256/ES256 with a public key (PEM).
+
+use super::{Grants, Identity};
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Why a token was refused (also the `reason` label of `concord_auth_failures_total`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token lacks a required claim: {0}")]
+    MissingClaim(&'static str),
+    #[error("invalid claim: {0}")]
+    BadClaim(String),
+    #[error("token algorithm not accepted")]
+    WrongAlgorithm,
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::BadClaim(_) => "bad_claim",
+            AuthError::WrongAlgorithm => "wrong_algorithm",
+        }
+    }
+}
+
+/// Verification keys.
+#[derive(Clone)]
+pub enum JwtKeys {
+    /// HS256 with a shared secret.
+    Secret(Vec<u8>),
+    /// RS256 (RSA) or ES256 (P-256) with a PEM public key.
+    PublicPem(Vec<u8>),
+}
+
+/// Verifies tokens; cheap to clone.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: Arc<DecodingKey>,
+    algorithm: Algorithm,
+    leeway_secs: u64,
+}
+
+impl JwtVerifier {
+    pub fn new(keys: JwtKeys, leeway_secs: u64) -> Result<Self, String> {
+        let (key, algorithm) = match keys {
+            JwtKeys::Secret(s) => {
+                if s.len() < 16 {
+                    return Err("the JWT secret must be at least 16 bytes".into());
+                }
+                (DecodingKey::from_secret(&s), Algorithm::HS256)
+            }
+            JwtKeys::PublicPem(pem) => {
+                if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                    (k, Algorithm::ES256)
+                } else {
+                    let k = DecodingKey::from_rsa_pem(&pem).map_err(|e| {
+                        format!("public key is neither an EC (P-256) nor an RSA PEM: {e}")
+                    })?;
+                    (k, Algorithm::RS256)
+                }
+            }
+        };
+        Ok(JwtVerifier {
+            key: Arc::new(key),
+            algorithm,
+            leeway_secs,
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Verifies signature, `exp` (required), `nbf` (if present) against `now_secs`, then reads
+    /// `sub` (required), `rooms` (required) and the optional claims as metadata.
+    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Identity, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != self.algorithm {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let mut v = Validation::new(self.algorithm);
+        // Time claims are checked below against the injected clock.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims.clear();
+        let data = decode::<Map<String, Value>>(token, &self.key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => AuthError::BadSignature,
+                K::InvalidAlgorithm => AuthError::WrongAlgorithm,
+                _ => AuthError::Malformed(e.to_string()),
+            }
+        })?;
+        let mut claims = data.claims;
+        let exp = claims
+            .get("exp")
+            .ok_or(AuthError::MissingClaim("exp"))?
+            .as_u64()
+            .ok_or_else(|| AuthError::BadClaim("exp must be a number".into()))?;
+        if now_secs > exp + self.leeway_secs {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf
+                .as_u64()
+                .ok_or_else(|| AuthError::BadClaim("nbf must be a number".into()))?;
+            if now_secs + self.leeway_secs < nbf {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let user = match claims.remove("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
+            Some(_) => return Err(AuthError::BadClaim("sub must be a non-empty string".into())),
+            None => return Err(AuthError::MissingClaim("sub")),
+        };
+        let grants = Grants::from_claim(
+            claims
+                .get("rooms")
+                .ok_or(AuthError::MissingClaim("rooms"))?,
+        )
+        .map_err(AuthError::BadClaim)?;
+        for k in ["rooms", "exp", "nbf", "iat", "iss", "aud", "jti"] {
+            claims.remove(k);
+        }
+        Ok(Identity {
+            user,
+            meta: claims,
+            grants,
+            exp: Some(exp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Right;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"a-test-secret-of-32-bytes-length";
+
+    fn token(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hs256_claims_and_failures() {
+        let v = JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap();
+        let now = 1_800_000_000;
+        let ok = token(json!({"sub":"u1","exp":now+60,"name":"Ada","rooms":{"chat:*":["read"]}}));
+        let id = v.verify(&ok, now).unwrap();
+        assert_eq!(id.user, "u1");
+        assert_eq!(id.meta.get("name"), Some(&json!("Ada")));
+        assert!(id.may("chat:x", Right::Read));
+        assert!(!id.may("chat:x", Right::Write));
+        let cases = [
+            (token(json!({"sub":"u","exp":now-1,"rooms":{}})), "expired"),
+            (
+                token(json!({"sub":"u","exp":now+60,"nbf":now+30,"rooms":{}})),
+                "not_yet_valid",
+            ),
+            (token(json!({"exp":now+60,"rooms":{}})), "missing_claim"),
+            (token(json!({"sub":"u","rooms":{}})), "missing_claim"),
+            (token(json!({"sub":"u","exp":now+60})), "missing_claim"),
+            (
+                token(json!({"sub":"u","exp":now+60,"rooms":{"x":["fly"]}})),
+                "bad_claim",
+            ),
+            ("not.a.token".to_string(), "malformed"),
+        ];
+        for (t, reason) in cases {
+            assert_eq!(v.verify(&t, now).unwrap_err().reason(), reason, "{t}");
+        }
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub":"u","exp":now+60,"rooms":{}}),
+            &EncodingKey::from_secret(b"another-secret-of-enough-length!"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&other, now).unwrap_err().reason(), "bad_signature");
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"sub":"u","exp":now+60,"rooms":{}}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&hs384, now).unwrap_err().reason(),
+            "wrong_algorithm"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! The protocol state of one WebSocket connection: identity, joined rooms, rights, rate limits,
+//! and the handling of each client message.
+
+use super::ws::End;
+use super::App;
+use crate::auth::{Identity, Right};
+use crate::limiter::Bucket;
+use crate::outbound::{ConnHandle, Outbound};
+use crate::room::{Publish, Reply, RoomMsg, Waiter};
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{ClientId, OpId, RoomId, RoomKind};
+use concord_protocol::outbound::{self as wire, MemberInfo};
+use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, Since};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, Semaphore};
+
+pub struct Session {
+    pub app: Arc<App>,
+    pub conn_id: u64,
+    pub out: Outbound,
+    /// Set by `hello`.
+    client: Option<(ClientId, Arc<MemberInfo>)>,
+    identity: Option<Identity>,
+    /// A token from the upgrade request (`Authorization` header or `?token=`), used by `hello`
+    /// when it carries none.
+    upgrade_token: Option<String>,
+    /// When the token expires, or — once it has — when the grace for `auth` ends.
+    pub auth_deadline: Option<tokio::time::Instant>,
+    expired: bool,
+    /// Joined (or joining) rooms; the receiver says whether a pending join succeeded.
+    pub rooms: HashMap<RoomId, Option<oneshot::Receiver<bool>>>,
+    permits: Arc<Semaphore>,
+    publish_rate: Bucket,
+    presence_rate: Bucket,
+}
+
+impl Session {
+    pub fn new(app: Arc<App>, out: Outbound, upgrade_token: Option<String>) -> Self {
+        let cfg = &app.shared.config;
+        Session {
+            conn_id: app.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            permits: Arc::new(Semaphore::new(cfg.max_inflight_per_conn)),
+            publish_rate: Bucket::new(cfg.rate_publish_per_conn),
+            presence_rate: Bucket::new(cfg.rate_presence_per_conn),
+            app,
+            out,
+            client: None,
+            identity: None,
+            upgrade_token,
+            auth_deadline: None,
+            expired: false,
+            rooms: HashMap::new(),
+        }
+    }
+
+    pub fn greeted(&self) -> bool {
+        self.client.is_some()
+    }
+
+    pub fn error(&self, id: Option<&str>, room: Option<&str>, code: ErrorCode, message: &str) {
+        self.error_retry(id, room, code, message, None)
+    }
+
+    fn error_retry(
+        &self,
+        id: Option<&str>,
+        room: Option<&str>,
+        code: ErrorCode,
+        message: &str,
+        retry: Option<u64>,
+    ) {
+        self.app.shared.metrics.error(code);
+        self.out
+            .send(Utf8Bytes::from(wire::error(id, room, code, message, retry)));
+    }
+
+    /// Waits (up to the shutdown grace) until every publish in flight was answered.
+    pub async fn drain_in_flight(&self) {
+        let cfg = &self.app.shared.config;
+        let all = cfg.max_inflight_per_conn as u32;
+        let _ = tokio::time::timeout(cfg.shutdown_grace, self.permits.acquire_many(all)).await;
+    }
+
+    pub async fn on_text(&mut self, text: &str) -> Option<End> {
+        self.app.shared.metrics.frames_in.inc();
+        let msg = match decode_client(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(
+                    e.id.as_deref(),
+                    e.room.as_deref(),
+                    ErrorCode::BadRequest,
+                    &e.message,
+                );
+                return None;
+            }
+        };
+        let Some((client, _)) = self.client.clone() else {
+            return match msg {
+                ClientMsg::Hello { client_id, token } => self.hello(&client_id, token),
+                other => {
+                    let msg = format!("{} before hello: send hello first", other.type_name());
+                    self.error(None, None, ErrorCode::BadRequest, &msg);
+                    None
+                }
+            };
+        };
+        if let ClientMsg::Auth { token } = msg {
+            return self.auth(&token);
+        }
+        if self.expired {
+            let msg = "token expired: send {\"type\":\"auth\",\"token\":…} with a fresh token";
+            self.error(None, None, ErrorCode::Unauthorized, msg);
+            return None;
+        }
+        match msg {
+            ClientMsg::Hello { .. } => self.error(
+                None,
+                None,
+                ErrorCode::BadRequest,
+                "hello was already sent on this connection",
+            ),
+            ClientMsg::Join {
+                room,
+                kind,
+                since,
+                history,
+            } => self.join(client, &room, kind.as_deref(), since, history),
+            ClientMsg::Leave { room } => self.leave(&room),
+            ClientMsg::Publish { room, id, data } => self.publish(client, &room, &id, data).await,
+            ClientMsg::Presence { room, data } => self.presence(&room, data),
+            ClientMsg::Auth { .. } => unreachable!("handled above"),
+        }
+        None
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.app.shared.clock.now_ms() / 1000
+    }
+
+    /// Verifies a token; on failure answers `unauthorized` and closes with 1008.
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, End> {
+        let auth = &self.app.shared.config.auth;
+        auth.authenticate(token, self.now_secs()).map_err(|e| {
+            self.app.shared.metrics.auth_failure(e.reason());
+            self.error(None, None, ErrorCode::Unauthorized, &e.to_string());
+            End::Close(close::POLICY, "unauthorized")
+        })
+    }
+
+    fn schedule_expiry(&mut self, identity: &Identity) {
+        self.expired = false;
+        self.auth_deadline = identity.exp.map(|exp| {
+            let now_ms = self.app.shared.clock.now_ms();
+            let left = (exp * 1000).saturating_sub(now_ms);
+            tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+        });
+    }
+
+    fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
+        let client = match ClientId::new(client_id) {
+            Ok(c) if c.as_str() != super::http::HTTP_CLIENT => c,
+            Ok(_) => {
+                let msg = "client_id \"http\" is reserved for events published over HTTP";
+                self.error(None, None, ErrorCode::BadRequest, msg);
+                return None;
+            }
+            Err(e) => {
+                self.error(None, None, ErrorCode::BadRequest, &e.to_string());
+                return None;
+            }
+        };
+        let token = token.or_else(|| self.upgrade_token.take());
+        let identity = match self.authenticate(token.as_deref()) {
+            Ok(i) => i,
+            Err(end) => return Some(end),
+        };
+        let shared = &self.app.shared;
+        self.out.send(Utf8Bytes::from(wire::welcome(
+            client.as_str(),
+            &shared.config.node_id,
+            shared.clock.now_ms(),
+        )));
+        let member = Arc::new(MemberInfo {
+            client_id: client.to_string(),
+            user: identity.user.clone(),
+            meta: identity.meta.clone(),
+        });
+        self.schedule_expiry(&identity);
+        self.identity = Some(identity);
+        self.client = Some((client, member));
+        None
+    }
+
+    /// `auth`: a fresh token for the same user; rooms no longer readable are left.
+    fn auth(&mut self, token: &str) -> Option<End> {
+        let identity = match self.authenticate(Some(token)) {
+            Ok(i) => i,
+            Err(end) => return Some(end),
+        };
+        let same_user = self
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.user == identity.user);
+        if !same_user {
+            self.app.shared.metrics.auth_failure("other_user");
+            self.error(
+                None,
+                None,
+                ErrorCode::Unauthorized,
+                "a refreshed token must be for the same user",
+            );
+            return Some(End::Close(close::POLICY, "unauthorized"));
+        }
+        let revoked: Vec<RoomId> = self
+            .rooms
+            .keys()
+            .filter(|r| !identity.may(r.as_str(), Right::Read))
+            .cloned()
+            .collect();
+        for room in revoked {
+            self.rooms.remove(&room);
+            let msg = RoomMsg::Leave {
+                conn_id: self.conn_id,
+                notify: Some(self.out.clone()),
+            };
+            let _ = self.app.registry.send(&room, msg);
+            self.error(
+                None,
+                Some(room.as_str()),
+                ErrorCode::Forbidden,
+                "the new token does not grant read",
+            );
+        }
+        self.out
+            .send(Utf8Bytes::from(wire::auth_ok(&identity.user, identity.exp)));
+        self.schedule_expiry(&identity);
+        self.identity = Some(identity);
+        None
+    }
+
+    /// The token expired: warn once, then close 1008 when the grace ends without `auth`.
+    pub fn on_auth_deadline(&mut self) -> Option<End> {
+        if self.expired {
+            self.app.shared.metrics.auth_failure("expired");
+            return Some(End::Close(close::POLICY, "token expired"));
+        }
+        self.expired = true;
+        let grace = self.app.shared.config.auth_grace;
+        self.auth_deadline = Some(tokio::time::Instant::now() + grace);
+        let msg = format!(
+            "token expired: send {{\"type\":\"auth\",\"token\":…}} within {} ms or the connection closes",
+            grace.as_millis()
+        );
+        self.error(None, None, ErrorCode::Unauthorized, &msg);
+        None
+    }
+
+    fn room(&self, name: &str, id: Option<&str>) -> Option<RoomId> {
+        match RoomId::new(name) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let shown: String = name.chars().take(128).collect();
+                self.error(id, Some(&shown), ErrorCode::BadRequest, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Checks a right; answers `forbidden` when it is not granted.
+    fn allowed(&self, room: &RoomId, right: Right, id: Option<&str>) -> bool {
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.may(room.as_str(), right))
+        {
+            return true;
+        }
+        let msg = format!("your token does not grant {} in this room", right.as_str());
+        self.error(id, Some(room.as_str()), ErrorCode::Forbidden, &msg);
+        false
+    }
+
+    /// Forgets rooms whose join was refused.
+    fn prune_failed_joins(&mut self) {
+        self.rooms.retain(|_, pending| match pending {
+            None => true,
+            Some(rx) => match rx.try_recv() {
+                Ok(true) => {
+                    *pending = None;
+                    true
+                }
+                Ok(false) | Err(oneshot::error::TryRecvError::Closed) => false,
+                Err(oneshot::error::TryRecvError::Empty) => true,
+            },
+        });
+    }
+
+    fn join(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        kind: Option<&str>,
+        since: Option<Since>,
+        history: Option<u64>,
+    ) {
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
+        let kind = match kind.map(RoomKind::parse).transpose() {
+            Ok(k) => k,
+            Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
+        };
+        if !self.allowed(&room, Right::Read, None) {
+            return;
+        }
+        let cfg = self.app.shared.config.clone();
+        let history = history.unwrap_or(0);
+        if history > cfg.max_history {
+            self.app.shared.metrics.limit("max_history");
+            let msg = format!("history must be at most {}", cfg.max_history);
+            return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
+        }
+        self.prune_failed_joins();
+        if !self.rooms.contains_key(&room) && self.rooms.len() >= cfg.max_rooms_per_conn {
+            self.app.shared.metrics.limit("max_rooms_per_conn");
+            let msg = format!(
+                "a connection may join at most {} rooms",
+                cfg.max_rooms_per_conn
+            );
+            return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
+        }
+        let (tx, rx) = oneshot::channel();
+        let member = self
+            .client
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .expect("greeted");
+        let conn = ConnHandle {
+            conn_id: self.conn_id,
+            client,
+            member,
+            out: self.out.clone(),
+        };
+        let msg = RoomMsg::Join {
+            conn,
+            kind,
+            since,
+            history,
+            joined: tx,
+        };
+        if self.app.registry.send(&room, msg).is_err() {
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            );
+        }
+        self.rooms.insert(room, Some(rx));
+    }
+
+    fn leave(&mut self, name: &str) {
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
+        self.prune_failed_joins();
+        if self.rooms.remove(&room).is_none() {
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::NotFound,
+                "not a member of this room",
+            );
+        }
+        let msg = RoomMsg::Leave {
+            conn_id: self.conn_id,
+            notify: Some(self.out.clone()),
+        };
+        if self.app.registry.send(&room, msg).is_err() {
+            self.out.send(Utf8Bytes::from(wire::left(name)));
+        }
+    }
+
+    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<RawValue>) {
+        let received = Instant::now();
+        let Some(room) = self.room(name, Some(id)) else {
+            return;
+        };
+        let op_id = match OpId::new(id) {
+            Ok(i) => i,
+            Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
+        };
+        let max = self.app.shared.config.max_data_bytes;
+        if data.get().len() > max {
+            self.app.shared.metrics.limit("max_data_bytes");
+            let msg = format!("data is larger than {max} bytes");
+            return self.error(Some(id), Some(name), ErrorCode::TooLarge, &msg);
+        }
+        if !self.allowed(&room, Right::Write, Some(id)) {
+            return;
+        }
+        if let Err(retry) = self.publish_rate.check() {
+            self.app.shared.metrics.rate_limit("connection");
+            let msg = "this connection publishes faster than its limit";
+            return self.error_retry(
+                Some(id),
+                Some(name),
+                ErrorCode::RateLimited,
+                msg,
+                Some(retry),
+            );
+        }
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let msg = RoomMsg::Publish(Publish {
+            client,
+            data,
+            create: false,
+            waiter: Waiter {
+                id: Some(op_id),
+                received,
+                reply: Reply::Ws {
+                    out: self.out.clone(),
+                    _permit: permit,
+                },
+            },
+        });
+        if self.app.registry.send(&room, msg).is_err() {
+            self.error(
+                Some(id),
+                Some(name),
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            );
+        }
+    }
+
+    fn presence(&mut self, name: &str, data: Box<RawValue>) {
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
+        self.prune_failed_joins();
+        if !self.rooms.contains_key(&room) {
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::NotFound,
+                "join the room before sending presence",
+            );
+        }
+        let max = self.app.shared.config.max_presence_bytes;
+        if data.get().len() > max {
+            self.app.shared.metrics.limit("max_presence_bytes");
+            let msg = format!("presence data is larger than {max} bytes");
+            return self.error(None, Some(name), ErrorCode::TooLarge, &msg);
+        }
+        if !self.allowed(&room, Right::Presence, None) {
+            return;
+        }
+        if let Err(retry) = self.presence_rate.check() {
+            self.app.shared.metrics.rate_limit("presence");
+            let msg = "this connection sends presence faster than its limit";
+            return self.error_retry(None, Some(name), ErrorCode::RateLimited, msg, Some(retry));
+        }
+        self.app.shared.metrics.presence_in.inc();
+        let msg = RoomMsg::Presence {
+            conn_id: self.conn_id,
+            data,
+        };
+        let _ = self.app.registry.send(&room, msg);
+    }
+}
