@@ -1,13 +1,138 @@
-//! Open-loop load generator for Concord (placeholder until the scenarios land).
+//! Open-loop load generator for Concord (`concord bench <scenario>`), with HDR histograms.
+//!
+//! Scenarios: `pubsub` (P publishers and S subscribers in one room), `fanout` (1 publisher → N
+//! subscribers), `rooms` (publishes spread over many rooms), `idle` (RSS per idle connection).
+//! Every scenario talks protocol v1 over plain WebSockets (hello → welcome, join → joined);
+//! latencies are measured from the scheduled send time of an open-loop schedule (see `load`).
+
+mod conn;
+mod idle;
+mod load;
+mod scenarios;
+mod stats;
+mod sys;
+mod wire;
+
+pub use sys::raise_nofile_limit;
+
+use std::time::Duration;
 
 /// Benchmark options.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// Server WebSocket URL.
-    #[arg(long, default_value = "ws://127.0.0.1:7400/v1/ws")]
-    pub url: String,
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// Options of every scenario.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Server WebSocket URL.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:7400/v1/ws")]
+    pub url: String,
+    /// Connections set up at the same time.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Scenario {
+    /// Open-loop publishes into one room with P publishers and S subscribers: ack latency,
+    /// delivery latency, deliveries/s.
+    Pubsub(scenarios::PubsubArgs),
+    /// One publisher → N subscribers in one room: deliveries/s and delivery latency.
+    Fanout(scenarios::FanoutArgs),
+    /// Publishes spread over many rooms: acked publishes/s and ack latency.
+    Rooms(scenarios::RoomsArgs),
+    /// N idle connections (hello + join): server RSS per connection.
+    Idle(idle::IdleArgs),
+}
+
+/// `500ms`, `10s`, `2m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Err(e) = sys::raise_nofile_limit() {
+        eprintln!("warning: could not raise the open-file limit: {e}");
+    }
+    let common = &args.common;
+    match args.scenario {
+        Scenario::Pubsub(a) => scenarios::pubsub(common, a).await,
+        Scenario::Fanout(a) => scenarios::fanout(common, a).await,
+        Scenario::Rooms(a) => scenarios::rooms(common, a).await,
+        Scenario::Idle(a) => idle::idle(common, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let cli = Cli::parse_from([
+            "b",
+            "pubsub",
+            "--rate",
+            "20000",
+            "--subscribers",
+            "100",
+            "--url",
+            "ws://x/v1/ws",
+        ]);
+        assert_eq!(cli.bench.common.url, "ws://x/v1/ws");
+        assert!(
+            matches!(cli.bench.scenario, Scenario::Pubsub(a) if a.rate == 20000.0 && a.publishers == 4)
+        );
+        let cli = Cli::parse_from(["b", "idle", "--connections", "10", "--server-pid", "42"]);
+        assert!(matches!(cli.bench.scenario, Scenario::Idle(a) if a.server_pid == Some(42)));
+        let cli = Cli::parse_from([
+            "b",
+            "rooms",
+            "--rooms",
+            "1000",
+            "--conns",
+            "16",
+            "--duration",
+            "15s",
+        ]);
+        assert!(
+            matches!(cli.bench.scenario, Scenario::Rooms(a) if a.duration == Duration::from_secs(15))
+        );
+    }
 }

@@ -1,0 +1,105 @@
+//! Opening bench connections: connect (TCP_NODELAY), `hello` → `welcome`, then `join` every room
+//! (kind `stream`) → `joined`, many connections at a time.
+
+use crate::wire::{self, Kind};
+use anyhow::{anyhow, bail, Context};
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one connection may take to connect, greet and join.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one connection is: its client id and the rooms it joins.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub client_id: String,
+    pub rooms: Vec<String>,
+}
+
+/// A client id unique to this run: `bench-<pid>-<time>-<role><n>`.
+pub fn client_id(run: &str, role: &str, n: usize) -> String {
+    format!("bench-{run}-{role}{n}")
+}
+
+/// A short tag unique to this run (pid and time), for client ids and room names.
+pub fn run_tag() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), ms % 0xffff_ffff)
+}
+
+/// Reads frames until one of kind `want`; an `error` frame or the end of the stream fails.
+async fn expect(ws: &mut Ws, want: Kind) -> anyhow::Result<String> {
+    loop {
+        match ws.next().await {
+            None => bail!("connection closed while waiting for {want:?}"),
+            Some(Err(e)) => bail!("connection failed while waiting for {want:?}: {e}"),
+            Some(Ok(Message::Text(t))) => match wire::kind(&t) {
+                k if k == want => return Ok(t.to_string()),
+                Kind::Error => bail!(
+                    "server error while waiting for {want:?}: {}",
+                    wire::describe_error(&t)
+                ),
+                _ => {}
+            },
+            Some(Ok(Message::Close(f))) => bail!("server closed the connection: {f:?}"),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Connects, says hello and joins every room of `spec`.
+pub async fn open(url: &str, spec: &Spec, buffer_bytes: usize) -> anyhow::Result<Ws> {
+    let setup = async {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(buffer_bytes)
+            .write_buffer_size(64 * 1024)
+            .max_write_buffer_size(usize::MAX);
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        ws.send(Message::text(wire::hello(&spec.client_id))).await?;
+        expect(&mut ws, Kind::Welcome).await?;
+        for room in &spec.rooms {
+            ws.feed(Message::text(wire::join(room))).await?;
+        }
+        ws.flush().await?;
+        for _ in &spec.rooms {
+            expect(&mut ws, Kind::Joined).await?;
+        }
+        anyhow::Ok(ws)
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, setup)
+        .await
+        .map_err(|_| anyhow!("connection setup took longer than {SETUP_TIMEOUT:?}"))?
+}
+
+/// Opens every connection of `specs` (at most `concurrency` at a time), in order. Stops at the
+/// first failure.
+pub async fn open_all(
+    url: &str,
+    specs: &[Spec],
+    concurrency: usize,
+    buffer_bytes: usize,
+) -> anyhow::Result<Vec<Ws>> {
+    let mut opened = Vec::with_capacity(specs.len());
+    let mut stream = futures::stream::iter(specs.iter().enumerate())
+        .map(|(i, spec)| async move {
+            open(url, spec, buffer_bytes)
+                .await
+                .with_context(|| format!("connection {i} ({})", spec.client_id))
+        })
+        .buffered(concurrency.max(1));
+    while let Some(ws) = stream.next().await {
+        opened.push(ws?);
+    }
+    Ok(opened)
+}
