@@ -662,7 +662,7 @@ impl RoomActor {
             frames.iter().map(|f| f.as_str()),
             &[
                 ("presence", &self.members.presence_json()),
-                ("members", &self.members.members_json()),
+                ("members", &self.members.members_json(&conn)),
             ],
         );
         self.shared.metrics.join(outcome);

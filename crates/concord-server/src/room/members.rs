@@ -176,9 +176,12 @@ impl Members {
         serde_json::Value::Object(map).to_string()
     }
 
-    /// The `members` field of `joined`: one entry per client.
-    pub fn members_json(&self) -> String {
-        let list: Vec<&MemberInfo> = self.clients.values().map(|(_, m)| m.as_ref()).collect();
+    /// The `members` field of `joined` for `joining`: one entry per client, itself included.
+    pub fn members_json(&self, joining: &ConnHandle) -> String {
+        let mut list: Vec<&MemberInfo> = self.clients.values().map(|(_, m)| m.as_ref()).collect();
+        if !self.clients.contains_key(&joining.client) {
+            list.push(&joining.member);
+        }
         serde_json::to_string(&list).expect("member info serializes")
     }
 }

@@ -1,10 +1,13 @@
 //! Integration tests: the server as a library on port 0, spoken to over real WebSockets and HTTP.
 
+mod auth;
 mod bad_input;
 mod client;
 mod durability;
 mod http;
+mod limits;
 mod ordering;
+mod presence;
 mod recovery;
 mod slow_consumer;
 mod support;

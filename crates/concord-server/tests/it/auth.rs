@@ -1,0 +1,359 @@
+//! Authentication and permissions: JWT checks on hello, rights per room, token refresh, HTTP.
+
+use crate::support::*;
+use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const SECRET: &[u8] = b"integration-test-secret-0123456789";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token_with(claims: Value, secret: &[u8]) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn token(sub: &str, rooms: Value, ttl: i64) -> String {
+    let exp = (now() as i64 + ttl) as u64;
+    token_with(
+        json!({"sub": sub, "exp": exp, "name": format!("{sub}'s name"), "rooms": rooms}),
+        SECRET,
+    )
+}
+
+async fn jwt_server(tweak: impl FnOnce(&mut concord_server::Config)) -> TestServer {
+    TestServer::memory(|c| {
+        c.auth = AuthMode::Jwt(JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap());
+        tweak(c)
+    })
+    .await
+}
+
+async fn hello_with(server: &TestServer, client: &str, token: &str) -> Ws {
+    let mut w = Ws::connect(server).await;
+    w.send(json!({"type":"hello","client_id":client,"token":token}))
+        .await;
+    w
+}
+
+#[tokio::test]
+async fn bad_tokens_get_unauthorized_and_close_1008() {
+    let server = jwt_server(|_| {}).await;
+    let t = now();
+    let cases = [
+        (
+            token_with(
+                json!({"sub":"u","exp":t+60,"rooms":{}}),
+                b"some-other-secret-of-enough-size",
+            ),
+            "bad token signature",
+        ),
+        (token("u", json!({}), -30), "token expired"),
+        (
+            token_with(json!({"sub":"u","exp":t+60,"nbf":t+30,"rooms":{}}), SECRET),
+            "token not yet valid",
+        ),
+        (token_with(json!({"sub":"u","exp":t+60}), SECRET), "rooms"),
+        (token_with(json!({"exp":t+60,"rooms":{}}), SECRET), "sub"),
+        ("garbage".to_string(), "malformed"),
+    ];
+    for (tok, why) in cases {
+        let mut w = hello_with(&server, "c", &tok).await;
+        let e = w.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("unauthorized")),
+            "{why}: {e}"
+        );
+        assert!(e["message"].as_str().unwrap().contains(why), "{why}: {e}");
+        assert_eq!(w.closed().await, Some(1008), "{why}");
+    }
+    // No token at all.
+    let mut w = Ws::connect(&server).await;
+    w.send(json!({"type":"hello","client_id":"c"})).await;
+    assert_eq!(w.recv().await["code"], "unauthorized");
+    assert_eq!(w.closed().await, Some(1008));
+    let (_, m) = http(&server, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap();
+    for reason in [
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "missing_claim",
+        "malformed",
+        "missing",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "concord_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}\n{m}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rights_are_checked_per_room_and_the_connection_stays_open() {
+    let server = jwt_server(|_| {}).await;
+    let writer = token("w", json!({"chat:*":["read","write","presence"]}), 300);
+    let reader = token(
+        "r",
+        json!({"chat:*":["read"], "doc:team-42:*":["read"]}),
+        300,
+    );
+    let presence_only = token("p", json!({"chat:*":["read","presence"]}), 300);
+
+    let mut w = hello_with(&server, "cw", &writer).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    w.join("chat:lobby", json!({})).await;
+    // Outside the grants.
+    w.send(json!({"type":"join","room":"secret:x","kind":"stream"}))
+        .await;
+    let e = w.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["room"].as_str()),
+        (Some("forbidden"), Some("secret:x"))
+    );
+    let (ack, _) = w.publish("chat:lobby", "m1", json!(1)).await;
+    assert_eq!(ack["seq"], 1);
+
+    let mut r = hello_with(&server, "cr", &reader).await;
+    assert_eq!(r.recv().await["type"], "welcome");
+    let j = r.join("chat:lobby", json!({"history": 5})).await;
+    assert_eq!(seqs(j["events"].as_array().unwrap()), vec![1]);
+    // Members carry the user and the token's optional claims.
+    let members = j["members"].as_array().unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|m| m["user"] == "w" && m["meta"]["name"] == "w's name"),
+        "{members:?}"
+    );
+    r.send(json!({"type":"publish","room":"chat:lobby","id":"x","data":1}))
+        .await;
+    let e = r.recv_durable().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("forbidden"), Some("x"))
+    );
+    r.send(json!({"type":"presence","room":"chat:lobby","data":{"cursor":1}}))
+        .await;
+    assert_eq!(r.recv_durable().await["code"], "forbidden");
+    // Still usable after being refused.
+    let (ack, _) = w.publish("chat:lobby", "m2", json!(2)).await;
+    assert_eq!(r.events(1).await[0]["seq"], ack["seq"]);
+
+    let mut p = hello_with(&server, "cp", &presence_only).await;
+    assert_eq!(p.recv().await["type"], "welcome");
+    p.join("chat:lobby", json!({})).await;
+    p.send(json!({"type":"presence","room":"chat:lobby","data":{"typing":true}}))
+        .await;
+    p.send(json!({"type":"publish","room":"chat:lobby","id":"y","data":1}))
+        .await;
+    let e = p.recv_durable().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("forbidden"), Some("y"))
+    );
+    // The presence went through: the writer sees it.
+    loop {
+        let m = w.recv().await;
+        if m["type"] == "presence" && m["client_id"] == "cp" {
+            assert_eq!(m["data"], json!({"typing": true}));
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_from_the_upgrade_request_header_or_query() {
+    let server = jwt_server(|_| {}).await;
+    let t = token("u", json!({"*":["read"]}), 300);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        server.url(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut w = Ws { ws };
+    w.send(json!({"type":"hello","client_id":"h"})).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{}?token={t}", server.url()))
+        .await
+        .unwrap();
+    let mut w = Ws { ws };
+    w.send(json!({"type":"hello","client_id":"q"})).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expiring_token_is_refreshed_with_auth_or_the_connection_closes() {
+    let server = jwt_server(|c| c.auth_grace = Duration::from_millis(1500)).await;
+    let rooms = json!({"chat:*":["read","write"]});
+    // Expires within two seconds.
+    let mut a = hello_with(&server, "a", &token("u1", rooms.clone(), 1)).await;
+    assert_eq!(a.recv().await["type"], "welcome");
+    a.join("chat:a", json!({})).await;
+    let e = a.recv().await;
+    assert_eq!(e["code"], "unauthorized", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("auth"));
+    // While expired, requests are refused.
+    a.send(json!({"type":"publish","room":"chat:a","id":"m","data":1}))
+        .await;
+    assert_eq!(a.recv().await["code"], "unauthorized");
+    // Refresh: same user, new expiry; a room the new token does not grant is left.
+    a.send(json!({"type":"auth","token": token("u1", json!({"chat:b":["read","write"]}), 300)}))
+        .await;
+    let e = a.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["room"].as_str()),
+        (Some("forbidden"), Some("chat:a"))
+    );
+    // `left` comes from the room, `auth_ok` from the connection: either order.
+    let mut two = [a.recv().await, a.recv().await];
+    two.sort_by_key(|m| m["type"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        (two[0]["type"].as_str(), two[0]["user"].as_str()),
+        (Some("auth_ok"), Some("u1"))
+    );
+    assert_eq!(two[1], json!({"type":"left","room":"chat:a"}));
+    a.join("chat:b", json!({})).await;
+    let (ack, _) = a.publish("chat:b", "m", json!(1)).await;
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(a.events(1).await[0]["seq"], 1);
+    // A token for another user is refused and closes.
+    a.send(json!({"type":"auth","token": token("u2", rooms.clone(), 300)}))
+        .await;
+    assert_eq!(a.recv_durable().await["code"], "unauthorized");
+    assert_eq!(a.closed().await, Some(1008));
+
+    // Without a refresh the connection closes after the grace.
+    let mut b = hello_with(&server, "b", &token("u3", rooms, 1)).await;
+    assert_eq!(b.recv().await["type"], "welcome");
+    assert_eq!(b.recv().await["code"], "unauthorized");
+    assert_eq!(b.closed().await, Some(1008));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_requires_a_key_or_a_token_with_the_right() {
+    let server = jwt_server(|c| c.admin_key = Some("backend-admin-key".into())).await;
+    async fn req(
+        server: &TestServer,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = reqwest::Client::new().request(
+            method.parse().unwrap(),
+            format!("http://{}{}", server.addr, path),
+        );
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+    let body = Some(json!({"data": {"n": 1}}));
+    let (s, e) = req(
+        &server,
+        "POST",
+        "/v1/rooms/chat:h/events",
+        None,
+        body.clone(),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+    let (s, _) = req(
+        &server,
+        "POST",
+        "/v1/rooms/chat:h/events",
+        Some("wrong-key"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, r) = req(
+        &server,
+        "POST",
+        "/v1/rooms/chat:h/events",
+        Some("backend-admin-key"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((s, r["seq"].as_u64()), (200, Some(1)));
+    let writer = token("w", json!({"chat:*":["read","write"]}), 300);
+    let reader = token("r", json!({"chat:*":["read"]}), 300);
+    let (s, r) = req(
+        &server,
+        "POST",
+        "/v1/rooms/chat:h/events",
+        Some(&writer),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((s, r["seq"].as_u64()), (200, Some(2)));
+    let (s, e) = req(
+        &server,
+        "POST",
+        "/v1/rooms/chat:h/events",
+        Some(&reader),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("forbidden")));
+    let (s, page) = req(
+        &server,
+        "GET",
+        "/v1/rooms/chat:h/events",
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!((s, page["seq"].as_u64()), (200, Some(2)));
+    let (s, _) = req(
+        &server,
+        "GET",
+        "/v1/rooms/other/events",
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = req(&server, "GET", "/v1/admin/stats", Some(&writer), None).await;
+    assert_eq!(s, 403);
+    let (s, stats) = req(
+        &server,
+        "GET",
+        "/v1/admin/stats",
+        Some("backend-admin-key"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(stats["rooms"][0]["room"], "chat:h");
+    assert_eq!(stats["rooms"][0]["publishes"], 2);
+    server.stop().await;
+}

@@ -1,0 +1,137 @@
+//! Presence: snapshot in `joined`, coalesced updates, `data:null` exactly once, membership notices.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Reads until a message of `ty` arrives, returning it and the durable messages skipped.
+async fn until(w: &mut Ws, ty: &str) -> Value {
+    loop {
+        let m = w.recv().await;
+        if m["type"] == ty {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_snapshot_updates_and_departure() {
+    let server = TestServer::memory(|c| c.presence_interval = Duration::from_millis(20)).await;
+    let mut a = Ws::hello(&server, "a").await;
+    let j = a.join("r", json!({})).await;
+    assert_eq!(j["presence"], json!({}));
+    assert_eq!(
+        j["members"],
+        json!([{"client_id":"a","user":"anonymous","meta":{}}])
+    );
+    a.send(json!({"type":"presence","room":"r","data":{"cursor":3}}))
+        .await;
+    let p = until(&mut a, "presence").await;
+    assert_eq!(
+        p,
+        json!({"type":"presence","room":"r","client_id":"a","data":{"cursor":3}})
+    );
+
+    let mut b = Ws::hello(&server, "b").await;
+    let j = b.join("r", json!({})).await;
+    assert_eq!(
+        j["presence"],
+        json!({"a":{"cursor":3}}),
+        "joining members get the current presence"
+    );
+    assert_eq!(j["members"].as_array().unwrap().len(), 2);
+    let joined = until(&mut a, "member_joined").await;
+    assert_eq!(joined["client_id"], "b");
+
+    // b disconnects: a gets member_left and presence null for b only if b had presence.
+    b.send(json!({"type":"presence","room":"r","data":{"cursor":9}}))
+        .await;
+    let p = until(&mut a, "presence").await;
+    assert_eq!(
+        (p["client_id"].as_str(), p["data"].clone()),
+        (Some("b"), json!({"cursor":9}))
+    );
+    drop(b);
+    let left = until(&mut a, "member_left").await;
+    assert_eq!(left["client_id"], "b");
+    let gone = until(&mut a, "presence").await;
+    assert_eq!(
+        gone,
+        json!({"type":"presence","room":"r","client_id":"b","data":null})
+    );
+    // Exactly once: the next presence a sees is its own new update, not another null for b.
+    a.send(json!({"type":"presence","room":"r","data":{"cursor":4}}))
+        .await;
+    let p = until(&mut a, "presence").await;
+    assert_eq!(
+        (p["client_id"].as_str(), p["data"].clone()),
+        (Some("a"), json!({"cursor":4}))
+    );
+    let mut c = Ws::hello(&server, "c").await;
+    let j = c.join("r", json!({})).await;
+    assert_eq!(
+        j["presence"],
+        json!({"a":{"cursor":4}}),
+        "b's presence is gone"
+    );
+
+    // Leaving explicitly clears presence too.
+    a.send(json!({"type":"leave","room":"r"})).await;
+    let gone = until(&mut c, "presence").await;
+    assert_eq!(
+        gone,
+        json!({"type":"presence","room":"r","client_id":"a","data":null})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bursts_are_coalesced_to_the_latest_value() {
+    let server = TestServer::memory(|c| {
+        c.presence_interval = Duration::from_millis(500);
+        c.rate_presence_per_conn = concord_server::config::Rate::UNLIMITED;
+    })
+    .await;
+    let mut a = Ws::hello(&server, "a").await;
+    a.join("r", json!({})).await;
+    let mut b = Ws::hello(&server, "b").await;
+    b.join("r", json!({})).await;
+    for i in 0..=50 {
+        a.feed(json!({"type":"presence","room":"r","data":{"cursor":i}}))
+            .await;
+    }
+    a.flush().await;
+    // A durable event published after the burst is not held back by presence.
+    let (ack, _) = a.publish("r", "after-burst", json!(1)).await;
+    let mut got = Vec::new();
+    loop {
+        let m = b.recv().await;
+        if m["type"] == "presence" {
+            got.push(m["data"]["cursor"].as_u64().unwrap());
+            if got.last() == Some(&50) {
+                break;
+            }
+        } else if m["type"] == "event" {
+            assert_eq!(m["seq"], ack["seq"]);
+        }
+    }
+    assert!(got.len() < 51, "updates were not coalesced: {got:?}");
+    let (_, m) = http(&server, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap();
+    assert!(m.contains("concord_presence_in_total 51"), "{m}");
+    assert!(!m.contains("concord_presence_coalesced_total 0\n"), "{m}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_needs_membership_and_has_a_size_limit() {
+    let server = TestServer::memory(|c| c.max_presence_bytes = 64).await;
+    let mut a = Ws::hello(&server, "a").await;
+    a.send(json!({"type":"presence","room":"r","data":1})).await;
+    assert_eq!(a.recv().await["code"], "not_found");
+    a.join("r", json!({})).await;
+    a.send(json!({"type":"presence","room":"r","data":"x".repeat(100)}))
+        .await;
+    assert_eq!(a.recv_durable().await["code"], "too_large");
+    server.stop().await;
+}
