@@ -215,3 +215,55 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod public_key_tests {
+    //! RS256 and ES256 with test-only key pairs (generated for these tests, used nowhere else).
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const EC_PRIVATE: &[u8] = include_bytes!("testkeys/ec_private.pem");
+    const EC_PUBLIC: &[u8] = include_bytes!("testkeys/ec_public.pem");
+    const RSA_PRIVATE: &[u8] = include_bytes!("testkeys/rsa_private.pem");
+    const RSA_PUBLIC: &[u8] = include_bytes!("testkeys/rsa_public.pem");
+
+    #[test]
+    fn es256_and_rs256_tokens_verify_with_their_public_keys_only() {
+        let now = 1_800_000_000u64;
+        let claims = json!({"sub":"u","exp":now+60,"rooms":{"*":["read"]}});
+        let es = encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(EC_PRIVATE).unwrap(),
+        )
+        .unwrap();
+        let rs = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+        )
+        .unwrap();
+        let ev = JwtVerifier::new(JwtKeys::PublicPem(EC_PUBLIC.to_vec()), 0).unwrap();
+        let rv = JwtVerifier::new(JwtKeys::PublicPem(RSA_PUBLIC.to_vec()), 0).unwrap();
+        assert_eq!(ev.algorithm(), Algorithm::ES256);
+        assert_eq!(rv.algorithm(), Algorithm::RS256);
+        assert_eq!(ev.verify(&es, now).unwrap().user, "u");
+        assert_eq!(rv.verify(&rs, now).unwrap().user, "u");
+        assert_eq!(ev.verify(&rs, now).unwrap_err().reason(), "wrong_algorithm");
+        assert_eq!(rv.verify(&es, now).unwrap_err().reason(), "wrong_algorithm");
+        // An HS256 token signed with the public key as secret (key confusion) is refused.
+        let confused = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(RSA_PUBLIC),
+        )
+        .unwrap();
+        assert_eq!(
+            rv.verify(&confused, now).unwrap_err().reason(),
+            "wrong_algorithm"
+        );
+        assert!(JwtVerifier::new(JwtKeys::PublicPem(b"not a key".to_vec()), 0).is_err());
+        assert!(JwtVerifier::new(JwtKeys::Secret(b"short".to_vec()), 0).is_err());
+    }
+}
