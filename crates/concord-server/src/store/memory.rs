@@ -12,6 +12,7 @@ struct MemRoom {
     epoch: Option<Epoch>,
     events: Vec<StoredEvent>,
     keys: HashSet<(String, String)>,
+    snapshots: std::collections::BTreeMap<Seq, String>,
 }
 
 /// Nothing survives the process; use [`super::SqliteStore`] for anything durable.
@@ -123,6 +124,30 @@ impl Store for MemoryStore {
                     })
             })
             .collect())
+    }
+
+    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
+        let mut rooms = self.rooms.lock();
+        let r = rooms
+            .get_mut(room)
+            .filter(|r| r.kind.is_some())
+            .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
+        r.snapshots.insert(seq, state);
+        Ok(())
+    }
+
+    async fn load_snapshot(
+        &self,
+        room: &RoomId,
+        at: Option<Seq>,
+    ) -> StoreResult<Option<(Seq, String)>> {
+        let rooms = self.rooms.lock();
+        Ok(rooms.get(room).and_then(|r| {
+            r.snapshots
+                .range(..=at.unwrap_or(Seq(u64::MAX)))
+                .next_back()
+                .map(|(s, v)| (*s, v.clone()))
+        }))
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -94,6 +94,15 @@ pub trait Store: Send + Sync + 'static {
         room: &RoomId,
         keys: Vec<(String, String)>,
     ) -> StoreResult<Vec<FoundOp>>;
+    /// Saves a snapshot of a doc room's state at `seq` (a JSON document), replacing one at the
+    /// same seq. Durable on return.
+    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()>;
+    /// The latest snapshot at or before `at` (or the latest of all), as (seq, state JSON).
+    async fn load_snapshot(
+        &self,
+        room: &RoomId,
+        at: Option<Seq>,
+    ) -> StoreResult<Option<(Seq, String)>>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Finishes pending writes and releases the backend (called once, at shutdown).

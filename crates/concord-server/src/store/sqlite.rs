@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (room, client, op_id) WHERE op_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS snapshots (
+    room INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
 ";
 
 const MAX_READERS: usize = 8;
@@ -51,6 +57,12 @@ enum WriteReq {
     Append {
         room: RoomId,
         events: Vec<StoredEvent>,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Snapshot {
+        room: RoomId,
+        seq: Seq,
+        state: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
     Close {
@@ -268,6 +280,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Snapshot {
+            room: room.clone(),
+            seq,
+            state,
+            reply,
+        })
+        .await
+    }
+
+    async fn load_snapshot(
+        &self,
+        room: &RoomId,
+        at: Option<Seq>,
+    ) -> StoreResult<Option<(Seq, String)>> {
+        let name = room.to_string();
+        let at = at.map(|s| s.0).unwrap_or(i64::MAX as u64);
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT s.seq, s.state FROM snapshots s JOIN rooms r ON s.room = r.id \
+                 WHERE r.name = ?1 AND s.seq <= ?2 ORDER BY s.seq DESC LIMIT 1",
+            )?
+            .query_row(params![name, at], |r| {
+                Ok((Seq(r.get::<_, u64>(0)?), r.get::<_, String>(1)?))
+            })
+            .optional()?)
+        })
+        .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -314,7 +356,7 @@ impl Writer {
                         break;
                     }
                     WriteReq::Append { events: ref e, .. } => events += e.len(),
-                    WriteReq::Create { .. } => events += 1,
+                    WriteReq::Create { .. } | WriteReq::Snapshot { .. } => events += 1,
                 }
                 batch.push(req);
                 if events < self.max_batch {
@@ -434,6 +476,22 @@ impl Writer {
                 }
                 Ok(Some((room.clone(), id, expected - 1)))
             }
+            WriteReq::Snapshot {
+                room, seq, state, ..
+            } => {
+                let id: i64 = self
+                    .conn
+                    .prepare_cached("SELECT id FROM rooms WHERE name = ?1")?
+                    .query_row([room.as_str()], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO snapshots (room, seq, state) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![id, seq.0, state])?;
+                Ok(None)
+            }
             WriteReq::Close { .. } => Ok(None),
         }
     }
@@ -441,7 +499,9 @@ impl Writer {
 
 fn reply(req: WriteReq, result: StoreResult<()>) {
     match req {
-        WriteReq::Create { reply, .. } | WriteReq::Append { reply, .. } => {
+        WriteReq::Create { reply, .. }
+        | WriteReq::Append { reply, .. }
+        | WriteReq::Snapshot { reply, .. } => {
             let _ = reply.send(result);
         }
         WriteReq::Close { reply } => {

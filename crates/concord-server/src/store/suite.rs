@@ -152,6 +152,44 @@ pub(crate) async fn concurrent_rooms(s: Arc<dyn Store>) {
     }
 }
 
+pub(crate) async fn snapshots(s: Arc<dyn Store>) {
+    let r = room("s");
+    assert!(
+        s.save_snapshot(&r, Seq(1), "{}".into()).await.is_err(),
+        "no room yet"
+    );
+    s.create_room(&r, RoomKind::Doc, &Epoch("e".into()))
+        .await
+        .unwrap();
+    assert_eq!(s.load_snapshot(&r, None).await.unwrap(), None);
+    s.save_snapshot(&r, Seq(10), r#"{"v":10}"#.into())
+        .await
+        .unwrap();
+    s.save_snapshot(&r, Seq(20), r#"{"v":20}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_snapshot(&r, None).await.unwrap(),
+        Some((Seq(20), r#"{"v":20}"#.into()))
+    );
+    assert_eq!(
+        s.load_snapshot(&r, Some(Seq(19))).await.unwrap(),
+        Some((Seq(10), r#"{"v":10}"#.into()))
+    );
+    assert_eq!(
+        s.load_snapshot(&r, Some(Seq(20))).await.unwrap().unwrap().0,
+        Seq(20)
+    );
+    assert_eq!(s.load_snapshot(&r, Some(Seq(9))).await.unwrap(), None);
+    s.save_snapshot(&r, Seq(20), r#"{"v":"again"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_snapshot(&r, None).await.unwrap().unwrap().1,
+        r#"{"v":"again"}"#
+    );
+}
+
 macro_rules! store_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -175,6 +213,11 @@ macro_rules! store_suite {
             async fn pagination() {
                 let (s, _guard) = $make;
                 suite::pagination(s).await;
+            }
+            #[tokio::test]
+            async fn snapshots() {
+                let (s, _guard) = $make;
+                suite::snapshots(s).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_rooms() {
