@@ -3,6 +3,7 @@
 //! Nothing in this crate performs IO or reads the time by itself: clocks are injected
 //! through [`Clock`], so every piece can be tested deterministically.
 
+pub mod doc;
 pub mod hlc;
 pub mod idempotency;
 pub mod ids;
