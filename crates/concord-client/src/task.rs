@@ -554,7 +554,9 @@ impl Task {
                 self.on_left(&room, out);
                 Step::Continue
             }
-            ServerMsg::Ack { room, id, seq, hlc } => {
+            ServerMsg::Ack {
+                room, id, seq, hlc, ..
+            } => {
                 match self.pending.complete(&id) {
                     Some(waiters) => {
                         let ack = Ack { room, id, seq, hlc };

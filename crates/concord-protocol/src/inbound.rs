@@ -31,9 +31,22 @@ pub enum ClientMsg {
         id: String,
         data: Box<RawValue>,
     },
+    /// A doc op list made against the state at `base`.
+    Op {
+        room: String,
+        id: String,
+        base: u64,
+        ops: Box<RawValue>,
+    },
     Presence {
         room: String,
         data: Box<RawValue>,
+    },
+    /// A client found that its doc state hash differs from the server's at `seq`.
+    Drift {
+        room: String,
+        seq: u64,
+        hash: String,
     },
     /// A fresh token for a connection whose token expires.
     Auth {
@@ -48,6 +61,8 @@ impl ClientMsg {
             ClientMsg::Join { .. } => "join",
             ClientMsg::Leave { .. } => "leave",
             ClientMsg::Publish { .. } => "publish",
+            ClientMsg::Op { .. } => "op",
+            ClientMsg::Drift { .. } => "drift",
             ClientMsg::Presence { .. } => "presence",
             ClientMsg::Auth { .. } => "auth",
         }
@@ -100,6 +115,19 @@ struct PublishBody {
     data: Box<RawValue>,
 }
 
+#[derive(Deserialize)]
+struct OpBody {
+    room: String,
+    id: String,
+    base: u64,
+    ops: Box<RawValue>,
+}
+#[derive(Deserialize)]
+struct DriftBody {
+    room: String,
+    seq: u64,
+    hash: String,
+}
 #[derive(Deserialize)]
 struct PresenceBody {
     room: String,
@@ -168,6 +196,23 @@ pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
                 room: b.room,
                 id: b.id,
                 data: b.data,
+            }
+        }
+        "op" => {
+            let b: OpBody = body(text, "op")?;
+            ClientMsg::Op {
+                room: b.room,
+                id: b.id,
+                base: b.base,
+                ops: b.ops,
+            }
+        }
+        "drift" => {
+            let b: DriftBody = body(text, "drift")?;
+            ClientMsg::Drift {
+                room: b.room,
+                seq: b.seq,
+                hash: b.hash,
             }
         }
         "presence" => {

@@ -171,6 +171,44 @@ pub fn auth_ok(user: &str, exp: Option<u64>) -> String {
     })
 }
 
+#[derive(Serialize)]
+struct OpEventOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    room: &'a str,
+    seq: u64,
+    hlc: &'a str,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    ops: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<&'a str>,
+}
+
+/// An `event` frame of a doc room: the committed (transformed) `ops`, and the state hash after
+/// them when the server includes one.
+pub fn op_event(
+    room: &str,
+    seq: u64,
+    hlc: &str,
+    from: &str,
+    id: Option<&str>,
+    ops: &RawValue,
+    hash: Option<&str>,
+) -> String {
+    to_json(&OpEventOut {
+        ty: "event",
+        room,
+        seq,
+        hlc,
+        from,
+        id,
+        ops,
+        hash,
+    })
+}
+
 pub fn left(room: &str) -> String {
     #[derive(Serialize)]
     struct LeftOut<'a> {
@@ -182,6 +220,12 @@ pub fn left(room: &str) -> String {
 }
 
 pub fn ack(room: &str, id: &str, seq: u64, hlc: &str) -> String {
+    ack_dropped(room, id, seq, hlc, &[])
+}
+
+/// An `ack` of a doc op list; `dropped` lists the indexes of ops that had no effect after
+/// transformation (their target was concurrently deleted), omitted when empty.
+pub fn ack_dropped(room: &str, id: &str, seq: u64, hlc: &str, dropped: &[usize]) -> String {
     #[derive(Serialize)]
     struct AckOut<'a> {
         #[serde(rename = "type")]
@@ -190,6 +234,8 @@ pub fn ack(room: &str, id: &str, seq: u64, hlc: &str) -> String {
         id: &'a str,
         seq: u64,
         hlc: &'a str,
+        #[serde(skip_serializing_if = "<[usize]>::is_empty")]
+        dropped: &'a [usize],
     }
     to_json(&AckOut {
         ty: "ack",
@@ -197,6 +243,7 @@ pub fn ack(room: &str, id: &str, seq: u64, hlc: &str) -> String {
         id,
         seq,
         hlc,
+        dropped,
     })
 }
 
@@ -239,7 +286,15 @@ pub struct EventMsg {
     pub from: String,
     #[serde(default)]
     pub id: Option<String>,
+    /// Stream rooms: the event's data (`null` for doc events).
+    #[serde(default)]
     pub data: Value,
+    /// Doc rooms: the committed ops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Value>,
+    /// Doc rooms: the state hash after this event, when included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// A server message as a client decodes it. Unknown types decode to `Other` (clients ignore them).
@@ -258,6 +313,8 @@ pub enum ServerMsg {
         recovered: bool,
         events: Vec<EventMsg>,
         state: Option<Value>,
+        /// Doc rooms: the hash of `state`.
+        hash: Option<String>,
         /// client_id → presence data of the members present.
         presence: serde_json::Map<String, Value>,
         members: Vec<MemberInfo>,
@@ -287,6 +344,7 @@ pub enum ServerMsg {
         id: String,
         seq: u64,
         hlc: String,
+        dropped: Vec<usize>,
     },
     Event(EventMsg),
     Error {
@@ -318,6 +376,8 @@ enum Tagged {
         #[serde(default)]
         state: Option<Value>,
         #[serde(default)]
+        hash: Option<String>,
+        #[serde(default)]
         presence: serde_json::Map<String, Value>,
         #[serde(default)]
         members: Vec<MemberInfo>,
@@ -350,6 +410,8 @@ enum Tagged {
         id: String,
         seq: u64,
         hlc: String,
+        #[serde(default)]
+        dropped: Vec<usize>,
     },
     Event(EventMsg),
     Error {
@@ -406,6 +468,7 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
             recovered,
             events,
             state,
+            hash,
             presence,
             members,
         } => ServerMsg::Joined {
@@ -416,6 +479,7 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
             recovered,
             events,
             state,
+            hash,
             presence,
             members,
         },
@@ -432,7 +496,19 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, serde_json::Error> {
         Tagged::MemberJoined { room, member } => ServerMsg::MemberJoined { room, member },
         Tagged::MemberLeft { room, member } => ServerMsg::MemberLeft { room, member },
         Tagged::AuthOk { user, exp } => ServerMsg::AuthOk { user, exp },
-        Tagged::Ack { room, id, seq, hlc } => ServerMsg::Ack { room, id, seq, hlc },
+        Tagged::Ack {
+            room,
+            id,
+            seq,
+            hlc,
+            dropped,
+        } => ServerMsg::Ack {
+            room,
+            id,
+            seq,
+            hlc,
+            dropped,
+        },
         Tagged::Event(e) => ServerMsg::Event(e),
         Tagged::Error {
             id,
