@@ -1,21 +1,25 @@
 //! Property test: arbitrary frames never panic the gateway and never harm other clients.
 //!
-//! Each case opens one connection, says `hello`, sends a few generated frames (arbitrary text,
-//! JSON-ish objects built from the protocol's field names, valid frames with one field mutated,
-//! binary frames), then a sentinel publish to a known room. Every text or binary frame must be
-//! answered by a normal reply or an `error` with a protocol-v1 code (a valid `presence` is the one
-//! message with no direct reply), and the connection must stay open — except that a frame larger
-//! than `max_frame_bytes` closes it with 1009, as documented. After each case a well-behaved
-//! client of the same server publishes and receives its own event, and `/healthz` answers.
+//! Each case opens one connection, says `hello` (one case in ten sends its frames first), sends a
+//! few generated frames (arbitrary text, JSON-ish objects built from the protocol's field names,
+//! valid frames with one field mutated, a member's life in a stream or doc room, binary frames),
+//! then a sentinel publish to a known room, and reads until the sentinel's ack and every reply.
+//! Every text or binary frame must be answered by a normal reply or an `error` with a
+//! protocol-v1 code (`presence` and `drift` may have no direct reply), every server message must
+//! be JSON of a known type, and the connection must stay open — except that a frame larger than
+//! `max_frame_bytes` closes it with 1009, as documented. After each case a well-behaved client of
+//! the same server publishes and receives its own event, and `/healthz` answers. A panic on any
+//! server thread fails the test even if the server survives it.
 //!
 //! proptest drives the cases with its own `TestRunner`; a tokio runtime built once runs the
-//! server, and each case is `block_on`.
+//! server, and each case is `block_on`. `CONCORD_FRAMES_CASES=N` runs N cases (default 96).
 
 use crate::support::*;
 use futures::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,7 +50,8 @@ const REPLIES: [&str; 6] = ["welcome", "joined", "left", "ack", "error", "auth_o
 /// Server messages sent to members of a room, not in answer to this connection's frames.
 const BROADCASTS: [&str; 4] = ["event", "presence", "member_joined", "member_left"];
 
-const FIELDS: [&str; 9] = [
+/// The field names of client messages (the first nine are those of the stream protocol).
+const FIELDS: [&str; 13] = [
     "type",
     "room",
     "id",
@@ -56,10 +61,16 @@ const FIELDS: [&str; 9] = [
     "kind",
     "client_id",
     "token",
+    "base",
+    "ops",
+    "seq",
+    "hash",
 ];
-const TYPES: [&str; 9] = [
-    "hello", "join", "leave", "publish", "presence", "auth", "op", "welcome", "",
+const TYPES: [&str; 10] = [
+    "hello", "join", "leave", "publish", "presence", "auth", "op", "drift", "welcome", "",
 ];
+/// Client messages that may have no direct reply.
+const MAYBE_SILENT: [&str; 2] = ["presence", "drift"];
 
 #[derive(Clone, Debug)]
 enum Frame {
@@ -86,8 +97,11 @@ impl Frame {
         match self {
             Frame::Binary(_) => false,
             Frame::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(v) => v.get("type").is_some_and(|t| t == "presence"),
-                Err(_) => t.contains("presence") || t.contains('\\'),
+                Ok(v) => v
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| MAYBE_SILENT.contains(&t)),
+                Err(_) => MAYBE_SILENT.iter().any(|m| t.contains(m)) || t.contains('\\'),
             },
         }
     }
@@ -247,7 +261,11 @@ fn value_for(key: &str) -> BoxedStrategy<String> {
             1 => json_any(),
         ]
         .boxed(),
-        "history" => prop_oneof![3 => json_number(), 1 => json_any()].boxed(),
+        "history" | "base" | "seq" => prop_oneof![3 => json_number(), 1 => json_any()].boxed(),
+        "ops" => prop_oneof![3 => doc_ops(), 1 => json_data()].boxed(),
+        "hash" => {
+            prop_oneof![3 => "[0-9a-f]{0,16}".prop_map(|s| quote(&s)), 1 => json_any()].boxed()
+        }
         _ => json_any(),
     }
 }
@@ -279,11 +297,41 @@ fn kv(k: &str, v: String) -> (String, String) {
     (k.to_string(), v)
 }
 
+/// A doc op list: plausible ops with random paths and values (most invalid against any state).
+fn doc_ops() -> BoxedStrategy<String> {
+    let path = prop::collection::vec(
+        prop_oneof![
+            "[a-z]{1,6}".prop_map(|s| quote(&s)),
+            (0u64..5).prop_map(|n| n.to_string()),
+            json_number(),
+        ],
+        0..3,
+    )
+    .prop_map(|p| format!("[{}]", p.join(",")));
+    let op = (
+        select_str(&["set", "del", "ins", "move", "text", "add", "frob"]),
+        path,
+        json_data(),
+        json_number(),
+    )
+        .prop_map(|(op, path, value, n)| match op {
+            "move" => format!(r#"{{"op":"move","path":{path},"to":{n}}}"#),
+            "text" => {
+                format!(r#"{{"op":"text","path":{path},"pos":{n},"insert":"ab","delete":1}}"#)
+            }
+            "del" => format!(r#"{{"op":"del","path":{path}}}"#),
+            _ => format!(r#"{{"op":{},"path":{path},"value":{value}}}"#, quote(op)),
+        });
+    prop::collection::vec(op, 0..4)
+        .prop_map(|ops| format!("[{}]", ops.join(",")))
+        .boxed()
+}
+
 /// A valid client message as (field, JSON text) pairs.
 fn valid() -> BoxedStrategy<Vec<(String, String)>> {
     let room = || {
         prop_oneof![
-            3 => select_str(&[SENTINEL_ROOM, "fz-a", "fz-b"]).prop_map(quote),
+            3 => select_str(&[SENTINEL_ROOM, "fz-a", "fz-b", "fz-doc"]).prop_map(quote),
             1 => "[A-Za-z0-9._:-]{1,16}".prop_map(|s| quote(&s)),
         ]
     };
@@ -292,7 +340,7 @@ fn valid() -> BoxedStrategy<Vec<(String, String)>> {
         id().prop_map(|c| vec![kv("type", quote("hello")), kv("client_id", c)]),
         (
             room(),
-            prop::option::of(select_str(&["stream", "doc"])),
+            prop::option::weighted(0.8, select_str(&["stream", "stream", "doc"])),
             prop::option::of((json_string(), 0u64..50)),
             prop::option::of(0u64..1_200),
         )
@@ -322,6 +370,21 @@ fn valid() -> BoxedStrategy<Vec<(String, String)>> {
             kv("data", d)
         ]),
         id().prop_map(|t| vec![kv("type", quote("auth")), kv("token", t)]),
+        (select_str(&["fz-doc", "fz-a"]), id(), 0u64..20, doc_ops()).prop_map(
+            |(r, i, base, ops)| vec![
+                kv("type", quote("op")),
+                kv("room", quote(r)),
+                kv("id", i),
+                kv("base", base.to_string()),
+                kv("ops", ops)
+            ]
+        ),
+        (room(), 0u64..20, "[0-9a-f]{0,16}").prop_map(|(r, seq, h)| vec![
+            kv("type", quote("drift")),
+            kv("room", r),
+            kv("seq", seq.to_string()),
+            kv("hash", quote(&h))
+        ]),
     ]
     .boxed()
 }
@@ -362,8 +425,15 @@ fn any_text() -> BoxedStrategy<String> {
         "[\\x00-\\x7f]{0,64}",
         r#"[{}\[\]":,0-9a-z\\ ]{0,64}"#,
         Just(String::new()),
-        select_str(&["null", "[]", "{}", "\"hello\"", "[\"leave\"]", "{\"type\":null}"])
-            .prop_map(String::from),
+        select_str(&[
+            "null",
+            "[]",
+            "{}",
+            "\"hello\"",
+            "[\"leave\"]",
+            "{\"type\":null}"
+        ])
+        .prop_map(String::from),
     ]
     .boxed()
 }
@@ -372,16 +442,76 @@ fn frame() -> BoxedStrategy<Frame> {
     prop_oneof![
         2 => any_text().prop_map(Frame::Text),
         3 => soup().prop_map(Frame::Text),
-        4 => mutated().prop_map(Frame::Text),
-        2 => valid().prop_map(|f| Frame::Text(object(&f))),
+        5 => mutated().prop_map(Frame::Text),
+        5 => valid().prop_map(|f| Frame::Text(object(&f))),
         1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Frame::Binary),
     ]
     .boxed()
 }
 
+/// A member's life in one room (join, publishes, presence, leave), with random frames between.
+fn scripted() -> BoxedStrategy<Vec<Frame>> {
+    (
+        select_str(&[SENTINEL_ROOM, "fz-a", "fz-b", "fz-c"]),
+        prop::collection::vec(("[!-~]{1,8}", json_data()), 1..3),
+        json_data(),
+        prop::collection::vec(frame(), 0..4),
+    )
+        .prop_map(|(room, publishes, presence, noise)| {
+            let text = |v: Value| Frame::Text(v.to_string());
+            let mut frames = vec![text(json!({"type":"join","room":room,"kind":"stream"}))];
+            for (id, data) in publishes {
+                frames.push(Frame::Text(format!(
+                    r#"{{"type":"publish","room":"{room}","id":{},"data":{data}}}"#,
+                    quote(&id)
+                )));
+            }
+            frames.push(Frame::Text(format!(
+                r#"{{"type":"presence","room":"{room}","data":{presence}}}"#
+            )));
+            frames.extend(noise);
+            frames.push(text(json!({"type":"leave","room":room})));
+            frames
+        })
+        .boxed()
+}
+
+/// A member's life in a doc room (join, ops, drift, leave), with random frames between.
+fn scripted_doc() -> BoxedStrategy<Vec<Frame>> {
+    (
+        prop::collection::vec(("[!-~]{1,8}", 0u64..4, doc_ops()), 1..3),
+        prop::collection::vec(frame(), 0..3),
+    )
+        .prop_map(|(ops, noise)| {
+            let room = "fz-doc";
+            let text = |v: Value| Frame::Text(v.to_string());
+            let mut frames = vec![text(json!({"type":"join","room":room,"kind":"doc"}))];
+            for (id, base, ops) in ops {
+                frames.push(Frame::Text(format!(
+                    r#"{{"type":"op","room":"{room}","id":{},"base":{base},"ops":{ops}}}"#,
+                    quote(&id)
+                )));
+            }
+            frames.push(text(
+                json!({"type":"drift","room":room,"seq":1,"hash":"00"}),
+            ));
+            frames.extend(noise);
+            frames.push(text(json!({"type":"leave","room":room})));
+            frames
+        })
+        .boxed()
+}
+
 fn case() -> impl Strategy<Value = Case> {
-    (prop::bool::weighted(0.9), prop::collection::vec(frame(), 1..6))
-        .prop_map(|(hello_first, frames)| Case { hello_first, frames })
+    let frames = prop_oneof![
+        6 => prop::collection::vec(frame(), 1..8),
+        2 => scripted(),
+        1 => scripted_doc(),
+    ];
+    (prop::bool::weighted(0.9), frames).prop_map(|(hello_first, frames)| Case {
+        hello_first,
+        frames,
+    })
 }
 
 // ---- running a case -----------------------------------------------------------------------
@@ -431,15 +561,26 @@ fn check_message(text: &str) -> Result<String, String> {
 }
 
 static CASES: AtomicU64 = AtomicU64::new(0);
+const SERVER_THREADS: &str = "frames-server";
+static SERVER_PANICS: AtomicU64 = AtomicU64::new(0);
+/// What the cases got, by message type and error code (printed at the end).
+static SEEN: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn seen(what: String) {
+    *SEEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(what)
+        .or_default() += 1;
+}
 
 async fn run_case(server: &TestServer, good: &mut Ws, case: &Case) -> Result<(), String> {
     let n = CASES.fetch_add(1, Ordering::Relaxed);
     let client = format!("fz-{n}");
-    let (mut w, _) = match tokio_tungstenite::connect_async(server.url()).await {
-        Ok(c) => c,
+    let mut w = match tokio_tungstenite::connect_async(server.url()).await {
+        Ok((ws, _)) => Ws { ws },
         Err(e) => return Err(format!("cannot connect: {e}")),
     };
-    let mut w = Ws { ws: w.get_mut().take() };
     let hello = Frame::Text(json!({"type":"hello","client_id":client}).to_string());
     let sentinel_id = format!("~sentinel~{n}");
     let sentinel = Frame::Text(
@@ -488,7 +629,9 @@ async fn run_case(server: &TestServer, good: &mut Ws, case: &Case) -> Result<(),
         } else {
             STEP
         };
-        let got = next(&mut w, wait).await.map_err(|e| format!("{e}; got {log:?}"))?;
+        let got = next(&mut w, wait)
+            .await
+            .map_err(|e| format!("{e}; got {log:?}"))?;
         match got {
             None if done => break,
             None => {
@@ -500,6 +643,7 @@ async fn run_case(server: &TestServer, good: &mut Ws, case: &Case) -> Result<(),
                 if code != Some(1009) {
                     return Err(format!("closed with {code:?} after a frame too big, not 1009"));
                 }
+                seen("close:1009".to_string());
                 break;
             }
             Some(Got::Closed(code)) => {
@@ -507,13 +651,17 @@ async fn run_case(server: &TestServer, good: &mut Ws, case: &Case) -> Result<(),
             }
             Some(Got::Text(t)) => {
                 let ty = check_message(&t)?;
+                seen(match ty.as_str() {
+                    "error" => format!("error:{}", serde_json::from_str::<Value>(&t).unwrap()["code"]),
+                    _ => ty.clone(),
+                });
                 if REPLIES.contains(&ty.as_str()) {
                     replies += 1;
                 }
                 if ty == "ack" && t.contains(&quote(&sentinel_id)) {
                     sentinel_acked = true;
                 }
-                log.push(if t.len() > 300 { format!("{}…", &t[..t.floor_char_boundary(300)]) } else { t });
+                log.push(t.chars().take(300).collect::<String>());
             }
         }
     }
@@ -554,8 +702,17 @@ async fn run_case(server: &TestServer, good: &mut Ws, case: &Case) -> Result<(),
 #[test]
 fn arbitrary_frames_never_break_the_gateway_or_other_clients() {
     let started = Instant::now();
+    // Any panic on the server's threads fails the test, even one the server survives.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some(SERVER_THREADS) {
+            SERVER_PANICS.fetch_add(1, Ordering::Relaxed);
+        }
+        previous(info)
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(SERVER_THREADS)
         .enable_all()
         .build()
         .unwrap();
@@ -588,13 +745,19 @@ fn arbitrary_frames_never_break_the_gateway_or_other_clients() {
     });
     rt.block_on(server.stop());
     eprintln!(
-        "frames: {} cases in {:.1?}",
+        "frames: {} cases in {:.1?}; got {:?}",
         CASES.load(Ordering::Relaxed),
-        started.elapsed()
+        started.elapsed(),
+        SEEN.lock().unwrap_or_else(|p| p.into_inner())
     );
     if let Err(e) = result {
         panic!("{e}");
     }
+    let panics = SERVER_PANICS.load(Ordering::Relaxed);
+    assert_eq!(
+        panics, 0,
+        "{panics} panics on the server's threads (see above)"
+    );
 }
 
 /// Known bug, found by fuzzing `concord-protocol` (fuzz/README.md): `data` is checked only as

@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod client;
 mod durability;
+mod frames;
 mod http;
 mod limits;
 mod ordering;
