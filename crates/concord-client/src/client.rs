@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{ClientConfig, JoinOptions};
+use crate::doc::{Doc, DocOptions};
 use crate::error::ClientError;
 use crate::room::Room;
 use crate::task::{Command, Task};
@@ -34,6 +35,37 @@ pub struct Stats {
     pub resent_publishes: u64,
     /// Server messages that broke the protocol's promises (live gap, bad recovery).
     pub protocol_violations: u64,
+    /// Times a doc's state was found to differ from the server's (a state hash mismatch, or
+    /// committed ops that did not apply); each was reported with `drift` and resynced.
+    pub drift: u64,
+}
+
+impl Stats {
+    /// The counters as (metric name, value) pairs, named like Prometheus counters:
+    /// `concord_client_reconnects_total`, `concord_client_resent_publishes_total`,
+    /// `concord_client_protocol_violations_total`, `concord_client_drift_total`.
+    pub fn counters(&self) -> [(&'static str, u64); 4] {
+        [
+            ("concord_client_reconnects_total", self.reconnects),
+            (
+                "concord_client_resent_publishes_total",
+                self.resent_publishes,
+            ),
+            (
+                "concord_client_protocol_violations_total",
+                self.protocol_violations,
+            ),
+            ("concord_client_drift_total", self.drift),
+        ]
+    }
+
+    /// The counters in the Prometheus text format (one `# TYPE` line and one sample each).
+    pub fn to_prometheus(&self) -> String {
+        self.counters()
+            .iter()
+            .map(|(name, v)| format!("# TYPE {name} counter\n{name} {v}\n"))
+            .collect()
+    }
 }
 
 /// Counters shared by the task (writer) and the handles (readers).
@@ -42,6 +74,7 @@ pub(crate) struct Counters {
     pub reconnects: AtomicU64,
     pub resent_publishes: AtomicU64,
     pub protocol_violations: AtomicU64,
+    pub drift: AtomicU64,
 }
 
 impl Counters {
@@ -80,16 +113,17 @@ impl Client {
         let (connected_tx, connected_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let (first_tx, first_rx) = oneshot::channel();
+        let id_nonce = format!("{:08x}", rand::random::<u32>());
         let inner = Inner {
             client_id: config.client_id.clone(),
             ack_timeout: config.ack_timeout,
             cmds: cmd_tx,
             connected: connected_rx,
             counters: counters.clone(),
-            id_nonce: format!("{:08x}", rand::random::<u32>()),
+            id_nonce: id_nonce.clone(),
             next_id: AtomicU64::new(1),
         };
-        let task = Task::new(config, cmd_rx, connected_tx, counters);
+        let task = Task::new(config, cmd_rx, connected_tx, counters, id_nonce);
         tokio::spawn(task.run(first_tx));
         first_rx.await.map_err(|_| ClientError::Closed)??;
         Ok(Client {
@@ -114,8 +148,26 @@ impl Client {
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
-    /// Leaves a room: its [`Room`] ends and it is no longer rejoined. Returns after `left`, or
-    /// at once when disconnected.
+    /// Joins a doc room (creating it first if `opts.create`); returns after `joined`, with the
+    /// doc's state as the local replica (or the server's `error`, e.g. `not_found`). A room of
+    /// another kind fails with [`ClientError::UnsupportedKind`]. Waits through reconnects.
+    pub async fn join_doc(&self, room: &str, opts: DocOptions) -> Result<Doc, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::JoinDoc {
+            room: room.to_string(),
+            opts,
+            reply,
+        })?;
+        let parts = rx.await.map_err(|_| ClientError::Closed)??;
+        Ok(Doc::new(
+            room.to_string(),
+            parts,
+            self.inner.cmds.downgrade(),
+        ))
+    }
+
+    /// Leaves a room (stream or doc): its [`Room`] or [`Doc`] ends and it is no longer
+    /// rejoined. Returns after `left`, or at once when disconnected.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Leave {
@@ -185,6 +237,7 @@ impl Client {
             reconnects: c.reconnects.load(Ordering::Relaxed),
             resent_publishes: c.resent_publishes.load(Ordering::Relaxed),
             protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
+            drift: c.drift.load(Ordering::Relaxed),
         }
     }
 

@@ -74,7 +74,8 @@ pub fn random_client_id() -> String {
 /// Options of [`Client::join`](crate::Client::join).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JoinOptions {
-    /// Room kind, needed only to create the room (`"stream"`; `"doc"` is not supported yet).
+    /// Room kind, needed only to create the room (`"stream"`; doc rooms are joined with
+    /// [`Client::join_doc`](crate::Client::join_doc)).
     pub kind: Option<String>,
     /// On the first join, ask for the last N events (default 0). Ignored on rejoins, which
     /// resume from the last seq seen.

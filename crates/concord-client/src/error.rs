@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use concord_core::doc::{ApplyError, DecodeError};
 use concord_protocol::ErrorCode;
 
 /// Everything a client call can fail with. Cloneable: one failure may answer several waiters.
@@ -27,9 +28,23 @@ pub enum ClientError {
     /// A `leave` for the room was issued while its join was in progress.
     #[error("join of room {0:?} cancelled by leave")]
     Cancelled(String),
-    /// The room exists with a kind this client does not handle yet (e.g. `doc`).
-    #[error("room kind {0:?} is not supported by this client")]
+    /// The room exists with another kind than the call handles: a `doc` room joined with
+    /// [`Client::join`](crate::Client::join), a `stream` room with
+    /// [`Client::join_doc`](crate::Client::join_doc).
+    #[error("room kind {0:?} is not supported by this call")]
     UnsupportedKind(String),
+    /// A doc edit does not apply to the local state (nothing was changed).
+    #[error("edit refused: {0}")]
+    Apply(ApplyError),
+    /// A doc edit's op list does not decode or breaks the protocol's limits.
+    #[error("invalid op list: {0}")]
+    InvalidOps(DecodeError),
+    /// The room is not joined (any more) by this client.
+    #[error("room {0:?} is not joined")]
+    NotJoined(String),
+    /// The server broke the protocol (e.g. a doc `joined` without a state).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
     /// The encoded frame would exceed the protocol's frame limit.
     #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },

@@ -133,6 +133,8 @@ mod tests {
             from: "c".into(),
             id: None,
             data: json!(seq),
+            ops: None,
+            hash: None,
         }
     }
 

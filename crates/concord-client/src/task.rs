@@ -1,5 +1,6 @@
 //! The background task: owns the WebSocket, reconnects with backoff, rejoins rooms from their
-//! last seq, resends unacked publishes, and routes server frames to the handles.
+//! last seq, resends unacked publishes, and routes server frames to the handles. Doc rooms'
+//! OT loop (sending, acks, events, drift, resync) is in [`docs`].
 
 use concord_protocol::outbound::EventMsg;
 use concord_protocol::{close, decode_server, ErrorCode, ServerMsg};
@@ -15,13 +16,18 @@ use crate::backoff::Backoff;
 use crate::client::{Ack, Counters};
 use crate::config::{ClientConfig, JoinOptions};
 use crate::conn::{self, Ws};
+use crate::doc::{DocOptions, DocParts};
 use crate::error::ClientError;
 use crate::pending::{AckReply, PendingQueue};
 use crate::room::{Delivery, Room, RoomUpdate};
 use crate::track::SeqTracker;
 use crate::wire;
 
-/// Room kinds this client can follow. (Doc rooms will add their own state handling.)
+mod docs;
+
+use docs::JoinedDoc;
+
+/// The room kind [`Client::join`](crate::Client::join) follows.
 const STREAM_KIND: &str = "stream";
 /// At most this many queued commands are handled before writing what they produced.
 const COMMAND_BATCH: usize = 1024;
@@ -33,6 +39,15 @@ pub(crate) enum Command {
         room: String,
         opts: JoinOptions,
         reply: oneshot::Sender<Result<Room, ClientError>>,
+    },
+    JoinDoc {
+        room: String,
+        opts: DocOptions,
+        reply: oneshot::Sender<Result<DocParts, ClientError>>,
+    },
+    /// A doc handle queued edits: send them if nothing is in flight.
+    DocKick {
+        room: String,
     },
     Leave {
         room: String,
@@ -57,10 +72,36 @@ struct JoinedRoom {
     tx: mpsc::UnboundedSender<Delivery>,
 }
 
+/// Who waits for a first join's answer.
+enum JoinReply {
+    Room(oneshot::Sender<Result<Room, ClientError>>),
+    Doc(oneshot::Sender<Result<DocParts, ClientError>>),
+}
+
+impl JoinReply {
+    fn is_closed(&self) -> bool {
+        match self {
+            JoinReply::Room(tx) => tx.is_closed(),
+            JoinReply::Doc(tx) => tx.is_closed(),
+        }
+    }
+
+    fn fail(self, e: ClientError) {
+        match self {
+            JoinReply::Room(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            JoinReply::Doc(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
 /// A first join waiting for its `joined`.
 struct JoinRequest {
     opts: JoinOptions,
-    reply: oneshot::Sender<Result<Room, ClientError>>,
+    reply: JoinReply,
     /// Sent on the current connection (its answer is the next `joined`/`error` for the room).
     sent: bool,
 }
@@ -102,11 +143,16 @@ pub(crate) struct Task {
     attempt: u32,
     link: Link,
     rooms: HashMap<String, JoinedRoom>,
+    /// Joined doc rooms (a room name is in `rooms` or in `docs`, never both).
+    docs: HashMap<String, JoinedDoc>,
     joining: HashMap<String, JoinRequest>,
     /// Leaves sent and not answered; a new join of such a room waits for the answer.
     leaving: HashMap<String, Vec<oneshot::Sender<Result<(), ClientError>>>>,
     pending: PendingQueue,
     closers: Vec<oneshot::Sender<()>>,
+    /// Doc op list ids are `d-<nonce>-<n>` (like publish ids, with the client's nonce).
+    op_nonce: String,
+    next_op: u64,
 }
 
 impl Task {
@@ -115,6 +161,7 @@ impl Task {
         cmds: mpsc::UnboundedReceiver<Command>,
         connected: watch::Sender<bool>,
         counters: Arc<Counters>,
+        op_nonce: String,
     ) -> Self {
         Task {
             backoff: Backoff::new(config.backoff_initial, config.backoff_max),
@@ -125,10 +172,13 @@ impl Task {
             attempt: 0,
             link: Link::Offline,
             rooms: HashMap::new(),
+            docs: HashMap::new(),
             joining: HashMap::new(),
             leaving: HashMap::new(),
             pending: PendingQueue::default(),
             closers: Vec::new(),
+            op_nonce,
+            next_op: 1,
         }
     }
 
@@ -184,7 +234,7 @@ impl Task {
     async fn wait_offline<F: Future>(&mut self, fut: F) -> Option<F::Output> {
         tokio::pin!(fut);
         loop {
-            let wake = self.pending.next_wakeup(Instant::now());
+            let wake = self.next_wakeup(Instant::now());
             tokio::select! {
                 out = &mut fut => return Some(out),
                 cmd = self.cmds.recv() => {
@@ -212,7 +262,7 @@ impl Task {
                     break Step::Reconnect(format!("write failed: {e}"));
                 }
             }
-            let wake = self.pending.next_wakeup(Instant::now());
+            let wake = self.next_wakeup(Instant::now());
             let input = tokio::select! {
                 cmd = self.cmds.recv() => Input::Cmd(cmd),
                 frame = ws.next() => Input::Frame(frame),
@@ -261,10 +311,15 @@ impl Task {
     /// Welcome received: rejoin every room from its position, send pending first joins.
     fn start_session(&mut self, out: &mut Vec<Message>) {
         self.rooms.retain(|_, r| !r.tx.is_closed());
+        self.docs.retain(|_, d| !d.tx.is_closed());
         let mut waiting = HashSet::new();
         for (name, room) in &self.rooms {
             let since = room.tracker.since();
             out.push(text(wire::join(name, Some(&room.kind), Some(&since), None)));
+            waiting.insert(name.clone());
+        }
+        for (name, doc) in &self.docs {
+            out.push(text(doc.rejoin_frame(name)));
             waiting.insert(name.clone());
         }
         for (name, req) in &mut self.joining {
@@ -278,6 +333,7 @@ impl Task {
         }
         tracing::debug!(
             rooms = waiting.len(),
+            docs = self.docs.len(),
             joins = self.joining.len(),
             publishes = self.pending.len(),
             "session started"
@@ -293,6 +349,7 @@ impl Task {
             self.attempt = 0;
             self.connected.send_replace(true);
             self.flush_pending(out);
+            self.flush_docs(out);
         }
     }
 
@@ -300,6 +357,7 @@ impl Task {
         self.link = Link::Offline;
         self.connected.send_replace(false);
         self.pending.connection_lost();
+        self.docs_connection_lost();
         for req in self.joining.values_mut() {
             req.sent = false;
         }
@@ -321,6 +379,10 @@ impl Task {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(reason.clone()));
                 }
+                Command::JoinDoc { reply, .. } => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                Command::DocKick { .. } => {}
                 Command::Leave { reply, .. } => {
                     let _ = reply.send(Ok(()));
                 }
@@ -334,7 +396,7 @@ impl Task {
             let _ = w.send(Err(reason.clone()));
         }
         for (_, req) in self.joining.drain() {
-            let _ = req.reply.send(Err(reason.clone()));
+            req.reply.fail(reason.clone());
         }
         for (_, waiters) in self.leaving.drain() {
             for w in waiters {
@@ -343,6 +405,9 @@ impl Task {
         }
         for (_, room) in self.rooms.drain() {
             let _ = room.tx.send(Delivery::Ended(reason.clone()));
+        }
+        for (_, doc) in self.docs.drain() {
+            doc.end_with(reason.clone());
         }
         for c in self.closers.drain(..) {
             let _ = c.send(());
@@ -366,7 +431,17 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command, out: &mut Vec<Message>) -> Step {
         match cmd {
-            Command::Join { room, opts, reply } => self.on_join(room, opts, reply, out),
+            Command::Join { room, opts, reply } => {
+                self.on_join(room, opts, JoinReply::Room(reply), out)
+            }
+            Command::JoinDoc { room, opts, reply } => {
+                let opts = JoinOptions {
+                    kind: opts.create.then(|| docs::DOC_KIND.to_string()),
+                    history: None,
+                };
+                self.on_join(room, opts, JoinReply::Doc(reply), out)
+            }
+            Command::DocKick { room } => self.flush_doc(&room, out),
             Command::Leave { room, reply } => self.on_leave(room, reply, out),
             Command::Publish {
                 room,
@@ -390,22 +465,28 @@ impl Task {
         &mut self,
         room: String,
         opts: JoinOptions,
-        reply: oneshot::Sender<Result<Room, ClientError>>,
+        reply: JoinReply,
         out: &mut Vec<Message>,
     ) {
-        if let Some(joined) = self.rooms.get(&room) {
-            if !joined.tx.is_closed() {
-                let _ = reply.send(Err(ClientError::AlreadyJoined(room)));
+        let live = self.rooms.get(&room).map(|r| !r.tx.is_closed());
+        let live_doc = self.docs.get(&room).map(|d| !d.tx.is_closed());
+        if let Some(live) = live.or(live_doc) {
+            if live {
+                reply.fail(ClientError::AlreadyJoined(room));
                 return;
             }
             // The previous handle was dropped: leave, then join afresh.
             self.drop_room(&room, out);
         }
         if let Some(req) = self.joining.get_mut(&room) {
-            if req.reply.is_closed() {
+            let same_kind = matches!(
+                (&req.reply, &reply),
+                (JoinReply::Room(_), JoinReply::Room(_)) | (JoinReply::Doc(_), JoinReply::Doc(_))
+            );
+            if req.reply.is_closed() && same_kind {
                 req.reply = reply; // the earlier caller gave up; take over its join
             } else {
-                let _ = reply.send(Err(ClientError::AlreadyJoined(room)));
+                reply.fail(ClientError::AlreadyJoined(room));
             }
             return;
         }
@@ -433,13 +514,13 @@ impl Task {
         out: &mut Vec<Message>,
     ) {
         let mut on_server = self.leaving.contains_key(&room);
-        if self.rooms.remove(&room).is_some() {
+        if self.rooms.remove(&room).is_some() || self.remove_doc(&room) {
             self.forget_rejoin(&room);
             on_server = true;
         }
         if let Some(req) = self.joining.remove(&room) {
             on_server |= req.sent;
-            let _ = req.reply.send(Err(ClientError::Cancelled(room.clone())));
+            req.reply.fail(ClientError::Cancelled(room.clone()));
         }
         if on_server {
             self.send_leave(&room, Some(reply), out);
@@ -474,7 +555,7 @@ impl Task {
 
     /// Forgets a room whose handle is gone (or that is being replaced), leaving it on the server.
     fn drop_room(&mut self, room: &str, out: &mut Vec<Message>) {
-        if self.rooms.remove(room).is_some() {
+        if self.rooms.remove(room).is_some() || self.remove_doc(room) {
             tracing::debug!(room, "room handle dropped; leaving");
             self.forget_rejoin(room);
             self.send_leave(room, None, out);
@@ -505,6 +586,16 @@ impl Task {
             let _ = w.send(Err(ClientError::Timeout));
         }
         self.flush_pending(out);
+        self.flush_docs(out);
+    }
+
+    /// When the publishes or the docs next need attention.
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        self.pending
+            .next_wakeup(now)
+            .into_iter()
+            .chain(self.docs_next_wakeup())
+            .min()
     }
 
     fn on_frame(&mut self, frame: Message, out: &mut Vec<Message>) -> Step {
@@ -545,18 +636,36 @@ impl Task {
                 seq,
                 recovered,
                 events,
+                state,
+                hash,
                 ..
             } => {
-                self.on_joined(room, kind, epoch, seq, recovered, events, out);
-                Step::Continue
+                let joined = Joined {
+                    room,
+                    kind,
+                    epoch,
+                    seq,
+                    recovered,
+                    events,
+                    state,
+                    hash,
+                };
+                self.on_joined(joined, out)
             }
             ServerMsg::Left { room } => {
                 self.on_left(&room, out);
                 Step::Continue
             }
             ServerMsg::Ack {
-                room, id, seq, hlc, ..
+                room,
+                id,
+                seq,
+                hlc,
+                dropped,
             } => {
+                if self.docs.contains_key(&room) {
+                    return self.on_doc_ack(&room, &id, seq, &dropped, out);
+                }
                 match self.pending.complete(&id) {
                     Some(waiters) => {
                         let ack = Ack { room, id, seq, hlc };
@@ -589,21 +698,29 @@ impl Task {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_joined(
-        &mut self,
-        room: String,
-        kind: String,
-        epoch: String,
-        seq: u64,
-        recovered: bool,
-        events: Vec<EventMsg>,
-        out: &mut Vec<Message>,
-    ) {
+    fn on_joined(&mut self, j: Joined, out: &mut Vec<Message>) -> Step {
         let rejoin = match &mut self.link {
-            Link::Rejoining(waiting) => waiting.remove(&room),
+            Link::Rejoining(waiting) => waiting.remove(&j.room),
             _ => false,
         };
+        if self.docs.contains_key(&j.room) {
+            if rejoin || self.doc_awaits_state(&j.room) {
+                let step = self.on_doc_rejoined(j, out);
+                self.check_ready(out);
+                return step;
+            }
+            tracing::debug!(room = j.room, "ignoring joined of a doc not rejoining");
+            return Step::Continue;
+        }
+        let Joined {
+            room,
+            kind,
+            epoch,
+            seq,
+            recovered,
+            events,
+            ..
+        } = j;
         if rejoin {
             if let Some(joined) = self.rooms.get_mut(&room) {
                 let result = joined.tracker.on_rejoined(epoch, seq, recovered, events);
@@ -625,19 +742,36 @@ impl Task {
                 }
             }
             self.check_ready(out);
-            return;
+            return Step::Continue;
         }
         if !self.joining.get(&room).is_some_and(|req| req.sent) {
             tracing::debug!(room, "ignoring joined answering an abandoned join");
-            return;
+            return Step::Continue;
         }
         let Some(req) = self.joining.remove(&room) else {
-            return;
+            return Step::Continue;
+        };
+        let reply = match req.reply {
+            JoinReply::Room(reply) => reply,
+            JoinReply::Doc(reply) => {
+                let j = Joined {
+                    room,
+                    kind,
+                    epoch,
+                    seq,
+                    recovered,
+                    events,
+                    state: j.state,
+                    hash: j.hash,
+                };
+                self.on_doc_joined(j, req.opts.kind.is_some(), reply, out);
+                return Step::Continue;
+            }
         };
         if kind != STREAM_KIND {
-            let _ = req.reply.send(Err(ClientError::UnsupportedKind(kind)));
+            let _ = reply.send(Err(ClientError::UnsupportedKind(kind)));
             self.send_leave(&room, None, out);
-            return;
+            return Step::Continue;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let before_first = events.first().map_or(seq, |e| e.seq.saturating_sub(1));
@@ -645,9 +779,9 @@ impl Task {
             let _ = tx.send(Delivery::Update(RoomUpdate::Event(event)));
         }
         let handle = Room::new(room.clone(), kind.clone(), epoch.clone(), before_first, rx);
-        if req.reply.send(Ok(handle)).is_err() {
+        if reply.send(Ok(handle)).is_err() {
             self.send_leave(&room, None, out);
-            return;
+            return Step::Continue;
         }
         let joined = JoinedRoom {
             kind,
@@ -655,6 +789,7 @@ impl Task {
             tx,
         };
         self.rooms.insert(room, joined);
+        Step::Continue
     }
 
     fn on_left(&mut self, room: &str, out: &mut Vec<Message>) {
@@ -684,6 +819,9 @@ impl Task {
         if matches!(&self.link, Link::Rejoining(waiting) if waiting.contains(&event.room)) {
             tracing::debug!(room = event.room, "ignoring event before rejoined");
             return Step::Continue;
+        }
+        if self.docs.contains_key(&event.room) {
+            return self.on_doc_event(event, out);
         }
         let Some(joined) = self.rooms.get_mut(&event.room) else {
             tracing::debug!(room = event.room, "ignoring event of a room not joined");
@@ -726,6 +864,11 @@ impl Task {
         if err.is_fatal() {
             return Step::Fatal(err);
         }
+        if let Some(id) = &id {
+            if let Some(step) = self.on_doc_op_error(id, room.as_deref(), &err, out) {
+                return step;
+            }
+        }
         let retryable = err.code() == Some(ErrorCode::Unavailable.as_str());
         if let Some(id) = id {
             // An error about a publish (or about an id we no longer track).
@@ -752,7 +895,7 @@ impl Task {
         };
         if self.joining.get(&room).is_some_and(|req| req.sent) {
             if let Some(req) = self.joining.remove(&room) {
-                let _ = req.reply.send(Err(err));
+                req.reply.fail(err);
             }
             return Step::Continue;
         }
@@ -760,7 +903,7 @@ impl Task {
             Link::Rejoining(waiting) => waiting.remove(&room),
             _ => false,
         };
-        if rejoin {
+        if rejoin || self.doc_awaits_state(&room) {
             let retry = retryable || err.code() == Some(ErrorCode::RateLimited.as_str());
             if retry {
                 return Step::Reconnect(format!("rejoin of {room} failed: {err}"));
@@ -768,6 +911,8 @@ impl Task {
             tracing::warn!(room, error = %err, "rejoin refused; the room ends");
             if let Some(joined) = self.rooms.remove(&room) {
                 let _ = joined.tx.send(Delivery::Ended(err));
+            } else if let Some(doc) = self.docs.remove(&room) {
+                doc.end_with(err);
             }
             self.check_ready(out);
             return Step::Continue;
@@ -780,6 +925,18 @@ impl Task {
         tracing::warn!(room, error = %err, "server error");
         Step::Continue
     }
+}
+
+/// A `joined` message's fields.
+struct Joined {
+    room: String,
+    kind: String,
+    epoch: String,
+    seq: u64,
+    recovered: bool,
+    events: Vec<EventMsg>,
+    state: Option<serde_json::Value>,
+    hash: Option<String>,
 }
 
 fn text(frame: String) -> Message {

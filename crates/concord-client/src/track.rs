@@ -103,6 +103,8 @@ mod tests {
             from: "c".into(),
             id: None,
             data: json!({ "n": seq }),
+            ops: None,
+            hash: None,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Encoding of client → server frames (`hello`, `join`, `leave`, `publish`).
+//! Encoding of client → server frames (`hello`, `join`, `leave`, `publish`, `op`, `drift`).
 
+use concord_core::doc::Op;
 use concord_protocol::{Limits, Since};
 use serde::Serialize;
 use serde_json::Value;
@@ -30,6 +31,17 @@ enum Out<'a> {
         room: &'a str,
         id: &'a str,
         data: &'a Value,
+    },
+    Op {
+        room: &'a str,
+        id: &'a str,
+        base: u64,
+        ops: &'a [Op],
+    },
+    Drift {
+        room: &'a str,
+        seq: u64,
+        hash: &'a str,
     },
 }
 
@@ -73,6 +85,22 @@ pub(crate) fn publish(room: &str, id: &str, data: &Value) -> Result<String, Clie
         });
     }
     Ok(frame)
+}
+
+/// An `op` frame: a doc op list made against the state at `base`. (Its size was checked when
+/// the edits were made.)
+pub(crate) fn op(room: &str, id: &str, base: u64, ops: &[Op]) -> String {
+    encode(&Out::Op {
+        room,
+        id,
+        base,
+        ops,
+    })
+}
+
+/// A `drift` frame: our state hash at `seq` differs from the server's.
+pub(crate) fn drift(room: &str, seq: u64, hash: &str) -> String {
+    encode(&Out::Drift { room, seq, hash })
 }
 
 #[cfg(test)]
@@ -126,6 +154,39 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn doc_frames_decode_with_the_server_codec() {
+        let ops: Vec<Op> = serde_json::from_value(json!([
+            {"op":"text","path":["body"],"pos":2,"insert":"hé"},
+            {"op":"add","path":["n"],"value":1}
+        ]))
+        .unwrap();
+        let f = op("doc:1", "d-1", 7, &ops);
+        assert_eq!(
+            f,
+            r#"{"type":"op","room":"doc:1","id":"d-1","base":7,"ops":[{"op":"text","path":["body"],"pos":2,"insert":"hé"},{"op":"add","path":["n"],"value":1}]}"#
+        );
+        match decode_client(&f).unwrap() {
+            ClientMsg::Op {
+                room,
+                id,
+                base,
+                ops: raw,
+            } => {
+                assert_eq!((room.as_str(), id.as_str(), base), ("doc:1", "d-1", 7));
+                let back: Vec<Op> = serde_json::from_str(raw.get()).unwrap();
+                assert_eq!(back, ops);
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = drift("doc:1", 9, "abc");
+        assert_eq!(d, r#"{"type":"drift","room":"doc:1","seq":9,"hash":"abc"}"#);
+        assert!(matches!(
+            decode_client(&d).unwrap(),
+            ClientMsg::Drift { seq: 9, hash, .. } if hash == "abc"
+        ));
     }
 
     #[test]
