@@ -4,9 +4,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
 use concord_server::config::Rate;
+use concord_server::room::doc::DocSchema;
 use concord_server::{Config, StoreConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Concord: a real-time collaboration and event-sync server.
@@ -172,6 +174,23 @@ struct ServeArgs {
     /// Limit: presence updates per connection, PER_SEC[:BURST] (0 = unlimited).
     #[arg(long, env = "CONCORD_RATE_PRESENCE_PER_CONN", default_value = "30:60", value_parser = parse_rate)]
     rate_presence_per_conn: Rate,
+    /// Recent op lists a doc room keeps to rebase stale ops (an older base gets `conflict`).
+    #[arg(long, env = "CONCORD_DOC_WINDOW", default_value_t = 10_000)]
+    doc_window: usize,
+    /// Doc events carry the state hash every this many seqs (`joined` always does).
+    #[arg(long, env = "CONCORD_DOC_HASH_EVERY", default_value_t = 32)]
+    doc_hash_every: u64,
+    /// A doc room saves a snapshot every this many ops (and when it unloads).
+    #[arg(long, env = "CONCORD_DOC_SNAPSHOT_EVERY", default_value_t = 1_000)]
+    doc_snapshot_every: u64,
+    /// Limit: most ops in one op list.
+    #[arg(long, env = "CONCORD_DOC_MAX_OPS", default_value_t = 1_000)]
+    doc_max_ops: usize,
+    /// JSON file mapping room-name patterns to JSON Schemas: `{"doc:tasks:*": {…schema…}}`.
+    /// Every state of a matching doc room must validate; an op list that would break it gets
+    /// `rejected`.
+    #[arg(long, env = "CONCORD_SCHEMA_FILE")]
+    schema_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -194,6 +213,27 @@ fn read_secret(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+}
+
+/// Reads `{"pattern": schema, …}` and compiles every schema.
+fn load_schemas(path: &PathBuf) -> anyhow::Result<Vec<Arc<DocSchema>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading schema file {}", path.display()))?;
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| {
+            format!(
+                "{} must be a JSON object of pattern → schema",
+                path.display()
+            )
+        })?;
+    all.into_iter()
+        .map(|(pattern, schema)| {
+            let validator = jsonschema::validator_for(&schema).map_err(|e| {
+                anyhow::anyhow!("schema for {pattern:?} in {}: {e}", path.display())
+            })?;
+            Ok(Arc::new(DocSchema { pattern, validator }))
+        })
+        .collect()
 }
 
 impl ServeArgs {
@@ -272,6 +312,14 @@ impl ServeArgs {
             rate_publish_per_conn: self.rate_publish_per_conn,
             rate_publish_per_room: self.rate_publish_per_room,
             rate_presence_per_conn: self.rate_presence_per_conn,
+            doc_window: self.doc_window.max(1),
+            doc_hash_every: self.doc_hash_every.max(1),
+            doc_snapshot_every: self.doc_snapshot_every.max(1),
+            doc_max_ops: self.doc_max_ops.max(1),
+            doc_schemas: match &self.schema_file {
+                Some(f) => load_schemas(f)?,
+                None => Vec::new(),
+            },
         })
     }
 }

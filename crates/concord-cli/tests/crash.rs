@@ -290,7 +290,8 @@ async fn connect(addr: &str, ci: usize) -> (Ws, [Joined; 2]) {
                     seq: v["seq"].as_u64().expect("joined.seq"),
                 });
             }
-            Some("event") => {}
+            // Events, and the ephemeral membership / presence notices of the other publishers.
+            Some("event" | "member_joined" | "member_left" | "presence") => {}
             _ => panic!("{who}: unexpected frame while joining: {v}"),
         }
     }
@@ -363,7 +364,8 @@ async fn publish_until_dead(ws: Ws, ci: usize, mut n: u64, book: Arc<Mutex<Book>
                         .push(format!("{who}: ack without a valid seq: {v}")),
                 }
             }
-            Some("event") => {}
+            // Events, and the ephemeral membership / presence notices of the other publishers.
+            Some("event" | "member_joined" | "member_left" | "presence") => {}
             _ => book
                 .lock()
                 .unwrap()
@@ -419,7 +421,8 @@ async fn resend(addr: &str, ci: usize, ns: &[u64], epochs: &[String; 2]) -> Hash
                     "{who}: m-{m} acked twice on one connection: {v}"
                 );
             }
-            Some("event") => {}
+            // Events, and the ephemeral membership / presence notices of the other publishers.
+            Some("event" | "member_joined" | "member_left" | "presence") => {}
             _ => panic!("{who}: retry got an unexpected frame: {v}"),
         }
     }

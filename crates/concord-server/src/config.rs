@@ -95,6 +95,16 @@ pub struct Config {
     pub rate_publish_per_room: Rate,
     /// Presence updates per connection.
     pub rate_presence_per_conn: Rate,
+    /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
+    pub doc_window: usize,
+    /// Doc events carry the state hash every this many seqs (and `joined` always does).
+    pub doc_hash_every: u64,
+    /// A doc room saves a snapshot every this many ops (and when it unloads).
+    pub doc_snapshot_every: u64,
+    /// Most ops in one op list.
+    pub doc_max_ops: usize,
+    /// JSON Schemas by room-name pattern; the first matching one validates every doc state.
+    pub doc_schemas: Vec<std::sync::Arc<crate::room::doc::DocSchema>>,
 }
 
 impl Default for Config {
@@ -130,6 +140,11 @@ impl Default for Config {
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
+            doc_window: 10_000,
+            doc_hash_every: 32,
+            doc_snapshot_every: 1_000,
+            doc_max_ops: 1_000,
+            doc_schemas: Vec::new(),
         }
     }
 }

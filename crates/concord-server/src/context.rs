@@ -55,6 +55,15 @@ impl Shared {
         }
     }
 
+    /// The JSON Schema of a doc room, if a configured pattern matches its name.
+    pub fn schema_for(&self, room: &RoomId) -> Option<Arc<crate::room::doc::DocSchema>> {
+        self.config
+            .doc_schemas
+            .iter()
+            .find(|s| crate::auth::glob(&s.pattern, room.as_str()))
+            .cloned()
+    }
+
     /// The busiest loaded rooms by publishes since load: (room, publishes, presence, members).
     pub fn top_rooms(&self, n: usize) -> Vec<(RoomId, u64, u64, u64)> {
         let mut all: Vec<_> = self

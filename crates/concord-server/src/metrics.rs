@@ -60,6 +60,7 @@ pub struct Metrics {
     pub presence_in: Counter,
     pub presence_out: Counter,
     pub presence_coalesced: Counter,
+    pub doc_hash_mismatch: Counter,
     /// Publishes of the busiest rooms (top 10, refreshed at each scrape: bounded cardinality).
     pub room_top_publishes: Family<RoomLabel, Gauge>,
     pub ack_latency: Histogram,
@@ -87,6 +88,7 @@ impl Metrics {
             presence_in: Counter::default(),
             presence_out: Counter::default(),
             presence_coalesced: Counter::default(),
+            doc_hash_mismatch: Counter::default(),
             room_top_publishes: Family::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -163,6 +165,11 @@ impl Metrics {
             "concord_presence_coalesced",
             "Presence updates replaced by a newer value before being sent",
             m.presence_coalesced.clone(),
+        );
+        r.register(
+            "concord_doc_hash_mismatch",
+            "Doc state hash mismatches reported by clients (drift)",
+            m.doc_hash_mismatch.clone(),
         );
         r.register(
             "concord_room_top_publishes",

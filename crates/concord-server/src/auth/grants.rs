@@ -79,12 +79,16 @@ impl Grants {
     pub fn allows(&self, room: &str, right: Right) -> bool {
         self.0
             .iter()
-            .any(|(p, bits)| bits & right.bit() != 0 && glob(p.as_bytes(), room.as_bytes()))
+            .any(|(p, bits)| bits & right.bit() != 0 && glob(p, room))
     }
 }
 
 /// `*` matches any run of characters (including none); everything else matches itself.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
+    glob_bytes(pattern.as_bytes(), text.as_bytes())
+}
+
+fn glob_bytes(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {
@@ -113,16 +117,16 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert!(glob(b"chat:*", b"chat:lobby"));
-        assert!(glob(b"chat:*", b"chat:"));
-        assert!(!glob(b"chat:*", b"chatx"));
-        assert!(glob(b"doc:team-42:*", b"doc:team-42:spec"));
-        assert!(!glob(b"doc:team-42:*", b"doc:team-4:spec"));
-        assert!(glob(b"*", b"anything"));
-        assert!(glob(b"a*b*c", b"axxbyyc"));
-        assert!(!glob(b"a*b*c", b"axxbyy"));
-        assert!(glob(b"exact", b"exact"));
-        assert!(!glob(b"exact", b"exact2"));
+        assert!(glob("chat:*", "chat:lobby"));
+        assert!(glob("chat:*", "chat:"));
+        assert!(!glob("chat:*", "chatx"));
+        assert!(glob("doc:team-42:*", "doc:team-42:spec"));
+        assert!(!glob("doc:team-42:*", "doc:team-4:spec"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exact2"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod grants;
 mod jwt;
 
-pub use grants::{Grants, Right};
+pub use grants::{glob, Grants, Right};
 pub use jwt::{AuthError, JwtKeys, JwtVerifier};
 
 use serde_json::{Map, Value};

@@ -3,13 +3,14 @@
 use super::ws::bearer;
 use super::App;
 use crate::auth::{Identity, Right};
+use crate::room::doc;
 use crate::room::{Publish, Reply, RoomError, RoomMsg, Waiter};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use concord_core::{ClientId, OpId, RoomId, Seq};
+use concord_core::{ClientId, OpId, RoomId, RoomKind, Seq};
 use concord_protocol::{outbound as wire, ErrorCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -143,13 +144,7 @@ pub async fn post_event(
     if app.registry.send(&room, msg).is_err() {
         return Err(err(&app, ErrorCode::Unavailable, "server is shutting down"));
     }
-    match rx.await {
-        Ok(Ok(acked)) => Ok(json(
-            serde_json::json!({"seq": acked.seq.0, "epoch": acked.epoch.as_str(), "hlc": &*acked.hlc}).to_string(),
-        )),
-        Ok(Err(e)) => Err(HttpError(e)),
-        Err(_) => Err(err(&app, ErrorCode::Unavailable, "room went away; retry")),
-    }
+    acked_response(&app, rx).await
 }
 
 #[derive(Deserialize)]
@@ -199,45 +194,127 @@ pub async fn get_events(
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&wire::event(
-            room.as_str(),
-            e.seq.0,
-            &e.hlc,
-            &e.from,
-            e.op_id.as_deref(),
-            &e.data,
-        ));
+        let (seq, hlc, from, id) = (e.seq.0, e.hlc.as_str(), e.from.as_str(), e.op_id.as_deref());
+        body.push_str(&match record.kind {
+            RoomKind::Stream => wire::event(room.as_str(), seq, hlc, from, id, &e.data),
+            RoomKind::Doc => wire::op_event(room.as_str(), seq, hlc, from, id, &e.data, None),
+        });
     }
     body.push_str("]}");
     Ok(json(body))
 }
 
+#[derive(Deserialize)]
+pub struct RoomQuery {
+    at: Option<u64>,
+}
+
+/// `GET /v1/rooms/{room}[?at=SEQ]`: the room, and for a doc room its state (and hash) at the
+/// latest seq or at `at`.
 pub async fn get_room(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     headers: HeaderMap,
+    q: Result<Query<RoomQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let room = room_id(&app, &room)?;
     authorize(&app, &headers, room.as_str(), Right::Read)?;
-    let record = app
-        .shared
-        .store
+    let Query(q) = q.map_err(|e| err(&app, ErrorCode::BadRequest, e.body_text()))?;
+    let store = app.shared.store.as_ref();
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(room = %room, error = %e, "reading room failed");
+        err(&app, ErrorCode::Unavailable, "store unavailable")
+    };
+    let record = store
         .load_room(&room)
         .await
-        .map_err(|e| {
-            tracing::error!(room = %room, error = %e, "reading room failed");
-            err(&app, ErrorCode::Unavailable, "store unavailable")
-        })?
+        .map_err(unavailable)?
         .ok_or_else(|| err(&app, ErrorCode::NotFound, "room does not exist"))?;
-    Ok(json(
-        serde_json::json!({
-            "room": room.as_str(),
-            "kind": record.kind.as_str(),
-            "epoch": record.epoch.as_str(),
-            "seq": record.head.0,
-        })
-        .to_string(),
-    ))
+    let mut body = serde_json::json!({
+        "room": room.as_str(),
+        "kind": record.kind.as_str(),
+        "epoch": record.epoch.as_str(),
+        "seq": record.head.0,
+    });
+    match (record.kind, q.at) {
+        (RoomKind::Stream, Some(_)) => {
+            return Err(err(&app, ErrorCode::BadRequest, "at is for doc rooms"));
+        }
+        (RoomKind::Stream, None) => {}
+        (RoomKind::Doc, at) => {
+            let at = Seq(at.unwrap_or(record.head.0));
+            if at > record.head {
+                let msg = format!("at {at} is after the latest seq ({})", record.head);
+                return Err(err(&app, ErrorCode::NotFound, msg));
+            }
+            let state = doc::state_at(store, &room, at).await.map_err(unavailable)?;
+            body["seq"] = at.0.into();
+            body["hash"] = concord_core::doc::state_hash(&state).into();
+            body["state"] = state;
+        }
+    }
+    Ok(json(body.to_string()))
+}
+
+#[derive(Deserialize)]
+struct RestoreBody {
+    seq: u64,
+    id: Option<String>,
+}
+
+/// `POST /v1/rooms/{room}/restore {"seq":N}`: commits, as one new op list, the ops that turn
+/// the document into its state at N (history is never rewritten). Needs `admin`.
+pub async fn restore(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let received = Instant::now();
+    let room = room_id(&app, &room)?;
+    authorize(&app, &headers, room.as_str(), Right::Admin)?;
+    let body = body.map_err(|e| err(&app, ErrorCode::BadRequest, e.body_text()))?;
+    let body: RestoreBody = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            &app,
+            ErrorCode::BadRequest,
+            format!("body must be {{\"seq\":N}}: {e}"),
+        )
+    })?;
+    let id = body
+        .id
+        .as_deref()
+        .map(OpId::new)
+        .transpose()
+        .map_err(|e| err(&app, ErrorCode::BadRequest, e.to_string()))?;
+    let (tx, rx) = oneshot::channel();
+    let waiter = Waiter {
+        id,
+        received,
+        reply: Reply::Http(tx),
+    };
+    let msg = RoomMsg::Restore {
+        seq: Seq(body.seq),
+        waiter,
+    };
+    if app.registry.send(&room, msg).is_err() {
+        return Err(err(&app, ErrorCode::Unavailable, "server is shutting down"));
+    }
+    acked_response(&app, rx).await
+}
+
+async fn acked_response(
+    app: &App,
+    rx: oneshot::Receiver<Result<crate::room::Acked, RoomError>>,
+) -> Result<Response, HttpError> {
+    match rx.await {
+        Ok(Ok(acked)) => Ok(json(
+            serde_json::json!({"seq": acked.seq.0, "epoch": acked.epoch.as_str(), "hlc": &*acked.hlc})
+                .to_string(),
+        )),
+        Ok(Err(e)) => Err(HttpError(e)),
+        Err(_) => Err(err(app, ErrorCode::Unavailable, "room went away; retry")),
+    }
 }
 
 pub async fn healthz() -> &'static str {

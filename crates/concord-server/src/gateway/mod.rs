@@ -1,6 +1,8 @@
 //! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
 
-pub(crate) mod http;
+mod http;
+
+pub use http::HTTP_CLIENT;
 mod session;
 mod writer;
 mod ws;
@@ -40,6 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(http::post_event).get(http::get_events),
         )
         .route("/v1/rooms/{room}", get(http::get_room))
+        .route("/v1/rooms/{room}/restore", post(http::restore))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

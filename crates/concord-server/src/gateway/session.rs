@@ -6,7 +6,7 @@ use super::App;
 use crate::auth::{Identity, Right};
 use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
-use crate::room::{Publish, Reply, RoomMsg, Waiter};
+use crate::room::{OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind};
 use concord_protocol::outbound::{self as wire, MemberInfo};
@@ -133,6 +133,16 @@ impl Session {
             ClientMsg::Leave { room } => self.leave(&room),
             ClientMsg::Publish { room, id, data } => self.publish(client, &room, &id, data).await,
             ClientMsg::Presence { room, data } => self.presence(&room, data),
+            ClientMsg::Op {
+                room,
+                id,
+                base,
+                ops,
+            } => self.op(client, &room, &id, base, ops).await,
+            ClientMsg::Drift { room, seq, hash } => {
+                self.app.shared.metrics.doc_hash_mismatch.inc();
+                tracing::warn!(room, client = %client, seq, hash, "a client reports doc state drift");
+            }
             ClientMsg::Auth { .. } => unreachable!("handled above"),
         }
         None
@@ -386,59 +396,109 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<RawValue>) {
-        let received = Instant::now();
-        let Some(room) = self.room(name, Some(id)) else {
-            return;
-        };
+    /// The checks every write (publish, op) passes: room name, id, size, right, rate. Returns
+    /// the room and the op id.
+    fn check_write(&mut self, name: &str, id: &str, size: usize) -> Option<(RoomId, OpId)> {
+        let room = self.room(name, Some(id))?;
         let op_id = match OpId::new(id) {
             Ok(i) => i,
-            Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
+            Err(e) => {
+                self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string());
+                return None;
+            }
         };
         let max = self.app.shared.config.max_data_bytes;
-        if data.get().len() > max {
+        if size > max {
             self.app.shared.metrics.limit("max_data_bytes");
             let msg = format!("data is larger than {max} bytes");
-            return self.error(Some(id), Some(name), ErrorCode::TooLarge, &msg);
+            self.error(Some(id), Some(name), ErrorCode::TooLarge, &msg);
+            return None;
         }
         if !self.allowed(&room, Right::Write, Some(id)) {
-            return;
+            return None;
         }
         if let Err(retry) = self.publish_rate.check() {
             self.app.shared.metrics.rate_limit("connection");
-            let msg = "this connection publishes faster than its limit";
-            return self.error_retry(
+            let msg = "this connection writes faster than its limit";
+            self.error_retry(
                 Some(id),
                 Some(name),
                 ErrorCode::RateLimited,
                 msg,
                 Some(retry),
             );
+            return None;
         }
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+        Some((room, op_id))
+    }
+
+    /// A waiter answering on this connection, holding one of its in-flight permits.
+    async fn waiter(&self, id: OpId, received: Instant) -> Option<Waiter> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(Waiter {
+            id: Some(id),
+            received,
+            reply: Reply::Ws {
+                out: self.out.clone(),
+                _permit: permit,
+            },
+        })
+    }
+
+    fn dispatch(&self, room: &RoomId, id: &str, msg: RoomMsg) {
+        if self.app.registry.send(room, msg).is_err() {
+            self.error(
+                Some(id),
+                Some(room.as_str()),
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            );
+        }
+    }
+
+    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<RawValue>) {
+        let received = Instant::now();
+        let Some((room, op_id)) = self.check_write(name, id, data.get().len()) else {
+            return;
+        };
+        let Some(waiter) = self.waiter(op_id, received).await else {
             return;
         };
         let msg = RoomMsg::Publish(Publish {
             client,
             data,
             create: false,
-            waiter: Waiter {
-                id: Some(op_id),
-                received,
-                reply: Reply::Ws {
-                    out: self.out.clone(),
-                    _permit: permit,
-                },
-            },
+            waiter,
         });
-        if self.app.registry.send(&room, msg).is_err() {
-            self.error(
-                Some(id),
-                Some(name),
-                ErrorCode::Unavailable,
-                "server is shutting down",
-            );
-        }
+        self.dispatch(&room, id, msg);
+    }
+
+    async fn op(&mut self, client: ClientId, name: &str, id: &str, base: u64, ops: Box<RawValue>) {
+        let received = Instant::now();
+        let Some((room, op_id)) = self.check_write(name, id, ops.get().len()) else {
+            return;
+        };
+        let limits = concord_core::doc::Limits {
+            max_ops: self.app.shared.config.doc_max_ops,
+            ..Default::default()
+        };
+        let decoded = serde_json::from_str(ops.get())
+            .map_err(|e| e.to_string())
+            .and_then(|v| concord_core::doc::decode_ops(&v, &limits).map_err(|e| e.to_string()));
+        let ops = match decoded {
+            Ok(ops) => ops,
+            Err(e) => return self.error(Some(id), Some(name), ErrorCode::InvalidOp, &e),
+        };
+        let Some(waiter) = self.waiter(op_id, received).await else {
+            return;
+        };
+        let msg = RoomMsg::Op(OpMsg {
+            client,
+            base: concord_core::Seq(base),
+            ops,
+            waiter,
+        });
+        self.dispatch(&room, id, msg);
     }
 
     fn presence(&mut self, name: &str, data: Box<RawValue>) {

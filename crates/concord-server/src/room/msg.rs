@@ -24,6 +24,13 @@ pub enum RoomMsg {
         notify: Option<Outbound>,
     },
     Publish(Publish),
+    /// A doc op list (already decoded; rights and size checked).
+    Op(OpMsg),
+    /// Commit, as one new op list, the ops that turn the document back into its state at `seq`.
+    Restore {
+        seq: Seq,
+        waiter: Waiter,
+    },
     /// A member's presence (already checked for size and rights).
     Presence {
         conn_id: u64,
@@ -37,6 +44,15 @@ pub struct Publish {
     pub data: Box<RawValue>,
     /// Create the room as a stream room if it does not exist (HTTP publish).
     pub create: bool,
+    pub waiter: Waiter,
+}
+
+/// One doc op list to rebase, apply and sequence.
+pub struct OpMsg {
+    pub client: ClientId,
+    /// The seq of the state the ops were made against.
+    pub base: Seq,
+    pub ops: Vec<concord_core::doc::Op>,
     pub waiter: Waiter,
 }
 
@@ -63,6 +79,8 @@ pub struct Acked {
     pub seq: Seq,
     pub hlc: Arc<str>,
     pub epoch: Epoch,
+    /// Doc ops that had no effect after rebasing (their target was concurrently removed).
+    pub dropped: Vec<usize>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,11 +107,12 @@ impl Waiter {
         match self.reply {
             Reply::Ws { out, .. } => {
                 let id = self.id.as_ref().map(|i| i.as_str()).unwrap_or("");
-                out.send(Utf8Bytes::from(wire::ack(
+                out.send(Utf8Bytes::from(wire::ack_dropped(
                     room.as_str(),
                     id,
                     acked.seq.0,
                     &acked.hlc,
+                    &acked.dropped,
                 )));
             }
             Reply::Http(tx) => {

@@ -132,6 +132,13 @@ impl Store for MemoryStore {
             .get_mut(room)
             .filter(|r| r.kind.is_some())
             .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
+        if seq.0 > r.events.len() as u64 {
+            return Err(StoreError::NotContiguous {
+                room: room.to_string(),
+                expected: r.events.len() as u64,
+                got: seq.0,
+            });
+        }
         r.snapshots.insert(seq, state);
         Ok(())
     }

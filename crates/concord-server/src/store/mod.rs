@@ -95,7 +95,8 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<(String, String)>,
     ) -> StoreResult<Vec<FoundOp>>;
     /// Saves a snapshot of a doc room's state at `seq` (a JSON document), replacing one at the
-    /// same seq. Durable on return.
+    /// same seq. Durable on return. Refused if `seq` is beyond the room's head (a snapshot
+    /// never describes events that were not committed).
     async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()>;
     /// The latest snapshot at or before `at` (or the latest of all), as (seq, state JSON).
     async fn load_snapshot(

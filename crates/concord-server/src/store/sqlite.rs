@@ -479,12 +479,22 @@ impl Writer {
             WriteReq::Snapshot {
                 room, seq, state, ..
             } => {
-                let id: i64 = self
+                let (id, head): (i64, u64) = self
                     .conn
-                    .prepare_cached("SELECT id FROM rooms WHERE name = ?1")?
-                    .query_row([room.as_str()], |r| r.get(0))
+                    .prepare_cached(
+                        "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = rooms.id) \
+                         FROM rooms WHERE name = ?1",
+                    )?
+                    .query_row([room.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?
                     .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
+                if seq.0 > head {
+                    return Err(StoreError::NotContiguous {
+                        room: room.to_string(),
+                        expected: head,
+                        got: seq.0,
+                    });
+                }
                 self.conn
                     .prepare_cached(
                         "INSERT OR REPLACE INTO snapshots (room, seq, state) VALUES (?1, ?2, ?3)",

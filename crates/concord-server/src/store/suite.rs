@@ -161,6 +161,13 @@ pub(crate) async fn snapshots(s: Arc<dyn Store>) {
     s.create_room(&r, RoomKind::Doc, &Epoch("e".into()))
         .await
         .unwrap();
+    assert!(
+        s.save_snapshot(&r, Seq(1), "{}".into()).await.is_err(),
+        "beyond the head"
+    );
+    s.append(&r, (1..=20).map(|i| ev(i, "c", None)).collect())
+        .await
+        .unwrap();
     assert_eq!(s.load_snapshot(&r, None).await.unwrap(), None);
     s.save_snapshot(&r, Seq(10), r#"{"v":10}"#.into())
         .await

@@ -3,6 +3,8 @@
 mod auth;
 mod bad_input;
 mod client;
+mod doc_client;
+mod docs;
 mod durability;
 mod frames;
 mod http;

@@ -1,0 +1,182 @@
+//! Joining a room: creation on first join, kind and capacity checks, recovery from `since`
+//! (all or nothing), `history`, the doc state, presence and members in `joined`.
+
+use super::{encode_event, RoomActor, State};
+use crate::outbound::ConnHandle;
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{RoomKind, Seq, SinceCheck};
+use concord_protocol::{outbound as wire, ErrorCode, Since};
+use std::sync::atomic::Ordering;
+
+impl RoomActor {
+    /// Answers `joined` (or an error) and makes the connection a member; true on success.
+    pub(super) async fn join(
+        &mut self,
+        conn: ConnHandle,
+        kind: Option<RoomKind>,
+        since: Option<Since>,
+        history: u64,
+    ) -> bool {
+        let fail = |s: &Self, code: ErrorCode, msg: &str| {
+            s.shared.metrics.error(code);
+            let frame = wire::error(None, Some(s.room.as_str()), code, msg, None);
+            conn.out.send(Utf8Bytes::from(frame));
+            false
+        };
+        if matches!(self.state, State::Missing) {
+            match kind {
+                Some(k) => {
+                    if let Err(e) = self.create(k).await {
+                        return fail(self, e.code, &e.message);
+                    }
+                }
+                None => {
+                    return fail(
+                        self,
+                        ErrorCode::NotFound,
+                        "room does not exist; give a kind to create it",
+                    )
+                }
+            }
+        }
+        let Some(live) = self.live() else {
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                "room is recovering from a store error; retry",
+            );
+        };
+        if kind.is_some_and(|k| k != live.kind) {
+            return fail(
+                self,
+                ErrorCode::KindMismatch,
+                &format!("room is a {} room", live.kind.as_str()),
+            );
+        }
+        let max_members = self.shared.config.max_members_per_room;
+        if !self.members.contains(conn.conn_id) && self.members.len() >= max_members {
+            self.shared.metrics.limit("max_members_per_room");
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                &format!("room is full ({max_members} members)"),
+            );
+        }
+        let is_doc = live.doc.is_some();
+        let committed = live.seqr.committed();
+        let window = self.shared.config.recovery_window;
+        // A doc's truth is its state: `history` only applies to stream rooms.
+        let history = if is_doc { 0 } else { history };
+        let latest = |n: u64| Seq(committed.0 - n.min(committed.0));
+        let (mut recovered, after, mut outcome) = match &since {
+            Some(s) => match live.seqr.check_since(&s.epoch, Seq(s.seq), window) {
+                SinceCheck::Recover { after } => (true, after, "recovered"),
+                SinceCheck::Reset { reason } => {
+                    tracing::debug!(room = %self.room, reason, "rejoin cannot recover by events");
+                    (false, latest(history), "reset")
+                }
+            },
+            None => (false, latest(history), "fresh"),
+        };
+        let Ok(mut frames) = self.catch_up(after, committed).await else {
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                "history is not readable right now; retry",
+            );
+        };
+        let cap = self.shared.config.max_catch_up_bytes;
+        let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
+        if recovered && size(&frames) > cap {
+            // Too much to replay in one frame: all or nothing, so this becomes a reset.
+            self.shared.metrics.limit("max_catch_up_bytes");
+            (recovered, outcome) = (false, "reset");
+            let Ok(latest_frames) = self.catch_up(latest(history), committed).await else {
+                return fail(
+                    self,
+                    ErrorCode::Unavailable,
+                    "history is not readable right now; retry",
+                );
+            };
+            frames = latest_frames;
+        }
+        if !recovered {
+            // `history` gives the newest events that fit in the byte budget.
+            let mut total = size(&frames);
+            let mut drop = 0;
+            while total > cap && drop < frames.len() {
+                total -= frames[drop].len() + 1;
+                drop += 1;
+            }
+            frames.drain(..drop);
+        }
+        let Some(live) = self.live() else {
+            return false;
+        };
+        let presence = self.members.presence_json();
+        let members = self.members.members_json(&conn);
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        if let (Some(doc), false) = (&live.doc, recovered) {
+            // The state of a doc at `committed` (its ops in flight were drained before the join).
+            extra.push(("state", doc.state.to_string()));
+            extra.push(("hash", serde_json::Value::String(doc.hash()).to_string()));
+        }
+        extra.push(("presence", presence));
+        extra.push(("members", members));
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let frame = wire::joined(
+            self.room.as_str(),
+            live.kind.as_str(),
+            live.seqr.epoch().as_str(),
+            committed.0,
+            recovered,
+            frames.iter().map(|f| f.as_str()),
+            &extra,
+        );
+        self.shared.metrics.join(outcome);
+        if conn.out.send(Utf8Bytes::from(frame)) {
+            self.members.add(&self.room, conn, &self.shared.metrics);
+            self.stats
+                .members
+                .store(self.members.len() as u64, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The encoded events after `after` up to `committed`, from memory or from the store.
+    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<Vec<Utf8Bytes>, ()> {
+        let State::Live(live) = &self.state else {
+            return Err(());
+        };
+        if after >= committed {
+            return Ok(Vec::new());
+        }
+        if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
+            let skip = (after.0 + 1 - front.seq.0) as usize;
+            return Ok(live
+                .window
+                .iter()
+                .skip(skip)
+                .map(|c| c.frame.clone())
+                .collect());
+        }
+        let kind = live.kind;
+        let n = (committed.0 - after.0) as usize;
+        match self.shared.store.read_events(&self.room, after, n).await {
+            Ok(evs) if evs.len() == n => Ok(evs
+                .iter()
+                .map(|e| encode_event(&self.room, kind, e, None))
+                .collect()),
+            Ok(evs) => {
+                tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
+                Err(())
+            }
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "reading history failed");
+                Err(())
+            }
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The room actor: the single sequencer of one room — idempotency, seq + hlc assignment,
+//! group-committed appends, then acks and fan-out in seq order.
+//!
+//! Publishes and doc ops are pipelined: while one batch is being committed by the store, the
+//! next one is sequenced. Nothing is acked or broadcast before the store reports it durable, and
+//! batches complete in the order they were submitted, so every member sees seq order with no
+//! gaps. Writing (publish, op, restore) is in `write.rs`, joining and catch-up in `join.rs`.
+
+mod join;
+mod write;
+
+use super::doc::DocState;
+use super::members::Members;
+use super::msg::{Acked, RoomError, RoomMsg, Waiter};
+use super::registry::Registry;
+use crate::context::{RoomStats, Shared};
+use crate::limiter::Bucket;
+use crate::store::{StoreResult, StoredEvent};
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{IdemKey, IdempotencyTable, RoomId, RoomKind, Seq, Sequencer};
+use concord_protocol::{outbound as wire, ErrorCode};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const MAILBOX_BATCH: usize = 256;
+
+/// A committed event, encoded once and shared by every member.
+struct Committed {
+    seq: Seq,
+    frame: Utf8Bytes,
+}
+
+struct Live {
+    kind: RoomKind,
+    seqr: Sequencer,
+    window: VecDeque<Arc<Committed>>,
+    idem: IdempotencyTable<(Seq, Arc<str>)>,
+    /// Retries of ops still in flight: answered once their seq commits.
+    waiting: Vec<(Seq, Arc<str>, Waiter)>,
+    /// The document of a doc room.
+    doc: Option<DocState>,
+}
+
+enum State {
+    /// The room does not exist (yet).
+    Missing,
+    Live(Box<Live>),
+    /// Loading failed or a commit failed: reload before serving anything.
+    Stale,
+}
+
+/// One acknowledgement to send once its seq is durable.
+struct PendingAck {
+    seq: Seq,
+    hlc: Arc<str>,
+    dropped: Vec<usize>,
+    waiter: Waiter,
+}
+
+/// A batch handed to the store, with everything to do once it is durable.
+#[derive(Default)]
+struct InFlight {
+    events: Vec<Arc<Committed>>,
+    acks: Vec<PendingAck>,
+    /// What the store must write.
+    stored: Vec<StoredEvent>,
+    /// A doc snapshot to save once the batch is durable: (seq, state JSON).
+    snapshot: Option<(Seq, String)>,
+}
+
+pub(crate) struct RoomActor {
+    room: RoomId,
+    generation: u64,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    rx: UnboundedReceiver<RoomMsg>,
+    state: State,
+    members: Members,
+    /// Publishes into this room from all senders together.
+    rate: Bucket,
+    stats: Arc<RoomStats>,
+    inflight: VecDeque<InFlight>,
+    commits: FuturesOrdered<BoxFuture<'static, StoreResult<()>>>,
+}
+
+impl RoomActor {
+    pub(crate) fn new(
+        room: RoomId,
+        generation: u64,
+        shared: Arc<Shared>,
+        registry: Arc<Registry>,
+        rx: UnboundedReceiver<RoomMsg>,
+    ) -> Self {
+        let stats = Arc::new(RoomStats::default());
+        shared.room_stats.lock().insert(room.clone(), stats.clone());
+        RoomActor {
+            members: Members::new(shared.config.presence_interval),
+            rate: Bucket::new(shared.config.rate_publish_per_room),
+            stats,
+            room,
+            generation,
+            shared,
+            registry,
+            rx,
+            state: State::Stale,
+            inflight: VecDeque::new(),
+            commits: FuturesOrdered::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.shared.metrics.rooms_active.inc();
+        self.reload().await;
+        let mut buf = Vec::with_capacity(MAILBOX_BATCH);
+        let idle = self.shared.config.room_idle_unload;
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        loop {
+            let idle_now = self.is_idle();
+            let flush_at = self.members.flush_at;
+            tokio::select! {
+                biased;
+                Some(result) = self.commits.next(), if !self.commits.is_empty() => {
+                    self.on_commit(result).await;
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    self.members.flush_presence(&self.room);
+                }
+                n = self.rx.recv_many(&mut buf, MAILBOX_BATCH) => {
+                    if n == 0 {
+                        // The registry is gone (shutdown): finish what is in flight.
+                        self.drain_commits().await;
+                        break;
+                    }
+                    self.handle(&mut buf).await;
+                    if self.is_idle() {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                    }
+                }
+                _ = &mut sleep, if idle_now => {
+                    if self.registry.try_unload(&self.room, self.generation, &mut self.rx) {
+                        break;
+                    }
+                    sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+        }
+        self.snapshot_on_unload().await;
+        self.shared.metrics.rooms_active.dec();
+        let mut stats = self.shared.room_stats.lock();
+        if stats
+            .get(&self.room)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.stats))
+        {
+            stats.remove(&self.room);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.inflight.is_empty()
+    }
+
+    /// Waits for every batch in flight to be committed (or to fail).
+    async fn drain_commits(&mut self) {
+        while let Some(result) = self.commits.next().await {
+            self.on_commit(result).await;
+        }
+    }
+
+    /// A doc room saves its state when it unloads, so the next load replays little.
+    async fn snapshot_on_unload(&mut self) {
+        let State::Live(live) = &self.state else {
+            return;
+        };
+        let Some(doc) = &live.doc else { return };
+        if doc.seq > doc.snapshot_seq && doc.seq == live.seqr.committed() {
+            let state = doc.state.to_string();
+            if let Err(e) = self
+                .shared
+                .store
+                .save_snapshot(&self.room, doc.seq, state)
+                .await
+            {
+                tracing::warn!(room = %self.room, error = %e, "saving the unload snapshot failed");
+            }
+        }
+    }
+
+    /// (Re)builds the room's state from the store.
+    async fn reload(&mut self) {
+        let cfg = &self.shared.config;
+        let store = &self.shared.store;
+        let record = match store.load_room(&self.room).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.state = State::Missing;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room failed");
+                self.state = State::Stale;
+                return;
+            }
+        };
+        if let Some(h) = &record.head_hlc {
+            self.shared.hlc_observe(h);
+        }
+        let doc = if record.kind == RoomKind::Doc {
+            let schema = self.shared.schema_for(&self.room);
+            match DocState::load(
+                store.as_ref(),
+                &self.room,
+                record.head,
+                cfg.doc_window,
+                schema,
+            )
+            .await
+            {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(room = %self.room, error = %e, "loading document failed");
+                    self.state = State::Stale;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let keep = (cfg.room_window.max(cfg.idempotency_cache) as u64).min(record.head.0);
+        let after = Seq(record.head.0 - keep);
+        let tail = match store.read_events(&self.room, after, keep as usize).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room tail failed");
+                self.state = State::Stale;
+                return;
+            }
+        };
+        let mut idem = IdempotencyTable::new(cfg.idempotency_cache, after);
+        let mut window = VecDeque::new();
+        for e in &tail {
+            if let Some(op) = &e.op_id {
+                if let (Ok(client), Ok(id)) = (
+                    concord_core::ClientId::new(&e.from),
+                    concord_core::OpId::new(op),
+                ) {
+                    idem.insert(
+                        IdemKey { client, id },
+                        e.seq,
+                        (e.seq, Arc::from(e.hlc.as_str())),
+                    );
+                }
+            }
+            window.push_back(Arc::new(Committed {
+                seq: e.seq,
+                frame: encode_event(&self.room, record.kind, e, None),
+            }));
+            if window.len() > cfg.room_window {
+                window.pop_front();
+            }
+        }
+        self.state = State::Live(Box::new(Live {
+            kind: record.kind,
+            seqr: Sequencer::new(record.epoch, record.head),
+            window,
+            idem,
+            waiting: Vec::new(),
+            doc,
+        }));
+    }
+
+    async fn handle(&mut self, buf: &mut Vec<RoomMsg>) {
+        if matches!(self.state, State::Stale) && self.inflight.is_empty() {
+            self.reload().await;
+        }
+        let found = self.lookup_unknown_keys(buf).await;
+        let mut batch = InFlight::default();
+        for msg in buf.drain(..) {
+            match msg {
+                RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
+                RoomMsg::Op(op) => self.op(op, &found, &mut batch),
+                RoomMsg::Restore { seq, waiter } => {
+                    self.submit(&mut batch);
+                    self.drain_commits().await;
+                    self.restore(seq, waiter, &mut batch).await;
+                }
+                RoomMsg::Join {
+                    conn,
+                    kind,
+                    since,
+                    history,
+                    joined,
+                } => {
+                    // Events sequenced before the join go out through the normal broadcast;
+                    // a doc's state is given as committed, so its ops in flight finish first.
+                    self.submit(&mut batch);
+                    if self.live().is_some_and(|l| l.doc.is_some()) {
+                        self.drain_commits().await;
+                    }
+                    // Tell the connection whether it is a member now (a failed rejoin keeps
+                    // an existing membership).
+                    let conn_id = conn.conn_id;
+                    if self.join(conn, kind, since, history).await || self.members.contains(conn_id)
+                    {
+                        let _ = joined.send(true);
+                    }
+                }
+                RoomMsg::Leave { conn_id, notify } => {
+                    self.members
+                        .remove(&self.room, conn_id, &self.shared.metrics);
+                    self.stats
+                        .members
+                        .store(self.members.len() as u64, Ordering::Relaxed);
+                    if let Some(out) = notify {
+                        out.send(Utf8Bytes::from(wire::left(self.room.as_str())));
+                    }
+                }
+                RoomMsg::Presence { conn_id, data } => {
+                    let Some(client) = self.members.client_of(conn_id).cloned() else {
+                        // The join was refused or the member left meanwhile.
+                        continue;
+                    };
+                    self.stats.presence.fetch_add(1, Ordering::Relaxed);
+                    self.members
+                        .set_presence(&client, data, &self.shared.metrics);
+                }
+            }
+        }
+        self.submit(&mut batch);
+    }
+
+    fn live(&self) -> Option<&Live> {
+        match &self.state {
+            State::Live(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    fn error(&self, w: Waiter, code: ErrorCode, message: &str) {
+        self.shared.metrics.error(code);
+        w.fail(&self.room, RoomError::new(code, message));
+    }
+
+    async fn create(&mut self, kind: RoomKind) -> Result<(), RoomError> {
+        let epoch = self.shared.new_epoch();
+        if let Err(e) = self
+            .shared
+            .store
+            .create_room(&self.room, kind, &epoch)
+            .await
+        {
+            tracing::error!(room = %self.room, error = %e, "creating room failed");
+            return Err(RoomError::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable",
+            ));
+        }
+        self.reload().await;
+        match &self.state {
+            State::Live(_) => Ok(()),
+            _ => Err(RoomError::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable",
+            )),
+        }
+    }
+
+    /// Hands the sequenced events to the store; a due doc snapshot follows once they are durable.
+    fn submit(&mut self, batch: &mut InFlight) {
+        if batch.stored.is_empty() {
+            return;
+        }
+        let mut flight = std::mem::take(batch);
+        let events = std::mem::take(&mut flight.stored);
+        let snapshot = flight.snapshot.take();
+        let store = self.shared.store.clone();
+        let room = self.room.clone();
+        self.commits.push_back(Box::pin(async move {
+            store.append(&room, events).await?;
+            if let Some((seq, state)) = snapshot {
+                // Not awaited by the acks; the store refuses a snapshot beyond its head.
+                tokio::spawn(async move {
+                    if let Err(e) = store.save_snapshot(&room, seq, state).await {
+                        tracing::warn!(room = %room, error = %e, "saving a snapshot failed");
+                    }
+                });
+            }
+            Ok(())
+        }));
+        self.inflight.push_back(flight);
+    }
+
+    async fn on_commit(&mut self, result: StoreResult<()>) {
+        let Some(done) = self.inflight.pop_front() else {
+            return;
+        };
+        let unavailable = || RoomError::new(ErrorCode::Unavailable, "commit failed; retry");
+        let State::Live(live) = &mut self.state else {
+            // A commit failed earlier: everything after it fails too (the store refuses gaps).
+            for a in done.acks {
+                self.shared.metrics.error(ErrorCode::Unavailable);
+                a.waiter.fail(&self.room, unavailable());
+            }
+            return;
+        };
+        if let Err(e) = result {
+            tracing::error!(room = %self.room, error = %e, "commit failed; reloading room");
+            let waiting = std::mem::take(&mut live.waiting);
+            self.state = State::Stale;
+            let waiters = done
+                .acks
+                .into_iter()
+                .map(|a| a.waiter)
+                .chain(waiting.into_iter().map(|w| w.2));
+            for w in waiters {
+                self.shared.metrics.error(ErrorCode::Unavailable);
+                w.fail(&self.room, unavailable());
+            }
+            if self.inflight.is_empty() {
+                self.reload().await;
+            }
+            return;
+        }
+        let last = done
+            .events
+            .last()
+            .map(|e| e.seq)
+            .unwrap_or(live.seqr.committed());
+        live.seqr.commit(last);
+        let metrics = &self.shared.metrics;
+        metrics.events_committed.inc_by(done.events.len() as u64);
+        let epoch = live.seqr.epoch().clone();
+        for a in done.acks {
+            metrics
+                .ack_latency
+                .observe(a.waiter.received.elapsed().as_secs_f64());
+            let acked = Acked {
+                seq: a.seq,
+                hlc: a.hlc,
+                epoch: epoch.clone(),
+                dropped: a.dropped,
+            };
+            a.waiter.ack(&self.room, acked);
+        }
+        for ev in &done.events {
+            self.members.broadcast(&self.room, &ev.frame, metrics);
+            live.window.push_back(ev.clone());
+            if live.window.len() > self.shared.config.room_window {
+                live.window.pop_front();
+            }
+        }
+        self.stats
+            .members
+            .store(self.members.len() as u64, Ordering::Relaxed);
+        if !live.waiting.is_empty() {
+            let committed = live.seqr.committed();
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut live.waiting)
+                .into_iter()
+                .partition(|(seq, _, _)| *seq <= committed);
+            live.waiting = still;
+            for (seq, hlc, w) in ready {
+                let acked = Acked {
+                    seq,
+                    hlc,
+                    epoch: epoch.clone(),
+                    dropped: Vec::new(),
+                };
+                w.ack(&self.room, acked);
+            }
+        }
+    }
+}
+
+/// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
+/// for doc rooms.
+fn encode_event(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> Utf8Bytes {
+    let (seq, hlc, from, id) = (e.seq.0, e.hlc.as_str(), e.from.as_str(), e.op_id.as_deref());
+    Utf8Bytes::from(match kind {
+        RoomKind::Stream => wire::event(room.as_str(), seq, hlc, from, id, &e.data),
+        RoomKind::Doc => wire::op_event(room.as_str(), seq, hlc, from, id, &e.data, hash),
+    })
+}
