@@ -155,8 +155,46 @@ fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, DecodeErro
     serde_json::from_str(text).map_err(|e| fail(text, format!("invalid {ty} message: {e}")))
 }
 
+/// Deepest nesting of arrays and objects accepted in `data` (and in op values): deep enough for
+/// any document, shallow enough that every frame carrying it stays readable by JSON parsers
+/// with the common 128-level limit.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Parses a raw JSON value and checks that every client can read it back: numbers within f64
+/// range, no lone surrogate escapes, at most `max_depth` levels of nesting.
+pub fn check_readable(raw: &str, max_depth: usize) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("unreadable JSON: {e}"))?;
+    let mut stack = vec![(&v, 1usize)];
+    while let Some((node, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match node {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > max_depth {
+            return Err(format!("nested deeper than {max_depth} levels"));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(v)
+}
+
+fn readable_data(text: &str, ty: &str, data: &RawValue) -> Result<(), DecodeError> {
+    check_readable(data.get(), MAX_DATA_DEPTH)
+        .map(|_| ())
+        .map_err(|e| fail(text, format!("invalid {ty} message: data: {e}")))
+}
+
 /// Decodes one text frame.
 pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError {
+            message: "expected a JSON object with a \"type\" field".to_string(),
+            id: None,
+            room: None,
+        });
+    }
     let head: Head = serde_json::from_str(text).map_err(|e| DecodeError {
         message: if e.is_data() {
             "expected a JSON object with a \"type\" field".to_string()
@@ -192,6 +230,7 @@ pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
         }
         "publish" => {
             let b: PublishBody = body(text, "publish")?;
+            readable_data(text, "publish", &b.data)?;
             ClientMsg::Publish {
                 room: b.room,
                 id: b.id,
@@ -217,6 +256,7 @@ pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
         }
         "presence" => {
             let b: PresenceBody = body(text, "presence")?;
+            readable_data(text, "presence", &b.data)?;
             ClientMsg::Presence {
                 room: b.room,
                 data: b.data,
@@ -267,6 +307,21 @@ mod tests {
         assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
         let e = decode_client("[1,2]").unwrap_err();
         assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = decode_client(r#"["leave"]"#).unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        for data in [
+            "1e400",
+            r#""\ud800""#,
+            &format!("{}1{}", "[".repeat(65), "]".repeat(65)),
+        ] {
+            let frame = format!(r#"{{"type":"publish","room":"r","id":"m","data":{data}}}"#);
+            let e = decode_client(&frame).unwrap_err();
+            assert!(e.message.contains("data:"), "{}", e.message);
+            assert_eq!(e.id.as_deref(), Some("m"));
+        }
+        let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        let frame = format!(r#"{{"type":"publish","room":"r","id":"m","data":{ok}}}"#);
+        assert!(decode_client(&frame).is_ok());
         let e = decode_client(r#"{"room":"r"}"#).unwrap_err();
         assert_eq!(e.message, "missing \"type\" field");
         let e = decode_client(r#"{"type":"frobnicate","id":"x9"}"#).unwrap_err();

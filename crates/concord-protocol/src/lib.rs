@@ -9,6 +9,6 @@ pub mod limits;
 pub mod outbound;
 
 pub use codes::{close, ErrorCode};
-pub use inbound::{decode_client, ClientMsg, DecodeError, Since};
+pub use inbound::{check_readable, decode_client, ClientMsg, DecodeError, Since, MAX_DATA_DEPTH};
 pub use limits::Limits;
 pub use outbound::{decode_server, ServerMsg};

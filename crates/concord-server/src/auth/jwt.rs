@@ -89,6 +89,11 @@ impl JwtVerifier {
         self.algorithm
     }
 
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
+    }
+
     /// Verifies signature, `exp` (required), `nbf` (if present) against `now_secs`, then reads
     /// `sub` (required), `rooms` (required) and the optional claims as metadata.
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Identity, AuthError> {
@@ -101,6 +106,8 @@ impl JwtVerifier {
         // Time claims are checked below against the injected clock.
         v.validate_exp = false;
         v.validate_nbf = false;
+        // No audience is configured: `aud` is carried, not checked.
+        v.validate_aud = false;
         v.required_spec_claims.clear();
         let data = decode::<Map<String, Value>>(token, &self.key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;

@@ -69,6 +69,14 @@ impl AuthMode {
         }
     }
 
+    /// Clock skew tolerated on token expiry.
+    pub fn leeway_secs(&self) -> u64 {
+        match self {
+            AuthMode::None => 0,
+            AuthMode::Jwt(v) => v.leeway_secs(),
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         matches!(self, AuthMode::Jwt(_))
     }

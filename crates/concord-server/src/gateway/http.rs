@@ -27,8 +27,15 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({"code": self.0.code, "message": self.0.message});
-        (status, axum::Json(body)).into_response()
+        let mut body = serde_json::json!({"code": self.0.code, "message": self.0.message});
+        match self.0.retry_after_ms {
+            Some(ms) => {
+                body["retry_after_ms"] = ms.into();
+                let secs = ms.div_ceil(1000).max(1).to_string();
+                (status, [(header::RETRY_AFTER, secs)], axum::Json(body)).into_response()
+            }
+            None => (status, axum::Json(body)).into_response(),
+        }
     }
 }
 
@@ -114,6 +121,11 @@ pub async fn post_event(
             format!("body must be {{\"data\":…,\"id\":…}}: {e}"),
         )
     })?;
+    if let Err(e) =
+        concord_protocol::check_readable(body.data.get(), concord_protocol::MAX_DATA_DEPTH)
+    {
+        return Err(err(&app, ErrorCode::BadRequest, format!("data: {e}")));
+    }
     if body.data.get().len() > app.shared.config.max_data_bytes {
         return Err(err(
             &app,
@@ -352,6 +364,18 @@ pub async fn admin_stats(
         "rooms": rooms,
     });
     Ok(json(body.to_string()))
+}
+
+/// Known paths with another method: a JSON `bad_request` with status 405.
+pub async fn method_not_allowed(State(app): State<Arc<App>>) -> Response {
+    let mut resp = err(
+        &app,
+        ErrorCode::BadRequest,
+        "method not allowed on this endpoint",
+    )
+    .into_response();
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
 }
 
 /// Unknown paths: a JSON `not_found`.

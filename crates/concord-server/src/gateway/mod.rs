@@ -48,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/v1/admin/stats", get(http::admin_stats))
         .fallback(http::fallback)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
 }

@@ -164,9 +164,10 @@ impl Session {
 
     fn schedule_expiry(&mut self, identity: &Identity) {
         self.expired = false;
+        let leeway = self.app.shared.config.auth.leeway_secs();
         self.auth_deadline = identity.exp.map(|exp| {
             let now_ms = self.app.shared.clock.now_ms();
-            let left = (exp * 1000).saturating_sub(now_ms);
+            let left = ((exp + leeway) * 1000).saturating_sub(now_ms);
             tokio::time::Instant::now() + std::time::Duration::from_millis(left)
         });
     }
@@ -482,9 +483,12 @@ impl Session {
             max_ops: self.app.shared.config.doc_max_ops,
             ..Default::default()
         };
-        let decoded = serde_json::from_str(ops.get())
-            .map_err(|e| e.to_string())
-            .and_then(|v| concord_core::doc::decode_ops(&v, &limits).map_err(|e| e.to_string()));
+        // The ops array and each op object wrap the values: two more levels than `data`.
+        let decoded =
+            concord_protocol::check_readable(ops.get(), concord_protocol::MAX_DATA_DEPTH + 2)
+                .and_then(|v| {
+                    concord_core::doc::decode_ops(&v, &limits).map_err(|e| e.to_string())
+                });
         let ops = match decoded {
             Ok(ops) => ops,
             Err(e) => return self.error(Some(id), Some(name), ErrorCode::InvalidOp, &e),

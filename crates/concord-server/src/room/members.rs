@@ -135,7 +135,14 @@ impl Members {
     }
 
     /// Records a presence update, coalesced with any later update of the same client.
+    /// `null` clears the client's presence (announced once; clearing nothing sends nothing).
     pub fn set_presence(&mut self, client: &ClientId, data: Box<RawValue>, metrics: &Metrics) {
+        if data.get() == "null" {
+            if self.presence.remove(client).is_some() && self.mark_dirty(client.clone(), None) {
+                metrics.presence_coalesced.inc();
+            }
+            return;
+        }
         let data: Arc<RawValue> = Arc::from(data);
         self.presence.insert(client.clone(), data.clone());
         if self.mark_dirty(client.clone(), Some(data)) {

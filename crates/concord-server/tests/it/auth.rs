@@ -79,6 +79,13 @@ async fn bad_tokens_get_unauthorized_and_close_1008() {
         assert!(e["message"].as_str().unwrap().contains(why), "{why}: {e}");
         assert_eq!(w.closed().await, Some(1008), "{why}");
     }
+    // An `aud` claim is carried, not refused.
+    let with_aud = token_with(
+        json!({"sub":"u","exp":t+60,"aud":"some-service","rooms":{}}),
+        SECRET,
+    );
+    let mut w = hello_with(&server, "c", &with_aud).await;
+    assert_eq!(w.recv().await["type"], "welcome");
     // No token at all.
     let mut w = Ws::connect(&server).await;
     w.send(json!({"type":"hello","client_id":"c"})).await;

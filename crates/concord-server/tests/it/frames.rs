@@ -760,14 +760,10 @@ fn arbitrary_frames_never_break_the_gateway_or_other_clients() {
     );
 }
 
-/// Known bug, found by fuzzing `concord-protocol` (fuzz/README.md): `data` is checked only as
-/// JSON *text* (serde_json's `RawValue`), so numbers out of f64 range, lone surrogate escapes and
-/// nesting beyond serde_json's recursion limit are accepted, committed and relayed verbatim;
-/// every serde_json-based client (`decode_server`, `concord-client`, this test's `Ws::recv`) then
-/// fails to parse the `event`, and every `joined` that replays it. Run with `--ignored` to check a
-/// fix.
+/// Found by fuzzing `concord-protocol` (fuzz/README.md): data that is valid JSON text but that
+/// no serde_json-based client can read back (numbers out of f64 range, lone surrogate escapes,
+/// nesting deeper than the protocol's limit) is refused, never committed and relayed.
 #[tokio::test]
-#[ignore = "known bug: data no JSON client can parse is accepted and relayed"]
 async fn data_no_json_client_can_parse_is_refused() {
     let server = TestServer::memory(|_| {}).await;
     let mut other = Ws::hello(&server, "other").await;
@@ -785,11 +781,9 @@ async fn data_no_json_client_can_parse_is_refused() {
     server.stop().await;
 }
 
-/// Known deviation, found by fuzzing: a frame must be a JSON object (docs/protocol.md §9.2, "not
-/// an object" → `bad_request`), but the decoder reads a one-element array `["leave"]` as
-/// `{"type":"leave","room":"leave"}` (serde's sequence form of a struct).
+/// Found by fuzzing: a frame must be a JSON object; the sequence form of a struct (`["leave"]`)
+/// is refused with `bad_request`.
 #[tokio::test]
-#[ignore = "known deviation: [\"leave\"] is decoded as a leave of room \"leave\""]
 async fn a_json_array_is_not_a_message() {
     let server = TestServer::memory(|_| {}).await;
     let mut w = Ws::hello(&server, "w").await;

@@ -126,3 +126,50 @@ async fn publish_read_and_inspect_over_http() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http_errors_are_json_with_retry_hints() {
+    let server =
+        TestServer::memory(|c| c.rate_publish_per_room = concord_server::config::Rate::new(1, 1))
+            .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/rooms/busy/events", server.addr);
+    let first = client
+        .post(&url)
+        .body(r#"{"data":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let limited = client
+        .post(&url)
+        .body(r#"{"data":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status().as_u16(), 429);
+    let retry_header: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_header >= 1);
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert!(body["retry_after_ms"].as_u64().unwrap() >= 1, "{body}");
+    let wrong = client.delete(&url).send().await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 405);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+    let missing = client
+        .get(format!("http://{}/v2/nothing", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap()["code"],
+        "not_found"
+    );
+    server.stop().await;
+}

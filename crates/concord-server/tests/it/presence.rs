@@ -75,7 +75,24 @@ async fn presence_snapshot_updates_and_departure() {
         "b's presence is gone"
     );
 
-    // Leaving explicitly clears presence too.
+    // A client clearing its own presence is announced once; leaving afterwards sends no second null.
+    let mut d = Ws::hello(&server, "d").await;
+    d.join("r", json!({})).await;
+    d.send(json!({"type":"presence","room":"r","data":{"here":true}}))
+        .await;
+    let p = until(&mut c, "presence").await;
+    assert_eq!(p["client_id"], "d");
+    d.send(json!({"type":"presence","room":"r","data":null}))
+        .await;
+    let p = until(&mut c, "presence").await;
+    assert_eq!(
+        (p["client_id"].as_str(), p["data"].clone()),
+        (Some("d"), Value::Null)
+    );
+    d.send(json!({"type":"leave","room":"r"})).await;
+    let left = until(&mut c, "member_left").await;
+    assert_eq!(left["client_id"], "d");
+    // Leaving explicitly clears presence too (and is the next presence c sees: none for d).
     a.send(json!({"type":"leave","room":"r"})).await;
     let gone = until(&mut c, "presence").await;
     assert_eq!(
