@@ -434,8 +434,16 @@ impl Session {
     }
 
     /// A waiter answering on this connection, holding one of its in-flight permits.
+    /// Waits for a free slot when `max_inflight_per_conn` writes await their acks (reading
+    /// this connection's frames pauses meanwhile: backpressure, counted as a limit hit).
     async fn waiter(&self, id: OpId, received: Instant) -> Option<Waiter> {
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.app.shared.metrics.limit("max_inflight_per_conn");
+                self.permits.clone().acquire_owned().await.ok()?
+            }
+        };
         Some(Waiter {
             id: Some(id),
             received,

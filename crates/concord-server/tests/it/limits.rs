@@ -221,3 +221,31 @@ async fn a_flooding_client_is_limited_and_normal_clients_are_not() {
     assert!(acked > 0, "the abuser still gets its fair share");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn publishes_beyond_the_in_flight_bound_wait_instead_of_failing() {
+    let server = TestServer::memory(|c| c.max_inflight_per_conn = 2).await;
+    let mut a = Ws::hello(&server, "a").await;
+    a.join("r", json!({})).await;
+    for n in 0..50 {
+        a.feed(json!({"type":"publish","room":"r","id":format!("m{n}"),"data":n}))
+            .await;
+    }
+    a.flush().await;
+    let mut acks = Vec::new();
+    while acks.len() < 50 {
+        let m = a.recv_durable().await;
+        match m["type"].as_str() {
+            Some("ack") => acks.push(m["seq"].as_u64().unwrap()),
+            Some("event") => {}
+            _ => panic!("a publish was refused instead of waiting: {m}"),
+        }
+    }
+    assert_eq!(acks, (1..=50).collect::<Vec<_>>());
+    let (_, m) = http(&server, "GET", "/metrics", None).await;
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains("concord_limit_hits_total{limit=\"max_inflight_per_conn\"}"));
+    server.stop().await;
+}
