@@ -83,6 +83,18 @@ fn authorize(
     }
 }
 
+/// A request body, or `too_large` (413) / `bad_request` in our JSON error format.
+fn body_bytes(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
+    body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        err(app, code, e.body_text())
+    })
+}
+
 fn room_id(app: &App, name: &str) -> Result<RoomId, HttpError> {
     RoomId::new(name).map_err(|e| err(app, ErrorCode::BadRequest, e.to_string()))
 }
@@ -106,14 +118,7 @@ pub async fn post_event(
     let received = Instant::now();
     let room = room_id(&app, &room)?;
     authorize(&app, &headers, room.as_str(), Right::Write)?;
-    let body = body.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::TooLarge
-        } else {
-            ErrorCode::BadRequest
-        };
-        err(&app, code, e.body_text())
-    })?;
+    let body = body_bytes(&app, body)?;
     let body: PostBody = serde_json::from_slice(&body).map_err(|e| {
         err(
             &app,
@@ -285,7 +290,7 @@ pub async fn restore(
     let received = Instant::now();
     let room = room_id(&app, &room)?;
     authorize(&app, &headers, room.as_str(), Right::Admin)?;
-    let body = body.map_err(|e| err(&app, ErrorCode::BadRequest, e.body_text()))?;
+    let body = body_bytes(&app, body)?;
     let body: RestoreBody = serde_json::from_slice(&body).map_err(|e| {
         err(
             &app,

@@ -210,8 +210,16 @@ impl RoomActor {
     /// Commits, as one new op list from `http`, the ops that turn the document (all committed:
     /// the caller drained the commits) into its state at `seq`.
     pub(super) async fn restore(&mut self, seq: Seq, w: Waiter, batch: &mut InFlight) {
-        let Some(live) = self.live() else {
-            return self.error(w, ErrorCode::NotFound, "room does not exist");
+        let live = match &self.state {
+            State::Live(live) => live,
+            State::Missing => return self.error(w, ErrorCode::NotFound, "room does not exist"),
+            State::Stale => {
+                return self.error(
+                    w,
+                    ErrorCode::Unavailable,
+                    "room is recovering from a store error; retry",
+                )
+            }
         };
         let Some(current) = live.doc.as_ref() else {
             return self.error(w, ErrorCode::KindMismatch, "restore is for doc rooms");
