@@ -118,14 +118,7 @@ pub async fn post_event(
     let received = Instant::now();
     let room = room_id(&app, &room)?;
     authorize(&app, &headers, room.as_str(), Right::Write)?;
-    let body = body_bytes(&app, body)?;
-    let body: PostBody = serde_json::from_slice(&body).map_err(|e| {
-        err(
-            &app,
-            ErrorCode::BadRequest,
-            format!("body must be {{\"data\":…,\"id\":…}}: {e}"),
-        )
-    })?;
+    let body: PostBody = json_body(&app, body, r#"{"data":…,"id":…}"#)?;
     if let Err(e) =
         concord_protocol::check_readable(body.data.get(), concord_protocol::MAX_DATA_DEPTH)
     {
@@ -141,27 +134,15 @@ pub async fn post_event(
             ),
         ));
     }
-    let id = body
-        .id
-        .as_deref()
-        .map(OpId::new)
-        .transpose()
-        .map_err(|e| err(&app, ErrorCode::BadRequest, e.to_string()))?;
-    let (tx, rx) = oneshot::channel();
-    let msg = RoomMsg::Publish(Publish {
-        client: ClientId::new(HTTP_CLIENT).expect("valid client id"),
-        data: body.data,
-        create: true,
-        waiter: Waiter {
-            id,
-            received,
-            reply: Reply::Http(tx),
-        },
-    });
-    if app.registry.send(&room, msg).is_err() {
-        return Err(err(&app, ErrorCode::Unavailable, "server is shutting down"));
-    }
-    acked_response(&app, rx).await
+    submit(&app, &room, body.id, received, |waiter| {
+        RoomMsg::Publish(Publish {
+            client: ClientId::new(HTTP_CLIENT).expect("valid client id"),
+            data: body.data,
+            create: true,
+            waiter,
+        })
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -290,40 +271,53 @@ pub async fn restore(
     let received = Instant::now();
     let room = room_id(&app, &room)?;
     authorize(&app, &headers, room.as_str(), Right::Admin)?;
-    let body = body_bytes(&app, body)?;
-    let body: RestoreBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: RestoreBody = json_body(&app, body, r#"{"seq":N,"id":…}"#)?;
+    let seq = Seq(body.seq);
+    submit(&app, &room, body.id, received, |waiter| RoomMsg::Restore {
+        seq,
+        waiter,
+    })
+    .await
+}
+
+/// A JSON request body of type `T` (`shape` describes it in the error).
+fn json_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+) -> Result<T, HttpError> {
+    let bytes = body_bytes(app, body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
         err(
-            &app,
+            app,
             ErrorCode::BadRequest,
-            format!("body must be {{\"seq\":N}}: {e}"),
+            format!("body must be {shape}: {e}"),
         )
-    })?;
-    let id = body
-        .id
+    })
+}
+
+/// Sends the write `make(waiter)` to the room and answers with its ack ({seq, epoch, hlc}).
+async fn submit(
+    app: &App,
+    room: &RoomId,
+    id: Option<String>,
+    received: Instant,
+    make: impl FnOnce(Waiter) -> RoomMsg,
+) -> Result<Response, HttpError> {
+    let id = id
         .as_deref()
         .map(OpId::new)
         .transpose()
-        .map_err(|e| err(&app, ErrorCode::BadRequest, e.to_string()))?;
+        .map_err(|e| err(app, ErrorCode::BadRequest, e.to_string()))?;
     let (tx, rx) = oneshot::channel();
     let waiter = Waiter {
         id,
         received,
         reply: Reply::Http(tx),
     };
-    let msg = RoomMsg::Restore {
-        seq: Seq(body.seq),
-        waiter,
-    };
-    if app.registry.send(&room, msg).is_err() {
-        return Err(err(&app, ErrorCode::Unavailable, "server is shutting down"));
+    if app.registry.send(room, make(waiter)).is_err() {
+        return Err(err(app, ErrorCode::Unavailable, "server is shutting down"));
     }
-    acked_response(&app, rx).await
-}
-
-async fn acked_response(
-    app: &App,
-    rx: oneshot::Receiver<Result<crate::room::Acked, RoomError>>,
-) -> Result<Response, HttpError> {
     match rx.await {
         Ok(Ok(acked)) => Ok(json(
             serde_json::json!({"seq": acked.seq.0, "epoch": acked.epoch.as_str(), "hlc": &*acked.hlc})
