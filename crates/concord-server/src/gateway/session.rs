@@ -140,9 +140,7 @@ impl Session {
                 ops,
             } => self.op(client, &room, &id, base, ops).await,
             ClientMsg::Drift { room, seq, hash } => {
-                if self.room(&room, None).is_none() {
-                    return None;
-                }
+                self.room(&room, None)?;
                 self.app.shared.metrics.doc_hash_mismatch.inc();
                 tracing::warn!(room, client = %client, seq, hash, "a client reports doc state drift");
             }
