@@ -7,24 +7,19 @@
 //! `CONCORD_CRASH_SEED=<seed>` replays a seed's kill delays, sync modes and retry samples (the
 //! interleaving of the publishers still depends on timing).
 
-use futures::stream::{SplitStream, StreamExt};
+mod support;
+
+use futures::stream::StreamExt;
 use futures::SinkExt;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{next_json, within, Report, Server, Ws};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The two stream rooms; publish `m-<n>` goes to `ROOMS[n % 2]`.
 const ROOMS: [&str; 2] = ["crash-a", "crash-b"];
@@ -38,9 +33,6 @@ const KILLS: usize = 5;
 const RETRY_SAMPLE: usize = 48;
 /// Kill delays are drawn from this range (ms), one from each of `KILLS` equal slices.
 const DELAY_MS: (u64, u64) = (50, 600);
-/// A safety net against hangs only; nothing waits for it to pass.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn client_name(ci: usize) -> String {
     format!("c{ci}")
 }
@@ -61,155 +53,6 @@ fn publish_frame(ci: usize, n: u64) -> Message {
     )
 }
 
-async fn within<T>(what: impl std::fmt::Display, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {STEP_TIMEOUT:?}: {what}"),
-    }
-}
-
-/// Owns the temp dirs; if the test panics it keeps them and prints the seed and the log tail.
-struct Report {
-    seed: u64,
-    data: Option<tempfile::TempDir>,
-    logs: Option<tempfile::TempDir>,
-    current_log: Option<PathBuf>,
-}
-
-impl Report {
-    fn data_dir(&self) -> &Path {
-        self.data.as_ref().expect("data dir").path()
-    }
-    fn log_path(&mut self, name: &str) -> PathBuf {
-        let p = self.logs.as_ref().expect("log dir").path().join(name);
-        self.current_log = Some(p.clone());
-        p
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let seed = self.seed;
-        eprintln!("\n*** crash test FAILED with seed {seed} (replay: CONCORD_CRASH_SEED={seed})");
-        if let Some(log) = &self.current_log {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("*** last lines of the server log {}:", log.display());
-            for l in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("    {l}");
-            }
-        }
-        if let Some(d) = self.data.take() {
-            eprintln!("*** data dir kept at {}", d.keep().display());
-        }
-        if let Some(d) = self.logs.take() {
-            eprintln!("*** server logs kept at {}", d.keep().display());
-        }
-    }
-}
-
-/// A running `concord serve`; dropping it SIGKILLs the process (by its pid) and reaps it.
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: String,
-    reaped: bool,
-}
-
-impl Server {
-    /// Starts the binary on port 0 and waits for its `concord listening on ADDR` line.
-    async fn start(data_dir: &Path, sync: &str, log: &Path) -> Server {
-        let log_file = std::fs::File::create(log).expect("create server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
-        // The test's configuration only: no CONCORD_* variable of the environment leaks in.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CONCORD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--sqlite-sync", sync])
-            .env("CONCORD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        let mut child = cmd.spawn().expect("spawn concord");
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("piped stdout");
-        // From here on the guard kills the process whatever happens.
-        let mut server = Server {
-            child,
-            pid,
-            addr: String::new(),
-            reaped: false,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            // Keep draining stdout until the process is gone, so it never sees a closed pipe.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("concord listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.trim().to_string());
-                    }
-                }
-            }
-        });
-        match within(
-            format!("concord (pid {pid}) to print its listening line"),
-            rx,
-        )
-        .await
-        {
-            Ok(addr) => server.addr = addr,
-            Err(_) => {
-                let status = server.child.wait().ok();
-                server.reaped = true;
-                panic!(
-                    "concord (pid {pid}) exited before listening: {status:?}; see its log {}",
-                    log.display()
-                );
-            }
-        }
-        server
-    }
-
-    /// kill -9 (std's `Child::kill` sends SIGKILL to the pid) and check that it died of it.
-    fn kill9(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            self.reaped = true;
-            panic!(
-                "concord (pid {}) had already exited before the kill: {status}",
-                self.pid
-            );
-        }
-        self.child.kill().expect("SIGKILL concord");
-        let status = self.child.wait().expect("reap concord");
-        self.reaped = true;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "concord (pid {}) did not die of SIGKILL: {status}",
-            self.pid
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// What the clients know, shared by the publisher tasks.
 #[derive(Default, Clone)]
 struct Book {
@@ -219,21 +62,6 @@ struct Book {
     acked: HashMap<(usize, u64), u64>,
     /// Protocol violations seen by the publishers.
     problems: Vec<String>,
-}
-
-async fn next_json(rx: &mut SplitStream<Ws>, what: &str) -> Value {
-    loop {
-        let msg = within(what, rx.next()).await;
-        match msg {
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str()).expect("server frames are JSON")
-            }
-            Some(Ok(Message::Close(c))) => panic!("{what}: server closed the socket: {c:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("{what}: socket failed: {e}"),
-            None => panic!("{what}: socket ended"),
-        }
-    }
 }
 
 /// One room as `joined` described it.
@@ -708,12 +536,7 @@ async fn acked_publishes_survive_kill_9_exactly_once() {
         Err(_) => rand::random(),
     };
     println!("crash test seed {seed} (replay: CONCORD_CRASH_SEED={seed})");
-    let mut report = Report {
-        seed,
-        data: Some(tempfile::tempdir().expect("data dir")),
-        logs: Some(tempfile::tempdir().expect("log dir")),
-        current_log: None,
-    };
+    let mut report = Report::new(seed, "CONCORD_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     // One delay from each slice of the range, so every kill point differs; then shuffled.
     let slice = (DELAY_MS.1 - DELAY_MS.0) / KILLS as u64;
@@ -739,7 +562,7 @@ async fn acked_publishes_survive_kill_9_exactly_once() {
             "normal"
         };
         let log = report.log_path(&format!("server-{round}.log"));
-        let mut server = Server::start(report.data_dir(), sync, &log).await;
+        let mut server = Server::start(report.data_dir(), &["--sqlite-sync", sync], &log).await;
         let addr = server.addr.clone();
         let ctx = format!("seed {seed}, server start {round}");
         let mut expected_heads = None;

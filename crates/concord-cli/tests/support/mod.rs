@@ -1,0 +1,194 @@
+//! Shared by the crash tests: the real `concord` binary as a child process (started on port 0,
+//! SIGKILLed by its pid, always reaped), step timeouts, and a report that keeps the data and
+//! logs of a failed run.
+
+use futures::stream::{SplitStream, StreamExt};
+use serde_json::Value;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The longest any single step may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn within<T>(what: impl std::fmt::Display, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP_TIMEOUT:?}: {what}"),
+    }
+}
+
+/// Owns the temp dirs; if the test panics it keeps them and prints the seed (with the variable
+/// that replays it) and the tail of the current server log.
+pub struct Report {
+    seed: u64,
+    replay_var: &'static str,
+    data: Option<tempfile::TempDir>,
+    logs: Option<tempfile::TempDir>,
+    current_log: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn new(seed: u64, replay_var: &'static str) -> Report {
+        Report {
+            seed,
+            replay_var,
+            data: Some(tempfile::tempdir().expect("data dir")),
+            logs: Some(tempfile::tempdir().expect("log dir")),
+            current_log: None,
+        }
+    }
+    pub fn data_dir(&self) -> &Path {
+        self.data.as_ref().expect("data dir").path()
+    }
+    pub fn log_path(&mut self, name: &str) -> PathBuf {
+        let p = self.logs.as_ref().expect("log dir").path().join(name);
+        self.current_log = Some(p.clone());
+        p
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (seed, var) = (self.seed, self.replay_var);
+        eprintln!("\n*** test FAILED with seed {seed} (replay: {var}={seed})");
+        if let Some(log) = &self.current_log {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("*** last lines of the server log {}:", log.display());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("    {l}");
+            }
+        }
+        if let Some(d) = self.data.take() {
+            eprintln!("*** data dir kept at {}", d.keep().display());
+        }
+        if let Some(d) = self.logs.take() {
+            eprintln!("*** server logs kept at {}", d.keep().display());
+        }
+    }
+}
+
+/// A running `concord serve`; dropping it SIGKILLs the process (by its pid) and reaps it.
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+    pub addr: String,
+    reaped: bool,
+}
+
+impl Server {
+    /// Starts the binary on port 0 and waits for its `concord listening on ADDR` line.
+    pub async fn start(data_dir: &Path, args: &[&str], log: &Path) -> Server {
+        let log_file = std::fs::File::create(log).expect("create server log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
+        // The test's configuration only: no CONCORD_* variable of the environment leaks in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CONCORD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("CONCORD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        let mut child = cmd.spawn().expect("spawn concord");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("piped stdout");
+        // From here on the guard kills the process whatever happens.
+        let mut server = Server {
+            child,
+            pid,
+            addr: String::new(),
+            reaped: false,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep draining stdout until the process is gone, so it never sees a closed pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("concord listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_string());
+                    }
+                }
+            }
+        });
+        match within(
+            format!("concord (pid {pid}) to print its listening line"),
+            rx,
+        )
+        .await
+        {
+            Ok(addr) => server.addr = addr,
+            Err(_) => {
+                let status = server.child.wait().ok();
+                server.reaped = true;
+                panic!(
+                    "concord (pid {pid}) exited before listening: {status:?}; see its log {}",
+                    log.display()
+                );
+            }
+        }
+        server
+    }
+
+    /// kill -9 (std's `Child::kill` sends SIGKILL to the pid) and check that it died of it.
+    pub fn kill9(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.reaped = true;
+            panic!(
+                "concord (pid {}) had already exited before the kill: {status}",
+                self.pid
+            );
+        }
+        self.child.kill().expect("SIGKILL concord");
+        let status = self.child.wait().expect("reap concord");
+        self.reaped = true;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "concord (pid {}) did not die of SIGKILL: {status}",
+            self.pid
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub async fn next_json(rx: &mut SplitStream<Ws>, what: &str) -> Value {
+    loop {
+        let msg = within(what, rx.next()).await;
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str()).expect("server frames are JSON")
+            }
+            Some(Ok(Message::Close(c))) => panic!("{what}: server closed the socket: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("{what}: socket failed: {e}"),
+            None => panic!("{what}: socket ended"),
+        }
+    }
+}
