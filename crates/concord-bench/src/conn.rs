@@ -103,3 +103,16 @@ pub async fn open_all(
     }
     Ok(opened)
 }
+
+/// Reads and discards whatever the server queued during setup (e.g. `member_joined` of every
+/// later joiner) until each connection has been quiet for `quiet`; returns the frames discarded.
+pub async fn settle(conns: &mut [Ws], quiet: Duration) -> u64 {
+    let drains = conns.iter_mut().map(|ws| async move {
+        let mut n = 0u64;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(quiet, ws.next()).await {
+            n += 1;
+        }
+        n
+    });
+    futures::future::join_all(drains).await.into_iter().sum()
+}

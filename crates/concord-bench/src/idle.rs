@@ -5,6 +5,8 @@ use crate::conn::{self, Spec};
 use crate::{parse_duration, sys, Common};
 use anyhow::bail;
 use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Read buffer of idle bench connections (only the bench's own memory).
@@ -20,8 +22,9 @@ pub struct IdleArgs {
     /// The server's pid, to read its RSS and open-file limit from /proc (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Rooms the connections are spread over (connection i joins room i mod ROOMS).
-    #[arg(long, default_value_t = 1)]
+    /// Rooms the connections are spread over (connection i joins room i mod ROOMS). Every join
+    /// sends `member_joined` to the room's other members, so one huge room costs O(N²) frames.
+    #[arg(long, default_value_t = 100)]
     pub rooms: usize,
     /// Wait this long after the last join before reading the RSS.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -78,7 +81,19 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
         .collect();
     // The first connection of each room creates it; the rest may then go in parallel.
     let first = a.rooms.min(n);
-    let mut conns = conn::open_all(
+    let received = Arc::new(AtomicU64::new(0));
+    let drain = |ws: conn::Ws| {
+        let received = received.clone();
+        // Each idle connection still reads (and so answers pings and lets the server's queue
+        // of membership events drain), but sends nothing.
+        tokio::spawn(async move {
+            let mut ws = ws;
+            while let Some(Ok(_)) = ws.next().await {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let firsts = conn::open_all(
         &common.url,
         &specs[..first],
         common.connect_concurrency,
@@ -91,11 +106,12 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
             async move { conn::open(&url, &spec, IDLE_BUFFER).await }
         })
         .buffer_unordered(common.connect_concurrency.max(1));
+    let mut conns: Vec<_> = firsts.into_iter().map(drain).collect();
     let mut failures = 0usize;
     let mut first_failure = None;
     while let Some(r) = rest.next().await {
         match r {
-            Ok(ws) => conns.push(ws),
+            Ok(ws) => conns.push(drain(ws)),
             Err(e) => {
                 failures += 1;
                 first_failure.get_or_insert(format!("{e:#}"));
@@ -113,6 +129,22 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
     if let Some(e) = &first_failure {
         println!("first failure {e}");
     }
+    // Wait for the membership events of the joins to be delivered.
+    let quiet_from = Instant::now();
+    let mut seen = received.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now == seen || quiet_from.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        seen = now;
+    }
+    println!(
+        "delivered     {seen} frames to the idle connections (member_joined of later joiners, …) \
+         within {:.2} s of the last join",
+        quiet_from.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(a.settle).await;
     let after = rss(a.server_pid);
     let open = conns.len();
@@ -128,6 +160,9 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
             mib(a_.saturating_sub(b))
         );
         println!("per idle conn {:.0} bytes ({:.2} KiB)", per, per / 1024.0);
+    }
+    for c in &conns {
+        c.abort();
     }
     drop(conns);
     tokio::time::sleep(a.settle).await;

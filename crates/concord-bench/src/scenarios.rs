@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// Read buffer of active bench connections. tungstenite zero-fills the free part of it before
 /// every read, so bigger is slower with many small reads.
 const ACTIVE_BUFFER: usize = 8 * 1024;
+/// Setup ends once every connection has received nothing for this long.
+const SETTLE: Duration = Duration::from_millis(300);
 /// The server's default `--max-rooms-per-conn`.
 const SERVER_MAX_ROOMS_PER_CONN: usize = 128;
 
@@ -200,21 +202,25 @@ async fn open_room(
         ACTIVE_BUFFER,
     )
     .await?;
-    let subs = conn::open_all(
+    let mut subs = conn::open_all(
         &common.url,
         &sub_specs,
         common.connect_concurrency,
         ACTIVE_BUFFER,
     )
     .await?;
+    let joined = t.elapsed();
+    let mut pubs: Vec<conn::Ws> = pubs.into_iter().chain(more).collect();
+    let discarded = conn::settle(&mut pubs, SETTLE).await + conn::settle(&mut subs, SETTLE).await;
     println!(
-        "setup         {} connections greeted and joined in {:.2} s",
+        "setup         {} connections greeted and joined in {:.2} s; {discarded} frames queued \
+         meanwhile (member_joined, …) read and discarded in {:.2} s",
         publishers + subscribers,
-        t.elapsed().as_secs_f64()
+        joined.as_secs_f64(),
+        (t.elapsed() - joined).as_secs_f64()
     );
     let publishers = pubs
         .into_iter()
-        .chain(more)
         .map(|ws| Publisher {
             ws,
             rooms: rooms.clone(),
