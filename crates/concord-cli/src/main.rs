@@ -111,7 +111,7 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_ROOM_WINDOW", default_value_t = 1_024)]
     room_window: usize,
     /// Recent idempotency keys each loaded room keeps in memory.
-    #[arg(long, env = "CONCORD_IDEMPOTENCY_CACHE", default_value_t = 4_096)]
+    #[arg(long, env = "CONCORD_IDEMPOTENCY_CACHE", default_value_t = 32_768)]
     idempotency_cache: usize,
     /// Limit: most events written in one store transaction (group commit).
     #[arg(long, env = "CONCORD_MAX_COMMIT_BATCH", default_value_t = 4_096)]

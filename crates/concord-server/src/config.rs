@@ -121,7 +121,7 @@ impl Default for Config {
             max_history: 1_000,
             max_catch_up_bytes: 8 * 1024 * 1024,
             room_window: 1_024,
-            idempotency_cache: 4_096,
+            idempotency_cache: 32_768,
             max_page: 1_000,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
