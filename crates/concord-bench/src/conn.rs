@@ -58,6 +58,16 @@ async fn expect(ws: &mut Ws, want: Kind) -> anyhow::Result<String> {
 
 /// Connects, says hello and joins every room of `spec`.
 pub async fn open(url: &str, spec: &Spec, buffer_bytes: usize) -> anyhow::Result<Ws> {
+    open_kind(url, spec, buffer_bytes, "stream").await
+}
+
+/// Like `open`, joining every room with the given kind (`stream` or `doc`).
+pub async fn open_kind(
+    url: &str,
+    spec: &Spec,
+    buffer_bytes: usize,
+    kind: &'static str,
+) -> anyhow::Result<Ws> {
     let setup = async {
         let config = WebSocketConfig::default()
             .read_buffer_size(buffer_bytes)
@@ -69,7 +79,7 @@ pub async fn open(url: &str, spec: &Spec, buffer_bytes: usize) -> anyhow::Result
         ws.send(Message::text(wire::hello(&spec.client_id))).await?;
         expect(&mut ws, Kind::Welcome).await?;
         for room in &spec.rooms {
-            ws.feed(Message::text(wire::join(room))).await?;
+            ws.feed(Message::text(wire::join_kind(room, kind))).await?;
         }
         ws.flush().await?;
         for _ in &spec.rooms {
@@ -90,10 +100,21 @@ pub async fn open_all(
     concurrency: usize,
     buffer_bytes: usize,
 ) -> anyhow::Result<Vec<Ws>> {
+    open_all_kind(url, specs, concurrency, buffer_bytes, "stream").await
+}
+
+/// Like `open_all`, joining with the given room kind.
+pub async fn open_all_kind(
+    url: &str,
+    specs: &[Spec],
+    concurrency: usize,
+    buffer_bytes: usize,
+    kind: &'static str,
+) -> anyhow::Result<Vec<Ws>> {
     let mut opened = Vec::with_capacity(specs.len());
     let mut stream = futures::stream::iter(specs.iter().enumerate())
         .map(|(i, spec)| async move {
-            open(url, spec, buffer_bytes)
+            open_kind(url, spec, buffer_bytes, kind)
                 .await
                 .with_context(|| format!("connection {i} ({})", spec.client_id))
         })

@@ -1,11 +1,13 @@
 //! Open-loop load generator for Concord (`concord bench <scenario>`), with HDR histograms.
 //!
 //! Scenarios: `pubsub` (P publishers and S subscribers in one room), `fanout` (1 publisher → N
-//! subscribers), `rooms` (publishes spread over many rooms), `idle` (RSS per idle connection).
+//! subscribers), `rooms` (publishes spread over many rooms), `idle` (RSS per idle connection),
+//! `doc` (op lists into doc rooms) and `flood` (normal publishers with and without an abuser).
 //! Every scenario talks protocol v1 over plain WebSockets (hello → welcome, join → joined);
 //! latencies are measured from the scheduled send time of an open-loop schedule (see `load`).
 
 mod conn;
+mod doc;
 mod idle;
 mod load;
 mod scenarios;
@@ -48,6 +50,12 @@ pub enum Scenario {
     Rooms(scenarios::RoomsArgs),
     /// N idle connections (hello + join): server RSS per connection.
     Idle(idle::IdleArgs),
+    /// Open-loop op lists into D doc rooms with E editors each (stale bases, server rebases):
+    /// committed lists/s, ack latency, errors by code, counter check.
+    Doc(doc::DocArgs),
+    /// Normal publishers in one room without, then with, one abusive connection: normal ack
+    /// latency in both phases and what the rate limit did to the abuser.
+    Flood(doc::FloodArgs),
 }
 
 /// `500ms`, `10s`, `2m` (a bare number is seconds).
@@ -79,6 +87,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Fanout(a) => scenarios::fanout(common, a).await,
         Scenario::Rooms(a) => scenarios::rooms(common, a).await,
         Scenario::Idle(a) => idle::idle(common, a).await,
+        Scenario::Doc(a) => doc::doc(common, a).await,
+        Scenario::Flood(a) => doc::flood(common, a).await,
     }
 }
 

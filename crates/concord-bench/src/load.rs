@@ -57,22 +57,30 @@ pub struct Publisher {
 }
 
 /// The run's time base: relative µs since `start`, and the unix µs of `start`.
-struct Clock {
-    start: Instant,
-    base_unix_us: u64,
-    rate: f64,
+pub(crate) struct Clock {
+    pub(crate) start: Instant,
+    pub(crate) base_unix_us: u64,
+    pub(crate) rate: f64,
 }
 
 impl Clock {
-    fn sched_us(&self, g: u64) -> u64 {
+    /// A clock whose schedule starts `LEAD_IN` from now.
+    pub(crate) fn new(rate: f64) -> Clock {
+        Clock {
+            start: Instant::now() + LEAD_IN,
+            base_unix_us: unix_now_us() + LEAD_IN.as_micros() as u64,
+            rate: rate.max(1e-9),
+        }
+    }
+    pub(crate) fn sched_us(&self, g: u64) -> u64 {
         (g as f64 * 1e6 / self.rate) as u64
     }
-    fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         Instant::now()
             .saturating_duration_since(self.start)
             .as_micros() as u64
     }
-    fn unix_us(&self, rel_us: u64) -> u64 {
+    pub(crate) fn unix_us(&self, rel_us: u64) -> u64 {
         self.base_unix_us + rel_us
     }
 }
@@ -136,7 +144,7 @@ fn unix_now_us() -> u64 {
 }
 
 /// Tells each publisher how many of its messages are due, until all `total` are.
-fn ticker(
+pub(crate) fn ticker(
     clock: Arc<Clock>,
     total: u64,
     ticks: Vec<mpsc::UnboundedSender<u64>>,
@@ -463,7 +471,7 @@ pub async fn run(load: &Load, publishers: Vec<Publisher>, subscribers: Vec<Ws>) 
     out
 }
 
-fn per_sec(n: u64, over: Duration) -> f64 {
+pub(crate) fn per_sec(n: u64, over: Duration) -> f64 {
     if over.is_zero() {
         0.0
     } else {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 /// Read buffer of active bench connections. tungstenite zero-fills the free part of it before
 /// every read, so bigger is slower with many small reads.
-const ACTIVE_BUFFER: usize = 8 * 1024;
+pub(crate) const ACTIVE_BUFFER: usize = 8 * 1024;
 /// Setup ends once every connection has received nothing for this long.
-const SETTLE: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 /// The server's default `--max-rooms-per-conn`.
 const SERVER_MAX_ROOMS_PER_CONN: usize = 128;
 
@@ -173,7 +173,7 @@ pub async fn fanout(common: &Common, a: FanoutArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the publishers (the first join creates the room), then the subscribers.
-async fn open_room(
+pub(crate) async fn open_room(
     common: &Common,
     tag: &str,
     room: &str,

@@ -146,8 +146,23 @@ pub fn hello(client_id: &str) -> String {
     format!(r#"{{"type":"hello","client_id":"{client_id}"}}"#)
 }
 
+#[allow(dead_code)]
 pub fn join(room: &str) -> String {
-    format!(r#"{{"type":"join","room":"{room}","kind":"stream"}}"#)
+    join_kind(room, "stream")
+}
+
+pub fn join_kind(room: &str, kind: &str) -> String {
+    format!(r#"{{"type":"join","room":"{room}","kind":"{kind}"}}"#)
+}
+
+/// `{"type":"op","room":…,"id":"<index>","base":B,"ops":<ops>}`.
+pub fn op(room: &str, index: u64, base: u64, ops: &str) -> String {
+    let mut s = String::with_capacity(64 + room.len() + ops.len());
+    let _ = write!(
+        s,
+        r#"{{"type":"op","room":"{room}","id":"{index}","base":{base},"ops":{ops}}}"#
+    );
+    s
 }
 
 #[cfg(test)]
