@@ -35,25 +35,58 @@ pub struct Transformed {
 pub fn transform(incoming: &[Op], committed: &[Op]) -> Transformed {
     let mut dropped = Vec::new();
     let mut ops = Vec::with_capacity(incoming.len());
-    let mut rest = committed.to_vec();
+    let mut rest = std::borrow::Cow::Borrowed(committed);
     for (index, op) in incoming.iter().enumerate() {
-        let (pieces, next) = cross(op, &rest, true);
+        let pieces = if index + 1 == incoming.len() {
+            // The last op: nothing after it needs `committed` transformed over it.
+            over_all(op, rest.iter(), true)
+        } else {
+            let (pieces, next) = cross(op, &rest, true);
+            rest = std::borrow::Cow::Owned(next);
+            pieces
+        };
         if pieces.is_empty() {
             dropped.push(index);
         }
         ops.extend(pieces);
-        rest = next;
     }
     Transformed { ops, dropped }
 }
 
 /// Rebases `incoming`, made at `base`, over every op list committed after `base` (in seq order).
 pub fn transform_over_many<L: AsRef<[Op]>>(incoming: &[Op], committed: &[L]) -> Transformed {
+    if let [op] = incoming {
+        // The common case (one op): walk the committed lists in place, one way only.
+        let pieces = over_all(op, committed.iter().flat_map(|l| l.as_ref().iter()), true);
+        let dropped = if pieces.is_empty() {
+            vec![0]
+        } else {
+            Vec::new()
+        };
+        return Transformed {
+            ops: pieces,
+            dropped,
+        };
+    }
     let all: Vec<Op> = committed
         .iter()
         .flat_map(|list| list.as_ref().iter().cloned())
         .collect();
     transform(incoming, &all)
+}
+
+/// `x` transformed over every op of `b`, in order — the first half of [`cross`], without
+/// transforming `b` over `x`.
+fn over_all<'a>(x: &Op, b: impl IntoIterator<Item = &'a Op>, x_later: bool) -> Vec<Op> {
+    let mut xs = vec![x.clone()];
+    for y in b {
+        xs = match xs.as_slice() {
+            [] => return Vec::new(),
+            [one] => transform_op(one, y, x_later),
+            many => grid(many, std::slice::from_ref(y), x_later).0,
+        };
+    }
+    xs
 }
 
 /// Transforms two concurrent lists over each other: `a` is later, `b` earlier. Returns

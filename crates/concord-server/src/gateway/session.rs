@@ -101,7 +101,7 @@ impl Session {
         };
         let Some((client, _)) = self.client.clone() else {
             return match msg {
-                ClientMsg::Hello { client_id, token } => self.hello(&client_id, token),
+                ClientMsg::Hello { client_id, token } => self.hello(&client_id, token).await,
                 other => {
                     let msg = format!("{} before hello: send hello first", other.type_name());
                     self.error(None, None, ErrorCode::BadRequest, &msg);
@@ -173,7 +173,7 @@ impl Session {
         });
     }
 
-    fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
+    async fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
         let client = match ClientId::new(client_id) {
             Ok(c) if c.as_str() != super::http::HTTP_CLIENT => c,
             Ok(_) => {
@@ -191,6 +191,37 @@ impl Session {
             Ok(i) => i,
             Err(end) => return Some(end),
         };
+        if self.app.shared.config.auth.enabled() {
+            // A client id scopes op ids (idempotency) and presence: it belongs to one user.
+            match self
+                .app
+                .shared
+                .store
+                .claim_client(client.as_str(), &identity.user)
+                .await
+            {
+                Ok(owner) if owner == identity.user => {}
+                Ok(_) => {
+                    self.app.shared.metrics.auth_failure("client_id_taken");
+                    let msg = "this client_id belongs to another user: choose a random client_id";
+                    self.error(None, None, ErrorCode::Unauthorized, msg);
+                    return Some(End::Close(
+                        close::POLICY,
+                        "client_id belongs to another user",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(client = %client, error = %e, "claiming a client id failed");
+                    self.error(
+                        None,
+                        None,
+                        ErrorCode::Unavailable,
+                        "the store is unavailable; retry",
+                    );
+                    return None;
+                }
+            }
+        }
         let shared = &self.app.shared;
         self.out.send(Utf8Bytes::from(wire::welcome(
             client.as_str(),

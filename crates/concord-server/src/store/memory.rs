@@ -19,6 +19,7 @@ struct MemRoom {
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<RoomId, MemRoom>>,
+    clients: Mutex<HashMap<String, String>>,
 }
 
 impl MemoryStore {
@@ -155,6 +156,14 @@ impl Store for MemoryStore {
                 .next_back()
                 .map(|(s, v)| (*s, v.clone()))
         }))
+    }
+
+    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String> {
+        let mut clients = self.clients.lock();
+        Ok(clients
+            .entry(client.to_string())
+            .or_insert_with(|| user.to_string())
+            .clone())
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -104,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
         room: &RoomId,
         at: Option<Seq>,
     ) -> StoreResult<Option<(Seq, String)>>;
+    /// Binds `client` to `user` if it is not bound yet; returns the user it is bound to (with
+    /// authentication on, a client id — the scope of op ids — belongs to one user for good).
+    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Finishes pending writes and releases the backend (called once, at shutdown).

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (room, client, op_id) WHERE op_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS clients (
+    client TEXT PRIMARY KEY,
+    user TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
     room INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -63,6 +67,11 @@ enum WriteReq {
         room: RoomId,
         seq: Seq,
         state: String,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Claim {
+        client: String,
+        user: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
     Close {
@@ -314,6 +323,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String> {
+        self.write(|reply| WriteReq::Claim {
+            client: client.to_string(),
+            user: user.to_string(),
+            reply,
+        })
+        .await?;
+        let client = client.to_string();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT user FROM clients WHERE client = ?1")?
+                    .query_row([&client], |r| r.get::<_, String>(0))?,
+            )
+        })
+        .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -360,7 +386,9 @@ impl Writer {
                         break;
                     }
                     WriteReq::Append { events: ref e, .. } => events += e.len(),
-                    WriteReq::Create { .. } | WriteReq::Snapshot { .. } => events += 1,
+                    WriteReq::Create { .. }
+                    | WriteReq::Snapshot { .. }
+                    | WriteReq::Claim { .. } => events += 1,
                 }
                 batch.push(req);
                 if events < self.max_batch {
@@ -552,6 +580,12 @@ impl Writer {
                     .execute(params![id, seq.0, state])?;
                 Ok(None)
             }
+            WriteReq::Claim { client, user, .. } => {
+                self.conn
+                    .prepare_cached("INSERT INTO clients (client, user) VALUES (?1, ?2) ON CONFLICT(client) DO NOTHING")?
+                    .execute(params![client, user])?;
+                Ok(None)
+            }
             WriteReq::Close { .. } => Ok(None),
         }
     }
@@ -561,7 +595,8 @@ fn reply(req: WriteReq, result: StoreResult<()>) {
     match req {
         WriteReq::Create { reply, .. }
         | WriteReq::Append { reply, .. }
-        | WriteReq::Snapshot { reply, .. } => {
+        | WriteReq::Snapshot { reply, .. }
+        | WriteReq::Claim { reply, .. } => {
             let _ = reply.send(result);
         }
         WriteReq::Close { reply } => {

@@ -197,6 +197,16 @@ pub(crate) async fn snapshots(s: Arc<dyn Store>) {
     );
 }
 
+pub(crate) async fn client_claims(s: Arc<dyn Store>) {
+    assert_eq!(s.claim_client("c-1", "alice").await.unwrap(), "alice");
+    assert_eq!(
+        s.claim_client("c-1", "mallory").await.unwrap(),
+        "alice",
+        "first claim wins"
+    );
+    assert_eq!(s.claim_client("c-2", "mallory").await.unwrap(), "mallory");
+}
+
 macro_rules! store_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -220,6 +230,11 @@ macro_rules! store_suite {
             async fn pagination() {
                 let (s, _guard) = $make;
                 suite::pagination(s).await;
+            }
+            #[tokio::test]
+            async fn client_claims() {
+                let (s, _guard) = $make;
+                suite::client_claims(s).await;
             }
             #[tokio::test]
             async fn snapshots() {

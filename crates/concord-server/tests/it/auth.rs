@@ -186,6 +186,30 @@ async fn rights_are_checked_per_room_and_the_connection_stays_open() {
 }
 
 #[tokio::test]
+async fn a_client_id_belongs_to_the_first_user_that_used_it() {
+    let server = jwt_server(|_| {}).await;
+    let rooms = json!({"chat:*":["read","write"]});
+    let mut alice = hello_with(&server, "c-shared", &token("alice", rooms.clone(), 300)).await;
+    assert_eq!(alice.recv().await["type"], "welcome");
+    alice.join("chat:x", json!({})).await;
+    // Another user cannot take the id (and so cannot pre-empt or replay alice's op ids).
+    let mut mallory = hello_with(&server, "c-shared", &token("mallory", rooms.clone(), 300)).await;
+    let e = mallory.recv().await;
+    assert_eq!(e["code"], "unauthorized", "{e}");
+    assert_eq!(mallory.closed().await, Some(1008));
+    // The owner can come back with it on a new connection.
+    drop(alice);
+    let mut again = hello_with(&server, "c-shared", &token("alice", rooms, 300)).await;
+    assert_eq!(again.recv().await["type"], "welcome");
+    let (_, m) = http(&server, "GET", "/metrics", None).await;
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains("concord_auth_failures_total{reason=\"client_id_taken\"} 1"));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn token_from_the_upgrade_request_header_or_query() {
     let server = jwt_server(|_| {}).await;
     let t = token("u", json!({"*":["read"]}), 300);
