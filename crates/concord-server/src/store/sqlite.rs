@@ -1,9 +1,11 @@
 //! `SqliteStore`: the embedded store — one WAL database, one writer thread doing group commits.
 //!
 //! Appends from every room queue to the writer thread, which takes everything queued (up to a
-//! batch bound), writes it in one transaction with one savepoint per request (a failing request
-//! never takes others down), commits (fsync with `synchronous=FULL`) and then answers each
-//! request. Reads use a small pool of separate connections, which see committed data only.
+//! batch bound), refuses appends that do not continue their room's head, writes the rest in one
+//! transaction, commits (fsync with `synchronous=FULL`) and then answers each request. If the
+//! transaction fails, each request is retried in a transaction of its own, so a failing request
+//! never takes others down. Reads use a small pool of separate connections, which see committed
+//! data only.
 
 use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use crate::metrics::Metrics;
