@@ -538,13 +538,7 @@ async fn acked_publishes_survive_kill_9_exactly_once() {
     println!("crash test seed {seed} (replay: CONCORD_CRASH_SEED={seed})");
     let mut report = Report::new(seed, "CONCORD_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
-    // One delay from each slice of the range, so every kill point differs; then shuffled.
-    let slice = (DELAY_MS.1 - DELAY_MS.0) / KILLS as u64;
-    let mut delays: Vec<u64> = (0..KILLS as u64)
-        .map(|k| rng.random_range(DELAY_MS.0 + k * slice..DELAY_MS.0 + (k + 1) * slice))
-        .collect();
-    delays.shuffle(&mut rng);
-    let mut delays = delays.into_iter();
+    let mut delays = support::kill_delays(&mut rng, DELAY_MS, KILLS).into_iter();
     let full_round = rng.random_range(0..KILLS);
     let http = reqwest::Client::builder()
         .no_proxy()

@@ -18,6 +18,18 @@ pub type Ws =
 /// The longest any single step may take before the test fails.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `kills` delays in milliseconds within `range`, one from each equal slice of it (so every kill
+/// point differs), in a seeded random order.
+pub fn kill_delays(rng: &mut impl rand::Rng, range: (u64, u64), kills: usize) -> Vec<u64> {
+    use rand::seq::SliceRandom;
+    let slice = (range.1 - range.0) / kills as u64;
+    let mut delays: Vec<u64> = (0..kills as u64)
+        .map(|k| rng.random_range(range.0 + k * slice..range.0 + (k + 1) * slice))
+        .collect();
+    delays.shuffle(rng);
+    delays
+}
+
 pub async fn within<T>(what: impl std::fmt::Display, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(STEP_TIMEOUT, fut).await {
         Ok(v) => v,
