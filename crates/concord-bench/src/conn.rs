@@ -12,6 +12,38 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How a reader's loop ended.
+pub enum ReadEnd {
+    /// The run told it to stop.
+    Stopped,
+    /// The connection ended; why.
+    Closed(String),
+}
+
+/// The next text frame of a reader, skipping other frames, or how the reading ended.
+pub async fn next_text(
+    stream: &mut futures::stream::SplitStream<Ws>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, ReadEnd> {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => return Err(ReadEnd::Stopped),
+            m = stream.next() => m,
+        };
+        return match msg {
+            None => Err(ReadEnd::Closed("closed without a close frame".into())),
+            Some(Err(e)) => Err(ReadEnd::Closed(format!("connection error: {e}"))),
+            Some(Ok(Message::Close(f))) => Err(ReadEnd::Closed(match f {
+                Some(f) => format!("close {} ({})", u16::from(f.code), f.reason),
+                None => "close without a code".into(),
+            })),
+            Some(Ok(Message::Text(t))) => Ok(t),
+            Some(Ok(_)) => continue,
+        };
+    }
+}
+
 /// How long one connection may take to connect, greet and join.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -194,26 +194,13 @@ async fn editor_reader(
 ) -> ReadResult {
     let mut r = ReadResult::default();
     loop {
-        let msg = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            m = stream.next() => m,
-        };
-        let text = match msg {
-            None => {
-                r.closed = Some("closed without a close frame".into());
+        let text = match crate::conn::next_text(&mut stream, &mut stop).await {
+            Ok(t) => t,
+            Err(crate::conn::ReadEnd::Stopped) => break,
+            Err(crate::conn::ReadEnd::Closed(why)) => {
+                r.closed = Some(why);
                 break;
             }
-            Some(Err(e)) => {
-                r.closed = Some(format!("connection error: {e}"));
-                break;
-            }
-            Some(Ok(Message::Close(f))) => {
-                r.closed = Some(format!("close {f:?}"));
-                break;
-            }
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
         };
         let now = clock.now_us();
         match wire::kind(&text) {
