@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use concord_core::{ClientId, OpId, RoomId, RoomKind, Seq};
-use concord_protocol::{outbound as wire, ErrorCode};
+use concord_protocol::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -192,11 +192,7 @@ pub async fn get_events(
         if i > 0 {
             body.push(',');
         }
-        let (seq, hlc, from, id) = (e.seq.0, e.hlc.as_str(), e.from.as_str(), e.op_id.as_deref());
-        body.push_str(&match record.kind {
-            RoomKind::Stream => wire::event(room.as_str(), seq, hlc, from, id, &e.data),
-            RoomKind::Doc => wire::op_event(room.as_str(), seq, hlc, from, id, &e.data, None),
-        });
+        body.push_str(&crate::room::event_frame(&room, record.kind, e, None));
     }
     body.push_str("]}");
     Ok(json(body))

@@ -361,7 +361,8 @@ impl Session {
         if !self.allowed(&room, Right::Read, None) {
             return;
         }
-        let cfg = self.app.shared.config.clone();
+        let app = self.app.clone();
+        let cfg = &app.shared.config;
         let history = history.unwrap_or(0);
         if history > cfg.max_history {
             self.app.shared.metrics.limit("max_history");

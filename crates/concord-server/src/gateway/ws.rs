@@ -155,9 +155,11 @@ async fn read_loop(
     mut stream: SplitStream<WebSocket>,
     writer_done: &CancellationToken,
 ) -> End {
-    let cfg = s.app.shared.config.clone();
-    let hello_deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-    let mut ping = tokio::time::interval(cfg.ping_interval);
+    let cfg = &s.app.shared.config;
+    let (handshake_timeout, ping_interval, idle_timeout) =
+        (cfg.handshake_timeout, cfg.ping_interval, cfg.idle_timeout);
+    let hello_deadline = tokio::time::Instant::now() + handshake_timeout;
+    let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut last_seen = Instant::now();
@@ -177,7 +179,7 @@ async fn read_loop(
                 }
             }
             _ = ping.tick() => {
-                if last_seen.elapsed() > cfg.idle_timeout {
+                if last_seen.elapsed() > idle_timeout {
                     s.app.shared.metrics.limit("idle_timeout");
                     return End::Close(close::GOING_AWAY, "idle timeout");
                 }

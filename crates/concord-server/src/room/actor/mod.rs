@@ -478,9 +478,5 @@ impl RoomActor {
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
 /// for doc rooms.
 fn encode_event(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> Utf8Bytes {
-    let (seq, hlc, from, id) = (e.seq.0, e.hlc.as_str(), e.from.as_str(), e.op_id.as_deref());
-    Utf8Bytes::from(match kind {
-        RoomKind::Stream => wire::event(room.as_str(), seq, hlc, from, id, &e.data),
-        RoomKind::Doc => wire::op_event(room.as_str(), seq, hlc, from, id, &e.data, hash),
-    })
+    Utf8Bytes::from(super::event_frame(room, kind, e, hash))
 }
