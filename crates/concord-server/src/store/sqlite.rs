@@ -139,6 +139,18 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn client_owner(&self, client: &str) -> StoreResult<Option<String>> {
+        let client = client.to_string();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT user FROM clients WHERE client = ?1")?
+                    .query_row([&client], |r| r.get::<_, String>(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -326,20 +338,20 @@ impl Store for SqliteStore {
     }
 
     async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String> {
+        // Most hellos come from a client id that is already bound: a read answers them, and
+        // only a first claim goes through the writer.
+        if let Some(owner) = self.client_owner(client).await? {
+            return Ok(owner);
+        }
         self.write(|reply| WriteReq::Claim {
             client: client.to_string(),
             user: user.to_string(),
             reply,
         })
         .await?;
-        let client = client.to_string();
-        self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT user FROM clients WHERE client = ?1")?
-                    .query_row([&client], |r| r.get::<_, String>(0))?,
-            )
-        })
-        .await
+        self.client_owner(client)
+            .await?
+            .ok_or_else(|| StoreError::Backend(format!("client {client} was not bound")))
     }
 
     async fn ping(&self) -> StoreResult<()> {
