@@ -102,8 +102,27 @@ pub struct Server {
 impl Server {
     /// Starts the binary on port 0 and waits for its `concord listening on ADDR` line.
     pub async fn start(data_dir: &Path, args: &[&str], log: &Path) -> Server {
+        Self::start_wrapped(data_dir, args, log, &[]).await
+    }
+
+    /// Like [`Server::start`], run through `wrapper` (a command that execs its arguments, such as
+    /// `prlimit --nofile=N:N --`, so the pid stays the server's).
+    pub async fn start_wrapped(
+        data_dir: &Path,
+        args: &[&str],
+        log: &Path,
+        wrapper: &[&str],
+    ) -> Server {
         let log_file = std::fs::File::create(log).expect("create server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
+        let bin = env!("CARGO_BIN_EXE_concord");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         // The test's configuration only: no CONCORD_* variable of the environment leaks in.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("CONCORD_") {

@@ -1,0 +1,13 @@
+//! Attack scenarios against the real `concord` binary: each test plays a hostile (or careless)
+//! client — slowloris, never-reading sockets, fd exhaustion, stalled HTTP readers, deep docs,
+//! stale op lists, room floods — and asserts that the server's memory and file descriptors stay
+//! bounded and that well-behaved clients are still served (`/healthz`, a publish and its ack)
+//! while the attack goes on.
+//!
+//! Every module here reproduces one reported attack; each test failed on the code before its fix.
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod probe;
