@@ -10,4 +10,7 @@
 #[allow(dead_code)]
 mod support;
 
+#[allow(dead_code)]
 mod probe;
+
+mod baseline;
