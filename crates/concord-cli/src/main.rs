@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
+use concord_server::auth::{AdminKey, AuthMode, JwtKeys, JwtVerifier};
 use concord_server::config::Rate;
 use concord_server::room::doc::DocSchema;
 use concord_server::{Config, StoreConfig};
@@ -138,7 +138,8 @@ struct ServeArgs {
     /// loopback address) or `jwt` (HS256 with --jwt-secret-file, or RS256/ES256 with --jwt-public-key).
     #[arg(long, env = "CONCORD_AUTH", default_value = "none", value_parser = ["none", "jwt"])]
     auth: String,
-    /// File holding the HS256 shared secret (at least 16 bytes; surrounding whitespace is trimmed).
+    /// File holding the HS256 shared secret (at least 16 bytes; a text file has its surrounding
+    /// whitespace trimmed, a binary file is used byte for byte).
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
     /// PEM file with the RS256 (RSA) or ES256 (P-256) public key.
@@ -147,7 +148,8 @@ struct ServeArgs {
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     #[arg(long, env = "CONCORD_JWT_LEEWAY", default_value_t = 5)]
     jwt_leeway: u64,
-    /// File holding a key that grants every right over HTTP (`Authorization: Bearer <key>`).
+    /// File holding a key that grants every right over HTTP (`Authorization: Bearer <key>`; at
+    /// least 16 bytes, surrounding whitespace trimmed).
     #[arg(long, env = "CONCORD_ADMIN_KEY_FILE")]
     admin_key_file: Option<PathBuf>,
     /// After a token expires, time to send `auth` with a fresh one before close 1008.
@@ -209,10 +211,19 @@ impl Default for ServeArgs {
     }
 }
 
+/// A secret from a file, as bytes: a text file (valid UTF-8) has its surrounding whitespace
+/// trimmed (`echo secret > file` works); any other file is taken byte for byte.
 fn read_secret(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    Ok(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+    Ok(secret_bytes(bytes))
+}
+
+fn secret_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => text.trim().as_bytes().to_vec(),
+        Err(_) => bytes,
+    }
 }
 
 /// Reads `{"pattern": schema, …}` and compiles every schema.
@@ -299,8 +310,8 @@ impl ServeArgs {
             auth: self.auth_mode()?,
             admin_key: match &self.admin_key_file {
                 Some(f) => Some(
-                    String::from_utf8(read_secret(f, "admin key")?)
-                        .context("admin key must be UTF-8")?,
+                    AdminKey::new(read_secret(f, "admin key")?)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
                 ),
                 None => None,
             },
@@ -393,5 +404,20 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(serve(ServeArgs::default())),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_bytes;
+
+    #[test]
+    fn text_secrets_are_trimmed_and_binary_secrets_kept_byte_for_byte() {
+        assert_eq!(
+            secret_bytes(b"  s3cret-of-16-bytes\n".to_vec()),
+            b"s3cret-of-16-bytes"
+        );
+        let binary = vec![0xff, b' ', 0x00, b'\n', 0x80, 0x20];
+        assert_eq!(secret_bytes(binary.clone()), binary);
     }
 }

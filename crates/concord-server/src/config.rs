@@ -77,7 +77,7 @@ pub struct Config {
     /// How clients and HTTP callers authenticate.
     pub auth: AuthMode,
     /// A key that grants every right over HTTP (`Authorization: Bearer <key>`), for backends.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<crate::auth::AdminKey>,
     /// After a connection's token expires it may send `auth` with a fresh token within this
     /// time; then it is closed with 1008.
     pub auth_grace: Duration,

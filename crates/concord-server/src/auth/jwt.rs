@@ -50,6 +50,41 @@ pub enum JwtKeys {
     PublicPem(Vec<u8>),
 }
 
+/// The smallest RSA modulus accepted for RS256, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The decoding key and algorithm of a PEM public key: a P-256 key (ES256) or an RSA key of at
+/// least 2048 bits (RS256). Anything else — a private key, another curve, a short RSA key — is
+/// refused here, at start, rather than refusing every token later.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), String> {
+    use p256::pkcs8::DecodePublicKey;
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::traits::PublicKeyParts;
+    let text = std::str::from_utf8(pem).map_err(|_| "the public key file is not PEM text")?;
+    if text.contains("PRIVATE KEY") {
+        return Err("the public key file holds a private key: give the public key only".into());
+    }
+    if p256::PublicKey::from_public_key_pem(text).is_ok() {
+        let key = DecodingKey::from_ec_pem(pem).map_err(|e| format!("EC public key: {e}"))?;
+        return Ok((key, Algorithm::ES256));
+    }
+    let rsa = rsa::RsaPublicKey::from_public_key_pem(text)
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(text))
+        .map_err(|_| {
+            "the public key must be a P-256 (ES256) or RSA (RS256) public key in PEM; \
+             other curves and formats are not accepted"
+                .to_string()
+        })?;
+    let bits = rsa.n().bits();
+    if bits < MIN_RSA_BITS {
+        return Err(format!(
+            "the RSA public key has {bits} bits; at least {MIN_RSA_BITS} are required"
+        ));
+    }
+    let key = DecodingKey::from_rsa_pem(pem).map_err(|e| format!("RSA public key: {e}"))?;
+    Ok((key, Algorithm::RS256))
+}
+
 /// Verifies tokens; cheap to clone.
 #[derive(Clone)]
 pub struct JwtVerifier {
@@ -67,16 +102,7 @@ impl JwtVerifier {
                 }
                 (DecodingKey::from_secret(&s), Algorithm::HS256)
             }
-            JwtKeys::PublicPem(pem) => {
-                if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                    (k, Algorithm::ES256)
-                } else {
-                    let k = DecodingKey::from_rsa_pem(&pem).map_err(|e| {
-                        format!("public key is neither an EC (P-256) nor an RSA PEM: {e}")
-                    })?;
-                    (k, Algorithm::RS256)
-                }
-            }
+            JwtKeys::PublicPem(pem) => public_key(&pem)?,
         };
         Ok(JwtVerifier {
             key: Arc::new(key),
@@ -234,6 +260,32 @@ mod public_key_tests {
     const EC_PUBLIC: &[u8] = include_bytes!("testkeys/ec_public.pem");
     const RSA_PRIVATE: &[u8] = include_bytes!("testkeys/rsa_private.pem");
     const RSA_PUBLIC: &[u8] = include_bytes!("testkeys/rsa_public.pem");
+
+    #[test]
+    fn keys_that_cannot_verify_es256_or_rs256_are_refused_at_start() {
+        let refused: [(&str, &[u8]); 5] = [
+            ("EC private key", EC_PRIVATE),
+            ("RSA private key", RSA_PRIVATE),
+            (
+                "P-384 public key",
+                include_bytes!("testkeys/p384_public.pem"),
+            ),
+            (
+                "1024-bit RSA key",
+                include_bytes!("testkeys/rsa1024_public.pem"),
+            ),
+            ("not PEM", b"\xff\x00 not a key"),
+        ];
+        for (what, pem) in refused {
+            assert!(
+                JwtVerifier::new(JwtKeys::PublicPem(pem.to_vec()), 0).is_err(),
+                "{what} was accepted"
+            );
+        }
+        let pkcs1 = include_bytes!("testkeys/rsa_public_pkcs1.pem").to_vec();
+        let v = JwtVerifier::new(JwtKeys::PublicPem(pkcs1), 0).unwrap();
+        assert_eq!(v.algorithm(), Algorithm::RS256);
+    }
 
     #[test]
     fn es256_and_rs256_tokens_verify_with_their_public_keys_only() {

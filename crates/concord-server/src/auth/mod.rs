@@ -3,9 +3,11 @@
 //! Rights are granted per room-name pattern (`*` matches any run of characters). With auth
 //! `none` (development only, loopback) every connection may do everything.
 
+mod admin_key;
 mod grants;
 mod jwt;
 
+pub use admin_key::{AdminKey, MIN_ADMIN_KEY_BYTES};
 pub use grants::{glob, Grants, Right};
 pub use jwt::{AuthError, JwtKeys, JwtVerifier};
 

@@ -283,7 +283,10 @@ async fn expiring_token_is_refreshed_with_auth_or_the_connection_closes() {
 
 #[tokio::test]
 async fn http_requires_a_key_or_a_token_with_the_right() {
-    let server = jwt_server(|c| c.admin_key = Some("backend-admin-key".into())).await;
+    let server = jwt_server(|c| {
+        c.admin_key = Some(concord_server::auth::AdminKey::new("backend-admin-key").unwrap())
+    })
+    .await;
     async fn req(
         server: &TestServer,
         method: &str,
