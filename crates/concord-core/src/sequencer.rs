@@ -145,16 +145,18 @@ mod tests {
                 match action {
                     0 => {
                         // commit everything in flight
-                        if let Some((_, last)) = pending.last() { seqr.commit(*last); }
+                        if let Some((_, last)) = pending.last() {
+                            seqr.commit(*last);
+                            table.commit(*last);
+                        }
                         log.extend(pending.drain(..).map(|(k, _)| k));
                     }
                     _ => {
                         let known = match table.lookup(&key) {
                             Lookup::Hit(s) => Some(*s),
                             Lookup::New => None,
-                            // the store answers from the durable log and pending ops
-                            Lookup::Unknown => log.iter().position(|k| *k == key).map(|i| Seq(i as u64 + 1))
-                                .or_else(|| pending.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)),
+                            // the store knows only the durable log, never ops in flight
+                            Lookup::Unknown => log.iter().position(|k| *k == key).map(|i| Seq(i as u64 + 1)),
                         };
                         match known {
                             Some(s) => {
@@ -170,6 +172,7 @@ mod tests {
                         }
                     }
                 }
+                prop_assert_eq!(table.check(), Ok(()));
             }
             if let Some((_, last)) = pending.last() { seqr.commit(*last); }
             log.extend(pending.drain(..).map(|(k, _)| k));

@@ -240,7 +240,7 @@ impl RoomActor {
                 return;
             }
         };
-        let mut idem = IdempotencyTable::new(cfg.idempotency_cache, after);
+        let mut idem = IdempotencyTable::with_committed(cfg.idempotency_cache, after, record.head);
         let mut window = VecDeque::new();
         for e in &tail {
             if let Some(op) = &e.op_id {
@@ -431,6 +431,7 @@ impl RoomActor {
             .map(|e| e.seq)
             .unwrap_or(live.seqr.committed());
         live.seqr.commit(last);
+        live.idem.commit(last);
         let metrics = &self.shared.metrics;
         metrics.events_committed.inc_by(done.events.len() as u64);
         let epoch = live.seqr.epoch().clone();
