@@ -491,6 +491,35 @@ impl Replica {
         Ok(update)
     }
 
+    /// Checks the replica's invariants (for tests, after every step): `seq` is `confirmed_seq`
+    /// plus the lists committed by ack ahead of their echo, those are consecutive, and an ack
+    /// remembered for the in-flight list is for a later seq.
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.seq != self.confirmed_seq + self.ahead.len() as u64 {
+            return Err(format!(
+                "seq {} != confirmed_seq {} + ahead {}",
+                self.seq,
+                self.confirmed_seq,
+                self.ahead.len()
+            ));
+        }
+        for (i, (seq, id)) in self.ahead.iter().enumerate() {
+            if *seq != self.confirmed_seq + 1 + i as u64 {
+                return Err(format!("ahead[{i}] ({id}) is at {seq}, not consecutive"));
+            }
+        }
+        if let Some(acked) = self.in_flight.as_ref().and_then(|f| f.acked) {
+            if acked <= self.seq {
+                return Err(format!(
+                    "the in-flight list is remembered as acked at {acked}, not after seq {}",
+                    self.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// When nothing is pending, the optimistic state is the server's: take the shadow copy
     /// (equal but for the rounding of float adds applied in another order).
     fn settle(&mut self) {

@@ -137,6 +137,9 @@ impl Peer {
             }
             self.up.push_back(send);
         }
+        self.r
+            .check()
+            .unwrap_or_else(|e| panic!("replica {}: {e}", self.name));
     }
 }
 
