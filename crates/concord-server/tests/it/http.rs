@@ -136,6 +136,7 @@ async fn http_errors_are_json_with_retry_hints() {
     let url = format!("http://{}/v1/rooms/busy/events", server.addr);
     let first = client
         .post(&url)
+        .header("content-type", "application/json")
         .body(r#"{"data":1}"#)
         .send()
         .await
@@ -143,6 +144,7 @@ async fn http_errors_are_json_with_retry_hints() {
     assert_eq!(first.status().as_u16(), 200);
     let limited = client
         .post(&url)
+        .header("content-type", "application/json")
         .body(r#"{"data":2}"#)
         .send()
         .await
