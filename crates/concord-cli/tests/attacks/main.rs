@@ -14,3 +14,9 @@ mod support;
 mod probe;
 
 mod baseline;
+mod cross_origin;
+mod fd_exhaustion;
+mod http_edges;
+mod shutdown;
+mod slowloris;
+mod stalled_readers;
