@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use io::EdgeIo;
-use limits::{Admission, ConnGuard};
+use limits::{Admission, ConnGuard, IdleMark};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,8 +60,17 @@ impl Edge {
                     continue;
                 }
             };
-            match self.limits.admit(peer.ip()) {
-                Admission::Full => {
+            let mut admission = self.limits.admit(peer.ip());
+            // At the limit with idle connections: wait (briefly) for the evicted one to go.
+            for _ in 0..3 {
+                if !matches!(admission, Admission::Evicting) {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), self.limits.freed()).await;
+                admission = self.limits.admit(peer.ip());
+            }
+            match admission {
+                Admission::Full | Admission::Evicting => {
                     // Closing at once keeps the descriptors for the clients already served.
                     self.metrics.limit("max_conns");
                     drop(tcp);
@@ -101,15 +110,23 @@ impl Edge {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
             .keep_alive(matches!(mode, Mode::Serve));
+        let mark = Arc::new(IdleMark::new(self.limits.clone()));
+        mark.idle();
         let edge = self.clone();
+        let svc_mark = mark.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
-            async move { edge.handle(req, peer, mode).await }
+            let mark = svc_mark.clone();
+            async move { edge.handle(req, peer, mode, mark).await }
         });
         let conn = builder.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
+            _ = mark.evicted.cancelled() => {
+                self.metrics.limit("max_conns");
+                return;
+            }
             _ = self.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {
@@ -131,13 +148,17 @@ impl Edge {
         req: Request<Incoming>,
         peer: SocketAddr,
         mode: Mode,
+        mark: Arc<IdleMark>,
     ) -> Result<Response<Body>, Infallible> {
         if let Mode::Refuse = mode {
             return Ok(self.too_many_from_ip());
         }
+        mark.busy();
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(peer));
-        self.router.clone().call(req).await
+        let resp = self.router.clone().call(req).await?;
+        // Idle again once the whole response body has been handed to the socket.
+        Ok(resp.map(|body| Body::new(UntilSent { body, mark })))
     }
 
     fn too_many_from_ip(&self) -> Response<Body> {
@@ -151,6 +172,38 @@ impl Edge {
             axum::Json(body),
         )
             .into_response()
+    }
+}
+
+/// A response body that marks its connection idle when it is dropped (sent or abandoned).
+struct UntilSent {
+    body: Body,
+    mark: Arc<IdleMark>,
+}
+
+impl Drop for UntilSent {
+    fn drop(&mut self) {
+        self.mark.idle();
+    }
+}
+
+impl axum::body::HttpBody for UntilSent {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
