@@ -480,9 +480,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    match cli.command {
+    let result = match cli.command {
         None => runtime.block_on(serve(ServeArgs::default())),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
-    }
+    };
+    // After a shutdown deadline, tasks may still hang: do not wait for them again.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
