@@ -166,8 +166,9 @@ struct ServeArgs {
     /// gets 429 and its connection is closed).
     #[arg(long, env = "CONCORD_MAX_CONNS_PER_IP", default_value_t = 10_000)]
     max_conns_per_ip: usize,
-    /// Limit: TCP connections open at once (beyond it new ones are closed at once); 0 = the
-    /// open-file limit minus a reserve for the store and logs (max(64, limit/8)).
+    /// Limit: TCP connections open at once (at it, the longest-idle HTTP connection is closed
+    /// to make room, else the new one); 0 = the open-file limit minus a reserve for the store
+    /// and logs (max(64, limit/8)).
     #[arg(long, env = "CONCORD_MAX_CONNS", default_value_t = 0)]
     max_conns: usize,
     /// Timeout: a request's head must arrive within this time (slowloris); also the idle

@@ -90,9 +90,10 @@ pub struct Config {
     /// TCP connections (HTTP and WebSocket) from one IP address; beyond it a new connection's
     /// request gets 429 `rate_limited` and the connection is closed.
     pub max_conns_per_ip: usize,
-    /// TCP connections open at once (HTTP and WebSocket); beyond it a new connection is closed
-    /// at once, so file descriptors stay free for the store and for clients already served.
-    /// The binary derives its default from the open-file limit.
+    /// TCP connections open at once (HTTP and WebSocket), so file descriptors stay free for the
+    /// store. At the limit the longest-idle HTTP connection is closed to make room for a new
+    /// one; with none idle, the new one is closed at once. The binary derives its default from
+    /// the open-file limit.
     pub max_conns: usize,
     /// A request's head (request line and headers) must arrive within this time, counted from
     /// the accept or from the end of the previous response on a keep-alive connection: it is
