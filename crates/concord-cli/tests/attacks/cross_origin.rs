@@ -25,7 +25,7 @@ async fn upgrade_with_origin(addr: &str, origin: &str) -> Result<u16, u16> {
 async fn foreign_pages_and_rebound_names_are_refused() {
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
-    let server = Server::start(report.data_dir(), &[], &log).await;
+    let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;
     let addr = server.addr.clone();
     // The WebSocket: a foreign page is refused, the server's own page and non-browsers are not.
     assert_eq!(

@@ -5,6 +5,9 @@
 use crate::probe;
 use crate::support::{Report, Server};
 use std::time::{Duration, Instant};
+
+// Servers here run with `--sqlite-sync normal`: the probes measure the server's responsiveness,
+// not the disk's fsync latency (other suites may be fsyncing on the same machine).
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,7 +30,12 @@ async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, bo
 async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
-    let server = Server::start(report.data_dir(), &["--http-header-timeout", "1s"], &log).await;
+    let server = Server::start(
+        report.data_dir(),
+        &["--http-header-timeout", "1s", "--sqlite-sync", "normal"],
+        &log,
+    )
+    .await;
     let fds_before = probe::fd_count(server.pid);
     // 40 idle sockets and 40 that send a request line one byte every 100 ms (forever).
     let mut idle = Vec::new();
@@ -87,7 +95,12 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
 async fn a_body_that_never_arrives_is_cut_after_the_body_timeout() {
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
-    let server = Server::start(report.data_dir(), &["--http-body-timeout", "1s"], &log).await;
+    let server = Server::start(
+        report.data_dir(),
+        &["--http-body-timeout", "1s", "--sqlite-sync", "normal"],
+        &log,
+    )
+    .await;
     let mut stalled = Vec::new();
     for _ in 0..20 {
         let mut tcp = TcpStream::connect(&server.addr).await.expect("connect");
