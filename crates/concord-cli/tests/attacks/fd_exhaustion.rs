@@ -57,3 +57,49 @@ async fn idle_connections_beyond_the_fd_limit_leave_the_server_serving() {
     );
     drop(held);
 }
+
+/// The per-IP limit counted only WebSocket upgrades: one address could hold any number of plain
+/// HTTP connections. Now every TCP connection counts.
+#[tokio::test]
+async fn idle_http_connections_count_against_the_per_ip_limit() {
+    let mut report = Report::new(0, "-");
+    let log = report.log_path("server.log");
+    let server = crate::support::Server::start(
+        report.data_dir(),
+        &["--max-conns-per-ip", "8", "--sqlite-sync", "normal"],
+        &log,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(&server.addr).await.expect("connect"));
+    }
+    // Let the server accept them all before the next one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(probe::RESPONSIVE)
+        .build()
+        .expect("client");
+    let url = format!("http://{}/healthz", server.addr);
+    let r = client.get(&url).send().await.expect("request");
+    assert_eq!(
+        r.status().as_u16(),
+        429,
+        "a 9th connection from one address"
+    );
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    drop(held);
+    let freed = async {
+        for _ in 0..40 {
+            let r = client.get(&url).send().await.expect("request");
+            if r.status().is_success() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(freed.await, "slots not released when the sockets closed");
+}

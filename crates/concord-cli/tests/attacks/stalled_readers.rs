@@ -27,7 +27,18 @@ async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() 
     let log = report.log_path("server.log");
     let server = Server::start(
         report.data_dir(),
-        &["--http-write-timeout", "2s", "--sqlite-sync", "normal"],
+        &[
+            "--http-write-timeout",
+            "2s",
+            // Only the write timeout may close them here (not the keep-alive timeout), and a
+            // page (16 MiB) larger than the kernel's socket buffers, so writes really stall.
+            "--http-header-timeout",
+            "5m",
+            "--max-page-bytes",
+            "16777216",
+            "--sqlite-sync",
+            "normal",
+        ],
         &log,
     )
     .await;
@@ -82,5 +93,20 @@ async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() 
         socket_count(server.pid)
     );
     probe::assert_healthy(&server.addr, "after stalled readers").await;
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("concord_limit_hits_total{limit=\"http_write_timeout\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        timeouts >= 10,
+        "{timeouts} write timeouts for 10 stalled readers"
+    );
     drop(stalled);
 }
