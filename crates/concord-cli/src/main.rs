@@ -164,9 +164,41 @@ struct ServeArgs {
     /// Limit: member connections per room.
     #[arg(long, env = "CONCORD_MAX_MEMBERS_PER_ROOM", default_value_t = 10_000)]
     max_members_per_room: usize,
-    /// Limit: WebSocket connections per client IP address (beyond it the upgrade gets 429).
+    /// Limit: TCP connections (HTTP and WebSocket) per client IP address (beyond it a request
+    /// gets 429 and its connection is closed).
     #[arg(long, env = "CONCORD_MAX_CONNS_PER_IP", default_value_t = 10_000)]
     max_conns_per_ip: usize,
+    /// Limit: TCP connections open at once (at it, the longest-idle HTTP connection is closed
+    /// to make room, else the new one); 0 = the open-file limit minus a reserve for the store
+    /// and logs (max(64, limit/8)).
+    #[arg(long, env = "CONCORD_MAX_CONNS", default_value_t = 0)]
+    max_conns: usize,
+    /// Timeout: a request's head must arrive within this time (slowloris); also the idle
+    /// timeout of keep-alive HTTP connections.
+    #[arg(long, env = "CONCORD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    http_header_timeout: Duration,
+    /// Timeout: a request body must arrive in full within this time (else 408, connection closed).
+    #[arg(long, env = "CONCORD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    http_body_timeout: Duration,
+    /// Timeout: a write to a client socket that makes no progress for this long closes it.
+    #[arg(long, env = "CONCORD_HTTP_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    http_write_timeout: Duration,
+    /// Limit: largest page of GET /v1/rooms/{room}/events in bytes of events (at least one event).
+    #[arg(long, env = "CONCORD_MAX_PAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_page_bytes: usize,
+    /// On shutdown, exit after this long even if connections or commits hang.
+    #[arg(long, env = "CONCORD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// Serve /metrics on this separate address only (the main port then answers 404 there).
+    /// Without it, /metrics on the main port needs the admin key (or an admin token) when
+    /// --auth jwt or --admin-key-file is set.
+    #[arg(long, env = "CONCORD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Origins (`https://app.example.com`, comma-separated, or `*`) whose pages may open a
+    /// WebSocket; default: only pages of the host the request was sent to. With --auth none
+    /// their hosts are also accepted in `Host` (besides loopback names).
+    #[arg(long, env = "CONCORD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Limit: publishes per connection, PER_SEC[:BURST] (0 = unlimited).
     #[arg(long, env = "CONCORD_RATE_PUBLISH_PER_CONN", default_value = "1000:2000", value_parser = parse_rate)]
     rate_publish_per_conn: Rate,
@@ -277,6 +309,21 @@ impl ServeArgs {
         }
     }
 
+    /// `--max-conns`, or (0) the open-file limit minus a reserve for the store, logs and the
+    /// listeners, so that connections can never take the last descriptors.
+    fn max_conns_or_auto(&self) -> usize {
+        if self.max_conns > 0 {
+            return self.max_conns;
+        }
+        match concord_bench::raise_nofile_limit() {
+            Ok((soft, _)) => {
+                let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+                soft.saturating_sub((soft / 8).max(64)).max(1)
+            }
+            Err(_) => Config::default().max_conns,
+        }
+    }
+
     fn config(&self) -> anyhow::Result<Config> {
         let store = if self.memory {
             StoreConfig::Memory
@@ -320,6 +367,19 @@ impl ServeArgs {
             max_presence_bytes: self.max_presence_bytes,
             max_members_per_room: self.max_members_per_room,
             max_conns_per_ip: self.max_conns_per_ip,
+            max_conns: self.max_conns_or_auto(),
+            http_header_timeout: self.http_header_timeout,
+            http_body_timeout: self.http_body_timeout,
+            http_write_timeout: self.http_write_timeout,
+            max_page_bytes: self.max_page_bytes.max(1),
+            shutdown_timeout: self.shutdown_timeout,
+            metrics_listen: self.metrics_listen,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             rate_publish_per_conn: self.rate_publish_per_conn,
             rate_publish_per_room: self.rate_publish_per_room,
             rate_presence_per_conn: self.rate_presence_per_conn,
@@ -348,26 +408,51 @@ fn init_logs(format: &str) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves at the first SIGTERM or ctrl-c (graceful shutdown, bounded by
+/// --shutdown-timeout); a second one exits the process at once with status 1.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (first, rx) = tokio::sync::oneshot::channel();
+    let mut term = terminate_signals();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
+        let _ = first.send(());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::error!("second shutdown signal: exiting at once");
+        std::process::exit(1);
+    });
+    async move {
+        let _ = rx.await;
     }
-    tracing::info!("shutdown requested: draining");
+}
+
+/// SIGTERM as a stream (never fires where there is no SIGTERM, or it cannot be installed).
+struct Terminate(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Terminate {
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+fn terminate_signals() -> Terminate {
+    #[cfg(unix)]
+    return Terminate(
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+    );
+    #[cfg(not(unix))]
+    Terminate()
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -378,19 +463,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     let config = args.config()?;
+    tracing::info!(max_conns = config.max_conns, "connection limit");
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    // One line on stdout that scripts (and the crash tests) can wait for.
-    println!("concord listening on {addr}");
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded mode");
     if !config.auth.enabled() {
         tracing::warn!(
             "authentication is off (--auth none): every client may do everything; development only"
         );
     }
-    concord_server::run(config, listener, shutdown_signal()).await?;
+    let data_dir = args.data_dir.display().to_string();
+    concord_server::run_with_ready(config, listener, shutdown_signal(), move |ready| {
+        tracing::info!(addr = %ready.addr, data_dir, "embedded mode");
+        if let Some(m) = ready.metrics_addr {
+            println!("concord metrics listening on {m}");
+        }
+        // One line on stdout that scripts (and the tests) wait for: printed once the store is
+        // open and connections are served.
+        println!("concord listening on {}", ready.addr);
+    })
+    .await?;
     Ok(())
 }
 
@@ -400,11 +492,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    match cli.command {
+    let result = match cli.command {
         None => runtime.block_on(serve(ServeArgs::default())),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
-    }
+    };
+    // After a shutdown deadline, tasks may still hang: do not wait for them again.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 #[cfg(test)]

@@ -87,8 +87,34 @@ pub struct Config {
     pub max_presence_bytes: usize,
     /// Connections one room may have as members.
     pub max_members_per_room: usize,
-    /// WebSocket connections from one IP address.
+    /// TCP connections (HTTP and WebSocket) from one IP address; beyond it a new connection's
+    /// request gets 429 `rate_limited` and the connection is closed.
     pub max_conns_per_ip: usize,
+    /// TCP connections open at once (HTTP and WebSocket), so file descriptors stay free for the
+    /// store. At the limit the longest-idle HTTP connection is closed to make room for a new
+    /// one; with none idle, the new one is closed at once. The binary derives its default from
+    /// the open-file limit.
+    pub max_conns: usize,
+    /// A request's head (request line and headers) must arrive within this time, counted from
+    /// the accept or from the end of the previous response on a keep-alive connection: it is
+    /// also the idle timeout of keep-alive connections (slowloris, idle sockets).
+    pub http_header_timeout: Duration,
+    /// A request body must arrive in full within this time (else 408 and the connection closes).
+    pub http_body_timeout: Duration,
+    /// A write to a client socket (HTTP response or WebSocket frame) that makes no progress for
+    /// this long closes the connection (clients that never read).
+    pub http_write_timeout: Duration,
+    /// Largest body of one `GET /v1/rooms/{room}/events` page in bytes of events: a page holds
+    /// fewer than `limit` events (at least one) when they would not fit, with `more: true`.
+    pub max_page_bytes: usize,
+    /// On shutdown, `run` returns after this long even if connections or the store still hang.
+    pub shutdown_timeout: Duration,
+    /// Serve `/metrics` on this separate address only (then the main port answers 404 there).
+    /// When unset, `/metrics` on the main port needs the admin right if auth or an admin key is on.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Origins (`scheme://host[:port]`, or `*`) allowed to open a WebSocket from a browser; empty:
+    /// only the request's own host. In no-auth mode their hosts are also accepted in `Host`.
+    pub allowed_origins: Vec<String>,
     /// Publishes per connection.
     pub rate_publish_per_conn: Rate,
     /// Publishes per room (all senders together, HTTP included).
@@ -137,6 +163,14 @@ impl Default for Config {
             max_presence_bytes: 4 * 1024,
             max_members_per_room: 10_000,
             max_conns_per_ip: 10_000,
+            max_conns: 10_000,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(30),
+            http_write_timeout: Duration::from_secs(30),
+            max_page_bytes: 4 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            metrics_listen: None,
+            allowed_origins: Vec::new(),
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),

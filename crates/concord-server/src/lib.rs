@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 mod context;
+mod edge;
 mod gateway;
 mod limiter;
 pub mod metrics;
@@ -14,10 +15,10 @@ pub mod store;
 
 pub use config::{Config, StoreConfig};
 
-use axum::serve::ListenerExt;
 use concord_core::hlc::SystemClock;
 use context::Shared;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use store::{MemoryStore, SqliteStore, Store, StoreError};
@@ -33,12 +34,31 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Where a server that is ready serves (given to the `ready` callback of [`run_with_ready`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    pub addr: SocketAddr,
+    /// The separate `/metrics` listener, when `Config::metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains: stops accepting, lets publishes
 /// in flight get their acks, closes every WebSocket with 1001, finishes commits, closes the store.
+/// Returns after `Config::shutdown_timeout` at the latest, even if connections hang.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    run_with_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` once the store is open and the server accepts connections.
+pub async fn run_with_ready(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(Ready) + Send,
 ) -> Result<(), ServerError> {
     let metrics = metrics::Metrics::new();
     let store: Arc<dyn Store> = match &config.store {
@@ -50,16 +70,21 @@ pub async fn run(
         )?),
         StoreConfig::Memory => Arc::new(MemoryStore::new()),
     };
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let shutdown_timeout = config.shutdown_timeout;
     let shared = Arc::new(Shared::new(
         config,
         store.clone(),
-        metrics,
+        metrics.clone(),
         Arc::new(SystemClock),
     ));
     let registry = room::Registry::new(shared.clone());
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {
-        shared,
+        shared: shared.clone(),
         registry: registry.clone(),
         shutdown: token.clone(),
         conns: TaskTracker::new(),
@@ -71,22 +96,62 @@ pub async fn run(
         shutdown.await;
         trigger.cancel();
     });
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving");
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+    let cfg = &shared.config;
+    let limits = edge::ConnLimits::new(
+        cfg.max_conns,
+        cfg.max_conns_per_ip,
+        metrics.tcp_connections.clone(),
+    );
+    let hard = CancellationToken::new();
+    let http_conns = TaskTracker::new();
+    let edge_for = |router| {
+        Arc::new(edge::Edge {
+            router,
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            header_timeout: cfg.http_header_timeout,
+            write_timeout: cfg.http_write_timeout,
+            max_conns_per_ip: cfg.max_conns_per_ip,
+            shutdown: token.clone(),
+            hard: hard.clone(),
+            tasks: http_conns.clone(),
+        })
+    };
+    let ready_at = Ready {
+        addr: listener.local_addr()?,
+        metrics_addr: match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
+    };
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = ?ready_at.metrics_addr, "serving /metrics");
+        tokio::spawn(edge_for(gateway::metrics_router(app.clone())).serve(l))
     });
-    let router = gateway::router(app.clone());
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(token.clone().cancelled_owned())
-    .await;
+    let main = edge_for(gateway::router(app.clone()));
+    tracing::info!(addr = %ready_at.addr, "serving");
+    ready(ready_at);
+    main.serve(listener).await;
     token.cancel();
-    app.conns.close();
-    app.conns.wait().await;
-    registry.close().await;
-    store.close().await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    let drain = async {
+        http_conns.close();
+        app.conns.close();
+        http_conns.wait().await;
+        app.conns.wait().await;
+        registry.close().await;
+        store.close().await;
+    };
+    if tokio::time::timeout(shutdown_timeout, drain).await.is_err() {
+        hard.cancel();
+        tracing::error!(
+            timeout = ?shutdown_timeout,
+            "shutdown deadline passed: exiting with connections or commits still open"
+        );
+        return Ok(());
+    }
     tracing::info!("stopped");
-    served.map_err(ServerError::Io)
+    Ok(())
 }

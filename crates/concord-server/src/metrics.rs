@@ -46,6 +46,8 @@ pub struct CloseLabel {
 #[derive(Clone)]
 pub struct Metrics {
     pub connections: Gauge,
+    /// Open TCP connections (HTTP and WebSocket), as counted by the connection limits.
+    pub tcp_connections: Gauge,
     pub rooms_active: Gauge,
     pub frames_in: Counter,
     pub events_committed: Counter,
@@ -74,6 +76,7 @@ impl Metrics {
         let mut r = Registry::default();
         let m = Metrics {
             connections: Gauge::default(),
+            tcp_connections: Gauge::default(),
             rooms_active: Gauge::default(),
             frames_in: Counter::default(),
             events_committed: Counter::default(),
@@ -99,6 +102,11 @@ impl Metrics {
             "concord_connections",
             "Open WebSocket connections",
             m.connections.clone(),
+        );
+        r.register(
+            "concord_tcp_connections",
+            "Open TCP connections (HTTP and WebSocket)",
+            m.tcp_connections.clone(),
         );
         r.register(
             "concord_rooms_active",

@@ -14,4 +14,10 @@ mod support;
 mod probe;
 
 mod baseline;
+mod cross_origin;
+mod fd_exhaustion;
+mod http_edges;
+mod shutdown;
+mod slowloris;
+mod stalled_readers;
 mod startup;

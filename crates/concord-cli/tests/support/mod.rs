@@ -96,6 +96,8 @@ pub struct Server {
     child: Child,
     pub pid: u32,
     pub addr: String,
+    /// The separate metrics listener (`--metrics-listen`), from its stdout line.
+    pub metrics_addr: Option<String>,
     reaped: bool,
 }
 
@@ -145,17 +147,22 @@ impl Server {
             child,
             pid,
             addr: String::new(),
+            metrics_addr: None,
             reaped: false,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut metrics = None;
             // Keep draining stdout until the process is gone, so it never sees a closed pipe.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("concord metrics listening on ") {
+                    metrics = Some(addr.trim().to_string());
+                }
                 if let Some(addr) = line.strip_prefix("concord listening on ") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.trim().to_string());
+                        let _ = tx.send((addr.trim().to_string(), metrics.take()));
                     }
                 }
             }
@@ -166,7 +173,10 @@ impl Server {
         )
         .await
         {
-            Ok(addr) => server.addr = addr,
+            Ok((addr, metrics)) => {
+                server.addr = addr;
+                server.metrics_addr = metrics;
+            }
             Err(_) => {
                 let status = server.child.wait().ok();
                 server.reaped = true;
@@ -177,6 +187,32 @@ impl Server {
             }
         }
         server
+    }
+
+    /// SIGTERM to the pid (`kill -TERM PID`): a graceful shutdown request.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid);
+    }
+
+    /// Waits up to `limit` for the process to exit and reaps it; `None` if it is still running.
+    #[allow(dead_code)]
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = true;
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// kill -9 (std's `Child::kill` sends SIGKILL to the pid) and check that it died of it.

@@ -39,7 +39,7 @@ impl IntoResponse for HttpError {
     }
 }
 
-fn err(app: &App, code: ErrorCode, message: impl Into<String>) -> HttpError {
+pub(super) fn err(app: &App, code: ErrorCode, message: impl Into<String>) -> HttpError {
     app.shared.metrics.error(code);
     HttpError(RoomError::new(code, message))
 }
@@ -151,6 +151,21 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
+/// Seqs are stored as SQLite integers: anything above `i64::MAX` is no position at all.
+fn seq_param(app: &App, name: &str, v: Option<u64>) -> Result<Option<Seq>, HttpError> {
+    match v {
+        Some(n) if n > i64::MAX as u64 => Err(err(
+            app,
+            ErrorCode::BadRequest,
+            format!("{name} must be at most {}", i64::MAX),
+        )),
+        v => Ok(v.map(Seq)),
+    }
+}
+
+/// `GET /v1/rooms/{room}/events?after=&limit=`: a page of events, streamed, at most `limit`
+/// events and `max_page_bytes` bytes of them (at least one); `next_after` and `more` say where
+/// to continue.
 pub async fn get_events(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
@@ -169,33 +184,27 @@ pub async fn get_events(
             format!("limit must be 1..={max}"),
         ));
     }
-    let store = &app.shared.store;
-    let unavailable = |e: crate::store::StoreError| {
-        tracing::error!(room = %room, error = %e, "reading events failed");
-        err(&app, ErrorCode::Unavailable, "store unavailable")
-    };
-    let events = store
-        .read_events(&room, Seq(q.after.unwrap_or(0)), limit)
-        .await
-        .map_err(unavailable)?;
-    // Read the head after the events, so `seq` is never behind the last event returned.
-    let record = store
+    let after = seq_param(&app, "after", q.after)?.unwrap_or(Seq(0));
+    let record = app
+        .shared
+        .store
         .load_room(&room)
         .await
-        .map_err(unavailable)?
+        .map_err(|e| {
+            tracing::error!(room = %room, error = %e, "reading events failed");
+            err(&app, ErrorCode::Unavailable, "store unavailable")
+        })?
         .ok_or_else(|| err(&app, ErrorCode::NotFound, "room does not exist"))?;
-    let mut body = serde_json::json!({"room": room.as_str(), "epoch": record.epoch.as_str(), "seq": record.head.0})
-        .to_string();
-    body.pop();
-    body.push_str(",\"events\":[");
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&crate::room::event_frame(&room, record.kind, e, None));
-    }
-    body.push_str("]}");
-    Ok(json(body))
+    let spec = super::page::PageSpec {
+        room,
+        kind: record.kind,
+        epoch: record.epoch.as_str().to_string(),
+        head: record.head,
+        after,
+        limit,
+    };
+    let body = super::page::body(app.clone(), spec);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -236,7 +245,7 @@ pub async fn get_room(
         }
         (RoomKind::Stream, None) => {}
         (RoomKind::Doc, at) => {
-            let at = Seq(at.unwrap_or(record.head.0));
+            let at = seq_param(&app, "at", at)?.unwrap_or(record.head);
             if at > record.head {
                 let msg = format!("at {at} is after the latest seq ({})", record.head);
                 return Err(err(&app, ErrorCode::NotFound, msg));
@@ -328,13 +337,23 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when not shutting down and the store answers reads and takes a write (a full disk is
+/// not ready). Store errors go to the log, never into the public answer.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    match app.shared.store.ping().await {
+    let store = &app.shared.store;
+    let probe = match store.ping().await {
+        Ok(()) => store.ping_write().await,
+        Err(e) => Err(e),
+    };
+    match probe {
         Ok(()) => "ready".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness probe: the store cannot read or write");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
     }
 }
 
@@ -378,7 +397,18 @@ pub async fn fallback(State(app): State<Arc<App>>) -> HttpError {
     err(&app, ErrorCode::NotFound, "no such endpoint")
 }
 
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// `GET /metrics` on the main port: it names the busiest rooms, so with authentication or an
+/// admin key configured it needs the admin right on `*` (or use `metrics_listen`).
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    authorize(&app, &headers, "*", Right::Admin)?;
+    Ok(metrics_open(State(app)).await)
+}
+
+/// `GET /metrics` on the separate metrics listener (no credentials: protect it by its address).
+pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
     let top = &app.shared.metrics.room_top_publishes;
     top.clear();
     for (room, publishes, _, _) in app.shared.top_rooms(10) {

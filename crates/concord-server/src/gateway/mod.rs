@@ -1,6 +1,8 @@
 //! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
 
+mod guard;
 mod http;
+mod page;
 
 pub use http::HTTP_CLIENT;
 mod session;
@@ -35,7 +37,11 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.shared.config.max_frame_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if app.shared.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(http::metrics));
+    }
+    router
         .route("/v1/ws", get(ws::upgrade))
         .route(
             "/v1/rooms/{room}/events",
@@ -45,10 +51,25 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/rooms/{room}/restore", post(http::restore))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
         .route("/v1/admin/stats", get(http::admin_stats))
         .fallback(http::fallback)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::body_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::host_guard,
+        ))
+        .with_state(app)
+}
+
+/// The router of the separate metrics listener (`Config::metrics_listen`): `/metrics` only.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(http::metrics_open))
+        .fallback(http::fallback)
         .with_state(app)
 }

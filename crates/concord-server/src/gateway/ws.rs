@@ -26,16 +26,20 @@ pub struct UpgradeQuery {
     token: Option<String>,
 }
 
-/// The bearer token of a request's `Authorization` header.
+/// The bearer token of a request's `Authorization` header (the scheme name is
+/// case-insensitive, RFC 7235).
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?;
-    let t = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))?;
-    Some(t.trim().to_string())
+        .ok()?
+        .trim_start();
+    let (scheme, token) = v.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_string())
 }
 
 /// Counts connections per IP; the count drops when the guard does.
@@ -64,6 +68,15 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let cfg = &app.shared.config;
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers.get(axum::http::header::HOST);
+        if !super::guard::origin_allowed(cfg, origin, host) {
+            app.shared.metrics.limit("origin");
+            app.shared.metrics.error(ErrorCode::Forbidden);
+            let body = serde_json::json!({"code": ErrorCode::Forbidden, "message": "this Origin may not open a WebSocket here (see --allowed-origins)"});
+            return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        }
+    }
     let guard = {
         let mut ips = app.ips.lock();
         let n = ips.entry(peer.ip()).or_insert(0);

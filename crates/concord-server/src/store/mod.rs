@@ -109,6 +109,11 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// Cheap check for `/readyz` that the store can still commit (a full disk, a read-only
+    /// file): one tiny write in a scratch place. Defaults to [`Store::ping`].
+    async fn ping_write(&self) -> StoreResult<()> {
+        self.ping().await
+    }
     /// Finishes pending writes and releases the backend (called once, at shutdown).
     async fn close(&self) {}
 }

@@ -359,6 +359,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn ping_write(&self) -> StoreResult<()> {
+        // Its own short-lived connection, so the probe never sits in the writer's queue; SQLite's
+        // write lock (busy timeout) orders it with the writer's group commits.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = open_conn(&path, false)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+                 INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, unixepoch('subsec') * 1000);",
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("write probe: {e}")))?
+    }
+
     async fn close(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(WriteReq::Close { reply }).is_ok() {

@@ -32,12 +32,28 @@ fn token(sub: &str, rooms: Value, ttl: i64) -> String {
     )
 }
 
+/// The admin key of `jwt_server` (with auth on, `/metrics` needs it).
+const ADMIN_KEY: &str = "test-admin-key-0123";
+
 async fn jwt_server(tweak: impl FnOnce(&mut concord_server::Config)) -> TestServer {
     TestServer::memory(|c| {
         c.auth = AuthMode::Jwt(JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap());
+        c.admin_key = Some(concord_server::auth::AdminKey::new(ADMIN_KEY).unwrap());
         tweak(c)
     })
     .await
+}
+
+/// `/metrics` with the admin key.
+async fn metrics(server: &TestServer) -> String {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/metrics", server.addr))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap()
 }
 
 async fn hello_with(server: &TestServer, client: &str, token: &str) -> Ws {
@@ -91,8 +107,7 @@ async fn bad_tokens_get_unauthorized_and_close_1008() {
     w.send(json!({"type":"hello","client_id":"c"})).await;
     assert_eq!(w.recv().await["code"], "unauthorized");
     assert_eq!(w.closed().await, Some(1008));
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    let m = m.as_str().unwrap();
+    let m = metrics(&server).await;
     for reason in [
         "bad_signature",
         "expired",
@@ -201,11 +216,8 @@ async fn a_client_id_belongs_to_the_first_user_that_used_it() {
     drop(alice);
     let mut again = hello_with(&server, "c-shared", &token("alice", rooms, 300)).await;
     assert_eq!(again.recv().await["type"], "welcome");
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains("concord_auth_failures_total{reason=\"client_id_taken\"} 1"));
+    let m = metrics(&server).await;
+    assert!(m.contains("concord_auth_failures_total{reason=\"client_id_taken\"} 1"));
     server.stop().await;
 }
 

@@ -136,6 +136,7 @@ async fn http_errors_are_json_with_retry_hints() {
     let url = format!("http://{}/v1/rooms/busy/events", server.addr);
     let first = client
         .post(&url)
+        .header("content-type", "application/json")
         .body(r#"{"data":1}"#)
         .send()
         .await
@@ -143,6 +144,7 @@ async fn http_errors_are_json_with_retry_hints() {
     assert_eq!(first.status().as_u16(), 200);
     let limited = client
         .post(&url)
+        .header("content-type", "application/json")
         .body(r#"{"data":2}"#)
         .send()
         .await
@@ -170,6 +172,63 @@ async fn http_errors_are_json_with_retry_hints() {
     assert_eq!(
         missing.json::<serde_json::Value>().await.unwrap()["code"],
         "not_found"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_stops_at_the_byte_budget_with_at_least_one_event() {
+    let server = TestServer::memory(|c| c.max_page_bytes = 1_000).await;
+    let small = "s".repeat(200);
+    let big = "b".repeat(3_000);
+    for data in [&small, &small, &small, &small, &small, &big, &small] {
+        let (s, r) = http(
+            &server,
+            "POST",
+            "/v1/rooms/budget/events",
+            Some(json!({ "data": data })),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let page = |after: u64| {
+        let server = &server;
+        async move {
+            let path = format!("/v1/rooms/budget/events?after={after}&limit=1000");
+            let (s, page) = http(server, "GET", &path, None).await;
+            assert_eq!(s, 200, "{page}");
+            page
+        }
+    };
+    // ~250 bytes per small event: three fit in 1000 bytes, the fourth would not.
+    let first = page(0).await;
+    assert_eq!(seqs(first["events"].as_array().unwrap()), vec![1, 2, 3]);
+    assert_eq!(
+        (first["next_after"].as_u64(), first["more"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(first["seq"], 7);
+    let second = page(3).await;
+    assert_eq!(seqs(second["events"].as_array().unwrap()), vec![4, 5]);
+    // An event larger than the whole budget still comes, alone.
+    let third = page(5).await;
+    assert_eq!(seqs(third["events"].as_array().unwrap()), vec![6]);
+    let last = page(6).await;
+    assert_eq!(seqs(last["events"].as_array().unwrap()), vec![7]);
+    assert_eq!(
+        (last["next_after"].as_u64(), last["more"].as_bool()),
+        (Some(7), Some(false))
+    );
+    let past = page(7).await;
+    assert!(past["events"].as_array().unwrap().is_empty());
+    assert_eq!(
+        (past["next_after"].as_u64(), past["more"].as_bool()),
+        (Some(7), Some(false))
+    );
+    // Every event, following next_after, exactly once.
+    assert_eq!(
+        seqs(&all_events(&server, "budget").await),
+        (1..=7).collect::<Vec<_>>()
     );
     server.stop().await;
 }

@@ -1,0 +1,116 @@
+//! A client socket as the edge serves it: writes that make no progress for the write timeout
+//! fail (so a client that never reads cannot pin a response or a WebSocket backlog), and the
+//! connection's limit slots are released only when the socket itself is dropped.
+
+use super::limits::ConnGuard;
+use crate::metrics::Metrics;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+pub struct EdgeIo {
+    tcp: TcpStream,
+    write_timeout: Duration,
+    /// Started when a write first returns `Pending`, cleared by any progress.
+    stall: Option<Pin<Box<Sleep>>>,
+    metrics: Metrics,
+    _slots: ConnGuard,
+}
+
+impl EdgeIo {
+    pub fn new(
+        tcp: TcpStream,
+        write_timeout: Duration,
+        metrics: Metrics,
+        slots: ConnGuard,
+    ) -> Self {
+        EdgeIo {
+            tcp,
+            write_timeout,
+            stall: None,
+            metrics,
+            _slots: slots,
+        }
+    }
+
+    /// After the socket answered `Pending`: fails once it has been stalled for the timeout.
+    fn poll_stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.write_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.metrics.limit("http_write_timeout");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing within the write timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stall = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_stall(cx),
+        }
+    }
+}
+
+impl AsyncRead for EdgeIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EdgeIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.tcp).poll_flush(cx);
+        this.progress(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.tcp).poll_shutdown(cx);
+        this.progress(r, cx)
+    }
+}
