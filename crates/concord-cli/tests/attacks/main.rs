@@ -14,3 +14,5 @@ mod support;
 mod probe;
 
 mod baseline;
+mod deep_docs;
+mod doc_client;

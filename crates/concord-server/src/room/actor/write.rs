@@ -79,11 +79,7 @@ impl RoomActor {
                 return None;
             }
             State::Stale => {
-                self.error(
-                    w,
-                    ErrorCode::Unavailable,
-                    "room is recovering from a store error; retry",
-                );
+                self.error(w, ErrorCode::Unavailable, self.stale_message());
                 return None;
             }
         };
@@ -191,6 +187,15 @@ impl RoomActor {
                     DocRefusal::Conflict(m) => (ErrorCode::Conflict, m),
                     DocRefusal::Invalid(m) => (ErrorCode::InvalidOp, m),
                     DocRefusal::Rejected(m) => (ErrorCode::Rejected, m),
+                    DocRefusal::Limit { limit, message } => {
+                        self.shared.metrics.limit(limit);
+                        let code = if limit == "doc_max_rebase_work" {
+                            ErrorCode::Conflict
+                        } else {
+                            ErrorCode::Rejected
+                        };
+                        (code, message)
+                    }
                 };
                 return self.error(w, code, &msg);
             }
@@ -213,13 +218,7 @@ impl RoomActor {
         let live = match &self.state {
             State::Live(live) => live,
             State::Missing => return self.error(w, ErrorCode::NotFound, "room does not exist"),
-            State::Stale => {
-                return self.error(
-                    w,
-                    ErrorCode::Unavailable,
-                    "room is recovering from a store error; retry",
-                )
-            }
+            State::Stale => return self.error(w, ErrorCode::Unavailable, self.stale_message()),
         };
         let Some(current) = live.doc.as_ref() else {
             return self.error(w, ErrorCode::KindMismatch, "restore is for doc rooms");
