@@ -16,3 +16,4 @@ mod probe;
 mod baseline;
 mod deep_docs;
 mod doc_client;
+mod stale_lists;
