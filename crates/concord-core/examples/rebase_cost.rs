@@ -11,13 +11,18 @@ fn main() {
         max_path_depth: 64,
     };
     let kinds: [(&str, fn(usize) -> Value); 3] = [
-        ("text insert", |i| {
-            json!({"op":"text","path":["t"],"pos":i % 7,"insert":"x"})
-        }),
-        ("list insert", |i| json!({"op":"ins","path":["l", i % 5],"value":1})),
-        ("deep set", |i| {
-            json!({"op":"set","path":["a","b","c","d","e","f","g","h", format!("k{}", i % 9)],"value":i})
-        }),
+        (
+            "text insert",
+            |i| json!({"op":"text","path":["t"],"pos":i % 7,"insert":"x"}),
+        ),
+        (
+            "list insert",
+            |i| json!({"op":"ins","path":["l", i % 5],"value":1}),
+        ),
+        (
+            "deep set",
+            |i| json!({"op":"set","path":["a","b","c","d","e","f","g","h", format!("k{}", i % 9)],"value":i}),
+        ),
     ];
     for (name, make) in kinds {
         let list: Vec<Value> = (0..300).map(make).collect();

@@ -473,7 +473,114 @@ fn diff_into(path: &mut Vec<PathSeg>, from: &Value, to: &Value, ops: &mut Vec<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+    use concord_core::{Epoch, RoomKind};
     use serde_json::json;
+    use serde_json::value::RawValue;
+
+    fn event(seq: u64, ops: &str) -> StoredEvent {
+        StoredEvent {
+            seq: Seq(seq),
+            hlc: format!("{seq:013}-000000-n"),
+            from: "c".into(),
+            op_id: None,
+            data: RawValue::from_string(ops.into()).unwrap(),
+        }
+    }
+
+    /// A doc room with three lists: `a` = 1, `b` = 2, `c` = 3.
+    async fn room_with_three_lists(store: &MemoryStore, second: &str) -> RoomId {
+        let room = RoomId::new("doc:t").unwrap();
+        store
+            .create_room(&room, RoomKind::Doc, &Epoch("e".into()))
+            .await
+            .unwrap();
+        let lists = [
+            r#"[{"op":"set","path":["a"],"value":1}]"#,
+            second,
+            r#"[{"op":"set","path":["c"],"value":3}]"#,
+        ];
+        let events = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| event(i as u64 + 1, l))
+            .collect();
+        store.append(&room, events).await.unwrap();
+        room
+    }
+
+    const B: &str = r#"[{"op":"set","path":["b"],"value":2}]"#;
+
+    #[tokio::test]
+    async fn an_unreadable_snapshot_is_rebuilt_from_older_ones_and_the_op_log() {
+        let store = MemoryStore::new();
+        let room = room_with_three_lists(&store, B).await;
+        store
+            .save_snapshot(&room, Seq(1), r#"{"a":1}"#.into())
+            .await
+            .unwrap();
+        store
+            .save_snapshot(&room, Seq(3), r#"{"a":1,"b":"#.into())
+            .await
+            .unwrap();
+        let doc = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}));
+        assert_eq!(doc.unreadable_snapshots, 1);
+        assert_eq!(
+            doc.snapshot_seq,
+            Seq::ZERO,
+            "the next snapshot point saves it again"
+        );
+        assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
+        let at = state_at(&store, &room, Seq(3)).await.unwrap();
+        assert_eq!(at, json!({"a":1,"b":2,"c":3}));
+    }
+
+    #[tokio::test]
+    async fn an_unreplayable_op_log_is_corrupt_and_repair_rebuilds_what_it_can() {
+        let store = MemoryStore::new();
+        let bad = r#"[{"op":"del","path":["nope"]}]"#;
+        let room = room_with_three_lists(&store, bad).await;
+        let err = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED).await;
+        assert!(matches!(err, Err(DocLoadError::Corrupt(_))));
+        let done = repair(&store, &room).await.unwrap();
+        assert_eq!((done.seq, done.skipped), (Seq(3), 1));
+        let doc = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(doc.state, json!({"a":1,"c":3}));
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_deep_big_and_costly_lists_atomically() {
+        let store = MemoryStore::new();
+        let room = room_with_three_lists(&store, B).await;
+        let limits = DocLimits {
+            max_depth: 3,
+            max_bytes: 40,
+            max_rebase_work: 4,
+        };
+        let mut doc = DocState::load(&store, &room, Seq(3), 10, None, limits)
+            .await
+            .unwrap();
+        let ops = |v: Value| doc::decode_ops(&v, &doc::Limits::default()).unwrap();
+        let refused = |r: Result<Transformed, DocRefusal>| match r {
+            Err(DocRefusal::Limit { limit, .. }) => limit,
+            other => panic!("{other:?}"),
+        };
+        let deep = ops(json!([{"op":"set","path":["x"],"value":{"y":{"z":{}}}}]));
+        assert_eq!(refused(doc.submit(Seq(3), &deep)), "doc_max_depth");
+        let big = ops(json!([{"op":"set","path":["s"],"value":"0123456789012345678901234"}]));
+        assert_eq!(refused(doc.submit(Seq(3), &big)), "doc_max_bytes");
+        assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}), "nothing applied");
+        let two =
+            ops(json!([{"op":"add","path":["a"],"value":1},{"op":"add","path":["c"],"value":1}]));
+        assert_eq!(refused(doc.submit(Seq(0), &two)), "doc_max_rebase_work");
+        assert!(doc.submit(Seq(1), &two).is_ok(), "2 ops × 2 committed = 4");
+        assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
+    }
 
     #[test]
     fn diff_turns_one_state_into_the_other() {
