@@ -235,6 +235,9 @@ struct ServeArgs {
     /// Limit: rebase work of one op list (ops × ops committed since its base) → conflict.
     #[arg(long, env = "CONCORD_DOC_MAX_REBASE_WORK", default_value_t = 50_000)]
     doc_max_rebase_work: u64,
+    /// Limit: bytes of strings the text ops of one op list may edit → too_large.
+    #[arg(long, env = "CONCORD_DOC_MAX_APPLY_WORK", default_value_t = 16 * 1024 * 1024)]
+    doc_max_apply_work: u64,
     /// Snapshots kept per doc room (the newest ones).
     #[arg(long, env = "CONCORD_DOC_SNAPSHOTS_KEPT", default_value_t = 2)]
     doc_snapshots_kept: usize,
@@ -371,6 +374,7 @@ impl ServeArgs {
             doc_max_depth: self.doc_max_depth.max(1),
             doc_max_bytes: self.doc_max_bytes.max(2),
             doc_max_rebase_work: self.doc_max_rebase_work.max(1),
+            doc_max_apply_work: self.doc_max_apply_work.max(1),
             doc_snapshots_kept: self.doc_snapshots_kept.max(1),
             doc_schemas: match &self.schema_file {
                 Some(f) => load_schemas(f)?,

@@ -5,12 +5,15 @@
 use concord_core::doc::{decode_ops, transform_over_many, Limits};
 use serde_json::{json, Value};
 
+/// An op kind: its name and the op it makes for index `i`.
+type Kind = (&'static str, fn(usize) -> Value);
+
 fn main() {
     let limits = Limits {
         max_ops: 100_000,
         max_path_depth: 64,
     };
-    let kinds: [(&str, fn(usize) -> Value); 3] = [
+    let kinds: [Kind; 3] = [
         (
             "text insert",
             |i| json!({"op":"text","path":["t"],"pos":i % 7,"insert":"x"}),

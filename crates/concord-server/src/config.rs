@@ -117,6 +117,10 @@ pub struct Config {
     /// The default costs at most ~50 ms of CPU (about 1 µs per pair in the worst case measured,
     /// `cargo run -p concord-core --example rebase_cost`).
     pub doc_max_rebase_work: u64,
+    /// Most bytes of strings the `text` ops of one op list may edit, counted on the document
+    /// before the list (each text op scans its string: ~2.4 ns per byte measured, so the
+    /// default costs at most ~40 ms). Beyond it → `too_large` (send fewer text ops per list).
+    pub doc_max_apply_work: u64,
     /// Snapshots kept per doc room (the newest ones; older ones are deleted when a new one is
     /// saved). Reading an older state replays from the newest kept snapshot at or before it,
     /// or from seq 0.
@@ -165,6 +169,7 @@ impl Default for Config {
             doc_max_depth: 64,
             doc_max_bytes: 1024 * 1024,
             doc_max_rebase_work: 50_000,
+            doc_max_apply_work: 16 * 1024 * 1024,
             doc_snapshots_kept: 2,
             doc_schemas: Vec::new(),
         }

@@ -135,3 +135,75 @@ async fn stale_op_lists_get_conflict_and_never_stall_the_server() {
     let grown_kib = probe::rss_kib(server.pid).saturating_sub(rss_before);
     assert!(grown_kib < 64 * 1024, "the server grew by {grown_kib} KiB");
 }
+
+/// Text ops on a big string: each scans the string (positions count code points), so one list of
+/// 1000 text ops on a 900 KB string took seconds of a runtime worker. The bytes a list's text
+/// ops edit are bounded by `doc_max_apply_work`; beyond it the list gets `too_large`.
+#[tokio::test]
+async fn long_text_lists_on_a_big_string_are_refused_and_never_stall_the_server() {
+    let mut report = Report::new(0, "-");
+    let log = report.log_path("server.log");
+    let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;
+    let rooms = ["doc:long-a", "doc:long-b"];
+    let chunk = "a".repeat(60_000);
+    let mut conns = Vec::new();
+    let mut len = 0;
+    for (i, room) in rooms.iter().enumerate() {
+        let mut c = DocConn::connect(&server.addr, &format!("attacker-{i}")).await;
+        assert_eq!(c.join(room).await["type"], "joined");
+        let ack = c
+            .op(
+                room,
+                "init",
+                0,
+                json!([{"op":"set","path":["t"],"value":chunk}]),
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        len = chunk.len();
+        for n in 1..15u64 {
+            let ops = json!([{"op":"text","path":["t"],"pos":len,"insert":chunk}]);
+            let ack = c.op(room, &format!("grow-{n}"), n, ops).await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            len += chunk.len();
+        }
+        conns.push(c);
+    }
+    let rss_before = probe::rss_kib(server.pid);
+    let start = Instant::now();
+    let long: Vec<Value> = (0..1000)
+        .map(|i| json!({"op":"text","path":["t"],"pos":len + i,"insert":"x"}))
+        .collect();
+    for round in 0..3 {
+        for (c, room) in conns.iter_mut().zip(rooms) {
+            let frame =
+                json!({"type":"op","room":room,"id":format!("long-{round}"),"base":15,"ops":long});
+            c.send(frame).await;
+        }
+    }
+    probe::assert_healthy(&server.addr, "long text lists on big strings").await;
+    probe::assert_serves_clients(&server.addr, "long text lists on big strings").await;
+    for (c, room) in conns.iter_mut().zip(rooms) {
+        for round in 0..3 {
+            let answer = c.answer(&format!("long-{round}")).await;
+            assert_eq!(answer["code"], "too_large", "{room}: {answer}");
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < probe::RESPONSIVE,
+        "6 long lists were refused in {took:?}"
+    );
+    // A short list on the same string is fine.
+    let ack = conns[0]
+        .op(
+            rooms[0],
+            "short",
+            15,
+            json!([{"op":"text","path":["t"],"pos":0,"insert":"ok"}]),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let grown_kib = probe::rss_kib(server.pid).saturating_sub(rss_before);
+    assert!(grown_kib < 64 * 1024, "the server grew by {grown_kib} KiB");
+}

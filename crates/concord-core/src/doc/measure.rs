@@ -48,6 +48,21 @@ pub fn op_list_depth(ops: &[Op]) -> usize {
     ops.iter().map(op_depth).max().unwrap_or(0)
 }
 
+/// Bytes of the strings that the `text` ops of a list edit, measured on `state` before the list:
+/// applying a text op scans its string (positions count code points), so this is what a list
+/// of text ops costs to apply, apart from a small constant per op.
+pub fn text_scan_bytes(state: &Value, ops: &[Op]) -> u64 {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Text { path, .. } => match get(state, path) {
+                Some(Value::String(s)) => Some(s.len() as u64),
+                _ => None,
+            },
+            _ => None,
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Like [`apply_with_inverse`](super::apply_with_inverse) (atomic: on error `state` is left as
 /// it was), and also returns how many bytes the canonical JSON of `state` grew (negative:
 /// shrank).
@@ -167,6 +182,12 @@ mod tests {
             {"op":"del","path":["x","y","z"]}
         ]));
         assert_eq!(op_list_depth(&list), 3);
+        let text = ops(json!([
+            {"op":"text","path":["s"],"pos":0,"insert":"x"},
+            {"op":"text","path":["s"],"pos":0,"delete":1},
+            {"op":"text","path":["missing"],"pos":0,"insert":"x"}
+        ]));
+        assert_eq!(text_scan_bytes(&json!({"s":"héllo"}), &text), 12);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod tests;
 
 pub use apply::{add_numbers, apply, apply_in_place, apply_with_inverse, ApplyError};
 pub use hash::{canonical_json, canonical_len, canonical_number, canonical_str_len, state_hash};
-pub use measure::{apply_measured, depth, op_list_depth};
+pub use measure::{apply_measured, depth, op_list_depth, text_scan_bytes};
 pub use ops::{decode_op, decode_ops, encode_ops, DecodeError, Limits, Op, OpKind, TextEdit};
 pub use path::{DisplayPath, Path, PathSeg};
 pub use read::{read_stored, ReadError, MAX_STORED_DEPTH};

@@ -21,8 +21,8 @@ pub enum DocRefusal {
     Invalid(String),
     /// The result violates the room's schema (`rejected`).
     Rejected(String),
-    /// A doc limit (`doc_max_rebase_work` → `conflict`; `doc_max_depth`, `doc_max_bytes` →
-    /// `rejected`), named for the metrics.
+    /// A doc limit (`doc_max_rebase_work` → `conflict`; `doc_max_apply_work` → `too_large`;
+    /// `doc_max_depth`, `doc_max_bytes` → `rejected`), named for the metrics.
     Limit {
         limit: &'static str,
         message: String,
@@ -39,6 +39,8 @@ pub struct DocLimits {
     /// Most pairwise op transformations one list may need (ops in the list × ops committed
     /// since its base, more when text deletes split).
     pub max_rebase_work: u64,
+    /// Most bytes of strings the `text` ops of one list may edit (each scans its string).
+    pub max_apply_work: u64,
 }
 
 impl DocLimits {
@@ -47,6 +49,7 @@ impl DocLimits {
         max_depth: usize::MAX,
         max_bytes: usize::MAX,
         max_rebase_work: u64::MAX,
+        max_apply_work: u64::MAX,
     };
 
     pub fn of(config: &crate::Config) -> DocLimits {
@@ -54,6 +57,7 @@ impl DocLimits {
             max_depth: config.doc_max_depth,
             max_bytes: config.doc_max_bytes,
             max_rebase_work: config.doc_max_rebase_work,
+            max_apply_work: config.doc_max_apply_work,
         }
     }
 }
@@ -399,6 +403,17 @@ impl DocState {
                 ),
             });
         }
+        let scan = doc::text_scan_bytes(&self.state, &rebased.ops);
+        if scan > self.limits.max_apply_work {
+            return Err(DocRefusal::Limit {
+                limit: "doc_max_apply_work",
+                message: format!(
+                    "the text ops of this list edit {scan} bytes of strings (more than {}): send \
+                     fewer text ops per list",
+                    self.limits.max_apply_work
+                ),
+            });
+        }
         let (inverse, grew) = doc::apply_measured(&mut self.state, &rebased.ops)
             .map_err(|e| DocRefusal::Invalid(e.to_string()))?;
         let bytes = (self.bytes as i64 + grew).max(0) as usize;
@@ -561,6 +576,7 @@ mod tests {
             max_depth: 3,
             max_bytes: 40,
             max_rebase_work: 4,
+            max_apply_work: 9,
         };
         let mut doc = DocState::load(&store, &room, Seq(3), 10, None, limits)
             .await
@@ -574,11 +590,20 @@ mod tests {
         assert_eq!(refused(doc.submit(Seq(3), &deep)), "doc_max_depth");
         let big = ops(json!([{"op":"set","path":["s"],"value":"0123456789012345678901234"}]));
         assert_eq!(refused(doc.submit(Seq(3), &big)), "doc_max_bytes");
+        let s = ops(json!([{"op":"set","path":["s"],"value":"12345"}]));
+        doc.submit(Seq(3), &s).unwrap();
+        let edits = ops(json!([
+            {"op":"text","path":["s"],"pos":0,"insert":"a"},
+            {"op":"text","path":["s"],"pos":0,"insert":"b"}
+        ]));
+        assert_eq!(refused(doc.submit(Seq(4), &edits)), "doc_max_apply_work");
+        let del = ops(json!([{"op":"del","path":["s"]}]));
+        doc.submit(Seq(4), &del).unwrap();
         assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}), "nothing applied");
         let two =
             ops(json!([{"op":"add","path":["a"],"value":1},{"op":"add","path":["c"],"value":1}]));
-        assert_eq!(refused(doc.submit(Seq(0), &two)), "doc_max_rebase_work");
-        assert!(doc.submit(Seq(1), &two).is_ok(), "2 ops × 2 committed = 4");
+        assert_eq!(refused(doc.submit(Seq(2), &two)), "doc_max_rebase_work");
+        assert!(doc.submit(Seq(3), &two).is_ok(), "2 ops × 2 committed = 4");
         assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
     }
 

@@ -189,10 +189,10 @@ impl RoomActor {
                     DocRefusal::Rejected(m) => (ErrorCode::Rejected, m),
                     DocRefusal::Limit { limit, message } => {
                         self.shared.metrics.limit(limit);
-                        let code = if limit == "doc_max_rebase_work" {
-                            ErrorCode::Conflict
-                        } else {
-                            ErrorCode::Rejected
+                        let code = match limit {
+                            "doc_max_rebase_work" => ErrorCode::Conflict,
+                            "doc_max_apply_work" => ErrorCode::TooLarge,
+                            _ => ErrorCode::Rejected,
                         };
                         (code, message)
                     }
