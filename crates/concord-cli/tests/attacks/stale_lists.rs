@@ -11,13 +11,13 @@ use crate::support::{within, Report, Server};
 use serde_json::{json, Value};
 use std::time::Instant;
 
-const LISTS: usize = 100;
-const OPS: usize = 300;
-const TEXT: usize = 40_000;
+const LISTS: usize = 120;
+const OPS: usize = 250;
+const TEXT: usize = 31_000;
 
-/// A room whose `t` is a 40 000-char string, then 100 lists of 300 text inserts spread over it
-/// (insert j lands inside the original text, between original chars j and j+1). Returns the
-/// head seq.
+/// A room whose `t` is a 31 000-char string, then 120 lists of 250 text inserts spread over it
+/// (insert j lands inside the original text, between original chars j and j+1; each list edits
+/// less than `doc_max_apply_work`). Returns the head seq.
 async fn build_room(c: &mut DocConn, room: &str) -> u64 {
     assert_eq!(c.join(room).await["type"], "joined");
     let first = c
@@ -44,7 +44,7 @@ async fn build_room(c: &mut DocConn, room: &str) -> u64 {
     head
 }
 
-/// The two stale lists, both made against seq 1: 300 inserts (300 × 30 000 pairs), and one
+/// The two stale lists, both made against seq 1: 250 inserts (250 × 29 750 pairs), and one
 /// delete of the whole text that every committed insert splits.
 fn attacks(round: usize) -> [(String, Value); 2] {
     let wide: Vec<Value> = (0..OPS)
