@@ -187,36 +187,72 @@ impl Replay<'_> {
                     self.room
                 )));
             }
-            for e in events.iter().take_while(|e| e.seq <= to) {
-                after = e.seq;
-                let ops = match stored_ops(e) {
-                    Ok(ops) => ops,
-                    Err(m) if self.skip_bad => {
-                        tracing::warn!(room = %self.room, error = %m, "skipping an unreadable op list");
-                        self.skipped += 1;
-                        each(e.seq, Vec::new());
-                        continue;
-                    }
-                    Err(m) => return Err(DocLoadError::Corrupt(m)),
-                };
-                if e.seq > seq {
-                    if let Err(err) = doc::apply_in_place(state, &ops) {
-                        let m = format!("replaying seq {}: {err}", e.seq);
-                        if !self.skip_bad {
-                            return Err(DocLoadError::Corrupt(m));
-                        }
-                        tracing::warn!(room = %self.room, error = %m, "skipping an op list that does not apply");
-                        self.skipped += 1;
-                    }
-                    seq = e.seq;
-                }
-                each(e.seq, ops);
+            // Replaying a batch is CPU work (up to 1000 lists): keep it off the async workers.
+            let batch =
+                off_the_workers(|| self.apply_batch(state, &events, to, &mut seq, &mut each));
+            let last = batch?;
+            if last <= after {
+                return Err(DocLoadError::Corrupt(format!(
+                    "history of {} has a gap after {after}",
+                    self.room
+                )));
             }
+            after = last;
             if events.last().is_some_and(|e| e.seq >= to) {
                 break;
             }
         }
         Ok(seq)
+    }
+
+    /// Applies the lists of `events` up to `to` that come after `seq`; returns the last seq read.
+    fn apply_batch(
+        &mut self,
+        state: &mut Value,
+        events: &[StoredEvent],
+        to: Seq,
+        seq: &mut Seq,
+        each: &mut impl FnMut(Seq, Vec<Op>),
+    ) -> Result<Seq, DocLoadError> {
+        let mut after = Seq::ZERO;
+        for e in events.iter().take_while(|e| e.seq <= to) {
+            after = e.seq;
+            let ops = match stored_ops(e) {
+                Ok(ops) => ops,
+                Err(m) if self.skip_bad => {
+                    tracing::warn!(room = %self.room, error = %m, "skipping an unreadable op list");
+                    self.skipped += 1;
+                    each(e.seq, Vec::new());
+                    continue;
+                }
+                Err(m) => return Err(DocLoadError::Corrupt(m)),
+            };
+            if e.seq > *seq {
+                if let Err(err) = doc::apply_in_place(state, &ops) {
+                    let m = format!("replaying seq {}: {err}", e.seq);
+                    if !self.skip_bad {
+                        return Err(DocLoadError::Corrupt(m));
+                    }
+                    tracing::warn!(room = %self.room, error = %m, "skipping an op list that does not apply");
+                    self.skipped += 1;
+                }
+                *seq = e.seq;
+            }
+            each(e.seq, ops);
+        }
+        Ok(after)
+    }
+}
+
+/// Runs CPU work with `block_in_place` on a multi-threaded runtime (the worker's other tasks
+/// move to another thread meanwhile), directly otherwise.
+pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 

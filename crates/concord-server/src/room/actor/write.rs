@@ -310,19 +310,17 @@ impl RoomActor {
 /// Lists with more ops than this are rebased and applied with `block_in_place`.
 const HEAVY_LIST_OPS: usize = 32;
 
-/// Rebases and applies an op list. The work is bounded (`doc_max_rebase_work`, `doc_max_ops`,
-/// `doc_max_bytes`), but a long list over a large document still takes milliseconds: on a
-/// multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks (other
-/// rooms, `/healthz`, connections) move to another thread meanwhile.
+/// Rebases and applies an op list. The work is bounded (`doc_max_rebase_work`,
+/// `doc_max_apply_work`, `doc_max_bytes`), but a long list over a large document still takes
+/// milliseconds: it runs in `block_in_place` (on a multi-threaded runtime), so the worker's
+/// other tasks (other rooms, `/healthz`, connections) move to another thread meanwhile.
 fn submit_off_the_workers(
     doc: &mut crate::room::doc::DocState,
     base: Seq,
     ops: &[concord_core::doc::Op],
 ) -> Result<concord_core::doc::Transformed, DocRefusal> {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread && ops.len() > HEAVY_LIST_OPS {
-        tokio::task::block_in_place(|| doc.submit(base, ops))
+    if ops.len() > HEAVY_LIST_OPS {
+        doc::off_the_workers(|| doc.submit(base, ops))
     } else {
         doc.submit(base, ops)
     }
