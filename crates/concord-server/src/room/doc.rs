@@ -1,6 +1,12 @@
 //! The state of a loaded doc room: the JSON document, a window of recent committed op lists
 //! (to rebase stale ops), state hashes, snapshots, schema validation, and restore diffs.
 //!
+//! Every op list is bounded before it costs anything: its rebase work (ops × ops committed since
+//! its base), the string bytes its text ops scan, the depth it writes at and the size it grows
+//! the document to ([`DocLimits`]). Loading skips snapshots that cannot be read (rebuilding from
+//! an older one or the op log); an op log that cannot be replayed is [`DocLoadError::Corrupt`],
+//! which [`repair`] (`concord repair`) fixes by rebuilding from the lists it can replay.
+//!
 //! Ops are rebased and applied when they are sequenced (before their commit is durable); a
 //! failed commit makes the room reload from the store, so the in-memory document never keeps
 //! anything the store does not have.
