@@ -1,4 +1,4 @@
-//! The `concord` binary: `serve` (the default), `bench`.
+//! The `concord` binary: `serve` (the default), `bench`, `repair`.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +28,46 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run an open-loop load benchmark against a running server.
     Bench(concord_bench::BenchArgs),
+    /// Rebuild a doc room's document from its op log and save it as a fresh snapshot (for a
+    /// room whose document cannot be loaded). Run it with the server stopped.
+    Repair(RepairArgs),
+}
+
+#[derive(Args)]
+struct RepairArgs {
+    /// Directory of the embedded SQLite database.
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./concord-data")]
+    data_dir: PathBuf,
+    /// The doc room to repair.
+    #[arg(long)]
+    room: String,
+}
+
+/// `concord repair`: replays the room's whole op log (leaving out the lists that do not decode
+/// or apply), saves the result as a snapshot at the room's head, and says what it did.
+async fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    init_logs("text");
+    let room = concord_core::RoomId::new(&args.room)
+        .map_err(|e| anyhow::anyhow!("bad room name {:?}: {e}", args.room))?;
+    let path = args.data_dir.join("concord.db");
+    if !path.exists() {
+        anyhow::bail!("no database at {}", path.display());
+    }
+    let store = concord_server::store::SqliteStore::open(
+        &path,
+        true,
+        64,
+        concord_server::metrics::Metrics::new(),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    let result = concord_server::room::doc::repair(&store, &room).await;
+    concord_server::store::Store::close(&store).await;
+    let done = result.map_err(|e| anyhow::anyhow!("repairing {room}: {e}"))?;
+    println!(
+        "repaired {room}: state rebuilt up to seq {} ({} bytes), {} op list(s) left out",
+        done.seq, done.bytes, done.skipped
+    );
+    Ok(())
 }
 
 /// `PER_SEC[:BURST]`, e.g. `1000:2000`; `0` disables the limit.
@@ -220,6 +260,21 @@ struct ServeArgs {
     /// Limit: most ops in one op list.
     #[arg(long, env = "CONCORD_DOC_MAX_OPS", default_value_t = 1_000)]
     doc_max_ops: usize,
+    /// Limit: deepest nesting of a doc's document; a list that would go deeper → rejected.
+    #[arg(long, env = "CONCORD_DOC_MAX_DEPTH", default_value_t = 64)]
+    doc_max_depth: usize,
+    /// Limit: largest doc, in bytes of canonical JSON; a list that grows it beyond → rejected.
+    #[arg(long, env = "CONCORD_DOC_MAX_BYTES", default_value_t = 1024 * 1024)]
+    doc_max_bytes: usize,
+    /// Limit: rebase work of one op list (ops × ops committed since its base) → conflict.
+    #[arg(long, env = "CONCORD_DOC_MAX_REBASE_WORK", default_value_t = 50_000)]
+    doc_max_rebase_work: u64,
+    /// Limit: bytes of strings the text ops of one op list may edit → too_large.
+    #[arg(long, env = "CONCORD_DOC_MAX_APPLY_WORK", default_value_t = 16 * 1024 * 1024)]
+    doc_max_apply_work: u64,
+    /// Snapshots kept per doc room (the newest ones).
+    #[arg(long, env = "CONCORD_DOC_SNAPSHOTS_KEPT", default_value_t = 2)]
+    doc_snapshots_kept: usize,
     /// JSON file mapping room-name patterns to JSON Schemas: `{"doc:tasks:*": {…schema…}}`.
     /// Every state of a matching doc room must validate; an op list that would break it gets
     /// `rejected`.
@@ -387,6 +442,11 @@ impl ServeArgs {
             doc_hash_every: self.doc_hash_every.max(1),
             doc_snapshot_every: self.doc_snapshot_every.max(1),
             doc_max_ops: self.doc_max_ops.max(1),
+            doc_max_depth: self.doc_max_depth.max(1),
+            doc_max_bytes: self.doc_max_bytes.max(2),
+            doc_max_rebase_work: self.doc_max_rebase_work.max(1),
+            doc_max_apply_work: self.doc_max_apply_work.max(1),
+            doc_snapshots_kept: self.doc_snapshots_kept.max(1),
             doc_schemas: match &self.schema_file {
                 Some(f) => load_schemas(f)?,
                 None => Vec::new(),
@@ -496,6 +556,7 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(serve(ServeArgs::default())),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
+        Some(Command::Repair(args)) => runtime.block_on(repair(args)),
     };
     // After a shutdown deadline, tasks may still hang: do not wait for them again.
     runtime.shutdown_timeout(Duration::from_secs(1));

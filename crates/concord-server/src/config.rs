@@ -129,6 +129,28 @@ pub struct Config {
     pub doc_snapshot_every: u64,
     /// Most ops in one op list.
     pub doc_max_ops: usize,
+    /// Deepest nesting of a doc room's document (containers, the root included). An op list
+    /// that would put anything deeper (a `set`/`ins` whose path length plus value depth is
+    /// larger) is refused with `rejected`; nothing of it is applied.
+    pub doc_max_depth: usize,
+    /// Largest document of a doc room, in bytes of canonical JSON (tracked op by op). An op
+    /// list that grows the document beyond it is refused with `rejected`; lists that shrink it
+    /// are always accepted. It also bounds every snapshot and `joined.state`.
+    pub doc_max_bytes: usize,
+    /// Most rebase work one op list may cost: ops in the list × ops committed since its `base`
+    /// (checked before transforming), and the pairwise transformations actually done (a text
+    /// delete split around inserts costs more). Beyond it → `conflict` (the client resyncs).
+    /// The default costs at most ~50 ms of CPU (about 1 µs per pair in the worst case measured,
+    /// `cargo run -p concord-core --example rebase_cost`).
+    pub doc_max_rebase_work: u64,
+    /// Most bytes of strings the `text` ops of one op list may edit, counted on the document
+    /// before the list (each text op scans its string: ~2.4 ns per byte measured, so the
+    /// default costs at most ~40 ms). Beyond it → `too_large` (send fewer text ops per list).
+    pub doc_max_apply_work: u64,
+    /// Snapshots kept per doc room (the newest ones; older ones are deleted when a new one is
+    /// saved). Reading an older state replays from the newest kept snapshot at or before it,
+    /// or from seq 0.
+    pub doc_snapshots_kept: usize,
     /// JSON Schemas by room-name pattern; the first matching one validates every doc state.
     pub doc_schemas: Vec<std::sync::Arc<crate::room::doc::DocSchema>>,
 }
@@ -178,6 +200,11 @@ impl Default for Config {
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,
             doc_max_ops: 1_000,
+            doc_max_depth: 64,
+            doc_max_bytes: 1024 * 1024,
+            doc_max_rebase_work: 50_000,
+            doc_max_apply_work: 16 * 1024 * 1024,
+            doc_snapshots_kept: 2,
             doc_schemas: Vec::new(),
         }
     }

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub presence_out: Counter,
     pub presence_coalesced: Counter,
     pub doc_hash_mismatch: Counter,
+    /// Doc rooms whose document could not be loaded (op log not replayable; `concord repair`).
+    pub doc_load_failures: Counter,
+    /// Doc snapshots that could not be read back (the state was rebuilt without them).
+    pub doc_snapshot_unreadable: Counter,
     /// Publishes of the busiest rooms (top 10, refreshed at each scrape: bounded cardinality).
     pub room_top_publishes: Family<RoomLabel, Gauge>,
     pub ack_latency: Histogram,
@@ -92,6 +96,8 @@ impl Metrics {
             presence_out: Counter::default(),
             presence_coalesced: Counter::default(),
             doc_hash_mismatch: Counter::default(),
+            doc_load_failures: Counter::default(),
+            doc_snapshot_unreadable: Counter::default(),
             room_top_publishes: Family::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -183,6 +189,16 @@ impl Metrics {
             "concord_room_top_publishes",
             "Publishes since load of the 10 busiest loaded rooms",
             m.room_top_publishes.clone(),
+        );
+        r.register(
+            "concord_doc_load_failures",
+            "Doc rooms whose document could not be loaded from the store",
+            m.doc_load_failures.clone(),
+        );
+        r.register(
+            "concord_doc_snapshot_unreadable",
+            "Doc snapshots that could not be read back (rebuilt from the op log)",
+            m.doc_snapshot_unreadable.clone(),
         );
         r.register(
             "concord_ack_latency_seconds",

@@ -29,7 +29,7 @@
 use concord_core::doc::sim::{Committed, SimClient};
 use concord_core::doc::{self, Op, PathSeg, TextEdit};
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
-use concord_server::room::doc::{state_at, stored_ops, DocRefusal, DocState};
+use concord_server::room::doc::{state_at, stored_ops, DocLimits, DocRefusal, DocState};
 use concord_server::store::{MemoryStore, Store, StoredEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -158,6 +158,13 @@ impl Server {
             }
         };
         let seq = self.doc.seq.0;
+        ensure!(
+            self.doc.bytes == doc::canonical_len(&self.doc.state),
+            "the tracked size {} is not the size {} of {}",
+            self.doc.bytes,
+            doc::canonical_len(&self.doc.state),
+            self.doc.state
+        );
         ensure!(
             seq == self.log.len() as u64 + 1,
             "DocState sequenced {seq} after {}",
@@ -499,7 +506,7 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
     let initial = json!({"counter": 0, "text": "", "list": [], "map": {}});
     // The initial document is the first committed list, so the store has all of it.
     let window = if rng.random_bool(0.5) { 24 } else { 10_000 };
-    let mut doc = DocState::load(&store, &room, Seq::ZERO, window, None)
+    let mut doc = DocState::load(&store, &room, Seq::ZERO, window, None, DocLimits::UNLIMITED)
         .await
         .map_err(|e| e.to_string())?;
     let init_ops = vec![Op::Set {
@@ -712,11 +719,21 @@ async fn check_end(server: &Server, clients: &[Client]) -> SimResult<()> {
         doc::state_hash(&rebuilt) == hash && &rebuilt == state,
         "state_at(head) differs:\n store  {rebuilt}\n server {state}"
     );
-    let loaded = DocState::load(&server.store, room, head, server.window, None)
-        .await
-        .map_err(|e| format!("load: {e}"))?;
+    let loaded = DocState::load(
+        &server.store,
+        room,
+        head,
+        server.window,
+        None,
+        DocLimits::UNLIMITED,
+    )
+    .await
+    .map_err(|e| format!("load: {e}"))?;
     ensure!(
-        loaded.seq == head && loaded.hash() == hash && &loaded.state == state,
+        loaded.seq == head
+            && loaded.hash() == hash
+            && &loaded.state == state
+            && loaded.bytes == doc::canonical_len(state),
         "a fresh load differs:\n loaded {}\n server {state}",
         loaded.state
     );

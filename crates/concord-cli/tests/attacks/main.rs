@@ -15,9 +15,12 @@ mod probe;
 
 mod baseline;
 mod cross_origin;
+mod deep_docs;
+mod doc_client;
 mod fd_exhaustion;
 mod http_edges;
 mod shutdown;
 mod slowloris;
+mod stale_lists;
 mod stalled_readers;
 mod startup;

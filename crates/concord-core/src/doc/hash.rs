@@ -37,6 +37,29 @@ impl Sink for Sha256 {
     }
 }
 
+/// Counts the bytes of canonical JSON instead of keeping them.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn put(&mut self, s: &str) {
+        self.0 += s.len();
+    }
+}
+
+/// The length in bytes of the canonical JSON text of `v`, without building it.
+pub fn canonical_len(v: &Value) -> usize {
+    let mut n = Counter(0);
+    write_value(v, &mut n);
+    n.0
+}
+
+/// The length in bytes of the canonical JSON string literal of `s` (quotes included).
+pub fn canonical_str_len(s: &str) -> usize {
+    let mut n = Counter(0);
+    write_string(s, &mut n);
+    n.0
+}
+
 /// The canonical JSON text of `v`.
 pub fn canonical_json(v: &Value) -> String {
     let mut out = String::new();

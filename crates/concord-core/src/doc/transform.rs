@@ -31,17 +31,67 @@ pub struct Transformed {
     pub dropped: Vec<usize>,
 }
 
+/// Bounds the work of one rebase: the number of pairwise op transformations it may do.
+///
+/// A rebase of `n` ops over `m` committed ops takes `n × m` steps, more when a text delete is
+/// split around concurrent inserts (each piece is transformed on its own).
+#[derive(Debug)]
+pub struct Budget {
+    left: std::cell::Cell<u64>,
+    exhausted: std::cell::Cell<bool>,
+}
+
+impl Budget {
+    pub fn new(steps: u64) -> Budget {
+        Budget {
+            left: std::cell::Cell::new(steps),
+            exhausted: std::cell::Cell::new(false),
+        }
+    }
+    pub fn unlimited() -> Budget {
+        Budget::new(u64::MAX)
+    }
+    /// Takes one step; false (for good) once the budget is spent.
+    fn spend(&self) -> bool {
+        match self.left.get().checked_sub(1) {
+            Some(left) if !self.exhausted.get() => {
+                self.left.set(left);
+                true
+            }
+            _ => {
+                self.exhausted.set(true);
+                false
+            }
+        }
+    }
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted.get()
+    }
+}
+
+/// A rebase stopped because it needed more steps than its [`Budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the rebase needs more than {0} transformation steps")]
+pub struct OverBudget(pub u64);
+
 /// Rebases `incoming` (later) over `committed` (earlier), both made against the same state.
 pub fn transform(incoming: &[Op], committed: &[Op]) -> Transformed {
+    transform_in(incoming, committed, &Budget::unlimited())
+}
+
+fn transform_in(incoming: &[Op], committed: &[Op], budget: &Budget) -> Transformed {
     let mut dropped = Vec::new();
     let mut ops = Vec::with_capacity(incoming.len());
     let mut rest = std::borrow::Cow::Borrowed(committed);
     for (index, op) in incoming.iter().enumerate() {
+        if budget.is_exhausted() {
+            break;
+        }
         let pieces = if index + 1 == incoming.len() {
             // The last op: nothing after it needs `committed` transformed over it.
-            over_all(op, rest.iter(), true)
+            over_all(op, rest.iter(), true, budget)
         } else {
-            let (pieces, next) = cross(op, &rest, true);
+            let (pieces, next) = cross(op, &rest, true, budget);
             rest = std::borrow::Cow::Owned(next);
             pieces
         };
@@ -55,9 +105,36 @@ pub fn transform(incoming: &[Op], committed: &[Op]) -> Transformed {
 
 /// Rebases `incoming`, made at `base`, over every op list committed after `base` (in seq order).
 pub fn transform_over_many<L: AsRef<[Op]>>(incoming: &[Op], committed: &[L]) -> Transformed {
+    transform_over_many_in(incoming, committed, &Budget::unlimited())
+}
+
+/// [`transform_over_many`] within at most `max_steps` pairwise steps (see [`Budget`]).
+pub fn transform_over_many_bounded<L: AsRef<[Op]>>(
+    incoming: &[Op],
+    committed: &[L],
+    max_steps: u64,
+) -> Result<Transformed, OverBudget> {
+    let budget = Budget::new(max_steps);
+    let out = transform_over_many_in(incoming, committed, &budget);
+    if budget.is_exhausted() {
+        return Err(OverBudget(max_steps));
+    }
+    Ok(out)
+}
+
+fn transform_over_many_in<L: AsRef<[Op]>>(
+    incoming: &[Op],
+    committed: &[L],
+    budget: &Budget,
+) -> Transformed {
     if let [op] = incoming {
         // The common case (one op): walk the committed lists in place, one way only.
-        let pieces = over_all(op, committed.iter().flat_map(|l| l.as_ref().iter()), true);
+        let pieces = over_all(
+            op,
+            committed.iter().flat_map(|l| l.as_ref().iter()),
+            true,
+            budget,
+        );
         let dropped = if pieces.is_empty() {
             vec![0]
         } else {
@@ -72,18 +149,28 @@ pub fn transform_over_many<L: AsRef<[Op]>>(incoming: &[Op], committed: &[L]) -> 
         .iter()
         .flat_map(|list| list.as_ref().iter().cloned())
         .collect();
-    transform(incoming, &all)
+    transform_in(incoming, &all, budget)
 }
 
 /// `x` transformed over every op of `b`, in order — the first half of [`cross`], without
 /// transforming `b` over `x`.
-fn over_all<'a>(x: &Op, b: impl IntoIterator<Item = &'a Op>, x_later: bool) -> Vec<Op> {
+fn over_all<'a>(
+    x: &Op,
+    b: impl IntoIterator<Item = &'a Op>,
+    x_later: bool,
+    budget: &Budget,
+) -> Vec<Op> {
     let mut xs = vec![x.clone()];
     for y in b {
         xs = match xs.as_slice() {
             [] => return Vec::new(),
-            [one] => transform_op(one, y, x_later),
-            many => grid(many, std::slice::from_ref(y), x_later).0,
+            [one] => {
+                if !budget.spend() {
+                    return Vec::new();
+                }
+                transform_op(one, y, x_later)
+            }
+            many => grid(many, std::slice::from_ref(y), x_later, budget).0,
         };
     }
     xs
@@ -92,15 +179,18 @@ fn over_all<'a>(x: &Op, b: impl IntoIterator<Item = &'a Op>, x_later: bool) -> V
 /// Transforms two concurrent lists over each other: `a` is later, `b` earlier. Returns
 /// `(a', b')` with `apply(apply(S, b), a') == apply(apply(S, a), b')`.
 pub fn transform_pair(a: &[Op], b: &[Op]) -> (Vec<Op>, Vec<Op>) {
-    grid(a, b, true)
+    grid(a, b, true, &Budget::unlimited())
 }
 
 /// The OT grid: `a` over `b` and `b` over `a`.
-fn grid(a: &[Op], b: &[Op], a_later: bool) -> (Vec<Op>, Vec<Op>) {
+fn grid(a: &[Op], b: &[Op], a_later: bool, budget: &Budget) -> (Vec<Op>, Vec<Op>) {
     let mut out = Vec::with_capacity(a.len());
     let mut rest = b.to_vec();
     for op in a {
-        let (pieces, next) = cross(op, &rest, a_later);
+        if budget.is_exhausted() {
+            break;
+        }
+        let (pieces, next) = cross(op, &rest, a_later, budget);
         out.extend(pieces);
         rest = next;
     }
@@ -109,18 +199,23 @@ fn grid(a: &[Op], b: &[Op], a_later: bool) -> (Vec<Op>, Vec<Op>) {
 
 /// One op `x` over a list `b`: returns `x` transformed over all of `b` (zero or more ops) and
 /// `b` transformed over `x`.
-fn cross(x: &Op, b: &[Op], x_later: bool) -> (Vec<Op>, Vec<Op>) {
+fn cross(x: &Op, b: &[Op], x_later: bool, budget: &Budget) -> (Vec<Op>, Vec<Op>) {
     let mut xs = vec![x.clone()];
     let mut b_out = Vec::with_capacity(b.len());
     for y in b {
         let (xs_next, ys) = match xs.as_slice() {
             [] => (Vec::new(), vec![y.clone()]),
-            [one] => (
-                transform_op(one, y, x_later),
-                transform_op(y, one, !x_later),
-            ),
+            [one] => {
+                if !budget.spend() {
+                    return (Vec::new(), Vec::new());
+                }
+                (
+                    transform_op(one, y, x_later),
+                    transform_op(y, one, !x_later),
+                )
+            }
             // `x` was split (a text delete around inserts): merge the pieces with `y`.
-            many => grid(many, std::slice::from_ref(y), x_later),
+            many => grid(many, std::slice::from_ref(y), x_later, budget),
         };
         xs = xs_next;
         b_out.extend(ys);
@@ -231,6 +326,31 @@ mod tests {
         state = apply(&state, &b2).unwrap();
         state = apply(&state, &many.ops).unwrap();
         assert_eq!(state, json!({"t":">ho<","l":[2,3,"one"]}));
+    }
+
+    #[test]
+    fn a_bounded_rebase_stops_at_its_budget() {
+        let committed: Vec<Vec<Op>> = (0..10)
+            .map(|i| ops(json!([{"op":"set","path":[format!("k{i}")],"value":i}])))
+            .collect();
+        let incoming =
+            ops(json!([{"op":"add","path":["n"],"value":1},{"op":"add","path":["m"],"value":1}]));
+        let full = transform_over_many(&incoming, &committed);
+        assert_eq!(
+            transform_over_many_bounded(&incoming, &committed, 20),
+            Ok(full)
+        );
+        assert_eq!(
+            transform_over_many_bounded(&incoming, &committed, 19),
+            Err(OverBudget(19))
+        );
+        // A delete split around many inserts costs more than one step per committed op.
+        let inserts: Vec<Vec<Op>> = (0..50)
+            .map(|i| ops(json!([{"op":"text","path":["t"],"pos":2 * i + 1,"insert":"x"}])))
+            .collect();
+        let del = ops(json!([{"op":"text","path":["t"],"pos":0,"delete":100}]));
+        assert!(transform_over_many_bounded(&del, &inserts, 50).is_err());
+        assert!(transform_over_many_bounded(&del, &inserts, 5_000).is_ok());
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The state of a loaded doc room: the JSON document, a window of recent committed op lists
 //! (to rebase stale ops), state hashes, snapshots, schema validation, and restore diffs.
 //!
+//! Every op list is bounded before it costs anything: its rebase work (ops × ops committed since
+//! its base), the string bytes its text ops scan, the depth it writes at and the size it grows
+//! the document to ([`DocLimits`]). Loading skips snapshots that cannot be read (rebuilding from
+//! an older one or the op log); an op log that cannot be replayed is [`DocLoadError::Corrupt`],
+//! which [`repair`] (`concord repair`) fixes by rebuilding from the lists it can replay.
+//!
 //! Ops are rebased and applied when they are sequenced (before their commit is durable); a
 //! failed commit makes the room reload from the store, so the in-memory document never keeps
 //! anything the store does not have.
@@ -21,6 +27,57 @@ pub enum DocRefusal {
     Invalid(String),
     /// The result violates the room's schema (`rejected`).
     Rejected(String),
+    /// A doc limit (`doc_max_rebase_work` → `conflict`; `doc_max_apply_work` → `too_large`;
+    /// `doc_max_depth`, `doc_max_bytes` → `rejected`), named for the metrics.
+    Limit {
+        limit: &'static str,
+        message: String,
+    },
+}
+
+/// The limits of one doc room's document and of the work one op list may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocLimits {
+    /// Deepest nesting of the document (containers, the root included).
+    pub max_depth: usize,
+    /// Largest document, in bytes of canonical JSON.
+    pub max_bytes: usize,
+    /// Most pairwise op transformations one list may need (ops in the list × ops committed
+    /// since its base, more when text deletes split).
+    pub max_rebase_work: u64,
+    /// Most bytes of strings the `text` ops of one list may edit (each scans its string).
+    pub max_apply_work: u64,
+}
+
+impl DocLimits {
+    /// No limits (for simulations of the OT loop).
+    pub const UNLIMITED: DocLimits = DocLimits {
+        max_depth: usize::MAX,
+        max_bytes: usize::MAX,
+        max_rebase_work: u64::MAX,
+        max_apply_work: u64::MAX,
+    };
+
+    pub fn of(config: &crate::Config) -> DocLimits {
+        DocLimits {
+            max_depth: config.doc_max_depth,
+            max_bytes: config.doc_max_bytes,
+            max_rebase_work: config.doc_max_rebase_work,
+            max_apply_work: config.doc_max_apply_work,
+        }
+    }
+}
+
+/// Why a document could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DocLoadError {
+    /// The store did not answer: worth retrying.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// What the store holds cannot be turned into the document (an op list that does not
+    /// decode or apply, missing history): retrying will not help; `concord repair` does.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// A JSON Schema that every state of the rooms matching a pattern must satisfy.
@@ -35,23 +92,37 @@ impl std::fmt::Debug for DocSchema {
     }
 }
 
+/// One remembered op list, with the count of ops remembered before it (so the ops committed
+/// since any base in the window are known in O(1)).
+struct Logged {
+    seq: Seq,
+    ops: Arc<Vec<Op>>,
+    ops_before: u64,
+}
+
 pub struct DocState {
     pub state: Value,
+    /// Size of `state` in bytes of canonical JSON, kept up to date op by op.
+    pub bytes: usize,
     /// Recent sequenced op lists, oldest first; seqs are consecutive.
-    log: VecDeque<(Seq, Arc<Vec<Op>>)>,
+    log: VecDeque<Logged>,
+    /// Ops remembered in `log` and before it (a running count).
+    ops_total: u64,
     /// The seq `state` reflects (sequenced, possibly not yet committed).
     pub seq: Seq,
     window: usize,
     /// The last snapshot saved (or loaded).
     pub snapshot_seq: Seq,
+    /// Snapshots that could not be read while loading (the state was rebuilt without them).
+    pub unreadable_snapshots: u32,
     schema: Option<Arc<DocSchema>>,
+    limits: DocLimits,
 }
 
 /// Decodes the ops column of a stored doc event.
-pub fn stored_ops(e: &StoredEvent) -> Result<Vec<Op>, StoreError> {
-    let v: Value = serde_json::from_str(e.data.get()).map_err(|err| {
-        StoreError::Backend(format!("stored ops at seq {} are not JSON: {err}", e.seq))
-    })?;
+pub fn stored_ops(e: &StoredEvent) -> Result<Vec<Op>, String> {
+    let v = doc::read_stored(e.data.get())
+        .map_err(|err| format!("stored ops at seq {} are not readable JSON: {err}", e.seq))?;
     doc::decode_ops(
         &v,
         &doc::Limits {
@@ -59,96 +130,258 @@ pub fn stored_ops(e: &StoredEvent) -> Result<Vec<Op>, StoreError> {
             max_path_depth: usize::MAX,
         },
     )
-    .map_err(|err| {
-        StoreError::Backend(format!(
-            "stored ops at seq {} do not decode: {}",
-            e.seq, err.message
-        ))
+    .map_err(|err| format!("stored ops at seq {} do not decode: {}", e.seq, err.message))
+}
+
+/// The latest readable snapshot at or before `at` (or the empty document at seq 0), and how
+/// many unreadable snapshots were skipped on the way (each one logged).
+async fn base_state(
+    store: &dyn Store,
+    room: &RoomId,
+    at: Seq,
+) -> Result<(Seq, Value, u32), StoreError> {
+    let mut at = at;
+    let mut skipped = 0;
+    loop {
+        let Some((seq, json)) = store.load_snapshot(room, Some(at)).await? else {
+            return Ok((Seq::ZERO, Value::Object(Map::new()), skipped));
+        };
+        match doc::read_stored(&json) {
+            Ok(state) => return Ok((seq, state, skipped)),
+            Err(e) => {
+                skipped += 1;
+                tracing::error!(
+                    room = %room, snapshot_seq = %seq, error = %e,
+                    "doc snapshot cannot be read; rebuilding the state from an older snapshot and the op log"
+                );
+                if seq == Seq::ZERO {
+                    return Ok((Seq::ZERO, Value::Object(Map::new()), skipped));
+                }
+                at = Seq(seq.0 - 1);
+            }
+        }
+    }
+}
+
+/// Applies the stored op lists after `from` up to `to` to `state`, calling `each` with every
+/// list read (also those at or before `from`, when `read_from` is older). A list that does not
+/// decode or apply is an error unless `skip_bad` (then it is left out and counted).
+struct Replay<'a> {
+    store: &'a dyn Store,
+    room: &'a RoomId,
+    skip_bad: bool,
+    skipped: u64,
+}
+
+impl Replay<'_> {
+    async fn run(
+        &mut self,
+        state: &mut Value,
+        read_from: Seq,
+        applied_to: Seq,
+        to: Seq,
+        mut each: impl FnMut(Seq, Vec<Op>),
+    ) -> Result<Seq, DocLoadError> {
+        let mut after = read_from;
+        let mut seq = applied_to;
+        while after < to {
+            let want = ((to.0 - after.0) as usize).min(1000);
+            let events = self.store.read_events(self.room, after, want).await?;
+            if events.is_empty() {
+                return Err(DocLoadError::Corrupt(format!(
+                    "history of {} ends at {after}, before {to}",
+                    self.room
+                )));
+            }
+            // Replaying a batch is CPU work (up to 1000 lists): keep it off the async workers.
+            let batch =
+                off_the_workers(|| self.apply_batch(state, &events, to, &mut seq, &mut each));
+            let last = batch?;
+            if last <= after {
+                return Err(DocLoadError::Corrupt(format!(
+                    "history of {} has a gap after {after}",
+                    self.room
+                )));
+            }
+            after = last;
+            if events.last().is_some_and(|e| e.seq >= to) {
+                break;
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Applies the lists of `events` up to `to` that come after `seq`; returns the last seq read.
+    fn apply_batch(
+        &mut self,
+        state: &mut Value,
+        events: &[StoredEvent],
+        to: Seq,
+        seq: &mut Seq,
+        each: &mut impl FnMut(Seq, Vec<Op>),
+    ) -> Result<Seq, DocLoadError> {
+        let mut after = Seq::ZERO;
+        for e in events.iter().take_while(|e| e.seq <= to) {
+            after = e.seq;
+            let ops = match stored_ops(e) {
+                Ok(ops) => ops,
+                Err(m) if self.skip_bad => {
+                    tracing::warn!(room = %self.room, error = %m, "skipping an unreadable op list");
+                    self.skipped += 1;
+                    each(e.seq, Vec::new());
+                    continue;
+                }
+                Err(m) => return Err(DocLoadError::Corrupt(m)),
+            };
+            if e.seq > *seq {
+                if let Err(err) = doc::apply_in_place(state, &ops) {
+                    let m = format!("replaying seq {}: {err}", e.seq);
+                    if !self.skip_bad {
+                        return Err(DocLoadError::Corrupt(m));
+                    }
+                    tracing::warn!(room = %self.room, error = %m, "skipping an op list that does not apply");
+                    self.skipped += 1;
+                }
+                *seq = e.seq;
+            }
+            each(e.seq, ops);
+        }
+        Ok(after)
+    }
+}
+
+/// Runs CPU work with `block_in_place` on a multi-threaded runtime (the worker's other tasks
+/// move to another thread meanwhile), directly otherwise.
+pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// The document as it was at `at`: the latest readable snapshot at or before it, plus the ops
+/// after it (from seq 0 when no snapshot that old is kept).
+pub async fn state_at(store: &dyn Store, room: &RoomId, at: Seq) -> Result<Value, StoreError> {
+    let (seq, mut state, _) = base_state(store, room, at).await?;
+    let mut replay = Replay {
+        store,
+        room,
+        skip_bad: false,
+        skipped: 0,
+    };
+    match replay.run(&mut state, seq, seq, at, |_, _| {}).await {
+        Ok(_) => Ok(state),
+        Err(DocLoadError::Store(e)) => Err(e),
+        Err(DocLoadError::Corrupt(m)) => Err(StoreError::Backend(m)),
+    }
+}
+
+/// What `concord repair` did to one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The seq of the fresh snapshot (the room's head).
+    pub seq: Seq,
+    /// Op lists left out because they did not decode or apply.
+    pub skipped: u64,
+    /// Size of the rebuilt document, in bytes of canonical JSON.
+    pub bytes: usize,
+}
+
+/// Rebuilds a doc room's state from its whole op log (ignoring every snapshot), leaving out the
+/// lists that cannot be replayed, and saves it as a fresh snapshot at the head.
+pub async fn repair(store: &dyn Store, room: &RoomId) -> Result<Repaired, DocLoadError> {
+    let Some(record) = store.load_room(room).await? else {
+        return Err(DocLoadError::Corrupt(format!("room {room} does not exist")));
+    };
+    if record.kind != concord_core::RoomKind::Doc {
+        return Err(DocLoadError::Corrupt(format!("{room} is not a doc room")));
+    }
+    let mut state = Value::Object(Map::new());
+    let mut replay = Replay {
+        store,
+        room,
+        skip_bad: true,
+        skipped: 0,
+    };
+    replay
+        .run(&mut state, Seq::ZERO, Seq::ZERO, record.head, |_, _| {})
+        .await?;
+    let bytes = doc::canonical_len(&state);
+    store
+        .save_snapshot(room, record.head, state.to_string())
+        .await?;
+    Ok(Repaired {
+        seq: record.head,
+        skipped: replay.skipped,
+        bytes,
     })
 }
 
-/// The document as it was at `at` (the latest snapshot at or before it, plus the ops after).
-pub async fn state_at(store: &dyn Store, room: &RoomId, at: Seq) -> Result<Value, StoreError> {
-    let (mut seq, mut state) = match store.load_snapshot(room, Some(at)).await? {
-        Some((s, json)) => (
-            s,
-            serde_json::from_str(&json)
-                .map_err(|e| StoreError::Backend(format!("bad snapshot: {e}")))?,
-        ),
-        None => (Seq::ZERO, Value::Object(Map::new())),
-    };
-    while seq < at {
-        let events = store
-            .read_events(room, seq, ((at.0 - seq.0) as usize).min(1000))
-            .await?;
-        if events.is_empty() {
-            return Err(StoreError::Backend(format!(
-                "history of {room} ends at {seq}, before {at}"
-            )));
-        }
-        for e in events.iter().take_while(|e| e.seq <= at) {
-            let ops = stored_ops(e)?;
-            doc::apply_in_place(&mut state, &ops).map_err(|err| {
-                StoreError::Backend(format!("replaying seq {}: {}", e.seq, err.message))
-            })?;
-            seq = e.seq;
-        }
-    }
-    Ok(state)
-}
-
 impl DocState {
-    /// Loads the document at `head`, keeping the last `window` op lists for rebasing.
+    /// Loads the document at `head`, keeping the last `window` op lists for rebasing. An
+    /// unreadable snapshot is skipped (an older one, or the op log from seq 0, rebuilds the
+    /// state); an op log that cannot be replayed is [`DocLoadError::Corrupt`].
     pub async fn load(
         store: &dyn Store,
         room: &RoomId,
         head: Seq,
         window: usize,
         schema: Option<Arc<DocSchema>>,
-    ) -> Result<DocState, StoreError> {
-        let (snapshot_seq, snapshot) = match store.load_snapshot(room, Some(head)).await? {
-            Some((s, json)) => (
-                s,
-                serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Backend(format!("bad snapshot: {e}")))?,
-            ),
-            None => (Seq::ZERO, Value::Object(Map::new())),
-        };
-        let mut doc = DocState {
-            state: snapshot,
-            log: VecDeque::new(),
-            seq: snapshot_seq,
-            window: window.max(1),
-            snapshot_seq,
-            schema,
-        };
+        limits: DocLimits,
+    ) -> Result<DocState, DocLoadError> {
+        let (snapshot_seq, mut state, unreadable) = base_state(store, room, head).await?;
         // Ops before the snapshot still fill the window, so stale bases can be rebased.
         let from = Seq(head.0.saturating_sub(window as u64).min(snapshot_seq.0));
-        let mut after = from;
-        while after < head {
-            let events = store.read_events(room, after, 1000).await?;
-            if events.is_empty() {
-                return Err(StoreError::Backend(format!(
-                    "history of {room} ends at {after}, before {head}"
-                )));
-            }
-            for e in events {
-                let ops = stored_ops(&e)?;
-                if e.seq > doc.seq {
-                    doc::apply_in_place(&mut doc.state, &ops).map_err(|err| {
-                        StoreError::Backend(format!("replaying seq {}: {}", e.seq, err.message))
-                    })?;
-                    doc.seq = e.seq;
+        let window = window.max(1);
+        let mut log = VecDeque::new();
+        let mut replay = Replay {
+            store,
+            room,
+            skip_bad: false,
+            skipped: 0,
+        };
+        let seq = replay
+            .run(&mut state, from, snapshot_seq, head, |s, ops| {
+                log.push_back((s, ops));
+                if log.len() > window {
+                    log.pop_front();
                 }
-                after = e.seq;
-                doc.remember(e.seq, Arc::new(ops));
-            }
+            })
+            .await?;
+        let mut doc = DocState {
+            bytes: doc::canonical_len(&state),
+            state,
+            log: VecDeque::new(),
+            ops_total: 0,
+            seq,
+            window,
+            // A rebuilt state is saved again at the next snapshot point.
+            snapshot_seq: if unreadable > 0 {
+                Seq::ZERO
+            } else {
+                snapshot_seq
+            },
+            unreadable_snapshots: unreadable,
+            schema,
+            limits,
+        };
+        for (s, ops) in log {
+            doc.remember(s, Arc::new(ops));
         }
         Ok(doc)
     }
 
     fn remember(&mut self, seq: Seq, ops: Arc<Vec<Op>>) {
-        self.log.push_back((seq, ops));
+        let ops_before = self.ops_total;
+        self.ops_total += ops.len() as u64;
+        self.log.push_back(Logged {
+            seq,
+            ops,
+            ops_before,
+        });
         while self.log.len() > self.window {
             self.log.pop_front();
         }
@@ -166,7 +399,7 @@ impl DocState {
         let oldest_base = self
             .log
             .front()
-            .map(|(s, _)| Seq(s.0 - 1))
+            .map(|l| Seq(l.seq.0 - 1))
             .unwrap_or(self.seq);
         if base < oldest_base {
             return Err(DocRefusal::Conflict(format!(
@@ -174,15 +407,68 @@ impl DocState {
             )));
         }
         let skip = (base.0 - oldest_base.0) as usize;
+        // The work is known before transforming anything: ops × ops committed since `base`.
+        let since = self
+            .log
+            .get(skip)
+            .map_or(0, |l| self.ops_total - l.ops_before);
+        let max_work = self.limits.max_rebase_work;
+        let work = (ops.len() as u64).saturating_mul(since);
+        let too_much = || {
+            DocRefusal::Limit {
+            limit: "doc_max_rebase_work",
+            message: format!(
+                "rebasing {} ops over the {since} ops committed since base {base} is more work than \
+                 allowed ({max_work} op pairs): resync and send the list again",
+                ops.len()
+            ),
+        }
+        };
+        if work > max_work {
+            return Err(too_much());
+        }
         let after: Vec<&[Op]> = self
             .log
             .iter()
             .skip(skip)
-            .map(|(_, l)| l.as_slice())
+            .map(|l| l.ops.as_slice())
             .collect();
-        let rebased = doc::transform_over_many(ops, &after);
-        let inverse = doc::apply_with_inverse(&mut self.state, &rebased.ops)
+        let rebased =
+            doc::transform_over_many_bounded(ops, &after, max_work).map_err(|_| too_much())?;
+        let depth = doc::op_list_depth(&rebased.ops);
+        if depth > self.limits.max_depth {
+            return Err(DocRefusal::Limit {
+                limit: "doc_max_depth",
+                message: format!(
+                    "the document would be nested {depth} levels deep (more than {})",
+                    self.limits.max_depth
+                ),
+            });
+        }
+        let scan = doc::text_scan_bytes(&self.state, &rebased.ops);
+        if scan > self.limits.max_apply_work {
+            return Err(DocRefusal::Limit {
+                limit: "doc_max_apply_work",
+                message: format!(
+                    "the text ops of this list edit {scan} bytes of strings (more than {}): send \
+                     fewer text ops per list",
+                    self.limits.max_apply_work
+                ),
+            });
+        }
+        let (inverse, grew) = doc::apply_measured(&mut self.state, &rebased.ops)
             .map_err(|e| DocRefusal::Invalid(e.to_string()))?;
+        let bytes = (self.bytes as i64 + grew).max(0) as usize;
+        if grew > 0 && bytes > self.limits.max_bytes {
+            doc::apply_in_place(&mut self.state, &inverse).expect("an inverse always applies");
+            return Err(DocRefusal::Limit {
+                limit: "doc_max_bytes",
+                message: format!(
+                    "the document would be {bytes} bytes (more than {})",
+                    self.limits.max_bytes
+                ),
+            });
+        }
         if let Some(schema) = &self.schema {
             if let Err(e) = schema.validator.validate(&self.state) {
                 let message = format!(
@@ -193,6 +479,7 @@ impl DocState {
                 return Err(DocRefusal::Rejected(message));
             }
         }
+        self.bytes = bytes;
         self.seq = self.seq.next();
         let seq = self.seq;
         self.remember(seq, Arc::new(rebased.ops.clone()));
@@ -243,7 +530,124 @@ fn diff_into(path: &mut Vec<PathSeg>, from: &Value, to: &Value, ops: &mut Vec<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+    use concord_core::{Epoch, RoomKind};
     use serde_json::json;
+    use serde_json::value::RawValue;
+
+    fn event(seq: u64, ops: &str) -> StoredEvent {
+        StoredEvent {
+            seq: Seq(seq),
+            hlc: format!("{seq:013}-000000-n"),
+            from: "c".into(),
+            op_id: None,
+            data: RawValue::from_string(ops.into()).unwrap(),
+        }
+    }
+
+    /// A doc room with three lists: `a` = 1, `b` = 2, `c` = 3.
+    async fn room_with_three_lists(store: &MemoryStore, second: &str) -> RoomId {
+        let room = RoomId::new("doc:t").unwrap();
+        store
+            .create_room(&room, RoomKind::Doc, &Epoch("e".into()))
+            .await
+            .unwrap();
+        let lists = [
+            r#"[{"op":"set","path":["a"],"value":1}]"#,
+            second,
+            r#"[{"op":"set","path":["c"],"value":3}]"#,
+        ];
+        let events = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| event(i as u64 + 1, l))
+            .collect();
+        store.append(&room, events).await.unwrap();
+        room
+    }
+
+    const B: &str = r#"[{"op":"set","path":["b"],"value":2}]"#;
+
+    #[tokio::test]
+    async fn an_unreadable_snapshot_is_rebuilt_from_older_ones_and_the_op_log() {
+        let store = MemoryStore::new();
+        let room = room_with_three_lists(&store, B).await;
+        store
+            .save_snapshot(&room, Seq(1), r#"{"a":1}"#.into())
+            .await
+            .unwrap();
+        store
+            .save_snapshot(&room, Seq(3), r#"{"a":1,"b":"#.into())
+            .await
+            .unwrap();
+        let doc = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}));
+        assert_eq!(doc.unreadable_snapshots, 1);
+        assert_eq!(
+            doc.snapshot_seq,
+            Seq::ZERO,
+            "the next snapshot point saves it again"
+        );
+        assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
+        let at = state_at(&store, &room, Seq(3)).await.unwrap();
+        assert_eq!(at, json!({"a":1,"b":2,"c":3}));
+    }
+
+    #[tokio::test]
+    async fn an_unreplayable_op_log_is_corrupt_and_repair_rebuilds_what_it_can() {
+        let store = MemoryStore::new();
+        let bad = r#"[{"op":"del","path":["nope"]}]"#;
+        let room = room_with_three_lists(&store, bad).await;
+        let err = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED).await;
+        assert!(matches!(err, Err(DocLoadError::Corrupt(_))));
+        let done = repair(&store, &room).await.unwrap();
+        assert_eq!((done.seq, done.skipped), (Seq(3), 1));
+        let doc = DocState::load(&store, &room, Seq(3), 10, None, DocLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(doc.state, json!({"a":1,"c":3}));
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_deep_big_and_costly_lists_atomically() {
+        let store = MemoryStore::new();
+        let room = room_with_three_lists(&store, B).await;
+        let limits = DocLimits {
+            max_depth: 3,
+            max_bytes: 40,
+            max_rebase_work: 4,
+            max_apply_work: 9,
+        };
+        let mut doc = DocState::load(&store, &room, Seq(3), 10, None, limits)
+            .await
+            .unwrap();
+        let ops = |v: Value| doc::decode_ops(&v, &doc::Limits::default()).unwrap();
+        let refused = |r: Result<Transformed, DocRefusal>| match r {
+            Err(DocRefusal::Limit { limit, .. }) => limit,
+            other => panic!("{other:?}"),
+        };
+        let deep = ops(json!([{"op":"set","path":["x"],"value":{"y":{"z":{}}}}]));
+        assert_eq!(refused(doc.submit(Seq(3), &deep)), "doc_max_depth");
+        let big = ops(json!([{"op":"set","path":["s"],"value":"0123456789012345678901234"}]));
+        assert_eq!(refused(doc.submit(Seq(3), &big)), "doc_max_bytes");
+        let s = ops(json!([{"op":"set","path":["s"],"value":"12345"}]));
+        doc.submit(Seq(3), &s).unwrap();
+        let edits = ops(json!([
+            {"op":"text","path":["s"],"pos":0,"insert":"a"},
+            {"op":"text","path":["s"],"pos":0,"insert":"b"}
+        ]));
+        assert_eq!(refused(doc.submit(Seq(4), &edits)), "doc_max_apply_work");
+        let del = ops(json!([{"op":"del","path":["s"]}]));
+        doc.submit(Seq(4), &del).unwrap();
+        assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}), "nothing applied");
+        let two =
+            ops(json!([{"op":"add","path":["a"],"value":1},{"op":"add","path":["c"],"value":1}]));
+        assert_eq!(refused(doc.submit(Seq(2), &two)), "doc_max_rebase_work");
+        assert!(doc.submit(Seq(3), &two).is_ok(), "2 ops × 2 committed = 4");
+        assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
+    }
 
     #[test]
     fn diff_turns_one_state_into_the_other() {

@@ -144,6 +144,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()> {
+        let mut rooms = self.rooms.lock();
+        if let Some(r) = rooms.get_mut(room) {
+            while r.snapshots.len() > keep.max(1) {
+                r.snapshots.pop_first();
+            }
+        }
+        Ok(())
+    }
+
     async fn load_snapshot(
         &self,
         room: &RoomId,

@@ -98,6 +98,8 @@ pub trait Store: Send + Sync + 'static {
     /// same seq. Durable on return. Refused if `seq` is beyond the room's head (a snapshot
     /// never describes events that were not committed).
     async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()>;
+    /// Deletes all but the newest `keep` snapshots of a room (at least one is kept).
+    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()>;
     /// The latest snapshot at or before `at` (or the latest of all), as (seq, state JSON).
     async fn load_snapshot(
         &self,

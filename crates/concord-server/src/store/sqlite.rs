@@ -71,6 +71,11 @@ enum WriteReq {
         state: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
+    PruneSnapshots {
+        room: RoomId,
+        keep: usize,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
     Claim {
         client: String,
         user: String,
@@ -317,6 +322,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()> {
+        self.write(|reply| WriteReq::PruneSnapshots {
+            room: room.clone(),
+            keep: keep.max(1),
+            reply,
+        })
+        .await
+    }
+
     async fn load_snapshot(
         &self,
         room: &RoomId,
@@ -420,6 +434,7 @@ impl Writer {
                     WriteReq::Append { events: ref e, .. } => events += e.len(),
                     WriteReq::Create { .. }
                     | WriteReq::Snapshot { .. }
+                    | WriteReq::PruneSnapshots { .. }
                     | WriteReq::Claim { .. } => events += 1,
                 }
                 batch.push(req);
@@ -612,6 +627,16 @@ impl Writer {
                     .execute(params![id, seq.0, state])?;
                 Ok(None)
             }
+            WriteReq::PruneSnapshots { room, keep, .. } => {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM snapshots WHERE room = (SELECT id FROM rooms WHERE name = ?1) \
+                         AND seq < (SELECT s.seq FROM snapshots s JOIN rooms r ON s.room = r.id \
+                         WHERE r.name = ?1 ORDER BY s.seq DESC LIMIT 1 OFFSET ?2)",
+                    )?
+                    .execute(params![room.as_str(), (*keep as i64) - 1])?;
+                Ok(None)
+            }
             WriteReq::Claim { client, user, .. } => {
                 self.conn
                     .prepare_cached("INSERT INTO clients (client, user) VALUES (?1, ?2) ON CONFLICT(client) DO NOTHING")?
@@ -628,6 +653,7 @@ fn reply(req: WriteReq, result: StoreResult<()>) {
         WriteReq::Create { reply, .. }
         | WriteReq::Append { reply, .. }
         | WriteReq::Snapshot { reply, .. }
+        | WriteReq::PruneSnapshots { reply, .. }
         | WriteReq::Claim { reply, .. } => {
             let _ = reply.send(result);
         }

@@ -197,6 +197,31 @@ pub(crate) async fn snapshots(s: Arc<dyn Store>) {
     );
 }
 
+pub(crate) async fn snapshots_pruned(s: Arc<dyn Store>) {
+    let r = room("p");
+    s.create_room(&r, RoomKind::Doc, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(&r, (1..=40).map(|i| ev(i, "c", None)).collect())
+        .await
+        .unwrap();
+    s.prune_snapshots(&r, 2).await.unwrap();
+    for seq in [10, 20, 30, 40] {
+        s.save_snapshot(&r, Seq(seq), format!(r#"{{"v":{seq}}}"#))
+            .await
+            .unwrap();
+    }
+    s.prune_snapshots(&r, 2).await.unwrap();
+    assert_eq!(s.load_snapshot(&r, Some(Seq(29))).await.unwrap(), None);
+    assert_eq!(
+        s.load_snapshot(&r, Some(Seq(39))).await.unwrap(),
+        Some((Seq(30), r#"{"v":30}"#.into()))
+    );
+    s.prune_snapshots(&r, 0).await.unwrap();
+    assert_eq!(s.load_snapshot(&r, Some(Seq(39))).await.unwrap(), None);
+    assert_eq!(s.load_snapshot(&r, None).await.unwrap().unwrap().0, Seq(40));
+}
+
 pub(crate) async fn client_claims(s: Arc<dyn Store>) {
     assert_eq!(s.claim_client("c-1", "alice").await.unwrap(), "alice");
     assert_eq!(
@@ -235,6 +260,11 @@ macro_rules! store_suite {
             async fn client_claims() {
                 let (s, _guard) = $make;
                 suite::client_claims(s).await;
+            }
+            #[tokio::test]
+            async fn snapshots_pruned() {
+                let (s, _guard) = $make;
+                suite::snapshots_pruned(s).await;
             }
             #[tokio::test]
             async fn snapshots() {

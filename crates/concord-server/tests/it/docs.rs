@@ -354,3 +354,128 @@ async fn rejoin_recovers_doc_events_or_gets_the_state() {
     assert_eq!(room_state(&server, "d", None).await["seq"], 5);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn at_reads_every_seq_with_only_the_newest_snapshots_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut concord_server::Config| {
+        c.doc_snapshot_every = 2;
+        c.doc_snapshots_kept = 2;
+    };
+    let server = TestServer::sqlite(dir.path(), tweak).await;
+    let mut a = Ws::hello(&server, "a").await;
+    join_doc(&mut a, "doc:kept").await;
+    let state = |i: u64| {
+        if i == 0 {
+            json!({})
+        } else {
+            json!({"n": i, "first": 1})
+        }
+    };
+    for i in 0..11u64 {
+        let ops = if i == 0 {
+            json!([{"op":"set","path":["first"],"value":1},{"op":"set","path":["n"],"value":1}])
+        } else {
+            json!([{"op":"add","path":["n"],"value":1}])
+        };
+        let ack = op(&mut a, "doc:kept", &format!("k{i}"), i, ops).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let db = dir.path().join("concord.db");
+    let snapshots = || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT COUNT(*), MIN(seq) FROM snapshots", [], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?))
+        })
+        .unwrap()
+    };
+    let mut kept = (0, 0);
+    for _ in 0..100 {
+        kept = snapshots();
+        if kept == (2, 8) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kept, (2, 8), "only the snapshots at 8 and 10 are kept");
+    for at in 0..=11 {
+        let r = room_state(&server, "doc:kept", Some(at)).await;
+        assert_eq!(r["state"], state(at), "at={at}");
+    }
+    server.stop().await;
+    let server = TestServer::sqlite(dir.path(), tweak).await;
+    for at in [0, 3, 7, 9, 11] {
+        let r = room_state(&server, "doc:kept", Some(at)).await;
+        assert_eq!(r["state"], state(at), "after a restart, at={at}");
+    }
+    let mut b = Ws::hello(&server, "b").await;
+    assert_eq!(join_doc(&mut b, "doc:kept").await["state"], state(11));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rebase_work_beyond_the_limit_is_a_conflict() {
+    let server = TestServer::memory(|c| c.doc_max_rebase_work = 10).await;
+    let mut a = Ws::hello(&server, "a").await;
+    join_doc(&mut a, "doc:work").await;
+    for i in 0..5u64 {
+        let ack = op(
+            &mut a,
+            "doc:work",
+            &format!("w{i}"),
+            i,
+            json!([{"op":"set","path":[format!("k{i}")],"value":i}]),
+        )
+        .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let two = json!([{"op":"set","path":["x"],"value":1},{"op":"set","path":["y"],"value":1}]);
+    let ack = op(&mut a, "doc:work", "two", 0, two).await;
+    assert_eq!(
+        ack["type"], "ack",
+        "2 ops × 5 committed = 10 is allowed: {ack}"
+    );
+    let three = json!([{"op":"set","path":["x"],"value":2},{"op":"set","path":["y"],"value":2},{"op":"set","path":["z"],"value":2}]);
+    let refused = op(&mut a, "doc:work", "three", 0, three.clone()).await;
+    assert_eq!(refused["code"], "conflict", "{refused}");
+    let ack = op(&mut a, "doc:work", "three", 6, three).await;
+    assert_eq!(ack["type"], "ack", "with a current base it commits: {ack}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn depth_and_size_of_the_document_are_limited() {
+    let server = TestServer::memory(|c| {
+        c.doc_max_depth = 3;
+        c.doc_max_bytes = 100;
+    })
+    .await;
+    let mut a = Ws::hello(&server, "a").await;
+    join_doc(&mut a, "doc:small").await;
+    let ok = op(
+        &mut a,
+        "doc:small",
+        "d1",
+        0,
+        json!([{"op":"set","path":["a"],"value":{"b":{}}}]),
+    )
+    .await;
+    assert_eq!(ok["type"], "ack", "{ok}");
+    let deep =
+        json!([{"op":"set","path":["z"],"value":1},{"op":"set","path":["a","b","c"],"value":{}}]);
+    let refused = op(&mut a, "doc:small", "d2", 1, deep).await;
+    assert_eq!(refused["code"], "rejected", "{refused}");
+    let big = json!([{"op":"set","path":["s"],"value":"x".repeat(90)}]);
+    let refused = op(&mut a, "doc:small", "d3", 1, big).await;
+    assert_eq!(refused["code"], "rejected", "{refused}");
+    let fits = json!([{"op":"set","path":["s"],"value":"x".repeat(70)}]);
+    assert_eq!(op(&mut a, "doc:small", "d4", 1, fits).await["type"], "ack");
+    let (_, r) = http(&server, "GET", "/v1/rooms/doc:small", None).await;
+    assert_eq!(
+        r["state"]["a"],
+        json!({"b":{}}),
+        "nothing of a refused list applied"
+    );
+    assert!(r["state"].get("z").is_none(), "{r}");
+    server.stop().await;
+}

@@ -40,11 +40,7 @@ impl RoomActor {
             }
         }
         let Some(live) = self.live() else {
-            return fail(
-                self,
-                ErrorCode::Unavailable,
-                "room is recovering from a store error; retry",
-            );
+            return fail(self, ErrorCode::Unavailable, self.stale_message());
         };
         if kind.is_some_and(|k| k != live.kind) {
             return fail(

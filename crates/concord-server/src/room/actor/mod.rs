@@ -9,7 +9,7 @@
 mod join;
 mod write;
 
-use super::doc::DocState;
+use super::doc::{DocLimits, DocLoadError, DocState};
 use super::members::Members;
 use super::msg::{Acked, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
@@ -27,6 +27,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const MAILBOX_BATCH: usize = 256;
+
+/// How long a room whose document cannot be loaded waits before trying again (each try replays
+/// its op log, so not on every message).
+const BROKEN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The answer to every message of a room whose document cannot be loaded.
+const BROKEN_MESSAGE: &str =
+    "the document of this room cannot be loaded; an operator must repair it (concord repair)";
 
 /// A committed event, encoded once and shared by every member.
 struct Committed {
@@ -85,6 +93,9 @@ pub(crate) struct RoomActor {
     stats: Arc<RoomStats>,
     inflight: VecDeque<InFlight>,
     commits: FuturesOrdered<BoxFuture<'static, StoreResult<()>>>,
+    /// Set while the room's document cannot be loaded (not a passing store error): when to
+    /// try loading again.
+    broken: Option<tokio::time::Instant>,
 }
 
 impl RoomActor {
@@ -109,6 +120,7 @@ impl RoomActor {
             state: State::Stale,
             inflight: VecDeque::new(),
             commits: FuturesOrdered::new(),
+            broken: None,
         }
     }
 
@@ -179,12 +191,13 @@ impl RoomActor {
         let Some(doc) = &live.doc else { return };
         if doc.seq > doc.snapshot_seq && doc.seq == live.seqr.committed() {
             let state = doc.state.to_string();
-            if let Err(e) = self
-                .shared
-                .store
-                .save_snapshot(&self.room, doc.seq, state)
-                .await
-            {
+            let store = &self.shared.store;
+            let saved = store.save_snapshot(&self.room, doc.seq, state).await;
+            let keep = self.shared.config.doc_snapshots_kept;
+            if let Err(e) = match saved {
+                Ok(()) => store.prune_snapshots(&self.room, keep).await,
+                Err(e) => Err(e),
+            } {
                 tracing::warn!(room = %self.room, error = %e, "saving the unload snapshot failed");
             }
         }
@@ -217,12 +230,33 @@ impl RoomActor {
                 record.head,
                 cfg.doc_window,
                 schema,
+                DocLimits::of(cfg),
             )
             .await
             {
-                Ok(d) => Some(d),
-                Err(e) => {
+                Ok(d) => {
+                    let unreadable = u64::from(d.unreadable_snapshots);
+                    self.shared
+                        .metrics
+                        .doc_snapshot_unreadable
+                        .inc_by(unreadable);
+                    self.broken = None;
+                    Some(d)
+                }
+                Err(DocLoadError::Store(e)) => {
                     tracing::error!(room = %self.room, error = %e, "loading document failed");
+                    self.state = State::Stale;
+                    return;
+                }
+                Err(DocLoadError::Corrupt(e)) => {
+                    self.shared.metrics.doc_load_failures.inc();
+                    tracing::error!(
+                        room = %self.room, error = %e,
+                        "the document of this room cannot be loaded from its op log: every message \
+                         gets `unavailable`; stop the server and run `concord repair --data-dir DIR \
+                         --room ROOM`"
+                    );
+                    self.broken = Some(tokio::time::Instant::now() + BROKEN_RETRY);
                     self.state = State::Stale;
                     return;
                 }
@@ -274,7 +308,10 @@ impl RoomActor {
     }
 
     async fn handle(&mut self, buf: &mut Vec<RoomMsg>) {
-        if matches!(self.state, State::Stale) && self.inflight.is_empty() {
+        let retry = self
+            .broken
+            .is_none_or(|at| tokio::time::Instant::now() >= at);
+        if matches!(self.state, State::Stale) && self.inflight.is_empty() && retry {
             self.reload().await;
         }
         let found = self.lookup_unknown_keys(buf).await;
@@ -340,6 +377,14 @@ impl RoomActor {
         }
     }
 
+    /// Why a room that is not live cannot answer (`unavailable`).
+    fn stale_message(&self) -> &'static str {
+        match self.broken {
+            Some(_) => BROKEN_MESSAGE,
+            None => "room is recovering from a store error; retry",
+        }
+    }
+
     fn error(&self, w: Waiter, code: ErrorCode, message: &str) {
         self.shared.metrics.error(code);
         w.fail(&self.room, RoomError::new(code, message));
@@ -379,12 +424,18 @@ impl RoomActor {
         let snapshot = flight.snapshot.take();
         let store = self.shared.store.clone();
         let room = self.room.clone();
+        let keep = self.shared.config.doc_snapshots_kept;
         self.commits.push_back(Box::pin(async move {
             store.append(&room, events).await?;
             if let Some((seq, state)) = snapshot {
-                // Not awaited by the acks; the store refuses a snapshot beyond its head.
+                // Not awaited by the acks; the store refuses a snapshot beyond its head. Only
+                // the newest `doc_snapshots_kept` are kept.
                 tokio::spawn(async move {
-                    if let Err(e) = store.save_snapshot(&room, seq, state).await {
+                    let saved = match store.save_snapshot(&room, seq, state).await {
+                        Ok(()) => store.prune_snapshots(&room, keep).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = saved {
                         tracing::warn!(room = %room, error = %e, "saving a snapshot failed");
                     }
                 });

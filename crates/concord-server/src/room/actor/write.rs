@@ -79,11 +79,7 @@ impl RoomActor {
                 return None;
             }
             State::Stale => {
-                self.error(
-                    w,
-                    ErrorCode::Unavailable,
-                    "room is recovering from a store error; retry",
-                );
+                self.error(w, ErrorCode::Unavailable, self.stale_message());
                 return None;
             }
         };
@@ -184,13 +180,22 @@ impl RoomActor {
             return;
         };
         let Some(doc) = live.doc.as_mut() else { return };
-        let rebased = match doc.submit(base, &ops) {
+        let rebased = match submit_off_the_workers(doc, base, &ops) {
             Ok(t) => t,
             Err(refusal) => {
                 let (code, msg) = match refusal {
                     DocRefusal::Conflict(m) => (ErrorCode::Conflict, m),
                     DocRefusal::Invalid(m) => (ErrorCode::InvalidOp, m),
                     DocRefusal::Rejected(m) => (ErrorCode::Rejected, m),
+                    DocRefusal::Limit { limit, message } => {
+                        self.shared.metrics.limit(limit);
+                        let code = match limit {
+                            "doc_max_rebase_work" => ErrorCode::Conflict,
+                            "doc_max_apply_work" => ErrorCode::TooLarge,
+                            _ => ErrorCode::Rejected,
+                        };
+                        (code, message)
+                    }
                 };
                 return self.error(w, code, &msg);
             }
@@ -213,13 +218,7 @@ impl RoomActor {
         let live = match &self.state {
             State::Live(live) => live,
             State::Missing => return self.error(w, ErrorCode::NotFound, "room does not exist"),
-            State::Stale => {
-                return self.error(
-                    w,
-                    ErrorCode::Unavailable,
-                    "room is recovering from a store error; retry",
-                )
-            }
+            State::Stale => return self.error(w, ErrorCode::Unavailable, self.stale_message()),
         };
         let Some(current) = live.doc.as_ref() else {
             return self.error(w, ErrorCode::KindMismatch, "restore is for doc rooms");
@@ -305,5 +304,24 @@ impl RoomActor {
             dropped,
             waiter: w,
         });
+    }
+}
+
+/// Lists with more ops than this are rebased and applied with `block_in_place`.
+const HEAVY_LIST_OPS: usize = 32;
+
+/// Rebases and applies an op list. The work is bounded (`doc_max_rebase_work`,
+/// `doc_max_apply_work`, `doc_max_bytes`), but a long list over a large document still takes
+/// milliseconds: it runs in `block_in_place` (on a multi-threaded runtime), so the worker's
+/// other tasks (other rooms, `/healthz`, connections) move to another thread meanwhile.
+fn submit_off_the_workers(
+    doc: &mut crate::room::doc::DocState,
+    base: Seq,
+    ops: &[concord_core::doc::Op],
+) -> Result<concord_core::doc::Transformed, DocRefusal> {
+    if ops.len() > HEAVY_LIST_OPS {
+        doc::off_the_workers(|| doc.submit(base, ops))
+    } else {
+        doc.submit(base, ops)
     }
 }
