@@ -40,8 +40,13 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest event `data` accepted, in bytes of JSON (larger → `too_large`).
     pub max_data_bytes: usize,
-    /// Bytes queued for one connection before it is closed with 4008 (lagging).
+    /// Bytes queued for one connection before it is closed with 4008 (lagging): each queued
+    /// text frame counts its payload plus 64 bytes of overhead. A lagging connection is closed
+    /// at once; its queued frames are discarded (the client recovers with `since`).
     pub max_queue_bytes: usize,
+    /// A single write or flush to a connection's socket that does not complete within this time
+    /// ends the connection (the peer does not read); the socket is closed.
+    pub write_timeout: Duration,
     /// Publishes one connection may have awaiting their ack; beyond it the server stops reading
     /// that connection's frames until acks go out (backpressure).
     pub max_inflight_per_conn: usize,
@@ -95,6 +100,8 @@ pub struct Config {
     pub rate_publish_per_room: Rate,
     /// Presence updates per connection.
     pub rate_presence_per_conn: Rate,
+    /// `drift` reports per connection (each accepted one is logged once).
+    pub rate_drift_per_conn: Rate,
     /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
     pub doc_window: usize,
     /// Doc events carry the state hash every this many seqs (and `joined` always does).
@@ -115,6 +122,7 @@ impl Default for Config {
             max_frame_bytes: 1024 * 1024,
             max_data_bytes: 64 * 1024,
             max_queue_bytes: 8 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             max_inflight_per_conn: 1024,
             max_rooms_per_conn: 128,
             recovery_window: 10_000,
@@ -140,6 +148,7 @@ impl Default for Config {
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
+            rate_drift_per_conn: Rate::new(1, 5),
             doc_window: 10_000,
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,

@@ -4,7 +4,7 @@
 //! Message handling lives in `session.rs`, the writer task in `writer.rs`.
 
 use super::session::Session;
-use super::writer::writer;
+use super::writer::{writer, LAG_CLOSE_WAIT};
 use super::App;
 use crate::outbound::{self, Frame};
 use crate::room::RoomMsg;
@@ -96,35 +96,43 @@ pub async fn upgrade(
 
 /// Why the reader loop ended.
 pub enum End {
-    /// The peer closed or the socket failed; nothing more to send.
+    /// The socket failed or the writer stopped; nothing more to send.
     Gone,
+    /// The peer sent a close frame (tungstenite answers it).
+    PeerClosed,
     /// Close with this code and reason.
     Close(u16, &'static str),
     /// Server shutdown: drain acks, then close 1001.
     Shutdown,
 }
 
-async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, _ip: IpGuard) {
+async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip: IpGuard) {
     let metrics = app.shared.metrics.clone();
     metrics.connections.inc();
+    let write_timeout = app.shared.config.write_timeout;
     let (sink, stream) = socket.split();
     let (out, out_rx) = outbound::channel(app.shared.config.max_queue_bytes, metrics.clone());
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(writer(sink, out_rx, writer_done.clone(), metrics.clone()));
+    let mut writer = tokio::spawn(writer(
+        sink,
+        out_rx,
+        writer_done.clone(),
+        metrics.clone(),
+        write_timeout,
+    ));
     let mut session = Session::new(app, out, token);
-    let end = read_loop(&mut session, stream, &writer_done).await;
-    match end {
-        End::Gone => {}
-        End::Close(code, reason) => {
-            session.out.control(Frame::Close(code, reason));
-        }
+    let (end, stream) = read_loop(&mut session, stream, &writer_done).await;
+    let closing = match end {
+        End::Gone | End::PeerClosed => None,
+        End::Close(code, reason) => Some((code, reason)),
         End::Shutdown => {
             // Let publishes in flight get their acks before closing.
             session.drain_in_flight().await;
-            session
-                .out
-                .control(Frame::Close(close::GOING_AWAY, "server shutting down"));
+            Some((close::GOING_AWAY, "server shutting down"))
         }
+    };
+    if let Some((code, reason)) = closing {
+        session.out.control(Frame::Close(code, reason));
     }
     for room in session.rooms.keys() {
         let msg = RoomMsg::Leave {
@@ -134,25 +142,74 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, _ip
         let _ = session.app.registry.send(room, msg);
     }
     drop(session);
-    // The writer ends once it sent the close frame or every room dropped this connection.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    if closing.is_some() {
+        // The writer sends what is queued, then the close frame; each write has the write
+        // timeout, and the whole ending at most that long.
+        let _ = tokio::time::timeout(write_timeout, &mut writer).await;
+    }
+    // Nothing more goes out: end the writer and drop both halves, which closes the socket.
+    writer.abort();
+    let _ = writer.await;
+    drop(stream);
     metrics.connections.dec();
+    // The per-IP slot is freed only now that the socket is closed.
+    drop(ip);
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
+/// The tungstenite error behind an axum WebSocket error.
+fn ws_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
+/// How a failed read ends the connection: too big → 1009, invalid UTF-8 → 1007, a protocol
+/// violation (bad opcode, reserved bits, unmasked or fragmented control frame…) → 1002; an I/O
+/// error or a reset means the peer is gone.
+fn read_error_end(e: &axum::Error, metrics: &crate::metrics::Metrics) -> End {
+    use tungstenite::error::ProtocolError;
+    match ws_error(e) {
+        Some(tungstenite::Error::Capacity(_)) => {
+            metrics.limit("max_frame_bytes");
+            End::Close(close::TOO_BIG, "frame larger than the limit")
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            End::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
+        }
+        Some(tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::ReceivedAfterClosing,
+        )) => End::Gone,
+        Some(tungstenite::Error::Protocol(_)) => {
+            End::Close(close::PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
+        _ => End::Gone,
+    }
+}
+
+/// Reads until the connection ends; gives the read half back so the caller decides when the
+/// socket closes.
 async fn read_loop(
     s: &mut Session,
     mut stream: SplitStream<WebSocket>,
+    writer_done: &CancellationToken,
+) -> (End, SplitStream<WebSocket>) {
+    let end = read_frames(s, &mut stream, writer_done).await;
+    if let End::PeerClosed = end {
+        // A peer's close frame is answered by tungstenite on the next read: give it a moment.
+        let wait = s.app.shared.config.write_timeout.min(LAG_CLOSE_WAIT);
+        let _ = tokio::time::timeout(wait, stream.next()).await;
+    }
+    (end, stream)
+}
+
+async fn read_frames(
+    s: &mut Session,
+    stream: &mut SplitStream<WebSocket>,
     writer_done: &CancellationToken,
 ) -> End {
     let cfg = &s.app.shared.config;
@@ -188,11 +245,7 @@ async fn read_loop(
             msg = stream.next() => {
                 let msg = match msg {
                     None => return End::Gone,
-                    Some(Err(e)) if is_too_big(&e) => {
-                        s.app.shared.metrics.limit("max_frame_bytes");
-                        return End::Close(close::TOO_BIG, "frame larger than the limit");
-                    }
-                    Some(Err(_)) => return End::Gone,
+                    Some(Err(e)) => return read_error_end(&e, &s.app.shared.metrics),
                     Some(Ok(m)) => m,
                 };
                 last_seen = Instant::now();
@@ -208,7 +261,7 @@ async fn read_loop(
                         ErrorCode::BadRequest,
                         "binary frames are not supported; send JSON text frames",
                     ),
-                    Message::Close(_) => return End::Gone,
+                    Message::Close(_) => return End::PeerClosed,
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
