@@ -130,6 +130,11 @@ impl Outbound {
         self.shared.lagging.load(Ordering::Relaxed)
     }
 
+    /// Cancelled when the connection crossed the bound: its reader stops at once.
+    pub fn lagged(&self) -> CancellationToken {
+        self.shared.lagged.clone()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }

@@ -52,7 +52,10 @@ pub async fn writer(
             let wait = LAG_CLOSE_WAIT.min(write_timeout);
             let _ = tokio::time::timeout(wait, sink.send(close(code, reason))).await;
         }
-        Some(Stop::Stalled) => metrics.limit("write_timeout"),
+        Some(Stop::Stalled) => {
+            metrics.limit("write_timeout");
+            tracing::debug!("a socket write made no progress within the write timeout");
+        }
         Some(Stop::Gone | Stop::Closed) => {}
     }
 }

@@ -100,6 +100,8 @@ pub enum End {
     Gone,
     /// The peer sent a close frame (tungstenite answers it).
     PeerClosed,
+    /// The outbound queue passed its bound: the writer sends 4008 and stops.
+    Lagging,
     /// Close with this code and reason.
     Close(u16, &'static str),
     /// Server shutdown: drain acks, then close 1001.
@@ -122,8 +124,19 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip:
     ));
     let mut session = Session::new(app, out, token);
     let (end, stream) = read_loop(&mut session, stream, &writer_done).await;
+    let lagging = matches!(end, End::Lagging);
+    tracing::info!(
+        "XXX end {}",
+        match &end {
+            End::Gone => "gone".to_string(),
+            End::PeerClosed => "peer".into(),
+            End::Lagging => "lag".into(),
+            End::Close(c, r) => format!("{c} {r}"),
+            End::Shutdown => "shut".into(),
+        }
+    );
     let closing = match end {
-        End::Gone | End::PeerClosed => None,
+        End::Gone | End::PeerClosed | End::Lagging => None,
         End::Close(code, reason) => Some((code, reason)),
         End::Shutdown => {
             // Let publishes in flight get their acks before closing.
@@ -142,14 +155,19 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip:
         let _ = session.app.registry.send(room, msg);
     }
     drop(session);
-    if closing.is_some() {
-        // The writer sends what is queued, then the close frame; each write has the write
-        // timeout, and the whole ending at most that long.
-        let _ = tokio::time::timeout(write_timeout, &mut writer).await;
+    // The writer sends what is queued, then the close frame; each write has the write timeout,
+    // and the whole ending at most that long.
+    let wait = closing.is_some() || lagging;
+    let finished = wait
+        && tokio::time::timeout(write_timeout, &mut writer)
+            .await
+            .is_ok();
+    if !finished {
+        // Nothing more goes out: end the writer, which drops its half of the socket.
+        writer.abort();
+        let _ = writer.await;
     }
-    // Nothing more goes out: end the writer and drop both halves, which closes the socket.
-    writer.abort();
-    let _ = writer.await;
+    // Both halves dropped: the socket is closed.
     drop(stream);
     metrics.connections.dec();
     // The per-IP slot is freed only now that the socket is closed.
@@ -221,10 +239,12 @@ async fn read_frames(
     ping.tick().await;
     let mut last_seen = Instant::now();
     let shutdown = s.app.shutdown.clone();
+    let lagged = s.out.lagged();
     loop {
         let auth_deadline = s.auth_deadline;
         tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
+            _ = lagged.cancelled() => return End::Lagging,
             _ = writer_done.cancelled() => return End::Gone,
             _ = tokio::time::sleep_until(hello_deadline), if !s.greeted() => {
                 s.app.shared.metrics.limit("handshake_timeout");
