@@ -125,16 +125,6 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip:
     let mut session = Session::new(app, out, token);
     let (end, stream) = read_loop(&mut session, stream, &writer_done).await;
     let lagging = matches!(end, End::Lagging);
-    tracing::info!(
-        "XXX end {}",
-        match &end {
-            End::Gone => "gone".to_string(),
-            End::PeerClosed => "peer".into(),
-            End::Lagging => "lag".into(),
-            End::Close(c, r) => format!("{c} {r}"),
-            End::Shutdown => "shut".into(),
-        }
-    );
     let closing = match end {
         End::Gone | End::PeerClosed | End::Lagging => None,
         End::Close(code, reason) => Some((code, reason)),
