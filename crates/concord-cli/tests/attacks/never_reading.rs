@@ -60,11 +60,14 @@ async fn settled_fds(pid: u32) -> usize {
     probe::fd_count(pid)
 }
 
-/// Sends `n` tiny frames without `hello` and never reads; gives the write half back (the
-/// server, not this client, must end the connection).
+/// Sends `n` small frames without `hello` and never reads; gives the write half back (the
+/// server, not this client, must end the connection). Each frame is undecodable (no `type`)
+/// with an `id` and a `room` of 256 bytes, which the error answering it echoes: ~650 bytes of
+/// answer per frame, so the answers outgrow the socket buffers within seconds.
 async fn flood(mut tx: SplitSink<Raw, Message>, n: usize) -> SplitSink<Raw, Message> {
+    let frame = json!({"id": "i".repeat(256), "room": "r".repeat(256)}).to_string();
     for _ in 0..n {
-        if tx.feed(Message::text("{}")).await.is_err() {
+        if tx.feed(Message::text(frame.clone())).await.is_err() {
             return tx;
         }
     }
@@ -85,7 +88,7 @@ async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_onl
         "--max-conns-per-ip",
         "4",
         "--handshake-timeout",
-        "3s",
+        "5s",
         "--write-timeout",
         "2s",
     ];
@@ -110,7 +113,7 @@ async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_onl
     let mut senders = Vec::new();
     for (tx, rx) in conns {
         readers.push(rx);
-        senders.push(tokio::spawn(flood(tx, 20_000)));
+        senders.push(tokio::spawn(flood(tx, 12_000)));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     probe::assert_healthy(&addr, "the never-reading flood").await;
@@ -120,9 +123,9 @@ async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_onl
         "more than 4 attacker sockets open"
     );
 
-    // Handshake timeout (3 s) + write timeout (2 s): every socket is really closed.
+    // Handshake timeout (5 s) + write timeout (2 s): every socket is really closed.
     assert!(
-        fds_return(server.pid, fds0, Duration::from_secs(12)).await,
+        fds_return(server.pid, fds0, Duration::from_secs(15)).await,
         "the server still holds {} fds (baseline {fds0}): never-reading sockets stay open",
         probe::fd_count(server.pid)
     );
@@ -160,7 +163,7 @@ async fn a_client_that_floods_faster_than_it_reads_hits_the_queue_bound_and_is_c
         "--write-timeout",
         "60s",
         "--max-queue-bytes",
-        "262144",
+        "4194304",
     ];
     let server = Server::start(report.data_dir(), &args, &log).await;
     let addr = server.addr.clone();
