@@ -14,4 +14,5 @@ mod support;
 mod probe;
 
 mod baseline;
+mod drift_flood;
 mod never_reading;

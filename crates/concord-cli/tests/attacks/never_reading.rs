@@ -75,9 +75,9 @@ async fn flood(mut tx: SplitSink<Raw, Message>, n: usize) -> SplitSink<Raw, Mess
     tx
 }
 
-/// The server's fd count comes back to `baseline` (± the probes' own sockets) within `limit`.
+/// The server's fd count comes back to `baseline` within `limit`.
 async fn fds_return(pid: u32, baseline: usize, limit: Duration) -> bool {
-    probe::eventually(limit, || probe::fd_count(pid) <= baseline + 1).await
+    probe::eventually(limit, || probe::fd_count(pid) <= baseline).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,7 +182,11 @@ impl Members {
         let mut rest = Vec::new();
         for (client, value) in &self.presence {
             let key = serde_json::to_string(client.as_str()).expect("a string serializes");
-            let entry = key.len() + 1 + value.get().len() + 1;
+            // Re-encoded (compact, keys sorted), as the snapshot always was.
+            let data = serde_json::from_str::<serde_json::Value>(value.get())
+                .unwrap_or(serde_json::Value::Null)
+                .to_string();
+            let entry = key.len() + 1 + data.len() + 1;
             if out.len() + entry + 1 > budget {
                 let frame = wire::presence(room.as_str(), client.as_str(), Some(value));
                 rest.push((client.clone(), Utf8Bytes::from(frame)));
@@ -193,7 +197,7 @@ impl Members {
             }
             out.push_str(&key);
             out.push(':');
-            out.push_str(value.get());
+            out.push_str(&data);
         }
         out.push('}');
         (out, rest)
