@@ -3,7 +3,7 @@
 //! is rate-limited per connection, and its log line is capped.
 
 use crate::probe;
-use crate::support::{Report, Server};
+use crate::support::{within, Report, Server};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -37,7 +37,12 @@ async fn a_flood_of_drift_reports_is_refused_and_logs_little() {
     let report_of = |room: &str, hash: &str| {
         Message::text(json!({"type":"drift","room":room,"seq":0,"hash":hash}).to_string())
     };
-    tx.send(report_of("doc:other", "abc")).await.expect("send");
+    within(
+        "sending a drift report",
+        tx.send(report_of("doc:other", "abc")),
+    )
+    .await
+    .expect("send");
     let v = crate::support::next_json(&mut rx, "drift from a non-member").await;
     assert_eq!(
         (v["type"].as_str(), v["code"].as_str()),
@@ -48,10 +53,13 @@ async fn a_flood_of_drift_reports_is_refused_and_logs_little() {
     // 50 reports of ~1 MB each, as fast as the socket takes them.
     let hash = "f".repeat(1_000_000);
     const REPORTS: usize = 50;
-    for _ in 0..REPORTS {
-        tx.feed(report_of("doc:d", &hash)).await.expect("feed");
-    }
-    tx.flush().await.expect("flush");
+    within("sending the flood", async {
+        for _ in 0..REPORTS {
+            tx.feed(report_of("doc:d", &hash)).await.expect("feed");
+        }
+        tx.flush().await.expect("flush");
+    })
+    .await;
     probe::assert_healthy(&addr, "a drift flood").await;
     probe::assert_serves_clients(&addr, "a drift flood").await;
 
