@@ -43,7 +43,9 @@ async fn a_flood_of_drift_reports_is_refused_and_logs_little() {
     )
     .await
     .expect("send");
-    let v = crate::support::next_json(&mut rx, "drift from a non-member").await;
+    // One bound for the whole wait (pings would restart the step timeout of `next_json`).
+    let what = "an answer to drift from a non-member";
+    let v = within(what, crate::support::next_json(&mut rx, what)).await;
     assert_eq!(
         (v["type"].as_str(), v["code"].as_str()),
         (Some("error"), Some("not_found")),
