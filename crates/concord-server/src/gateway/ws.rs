@@ -111,7 +111,10 @@ pub enum End {
 async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip: IpGuard) {
     let metrics = app.shared.metrics.clone();
     metrics.connections.inc();
-    let write_timeout = app.shared.config.write_timeout;
+    let (write_timeout, shutdown_grace) = (
+        app.shared.config.write_timeout,
+        app.shared.config.shutdown_grace,
+    );
     let (sink, stream) = socket.split();
     let (out, out_rx) = outbound::channel(app.shared.config.max_queue_bytes, metrics.clone());
     let writer_done = CancellationToken::new();
@@ -148,10 +151,12 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, ip:
     // The writer sends what is queued, then the close frame; each write has the write timeout,
     // and the whole ending at most that long.
     let wait = closing.is_some() || lagging;
-    let finished = wait
-        && tokio::time::timeout(write_timeout, &mut writer)
-            .await
-            .is_ok();
+    let limit = match closing {
+        // Shutdown already gave `shutdown_grace` to the answers in flight.
+        Some((close::GOING_AWAY, _)) => write_timeout.min(shutdown_grace),
+        _ => write_timeout,
+    };
+    let finished = wait && tokio::time::timeout(limit, &mut writer).await.is_ok();
     if !finished {
         // Nothing more goes out: end the writer, which drops its half of the socket.
         writer.abort();
