@@ -126,9 +126,14 @@ struct ServeArgs {
     /// Limit: largest event `data` in bytes (larger → error too_large).
     #[arg(long, env = "CONCORD_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     max_data_bytes: usize,
-    /// Limit: bytes queued to one connection before it is closed with 4008 (lagging).
+    /// Limit: bytes queued to one connection before it is closed with 4008 (lagging); each
+    /// queued frame counts its payload + 64 bytes.
     #[arg(long, env = "CONCORD_MAX_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_queue_bytes: usize,
+    /// Limit: a socket write or flush that does not complete within this time closes the
+    /// connection (a peer that does not read).
+    #[arg(long, env = "CONCORD_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    write_timeout: Duration,
     /// Limit: publishes one connection may have awaiting acks (beyond it reading pauses).
     #[arg(long, env = "CONCORD_MAX_INFLIGHT", default_value_t = 1024)]
     max_inflight: usize,
@@ -220,9 +225,6 @@ struct ServeArgs {
     /// Timeout: a request body must arrive in full within this time (else 408, connection closed).
     #[arg(long, env = "CONCORD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     http_body_timeout: Duration,
-    /// Timeout: a write to a client socket that makes no progress for this long closes it.
-    #[arg(long, env = "CONCORD_HTTP_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    http_write_timeout: Duration,
     /// Limit: largest page of GET /v1/rooms/{room}/events in bytes of events (at least one event).
     #[arg(long, env = "CONCORD_MAX_PAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_page_bytes: usize,
@@ -248,6 +250,9 @@ struct ServeArgs {
     /// Limit: presence updates per connection, PER_SEC[:BURST] (0 = unlimited).
     #[arg(long, env = "CONCORD_RATE_PRESENCE_PER_CONN", default_value = "30:60", value_parser = parse_rate)]
     rate_presence_per_conn: Rate,
+    /// Limit: `drift` reports per connection, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_DRIFT_PER_CONN", default_value = "1:5", value_parser = parse_rate)]
+    rate_drift_per_conn: Rate,
     /// Recent op lists a doc room keeps to rebase stale ops (an older base gets `conflict`).
     #[arg(long, env = "CONCORD_DOC_WINDOW", default_value_t = 10_000)]
     doc_window: usize,
@@ -394,6 +399,7 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_data_bytes: self.max_data_bytes,
             max_queue_bytes: self.max_queue_bytes,
+            write_timeout: self.write_timeout.max(Duration::from_millis(1)),
             max_inflight_per_conn: self.max_inflight.max(1),
             max_rooms_per_conn: self.max_rooms_per_conn,
             recovery_window: self.recovery_window,
@@ -425,7 +431,6 @@ impl ServeArgs {
             max_conns: self.max_conns_or_auto(),
             http_header_timeout: self.http_header_timeout,
             http_body_timeout: self.http_body_timeout,
-            http_write_timeout: self.http_write_timeout,
             max_page_bytes: self.max_page_bytes.max(1),
             shutdown_timeout: self.shutdown_timeout,
             metrics_listen: self.metrics_listen,
@@ -438,6 +443,7 @@ impl ServeArgs {
             rate_publish_per_conn: self.rate_publish_per_conn,
             rate_publish_per_room: self.rate_publish_per_room,
             rate_presence_per_conn: self.rate_presence_per_conn,
+            rate_drift_per_conn: self.rate_drift_per_conn,
             doc_window: self.doc_window.max(1),
             doc_hash_every: self.doc_hash_every.max(1),
             doc_snapshot_every: self.doc_snapshot_every.max(1),

@@ -86,6 +86,10 @@ impl fmt::Display for ErrorCode {
 pub mod close {
     /// Server going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// WebSocket protocol violation (bad opcode, reserved bits, bad fragmentation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (authentication, handshake timeout).
     pub const POLICY: u16 = 1008;
     /// Frame or message too big.

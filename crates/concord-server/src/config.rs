@@ -40,8 +40,14 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest event `data` accepted, in bytes of JSON (larger → `too_large`).
     pub max_data_bytes: usize,
-    /// Bytes queued for one connection before it is closed with 4008 (lagging).
+    /// Bytes queued for one connection before it is closed with 4008 (lagging): each queued
+    /// text frame counts its payload plus 64 bytes of overhead. A lagging connection is closed
+    /// at once; its queued frames are discarded (the client recovers with `since`).
     pub max_queue_bytes: usize,
+    /// A write to a client socket that makes no progress for this long ends the connection (the
+    /// peer does not read) and closes the socket: WebSocket frames (each feed, flush and close of
+    /// the writer) and HTTP responses alike.
+    pub write_timeout: Duration,
     /// Publishes one connection may have awaiting their ack; beyond it the server stops reading
     /// that connection's frames until acks go out (backpressure).
     pub max_inflight_per_conn: usize,
@@ -101,9 +107,6 @@ pub struct Config {
     pub http_header_timeout: Duration,
     /// A request body must arrive in full within this time (else 408 and the connection closes).
     pub http_body_timeout: Duration,
-    /// A write to a client socket (HTTP response or WebSocket frame) that makes no progress for
-    /// this long closes the connection (clients that never read).
-    pub http_write_timeout: Duration,
     /// Largest body of one `GET /v1/rooms/{room}/events` page in bytes of events: a page holds
     /// fewer than `limit` events (at least one) when they would not fit, with `more: true`.
     pub max_page_bytes: usize,
@@ -121,6 +124,8 @@ pub struct Config {
     pub rate_publish_per_room: Rate,
     /// Presence updates per connection.
     pub rate_presence_per_conn: Rate,
+    /// `drift` reports per connection (each accepted one is logged once).
+    pub rate_drift_per_conn: Rate,
     /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
     pub doc_window: usize,
     /// Doc events carry the state hash every this many seqs (and `joined` always does).
@@ -163,6 +168,7 @@ impl Default for Config {
             max_frame_bytes: 1024 * 1024,
             max_data_bytes: 64 * 1024,
             max_queue_bytes: 8 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             max_inflight_per_conn: 1024,
             max_rooms_per_conn: 128,
             recovery_window: 10_000,
@@ -188,7 +194,6 @@ impl Default for Config {
             max_conns: 10_000,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
-            http_write_timeout: Duration::from_secs(30),
             max_page_bytes: 4 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             metrics_listen: None,
@@ -196,6 +201,7 @@ impl Default for Config {
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
+            rate_drift_per_conn: Rate::new(1, 5),
             doc_window: 10_000,
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,

@@ -89,7 +89,6 @@ pub async fn run_with_ready(
         shutdown: token.clone(),
         conns: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
-        ips: Default::default(),
     });
     let trigger = token.clone();
     tokio::spawn(async move {
@@ -110,7 +109,7 @@ pub async fn run_with_ready(
             limits: limits.clone(),
             metrics: metrics.clone(),
             header_timeout: cfg.http_header_timeout,
-            write_timeout: cfg.http_write_timeout,
+            write_timeout: cfg.write_timeout,
             max_conns_per_ip: cfg.max_conns_per_ip,
             shutdown: token.clone(),
             hard: hard.clone(),

@@ -1,9 +1,12 @@
 //! The per-connection outbound queue: unbounded channel, bounded in bytes, with lag detection.
 //!
 //! Room actors and the connection itself push frames; one writer task per connection drains
-//! them to the socket. When the bytes queued for a connection pass the bound, the connection is
-//! marked lagging: nothing more is queued for it and it is closed with 4008, so the client
-//! reconnects and recovers with `since` — committed events are never dropped silently.
+//! them to the socket. Each queued text frame counts its payload plus [`FRAME_OVERHEAD`] bytes
+//! (WebSocket header and bookkeeping), so a flood of tiny frames is bounded too. When the bytes
+//! queued for a connection pass the bound, the connection is marked lagging: nothing more is
+//! queued for it, the writer is told at once (it discards the backlog, tries to send close 4008
+//! and closes the socket), so the client reconnects and recovers with `since` — committed
+//! events are never dropped silently.
 //!
 //! Presence does not go through the queue: it goes to a per-connection slot that keeps only the
 //! latest frame per (room, client). The writer sends it after every queued frame, so presence
@@ -19,6 +22,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes counted for each queued text frame on top of its payload: the WebSocket frame header,
+/// the channel slot and the allocation behind it.
+pub const FRAME_OVERHEAD: usize = 64;
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -35,6 +43,8 @@ struct Shared {
     metrics: Metrics,
     presence: Mutex<HashMap<(RoomId, ClientId), Utf8Bytes>>,
     presence_ready: Notify,
+    /// Cancelled when the connection crossed the bound: the writer stops at once.
+    lagged: CancellationToken,
 }
 
 /// The sending side, cloned into every room the connection joined.
@@ -59,6 +69,7 @@ pub fn channel(max_bytes: usize, metrics: Metrics) -> (Outbound, OutboundRx) {
         metrics,
         presence: Mutex::new(HashMap::new()),
         presence_ready: Notify::new(),
+        lagged: CancellationToken::new(),
     });
     (
         Outbound {
@@ -70,22 +81,19 @@ pub fn channel(max_bytes: usize, metrics: Metrics) -> (Outbound, OutboundRx) {
 }
 
 impl Outbound {
-    /// Queues a frame. Returns false if the connection is gone or lagging (it will be closed
-    /// with 4008 by this call if it just crossed the bound).
+    /// Queues a frame. Returns false if the connection is gone or lagging (if this call made it
+    /// cross the bound, the writer is told to close with 4008 at once).
     pub fn send(&self, frame: Utf8Bytes) -> bool {
         if self.shared.lagging.load(Ordering::Relaxed) {
             return false;
         }
-        let n = frame.len();
+        let n = frame.len() + FRAME_OVERHEAD;
         let before = self.shared.queued.fetch_add(n, Ordering::Relaxed);
         if before + n > self.shared.max && before > 0 {
             self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             if !self.shared.lagging.swap(true, Ordering::Relaxed) {
                 self.shared.metrics.limit("max_queue_bytes");
-                let _ = self.tx.send(Frame::Close(
-                    concord_protocol::close::LAGGING,
-                    "lagging too far behind: reconnect and recover with since",
-                ));
+                self.shared.lagged.cancel();
             }
             return false;
         }
@@ -122,6 +130,11 @@ impl Outbound {
         self.shared.lagging.load(Ordering::Relaxed)
     }
 
+    /// Cancelled when the connection crossed the bound: its reader stops at once.
+    pub fn lagged(&self) -> CancellationToken {
+        self.shared.lagged.clone()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -151,9 +164,15 @@ impl OutboundRx {
     pub fn try_recv(&mut self) -> Option<Frame> {
         self.rx.try_recv().ok()
     }
-    /// Tells the accounting that a text frame of `n` bytes left the queue.
+    /// Tells the accounting that a text frame of `n` payload bytes left the queue.
     pub fn written(&self, n: usize) {
-        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+        self.shared
+            .queued
+            .fetch_sub(n + FRAME_OVERHEAD, Ordering::Relaxed);
+    }
+    /// Cancelled when the connection crossed the bound and must be closed with 4008 now.
+    pub fn lagged(&self) -> CancellationToken {
+        self.shared.lagged.clone()
     }
     pub fn is_lagging(&self) -> bool {
         self.shared.lagging.load(Ordering::Relaxed)
@@ -191,20 +210,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn crossing_the_bound_closes_with_4008_once() {
-        let (out, mut rx) = channel(10, Metrics::new());
+    async fn crossing_the_bound_tells_the_writer_at_once() {
+        let (out, rx) = channel(2 * FRAME_OVERHEAD + 10, Metrics::new());
+        let lagged = rx.lagged();
         assert!(out.send(Utf8Bytes::from("123456")));
+        assert!(!lagged.is_cancelled());
         assert!(!out.send(Utf8Bytes::from("123456")));
         assert!(out.is_lagging());
+        assert!(lagged.is_cancelled());
         assert!(!out.send(Utf8Bytes::from("1")));
-        assert!(matches!(rx.recv().await, Some(Some(Frame::Text(_)))));
-        assert!(matches!(rx.recv().await, Some(Some(Frame::Close(4008, _)))));
-        assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn tiny_frames_count_their_overhead() {
+        let (out, _rx) = channel(100 * FRAME_OVERHEAD, Metrics::new());
+        let sent = (0..1000)
+            .take_while(|_| out.send(Utf8Bytes::from("x")))
+            .count();
+        assert!(sent < 100, "{sent} one-byte frames fit in 100 overheads");
+        assert!(out.is_lagging());
     }
 
     #[tokio::test]
     async fn a_single_large_frame_is_allowed_when_the_queue_is_empty() {
-        let (out, mut rx) = channel(4, Metrics::new());
+        let (out, mut rx) = channel(FRAME_OVERHEAD + 4, Metrics::new());
         assert!(out.send(Utf8Bytes::from("much more than four bytes")));
         let Some(Some(Frame::Text(t))) = rx.recv().await else {
             panic!()

@@ -28,7 +28,7 @@ async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() 
     let server = Server::start(
         report.data_dir(),
         &[
-            "--http-write-timeout",
+            "--write-timeout",
             "2s",
             // Only the write timeout may close them here (not the keep-alive timeout), and a
             // page (16 MiB) larger than the kernel's socket buffers, so writes really stall.
@@ -101,7 +101,7 @@ async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() 
         .expect("metrics body");
     let timeouts: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("concord_limit_hits_total{limit=\"http_write_timeout\"} "))
+        .find_map(|l| l.strip_prefix("concord_limit_hits_total{limit=\"write_timeout\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(

@@ -46,7 +46,7 @@ impl EdgeIo {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match stall.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                self.metrics.limit("http_write_timeout");
+                self.metrics.limit("write_timeout");
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client read nothing within the write timeout",

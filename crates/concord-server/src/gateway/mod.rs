@@ -14,9 +14,6 @@ use crate::room::Registry;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +28,6 @@ pub struct App {
     /// Every WebSocket connection task, so shutdown can wait for them.
     pub conns: TaskTracker,
     pub next_conn_id: AtomicU64,
-    /// Open WebSocket connections per client IP.
-    pub ips: Mutex<HashMap<IpAddr, usize>>,
 }
 
 pub fn router(app: Arc<App>) -> Router {

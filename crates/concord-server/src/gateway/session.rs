@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
 
+/// Characters of a `drift` report's hash that go to the log.
+const MAX_LOGGED_HASH: usize = 128;
+
 pub struct Session {
     pub app: Arc<App>,
     pub conn_id: u64,
@@ -36,6 +39,7 @@ pub struct Session {
     permits: Arc<Semaphore>,
     publish_rate: Bucket,
     presence_rate: Bucket,
+    drift_rate: Bucket,
 }
 
 impl Session {
@@ -46,6 +50,7 @@ impl Session {
             permits: Arc::new(Semaphore::new(cfg.max_inflight_per_conn)),
             publish_rate: Bucket::new(cfg.rate_publish_per_conn),
             presence_rate: Bucket::new(cfg.rate_presence_per_conn),
+            drift_rate: Bucket::new(cfg.rate_drift_per_conn),
             app,
             out,
             client: None,
@@ -139,11 +144,7 @@ impl Session {
                 base,
                 ops,
             } => self.op(client, &room, &id, base, ops).await,
-            ClientMsg::Drift { room, seq, hash } => {
-                self.room(&room, None)?;
-                self.app.shared.metrics.doc_hash_mismatch.inc();
-                tracing::warn!(room, client = %client, seq, hash, "a client reports doc state drift");
-            }
+            ClientMsg::Drift { room, seq, hash } => self.drift(&client, &room, seq, &hash),
             ClientMsg::Auth { .. } => unreachable!("handled above"),
         }
         None
@@ -544,6 +545,31 @@ impl Session {
             waiter,
         });
         self.dispatch(&room, id, msg);
+    }
+
+    /// `drift`: only from a member of the room, rate-limited, logged once with a capped hash.
+    fn drift(&mut self, client: &ClientId, name: &str, seq: u64, hash: &str) {
+        let Some(room) = self.room(name, None) else {
+            return;
+        };
+        self.prune_failed_joins();
+        if !self.rooms.contains_key(&room) {
+            return self.error(
+                None,
+                Some(name),
+                ErrorCode::NotFound,
+                "join the room before reporting drift",
+            );
+        }
+        if let Err(retry) = self.drift_rate.check() {
+            self.app.shared.metrics.rate_limit("drift");
+            let msg = "this connection reports drift faster than its limit";
+            return self.error_retry(None, Some(name), ErrorCode::RateLimited, msg, Some(retry));
+        }
+        self.app.shared.metrics.doc_hash_mismatch.inc();
+        let shown: String = hash.chars().take(MAX_LOGGED_HASH).collect();
+        let cut = hash.len() > shown.len();
+        tracing::warn!(room = name, client = %client, seq, hash = shown, hash_cut = cut, "a client reports doc state drift");
     }
 
     fn presence(&mut self, name: &str, data: Box<RawValue>) {

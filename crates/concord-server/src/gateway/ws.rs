@@ -1,22 +1,21 @@
-//! One WebSocket connection: the upgrade (connection limits, upgrade-request token), the reader
+//! One WebSocket connection: the upgrade (Origin check, upgrade-request token), the reader
 //! loop (handshake timeout, pings, idle timeout, token expiry, frame size), and shutdown.
 //!
 //! Message handling lives in `session.rs`, the writer task in `writer.rs`.
 
 use super::session::Session;
-use super::writer::writer;
+use super::writer::{writer, LAG_CLOSE_WAIT};
 use super::App;
 use crate::outbound::{self, Frame};
 use crate::room::RoomMsg;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use concord_protocol::{close, ErrorCode};
 use futures::stream::SplitStream;
 use futures::StreamExt;
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,27 +41,8 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
     (!token.is_empty()).then(|| token.to_string())
 }
 
-/// Counts connections per IP; the count drops when the guard does.
-pub struct IpGuard {
-    app: Arc<App>,
-    ip: IpAddr,
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        let mut ips = self.app.ips.lock();
-        if let Some(n) = ips.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                ips.remove(&self.ip);
-            }
-        }
-    }
-}
-
 pub async fn upgrade(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<UpgradeQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -77,22 +57,6 @@ pub async fn upgrade(
             return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
         }
     }
-    let guard = {
-        let mut ips = app.ips.lock();
-        let n = ips.entry(peer.ip()).or_insert(0);
-        if *n >= cfg.max_conns_per_ip {
-            drop(ips);
-            app.shared.metrics.limit("max_conns_per_ip");
-            app.shared.metrics.rate_limit("ip");
-            let body = serde_json::json!({"code": ErrorCode::RateLimited, "message": format!("at most {} connections per IP address", cfg.max_conns_per_ip)});
-            return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-        }
-        *n += 1;
-        IpGuard {
-            app: app.clone(),
-            ip: peer.ip(),
-        }
-    };
     let token = bearer(&headers).or(q.token);
     let buf = cfg.ws_buffer_bytes;
     let app2 = app.clone();
@@ -103,41 +67,55 @@ pub async fn upgrade(
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tracker = app2.conns.clone();
-            tracker.track_future(connection(app2, socket, token, guard))
+            tracker.track_future(connection(app2, socket, token))
         })
 }
 
 /// Why the reader loop ended.
 pub enum End {
-    /// The peer closed or the socket failed; nothing more to send.
+    /// The socket failed or the writer stopped; nothing more to send.
     Gone,
+    /// The peer sent a close frame (tungstenite answers it).
+    PeerClosed,
+    /// The outbound queue passed its bound: the writer sends 4008 and stops.
+    Lagging,
     /// Close with this code and reason.
     Close(u16, &'static str),
     /// Server shutdown: drain acks, then close 1001.
     Shutdown,
 }
 
-async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, _ip: IpGuard) {
+async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>) {
     let metrics = app.shared.metrics.clone();
     metrics.connections.inc();
+    let (write_timeout, shutdown_grace) = (
+        app.shared.config.write_timeout,
+        app.shared.config.shutdown_grace,
+    );
     let (sink, stream) = socket.split();
     let (out, out_rx) = outbound::channel(app.shared.config.max_queue_bytes, metrics.clone());
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(writer(sink, out_rx, writer_done.clone(), metrics.clone()));
+    let mut writer = tokio::spawn(writer(
+        sink,
+        out_rx,
+        writer_done.clone(),
+        metrics.clone(),
+        write_timeout,
+    ));
     let mut session = Session::new(app, out, token);
-    let end = read_loop(&mut session, stream, &writer_done).await;
-    match end {
-        End::Gone => {}
-        End::Close(code, reason) => {
-            session.out.control(Frame::Close(code, reason));
-        }
+    let (end, stream) = read_loop(&mut session, stream, &writer_done).await;
+    let lagging = matches!(end, End::Lagging);
+    let closing = match end {
+        End::Gone | End::PeerClosed | End::Lagging => None,
+        End::Close(code, reason) => Some((code, reason)),
         End::Shutdown => {
             // Let publishes in flight get their acks before closing.
             session.drain_in_flight().await;
-            session
-                .out
-                .control(Frame::Close(close::GOING_AWAY, "server shutting down"));
+            Some((close::GOING_AWAY, "server shutting down"))
         }
+    };
+    if let Some((code, reason)) = closing {
+        session.out.control(Frame::Close(code, reason));
     }
     for room in session.rooms.keys() {
         let msg = RoomMsg::Leave {
@@ -147,25 +125,80 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, _ip
         let _ = session.app.registry.send(room, msg);
     }
     drop(session);
-    // The writer ends once it sent the close frame or every room dropped this connection.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    // The writer sends what is queued, then the close frame; each write has the write timeout,
+    // and the whole ending at most that long.
+    let wait = closing.is_some() || lagging;
+    let limit = match closing {
+        // Shutdown already gave `shutdown_grace` to the answers in flight.
+        Some((close::GOING_AWAY, _)) => write_timeout.min(shutdown_grace),
+        _ => write_timeout,
+    };
+    let finished = wait && tokio::time::timeout(limit, &mut writer).await.is_ok();
+    if !finished {
+        // Nothing more goes out: end the writer, which drops its half of the socket.
+        writer.abort();
+        let _ = writer.await;
+    }
+    // Both halves dropped: the socket is closed, and with it the connection's slots of the
+    // edge's limits (`max_conns`, `max_conns_per_ip`, held by the socket itself).
+    drop(stream);
     metrics.connections.dec();
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
+/// The tungstenite error behind an axum WebSocket error.
+fn ws_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
+/// How a failed read ends the connection: too big → 1009, invalid UTF-8 → 1007, a protocol
+/// violation (bad opcode, reserved bits, unmasked or fragmented control frame…) → 1002; an I/O
+/// error or a reset means the peer is gone.
+fn read_error_end(e: &axum::Error, metrics: &crate::metrics::Metrics) -> End {
+    use tungstenite::error::ProtocolError;
+    match ws_error(e) {
+        Some(tungstenite::Error::Capacity(_)) => {
+            metrics.limit("max_frame_bytes");
+            End::Close(close::TOO_BIG, "frame larger than the limit")
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            End::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
+        }
+        Some(tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::ReceivedAfterClosing,
+        )) => End::Gone,
+        Some(tungstenite::Error::Protocol(_)) => {
+            End::Close(close::PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
+        _ => End::Gone,
+    }
+}
+
+/// Reads until the connection ends; gives the read half back so the caller decides when the
+/// socket closes.
 async fn read_loop(
     s: &mut Session,
     mut stream: SplitStream<WebSocket>,
+    writer_done: &CancellationToken,
+) -> (End, SplitStream<WebSocket>) {
+    let end = read_frames(s, &mut stream, writer_done).await;
+    if let End::PeerClosed = end {
+        // A peer's close frame is answered by tungstenite on the next read: give it a moment.
+        let wait = s.app.shared.config.write_timeout.min(LAG_CLOSE_WAIT);
+        let _ = tokio::time::timeout(wait, stream.next()).await;
+    }
+    (end, stream)
+}
+
+async fn read_frames(
+    s: &mut Session,
+    stream: &mut SplitStream<WebSocket>,
     writer_done: &CancellationToken,
 ) -> End {
     let cfg = &s.app.shared.config;
@@ -177,10 +210,12 @@ async fn read_loop(
     ping.tick().await;
     let mut last_seen = Instant::now();
     let shutdown = s.app.shutdown.clone();
+    let lagged = s.out.lagged();
     loop {
         let auth_deadline = s.auth_deadline;
         tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
+            _ = lagged.cancelled() => return End::Lagging,
             _ = writer_done.cancelled() => return End::Gone,
             _ = tokio::time::sleep_until(hello_deadline), if !s.greeted() => {
                 s.app.shared.metrics.limit("handshake_timeout");
@@ -201,11 +236,7 @@ async fn read_loop(
             msg = stream.next() => {
                 let msg = match msg {
                     None => return End::Gone,
-                    Some(Err(e)) if is_too_big(&e) => {
-                        s.app.shared.metrics.limit("max_frame_bytes");
-                        return End::Close(close::TOO_BIG, "frame larger than the limit");
-                    }
-                    Some(Err(_)) => return End::Gone,
+                    Some(Err(e)) => return read_error_end(&e, &s.app.shared.metrics),
                     Some(Ok(m)) => m,
                 };
                 last_seen = Instant::now();
@@ -221,7 +252,7 @@ async fn read_loop(
                         ErrorCode::BadRequest,
                         "binary frames are not supported; send JSON text frames",
                     ),
-                    Message::Close(_) => return End::Gone,
+                    Message::Close(_) => return End::PeerClosed,
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }

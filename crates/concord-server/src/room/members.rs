@@ -170,17 +170,37 @@ impl Members {
         }
     }
 
-    /// The `presence` field of `joined`: client id → current data.
-    pub fn presence_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .presence
-            .iter()
-            .map(|(c, v)| {
-                let value = serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null);
-                (c.to_string(), value)
-            })
-            .collect();
-        serde_json::Value::Object(map).to_string()
+    /// The `presence` field of `joined` (client id → current data) within `budget` bytes: as
+    /// many entries as fit. The frames of the others are returned, to be sent after `joined`
+    /// as ordinary `presence` frames.
+    pub fn presence_within(
+        &self,
+        room: &RoomId,
+        budget: usize,
+    ) -> (String, Vec<(ClientId, Utf8Bytes)>) {
+        let mut out = String::from("{");
+        let mut rest = Vec::new();
+        for (client, value) in &self.presence {
+            let key = serde_json::to_string(client.as_str()).expect("a string serializes");
+            // Re-encoded (compact, keys sorted), as the snapshot always was.
+            let data = serde_json::from_str::<serde_json::Value>(value.get())
+                .unwrap_or(serde_json::Value::Null)
+                .to_string();
+            let entry = key.len() + 1 + data.len() + 1;
+            if out.len() + entry + 1 > budget {
+                let frame = wire::presence(room.as_str(), client.as_str(), Some(value));
+                rest.push((client.clone(), Utf8Bytes::from(frame)));
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&key);
+            out.push(':');
+            out.push_str(&data);
+        }
+        out.push('}');
+        (out, rest)
     }
 
     /// The `members` field of `joined` for `joining`: one entry per client, itself included.

@@ -148,3 +148,52 @@ async fn no_hello_within_the_handshake_timeout_closes_with_1008() {
     assert_eq!(w.closed().await, Some(1008));
     server.stop().await;
 }
+
+/// A frame the client library would never send: raw bytes with any opcode.
+fn raw_frame(
+    payload: &[u8],
+    opcode: tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode,
+) -> Message {
+    Message::Frame(
+        tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+            payload.to_vec(),
+            opcode,
+            true,
+        ),
+    )
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_protocol_violations_with_1002() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = TestServer::memory(|_| {}).await;
+    // A text frame that is not UTF-8.
+    let mut w = Ws::hello(&server, "utf8").await;
+    w.send_raw(raw_frame(
+        b"{\"type\":\"\xff\xfe\"}",
+        OpCode::Data(Data::Text),
+    ))
+    .await;
+    assert_eq!(w.closed().await, Some(1007));
+    // A reserved data opcode.
+    let mut w = Ws::hello(&server, "opcode").await;
+    w.send_raw(raw_frame(b"x", OpCode::Data(Data::Reserved(3))))
+        .await;
+    assert_eq!(w.closed().await, Some(1002));
+    // A continuation frame with nothing to continue.
+    let mut w = Ws::connect(&server).await;
+    w.send_raw(raw_frame(b"x", OpCode::Data(Data::Continue)))
+        .await;
+    assert_eq!(w.closed().await, Some(1002));
+    let (_, metrics) = http(&server, "GET", "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("concord_disconnects_total{close_code=\"1007\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("concord_disconnects_total{close_code=\"1002\"} 2"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -152,3 +152,51 @@ async fn presence_needs_membership_and_has_a_size_limit() {
     assert_eq!(a.recv_durable().await["code"], "too_large");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn joined_presence_is_under_the_catch_up_budget_and_the_rest_follows_as_presence_frames() {
+    let server = TestServer::memory(|c| {
+        c.presence_interval = Duration::from_millis(20);
+        c.max_catch_up_bytes = 2048;
+    })
+    .await;
+    let mut watcher = Ws::hello(&server, "watcher").await;
+    watcher.join("r", json!({})).await;
+    let mut setters = Vec::new();
+    for i in 0..10 {
+        let mut s = Ws::hello(&server, &format!("s{i}")).await;
+        s.join("r", json!({})).await;
+        s.send(json!({"type":"presence","room":"r","data":{"pad":"p".repeat(400),"i":i}}))
+            .await;
+        setters.push(s);
+    }
+    // Every presence is set in the room once the watcher saw all of them.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 10 {
+        let p = until(&mut watcher, "presence").await;
+        seen.insert(p["client_id"].as_str().unwrap().to_string());
+    }
+    let mut late = Ws::hello(&server, "late").await;
+    late.send(json!({"type":"join","room":"r","kind":"stream"}))
+        .await;
+    let j = until(&mut late, "joined").await;
+    assert!(
+        j.to_string().len() < 2048 + 512,
+        "joined is {} bytes",
+        j.to_string().len()
+    );
+    let inline: Vec<String> = j["presence"].as_object().unwrap().keys().cloned().collect();
+    assert!(
+        !inline.is_empty() && inline.len() < 10,
+        "presence trimmed to the budget: {inline:?}"
+    );
+    assert_eq!(j["members"].as_array().unwrap().len(), 12);
+    // The others follow at once as ordinary presence frames.
+    let mut all: std::collections::HashSet<String> = inline.into_iter().collect();
+    while all.len() < 10 {
+        let p = until(&mut late, "presence").await;
+        assert_eq!(p["data"]["pad"].as_str().map(str::len), Some(400), "{p}");
+        all.insert(p["client_id"].as_str().unwrap().to_string());
+    }
+    server.stop().await;
+}

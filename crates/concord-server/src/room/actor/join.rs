@@ -1,5 +1,6 @@
 //! Joining a room: creation on first join, kind and capacity checks, recovery from `since`
-//! (all or nothing), `history`, the doc state, presence and members in `joined`.
+//! (all or nothing), `history`, the doc state, presence and members in `joined` — events,
+//! presence and members under one byte budget (`max_catch_up_bytes`).
 
 use super::{encode_event, RoomActor, State};
 use crate::outbound::ConnHandle;
@@ -81,7 +82,14 @@ impl RoomActor {
                 "history is not readable right now; retry",
             );
         };
-        let cap = self.shared.config.max_catch_up_bytes;
+        // The budget covers the members list, the events, then presence (what does not fit
+        // follows `joined` as ordinary presence frames).
+        let members = self.members.members_json(&conn);
+        let cap = self
+            .shared
+            .config
+            .max_catch_up_bytes
+            .saturating_sub(members.len());
         let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
         if recovered && size(&frames) > cap {
             // Too much to replay in one frame: all or nothing, so this becomes a reset.
@@ -109,8 +117,11 @@ impl RoomActor {
         let Some(live) = self.live() else {
             return false;
         };
-        let presence = self.members.presence_json();
-        let members = self.members.members_json(&conn);
+        let left = cap.saturating_sub(size(&frames));
+        let (presence, presence_rest) = self.members.presence_within(&self.room, left);
+        if !presence_rest.is_empty() {
+            self.shared.metrics.limit("max_catch_up_bytes");
+        }
         let mut extra: Vec<(&str, String)> = Vec::new();
         if let (Some(doc), false) = (&live.doc, recovered) {
             // The state of a doc at `committed` (its ops in flight were drained before the join).
@@ -131,6 +142,9 @@ impl RoomActor {
         );
         self.shared.metrics.join(outcome);
         if conn.out.send(Utf8Bytes::from(frame)) {
+            for (client, frame) in presence_rest {
+                conn.out.presence(&self.room, &client, frame);
+            }
             self.members.add(&self.room, conn, &self.shared.metrics);
             self.stats
                 .members
