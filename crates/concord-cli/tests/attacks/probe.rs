@@ -79,7 +79,9 @@ pub async fn assert_serves_clients(addr: &str, during: &str) {
         json!({"type":"join","room":"probe:good","kind":"stream"}),
         json!({"type":"publish","room":"probe:good","id":"p1","data":{"ok":true}}),
     ] {
-        tx.send(Message::text(frame.to_string())).await.expect("send");
+        tx.send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
     }
     let deadline = Instant::now() + RESPONSIVE;
     loop {

@@ -2,7 +2,6 @@
 
 mod http;
 
-pub use http::HTTP_CLIENT;
 mod session;
 mod writer;
 mod ws;

@@ -175,9 +175,9 @@ impl Session {
 
     async fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
         let client = match ClientId::new(client_id) {
-            Ok(c) if c.as_str() != super::http::HTTP_CLIENT => c,
+            Ok(c) if !super::http::is_http_client(c.as_str()) => c,
             Ok(_) => {
-                let msg = "client_id \"http\" is reserved for events published over HTTP";
+                let msg = "client_ids \"http\" and \"http:…\" are reserved for events published over HTTP";
                 self.error(None, None, ErrorCode::BadRequest, msg);
                 return None;
             }

@@ -29,6 +29,8 @@ pub enum RoomMsg {
     /// Commit, as one new op list, the ops that turn the document back into its state at `seq`.
     Restore {
         seq: Seq,
+        /// The HTTP caller's client id (scope of the waiter's idempotency key).
+        client: ClientId,
         waiter: Waiter,
     },
     /// A member's presence (already checked for size and rights).

@@ -283,10 +283,14 @@ impl RoomActor {
             match msg {
                 RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
                 RoomMsg::Op(op) => self.op(op, &found, &mut batch),
-                RoomMsg::Restore { seq, waiter } => {
+                RoomMsg::Restore {
+                    seq,
+                    client,
+                    waiter,
+                } => {
                     self.submit(&mut batch);
                     self.drain_commits().await;
-                    self.restore(seq, waiter, &mut batch).await;
+                    self.restore(seq, client, waiter, &mut batch).await;
                 }
                 RoomMsg::Join {
                     conn,

@@ -207,9 +207,15 @@ impl RoomActor {
         self.sequence(batch, client, w, data, rebased.dropped, hash);
     }
 
-    /// Commits, as one new op list from `http`, the ops that turn the document (all committed:
-    /// the caller drained the commits) into its state at `seq`.
-    pub(super) async fn restore(&mut self, seq: Seq, w: Waiter, batch: &mut InFlight) {
+    /// Commits, as one new op list from `client` (the HTTP caller's `http…` id), the ops that
+    /// turn the document (all committed: the caller drained the commits) into its state at `seq`.
+    pub(super) async fn restore(
+        &mut self,
+        seq: Seq,
+        client: ClientId,
+        w: Waiter,
+        batch: &mut InFlight,
+    ) {
         let live = match &self.state {
             State::Live(live) => live,
             State::Missing => return self.error(w, ErrorCode::NotFound, "room does not exist"),
@@ -251,7 +257,6 @@ impl RoomActor {
             return;
         };
         let ops = doc::diff(&current.state, &target);
-        let client = ClientId::new(crate::gateway::HTTP_CLIENT).expect("valid client id");
         let msg = OpMsg {
             client,
             base: head,
