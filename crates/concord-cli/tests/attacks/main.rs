@@ -14,3 +14,4 @@ mod support;
 mod probe;
 
 mod baseline;
+mod data_dir;

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use serde_json::value::RawValue;
 
+mod lock;
 mod memory;
 mod sqlite;
 #[cfg(test)]
 mod suite;
 
+pub use lock::DirLock;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -60,6 +62,9 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// Another process holds the data directory's lock file.
+    #[error("data directory {dir} is in use by another concord process (pid {pid})")]
+    InUse { dir: String, pid: String },
     #[error("store backend error: {0}")]
     Backend(String),
 }

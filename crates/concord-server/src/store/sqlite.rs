@@ -7,7 +7,7 @@
 //! never takes others down. Reads use a small pool of separate connections, which see committed
 //! data only.
 
-use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{DirLock, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
@@ -86,6 +86,8 @@ pub struct SqliteStore {
     tx: mpsc::Sender<WriteReq>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    /// The data directory's lock: one server per database, released by `close`.
+    lock: Mutex<Option<DirLock>>,
 }
 
 fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
@@ -105,7 +107,9 @@ fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    /// Opens (creating if needed) the database at `path` and starts its writer thread. Refuses
+    /// ([`StoreError::InUse`]) when another process has the directory's lock file
+    /// (`concord.lock` next to the database).
     pub fn open(
         path: &Path,
         sync_full: bool,
@@ -116,6 +120,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let lock = DirLock::acquire(dir)?;
         let conn = open_conn(path, sync_full)?;
         conn.execute_batch(SCHEMA)?;
         let (tx, rx) = mpsc::channel();
@@ -127,6 +136,7 @@ impl SqliteStore {
             tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -365,6 +375,8 @@ impl Store for SqliteStore {
             let _ = rx.await;
         }
         self.readers.lock().clear();
+        // The writer is done: another server may take the directory now.
+        self.lock.lock().take();
     }
 }
 
