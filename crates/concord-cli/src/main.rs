@@ -110,6 +110,9 @@ struct ServeArgs {
     /// Recent events each loaded room keeps in memory.
     #[arg(long, env = "CONCORD_ROOM_WINDOW", default_value_t = 1_024)]
     room_window: usize,
+    /// Bytes of recent events each loaded room keeps in memory at most.
+    #[arg(long, env = "CONCORD_ROOM_WINDOW_BYTES", default_value_t = 1024 * 1024)]
+    room_window_bytes: usize,
     /// Recent idempotency keys each loaded room keeps in memory.
     #[arg(long, env = "CONCORD_IDEMPOTENCY_CACHE", default_value_t = 32_768)]
     idempotency_cache: usize,
@@ -287,6 +290,7 @@ impl ServeArgs {
             max_history: self.max_history,
             max_catch_up_bytes: self.max_catch_up_bytes,
             room_window: self.room_window,
+            room_window_bytes: self.room_window_bytes,
             idempotency_cache: self.idempotency_cache.max(1),
             max_page: self.max_page.max(1),
             handshake_timeout: self.handshake_timeout,

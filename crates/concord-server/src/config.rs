@@ -56,6 +56,9 @@ pub struct Config {
     pub max_catch_up_bytes: usize,
     /// Recent committed events each loaded room keeps in memory for joins and recovery.
     pub room_window: usize,
+    /// Bytes of recent events (encoded frames) each loaded room keeps in memory at most; older
+    /// events are read from the store when a join needs them.
+    pub room_window_bytes: usize,
     /// Recent idempotency keys each loaded room keeps in memory (older ones are looked up in the store).
     pub idempotency_cache: usize,
     /// Largest `limit` of `GET /v1/rooms/{room}/events`.
@@ -121,6 +124,7 @@ impl Default for Config {
             max_history: 1_000,
             max_catch_up_bytes: 8 * 1024 * 1024,
             room_window: 1_024,
+            room_window_bytes: 1024 * 1024,
             idempotency_cache: 32_768,
             max_page: 1_000,
             handshake_timeout: Duration::from_secs(10),

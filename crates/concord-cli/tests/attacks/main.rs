@@ -15,3 +15,4 @@ mod probe;
 
 mod baseline;
 mod data_dir;
+mod room_load;

@@ -1,6 +1,6 @@
 //! `MemoryStore`: the store contract held in process memory, for tests of the logic above it.
 
-use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use parking_lot::Mutex;
@@ -100,6 +100,33 @@ impl Store for MemoryStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
+        let rooms = self.rooms.lock();
+        let Some(r) = rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let skip = r.events.len().saturating_sub(last);
+        Ok(r.events
+            .iter()
+            .skip(skip)
+            .map(|e| EventKey {
+                seq: e.seq,
+                from: e.from.clone(),
+                op_id: e.op_id.clone(),
+                hlc: e.hlc.clone(),
+            })
+            .collect())
+    }
+
+    async fn room_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .rooms
+            .lock()
+            .values()
+            .filter(|r| r.kind.is_some())
+            .count() as u64)
     }
 
     async fn find_ops(

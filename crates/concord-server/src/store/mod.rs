@@ -30,6 +30,16 @@ pub struct StoredEvent {
     pub data: Box<RawValue>,
 }
 
+/// The idempotency key of one stored event, without its body (what loading a room needs: the
+/// bodies of a room's recent events may be hundreds of megabytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKey {
+    pub seq: Seq,
+    pub from: String,
+    pub op_id: Option<String>,
+    pub hlc: String,
+}
+
 /// What the store knows about a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRecord {
@@ -93,6 +103,10 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>>;
+    /// The keys of the room's last `last` events, in seq order, without reading their bodies.
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>>;
+    /// Number of rooms ever created (and not deleted).
+    async fn room_count(&self) -> StoreResult<u64>;
     /// The committed ops among `keys` (from, op_id).
     async fn find_ops(
         &self,

@@ -7,7 +7,7 @@
 //! never takes others down. Reads use a small pool of separate connections, which see committed
 //! data only.
 
-use super::{DirLock, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{DirLock, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (room, client, op_id) WHERE op_id IS NOT NULL;
+-- Covers `recent_keys` (and searches by hlc): loading a room never touches the pages of its
+-- event bodies.
+CREATE INDEX IF NOT EXISTS events_keys ON events (room, seq, hlc, client, op_id);
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY,
     user TEXT NOT NULL
@@ -283,6 +286,35 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
+        let name = room.to_string();
+        self.read(move |c| {
+            // Answered from the covering index `events_keys`: the table's pages, which hold the
+            // bodies, are never read.
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.client, e.op_id, e.hlc FROM events e INDEXED BY events_keys \
+                 WHERE e.room = (SELECT id FROM rooms WHERE name = ?1) ORDER BY e.seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![name, last as i64], |r| {
+                Ok(EventKey {
+                    seq: Seq(r.get::<_, u64>(0)?),
+                    from: r.get(1)?,
+                    op_id: r.get(2)?,
+                    hlc: r.get(3)?,
+                })
+            })?;
+            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn room_count(&self) -> StoreResult<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rooms", [], |r| r.get::<_, u64>(0))?))
+            .await
     }
 
     async fn find_ops(

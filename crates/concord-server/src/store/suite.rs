@@ -13,6 +13,48 @@ pub(crate) fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     }
 }
 
+pub(crate) async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
+    let r = room("keys");
+    assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
+    assert_eq!(s.room_count().await.unwrap(), 0);
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.create_room(&room("other"), RoomKind::Doc, &Epoch("e".into()))
+        .await
+        .unwrap();
+    assert_eq!(s.room_count().await.unwrap(), 2);
+    assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
+    let mut big = ev(3, "d", Some("m3"));
+    big.data = RawValue::from_string(format!("\"{}\"", "é".repeat(100))).unwrap();
+    s.append(
+        &r,
+        vec![
+            ev(1, "c", Some("m1")),
+            ev(2, "c", None),
+            big,
+            ev(4, "c", Some("m4")),
+        ],
+    )
+    .await
+    .unwrap();
+    let keys = s.recent_keys(&r, 3).await.unwrap();
+    let seqs: Vec<u64> = keys.iter().map(|k| k.seq.0).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(
+        keys[1],
+        EventKey {
+            seq: Seq(3),
+            from: "d".into(),
+            op_id: Some("m3".into()),
+            hlc: format!("{:013}-000000-n", 3),
+        }
+    );
+    assert_eq!(keys[0].op_id, None);
+    assert_eq!(s.recent_keys(&r, 100).await.unwrap().len(), 4);
+    assert!(s.recent_keys(&room("nope"), 5).await.unwrap().is_empty());
+}
+
 fn room(name: &str) -> RoomId {
     RoomId::new(name).unwrap()
 }
@@ -225,6 +267,11 @@ macro_rules! store_suite {
             async fn duplicate_op_ids_are_refused() {
                 let (s, _guard) = $make;
                 suite::duplicate_op_ids_are_refused(s).await;
+            }
+            #[tokio::test]
+            async fn recent_keys_without_bodies() {
+                let (s, _guard) = $make;
+                suite::recent_keys_without_bodies(s).await;
             }
             #[tokio::test]
             async fn pagination() {

@@ -37,12 +37,35 @@ struct Committed {
 struct Live {
     kind: RoomKind,
     seqr: Sequencer,
+    /// The newest committed events, contiguous up to the head: at most `room_window` events and
+    /// `room_window_bytes` bytes of frames.
     window: VecDeque<Arc<Committed>>,
+    /// Bytes of the frames in `window`.
+    window_bytes: usize,
     idem: IdempotencyTable<(Seq, Arc<str>)>,
     /// Retries of ops still in flight: answered once their seq commits.
     waiting: Vec<(Seq, Arc<str>, Waiter)>,
     /// The document of a doc room.
     doc: Option<DocState>,
+}
+
+impl Live {
+    /// Adds the newest committed event to the window, dropping the oldest beyond
+    /// `room_window` events or `room_window_bytes` bytes. True when the byte bound dropped one.
+    fn push_window(&mut self, ev: Arc<Committed>, cfg: &crate::config::Config) -> bool {
+        self.window_bytes += ev.frame.len();
+        self.window.push_back(ev);
+        let mut by_bytes = false;
+        while self.window.len() > cfg.room_window
+            || (self.window_bytes > cfg.room_window_bytes && !self.window.is_empty())
+        {
+            by_bytes |= self.window.len() <= cfg.room_window;
+            if let Some(old) = self.window.pop_front() {
+                self.window_bytes -= old.frame.len();
+            }
+        }
+        by_bytes
+    }
 }
 
 enum State {
@@ -230,9 +253,33 @@ impl RoomActor {
         } else {
             None
         };
+        // Idempotency keys come without bodies; only the events that fit the window (in count
+        // and bytes) are read in full, newest first, a few at a time.
         let keep = (cfg.room_window.max(cfg.idempotency_cache) as u64).min(record.head.0);
         let after = Seq(record.head.0 - keep);
-        let tail = match store.read_events(&self.room, after, keep as usize).await {
+        let keys = match store.recent_keys(&self.room, keep as usize).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room keys failed");
+                self.state = State::Stale;
+                return;
+            }
+        };
+        let mut idem = IdempotencyTable::new(cfg.idempotency_cache, after);
+        for k in &keys {
+            let Some(op) = &k.op_id else { continue };
+            if let (Ok(client), Ok(id)) = (
+                concord_core::ClientId::new(&k.from),
+                concord_core::OpId::new(op),
+            ) {
+                idem.insert(
+                    IdemKey { client, id },
+                    k.seq,
+                    (k.seq, Arc::from(k.hlc.as_str())),
+                );
+            }
+        }
+        let tail = match Self::window_tail(&self.shared, &self.room, record.head).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(room = %self.room, error = %e, "loading room tail failed");
@@ -240,37 +287,60 @@ impl RoomActor {
                 return;
             }
         };
-        let mut idem = IdempotencyTable::new(cfg.idempotency_cache, after);
-        let mut window = VecDeque::new();
-        for e in &tail {
-            if let Some(op) = &e.op_id {
-                if let (Ok(client), Ok(id)) = (
-                    concord_core::ClientId::new(&e.from),
-                    concord_core::OpId::new(op),
-                ) {
-                    idem.insert(
-                        IdemKey { client, id },
-                        e.seq,
-                        (e.seq, Arc::from(e.hlc.as_str())),
-                    );
-                }
-            }
-            window.push_back(Arc::new(Committed {
-                seq: e.seq,
-                frame: encode_event(&self.room, record.kind, e, None),
-            }));
-            if window.len() > cfg.room_window {
-                window.pop_front();
-            }
-        }
-        self.state = State::Live(Box::new(Live {
+        let mut live = Live {
             kind: record.kind,
             seqr: Sequencer::new(record.epoch, record.head),
-            window,
+            window: VecDeque::new(),
+            window_bytes: 0,
             idem,
             waiting: Vec::new(),
             doc,
-        }));
+        };
+        for e in &tail {
+            let frame = encode_event(&self.room, record.kind, e, None);
+            let _ = live.push_window(Arc::new(Committed { seq: e.seq, frame }), cfg);
+        }
+        self.state = State::Live(Box::new(live));
+    }
+
+    /// The newest events up to `head` that fit the window (`room_window` events and
+    /// `room_window_bytes` bytes of data), read backwards in small chunks so that a room of big
+    /// events never has more than one chunk beyond the window in memory. Stops early at a gap
+    /// (events removed by retention).
+    async fn window_tail(
+        shared: &Shared,
+        room: &RoomId,
+        head: Seq,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        const CHUNK: u64 = 16;
+        let cfg = &shared.config;
+        let mut tail: Vec<StoredEvent> = Vec::new();
+        let mut bytes = 0usize;
+        let mut upto = head.0;
+        while upto > 0 && tail.len() < cfg.room_window {
+            let n = CHUNK.min(upto).min((cfg.room_window - tail.len()) as u64);
+            let start = upto;
+            let chunk = shared
+                .store
+                .read_events(room, Seq(upto - n), n as usize)
+                .await?;
+            for e in chunk.into_iter().rev().filter(|e| e.seq.0 <= start) {
+                let size = e.data.get().len();
+                if e.seq.0 != upto || bytes + size > cfg.room_window_bytes {
+                    tail.reverse();
+                    return Ok(tail);
+                }
+                bytes += size;
+                upto -= 1;
+                tail.push(e);
+            }
+            if upto != start - n {
+                // A short chunk: the events before it were removed by retention.
+                break;
+            }
+        }
+        tail.reverse();
+        Ok(tail)
     }
 
     async fn handle(&mut self, buf: &mut Vec<RoomMsg>) {
@@ -452,9 +522,8 @@ impl RoomActor {
         }
         for ev in &done.events {
             self.members.broadcast(&self.room, &ev.frame, metrics);
-            live.window.push_back(ev.clone());
-            if live.window.len() > self.shared.config.room_window {
-                live.window.pop_front();
+            if live.push_window(ev.clone(), &self.shared.config) {
+                metrics.limit("room_window_bytes");
             }
         }
         self.stats
