@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use concord_core::RoomKind;
 use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
 use concord_server::config::Rate;
 use concord_server::room::doc::DocSchema;
@@ -46,6 +47,22 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
             .map_err(|_| format!("bad burst in {s:?}"))?
     };
     Ok(Rate::new(per_sec, burst))
+}
+
+/// `PATTERN=KIND,…` (`--room-kinds`).
+#[derive(Clone, Debug, Default)]
+struct RoomKinds(Vec<(String, RoomKind)>);
+
+fn parse_room_kinds(s: &str) -> Result<RoomKinds, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (pattern, kind) = item
+            .split_once('=')
+            .ok_or_else(|| format!("bad room kind {item:?} (PATTERN=stream|doc)"))?;
+        let kind = RoomKind::parse(kind.trim()).map_err(|e| format!("{item:?}: {e}"))?;
+        out.push((pattern.trim().to_string(), kind));
+    }
+    Ok(RoomKinds(out))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -177,6 +194,20 @@ struct ServeArgs {
     /// Limit: presence updates per connection, PER_SEC[:BURST] (0 = unlimited).
     #[arg(long, env = "CONCORD_RATE_PRESENCE_PER_CONN", default_value = "30:60", value_parser = parse_rate)]
     rate_presence_per_conn: Rate,
+    /// Limit: rooms one connection may create, PER_SEC[:BURST] (0 = unlimited; joins of
+    /// existing rooms do not count).
+    #[arg(long, env = "CONCORD_RATE_ROOM_CREATE_PER_CONN", default_value = "10:20", value_parser = parse_rate)]
+    rate_room_create_per_conn: Rate,
+    /// Limit: rooms one user (JWT `sub`) may create, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_ROOM_CREATE_PER_USER", default_value = "50:100", value_parser = parse_rate)]
+    rate_room_create_per_user: Rate,
+    /// Limit: most rooms in the store (creating one more gets `unavailable`).
+    #[arg(long, env = "CONCORD_MAX_ROOMS", default_value_t = 1_000_000)]
+    max_rooms: u64,
+    /// Room kinds by room-name pattern, e.g. `chat:*=stream,doc:*=doc` (first match wins): a
+    /// join with another kind gets `kind_mismatch`; a join without a kind creates the mapped kind.
+    #[arg(long, env = "CONCORD_ROOM_KINDS", default_value = "", value_parser = parse_room_kinds)]
+    room_kinds: RoomKinds,
     /// Recent op lists a doc room keeps to rebase stale ops (an older base gets `conflict`).
     #[arg(long, env = "CONCORD_DOC_WINDOW", default_value_t = 10_000)]
     doc_window: usize,
@@ -316,6 +347,10 @@ impl ServeArgs {
             rate_publish_per_conn: self.rate_publish_per_conn,
             rate_publish_per_room: self.rate_publish_per_room,
             rate_presence_per_conn: self.rate_presence_per_conn,
+            rate_room_create_per_conn: self.rate_room_create_per_conn,
+            rate_room_create_per_user: self.rate_room_create_per_user,
+            max_rooms: self.max_rooms,
+            room_kinds: self.room_kinds.0.clone(),
             doc_window: self.doc_window.max(1),
             doc_hash_every: self.doc_hash_every.max(1),
             doc_snapshot_every: self.doc_snapshot_every.max(1),

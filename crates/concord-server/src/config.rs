@@ -98,6 +98,16 @@ pub struct Config {
     pub rate_publish_per_room: Rate,
     /// Presence updates per connection.
     pub rate_presence_per_conn: Rate,
+    /// Rooms one connection may create (joins of existing rooms do not count).
+    pub rate_room_create_per_conn: Rate,
+    /// Rooms one user (JWT `sub`) may create, all its connections and HTTP publishes together.
+    pub rate_room_create_per_user: Rate,
+    /// Most rooms the store holds; creating one more gets `unavailable`.
+    pub max_rooms: u64,
+    /// Room kinds fixed by room-name pattern (`*` matches any run of characters), first match
+    /// wins: a join with another kind gets `kind_mismatch`, a join without a kind creates the
+    /// room with this one, and HTTP publishes into a pattern mapped to `doc` get `kind_mismatch`.
+    pub room_kinds: Vec<(String, concord_core::RoomKind)>,
     /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
     pub doc_window: usize,
     /// Doc events carry the state hash every this many seqs (and `joined` always does).
@@ -144,6 +154,10 @@ impl Default for Config {
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
+            rate_room_create_per_conn: Rate::new(10, 20),
+            rate_room_create_per_user: Rate::new(50, 100),
+            max_rooms: 1_000_000,
+            room_kinds: Vec::new(),
             doc_window: 10_000,
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,
@@ -154,6 +168,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The kind fixed for `room` by `room_kinds`, if a pattern matches.
+    pub fn kind_for(&self, room: &str) -> Option<concord_core::RoomKind> {
+        self.room_kinds
+            .iter()
+            .find(|(pattern, _)| crate::auth::glob(pattern, room))
+            .map(|(_, kind)| *kind)
+    }
+
     /// The embedded default: a SQLite database under `data_dir`, fsync on every group commit.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         Config {

@@ -50,12 +50,16 @@ pub async fn run(
         )?),
         StoreConfig::Memory => Arc::new(MemoryStore::new()),
     };
+    let rooms_stored = store.room_count().await?;
     let shared = Arc::new(Shared::new(
         config,
         store.clone(),
         metrics,
         Arc::new(SystemClock),
     ));
+    shared
+        .rooms_stored
+        .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);
     let registry = room::Registry::new(shared.clone());
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {

@@ -15,4 +15,5 @@ mod probe;
 
 mod baseline;
 mod data_dir;
+mod room_floods;
 mod room_load;

@@ -4,7 +4,7 @@ use super::ws::bearer;
 use super::App;
 use crate::auth::{Identity, Right};
 use crate::room::doc;
-use crate::room::{Publish, Reply, RoomError, RoomMsg, Waiter};
+use crate::room::{Creator, Publish, Reply, RoomError, RoomMsg, Waiter};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -39,6 +39,14 @@ enum Caller {
 }
 
 impl Caller {
+    /// The key of the user's room-creation bucket (none for a backend).
+    fn user(&self) -> Option<String> {
+        match self {
+            Caller::Backend => None,
+            Caller::User(u) => Some(u.clone()),
+        }
+    }
+
     /// The client id stored as `from` of this caller's HTTP events: `http` for a backend,
     /// `http:<user>` for a JWT user, or `http:~<32 hex of a SHA-256 of the user>` when the user is
     /// not printable ASCII, too long for a client id, or starts with `~`.
@@ -192,7 +200,10 @@ pub async fn post_event(
             // Idempotency keys are scoped per caller: two users' `id`s never collide.
             client: caller.client_id(),
             data: body.data,
-            create: true,
+            create: Some(Box::new(Creator {
+                conn_rate: None,
+                user: caller.user(),
+            })),
             waiter,
         })
     })

@@ -88,6 +88,9 @@ enum WriteReq {
 pub struct SqliteStore {
     tx: mpsc::Sender<WriteReq>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// At most `MAX_READERS` reads run at once: a burst of reads (thousands of rooms loading)
+    /// queues here instead of growing the blocking thread pool and the reader connections.
+    read_slots: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
     /// The data directory's lock: one server per database, released by `close`.
     lock: Mutex<Option<DirLock>>,
@@ -138,6 +141,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             path: path.to_path_buf(),
             lock: Mutex::new(Some(lock)),
         })
@@ -170,7 +174,14 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let pooled = pool.lock().pop();
             let conn = match pooled {
                 Some(c) => c,

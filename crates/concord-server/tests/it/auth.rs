@@ -482,3 +482,40 @@ async fn http_idempotency_keys_are_scoped_per_caller() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn only_a_writer_creates_a_room() {
+    let server = jwt_server(|_| {}).await;
+    let reader = token("r", json!({"chat:*":["read"]}), 300);
+    let writer = token("w", json!({"chat:*":["read","write"]}), 300);
+    let mut r = hello_with(&server, "reader", &reader).await;
+    assert_eq!(r.recv().await["type"], "welcome");
+    // A read-only token cannot create a room (nor fix its kind).
+    for kind in ["doc", "stream"] {
+        r.send(json!({"type":"join","room":"chat:announcements","kind":kind}))
+            .await;
+        let e = r.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{e}"
+        );
+    }
+    let (s, e) = http_as(
+        &server,
+        "POST",
+        "/v1/rooms/chat:announcements/events",
+        Some(&reader),
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("forbidden")));
+    // The writer creates it; then the reader joins it.
+    let mut w = hello_with(&server, "writer", &writer).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    let joined = w.join("chat:announcements", json!({})).await;
+    assert_eq!(joined["kind"], "stream");
+    let joined = r.join("chat:announcements", json!({})).await;
+    assert_eq!(joined["kind"], "stream");
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 
 use super::{encode_event, RoomActor, State};
 use crate::outbound::ConnHandle;
+use crate::room::msg::Creator;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq, SinceCheck};
 use concord_protocol::{outbound as wire, ErrorCode, Since};
@@ -16,6 +17,7 @@ impl RoomActor {
         kind: Option<RoomKind>,
         since: Option<Since>,
         history: u64,
+        create: Option<Box<Creator>>,
     ) -> bool {
         let fail = |s: &Self, code: ErrorCode, msg: &str| {
             s.shared.metrics.error(code);
@@ -23,11 +25,37 @@ impl RoomActor {
             conn.out.send(Utf8Bytes::from(frame));
             false
         };
+        let fixed = self.shared.config.kind_for(self.room.as_str());
+        if let (Some(k), Some(f)) = (kind, fixed) {
+            if k != f {
+                return fail(
+                    self,
+                    ErrorCode::KindMismatch,
+                    &format!("rooms named like this are {} rooms", f.as_str()),
+                );
+            }
+        }
         if matches!(self.state, State::Missing) {
-            match kind {
+            let Some(creator) = create else {
+                return fail(
+                    self,
+                    ErrorCode::NotFound,
+                    "room does not exist (creating it needs the write right)",
+                );
+            };
+            match kind.or(fixed) {
                 Some(k) => {
-                    if let Err(e) = self.create(k).await {
-                        return fail(self, e.code, &e.message);
+                    if let Err(e) = self.create(k, &creator).await {
+                        self.shared.metrics.error(e.code);
+                        let frame = wire::error(
+                            None,
+                            Some(self.room.as_str()),
+                            e.code,
+                            &e.message,
+                            e.retry_after_ms,
+                        );
+                        conn.out.send(Utf8Bytes::from(frame));
+                        return false;
                     }
                 }
                 None => {

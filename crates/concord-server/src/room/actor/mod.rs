@@ -11,7 +11,7 @@ mod write;
 
 use super::doc::DocState;
 use super::members::Members;
-use super::msg::{Acked, RoomError, RoomMsg, Waiter};
+use super::msg::{Acked, Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
@@ -160,6 +160,14 @@ impl RoomActor {
                         break;
                     }
                     self.handle(&mut buf).await;
+                    // A room that does not exist (a refused join or creation) holds nothing worth
+                    // keeping: unload at once, so probes of missing rooms cost no memory.
+                    if matches!(self.state, State::Missing)
+                        && self.is_idle()
+                        && self.registry.try_unload(&self.room, self.generation, &mut self.rx)
+                    {
+                        break;
+                    }
                     if self.is_idle() {
                         sleep.as_mut().reset(tokio::time::Instant::now() + idle);
                     }
@@ -367,6 +375,7 @@ impl RoomActor {
                     kind,
                     since,
                     history,
+                    create,
                     joined,
                 } => {
                     // Events sequenced before the join go out through the normal broadcast;
@@ -378,7 +387,8 @@ impl RoomActor {
                     // Tell the connection whether it is a member now (a failed rejoin keeps
                     // an existing membership).
                     let conn_id = conn.conn_id;
-                    if self.join(conn, kind, since, history).await || self.members.contains(conn_id)
+                    if self.join(conn, kind, since, history, create).await
+                        || self.members.contains(conn_id)
                     {
                         let _ = joined.send(true);
                     }
@@ -419,7 +429,42 @@ impl RoomActor {
         w.fail(&self.room, RoomError::new(code, message));
     }
 
-    async fn create(&mut self, kind: RoomKind) -> Result<(), RoomError> {
+    /// Creates the missing room as `kind` for `creator`: the room quota (`max_rooms`) and the
+    /// creator's room-creation rates apply.
+    async fn create(&mut self, kind: RoomKind, creator: &Creator) -> Result<(), RoomError> {
+        let shared = &self.shared;
+        let max = shared.config.max_rooms;
+        if shared.rooms_stored.load(Ordering::Relaxed) >= max {
+            shared.metrics.limit("max_rooms");
+            return Err(RoomError::new(
+                ErrorCode::Unavailable,
+                format!("the server holds its maximum number of rooms ({max})"),
+            ));
+        }
+        let per_conn = creator.conn_rate.as_ref().map(|b| b.check());
+        let per_user = creator
+            .user
+            .as_ref()
+            .map(|u| shared.room_create_per_user.check(u));
+        let limited = [
+            (per_conn, "room_create_conn"),
+            (per_user, "room_create_user"),
+        ]
+        .into_iter()
+        .find_map(|(r, which)| match r {
+            Some(Err(retry)) => Some((retry, which)),
+            _ => None,
+        });
+        if let Some((retry, which)) = limited {
+            shared.metrics.rate_limit(which);
+            return Err(RoomError {
+                retry_after_ms: Some(retry),
+                ..RoomError::new(
+                    ErrorCode::RateLimited,
+                    "rooms are created faster than the limit",
+                )
+            });
+        }
         let epoch = self.shared.new_epoch();
         if let Err(e) = self
             .shared
@@ -433,6 +478,7 @@ impl RoomActor {
                 "the store is unavailable",
             ));
         }
+        self.shared.rooms_stored.fetch_add(1, Ordering::Relaxed);
         self.reload().await;
         match &self.state {
             State::Live(_) => Ok(()),

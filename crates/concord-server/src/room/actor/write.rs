@@ -160,9 +160,18 @@ impl RoomActor {
             create,
             waiter,
         } = p;
-        if matches!(self.state, State::Missing) && create {
-            if let Err(e) = self.create(RoomKind::Stream).await {
-                return self.error(waiter, e.code, &e.message);
+        if let (State::Missing, Some(creator)) = (&self.state, &create) {
+            if self.shared.config.kind_for(self.room.as_str()) == Some(RoomKind::Doc) {
+                return self.error(
+                    waiter,
+                    ErrorCode::KindMismatch,
+                    "rooms named like this are doc rooms; publish is for stream rooms",
+                );
+            }
+            let creator = crate::room::Creator::clone(creator);
+            if let Err(e) = self.create(RoomKind::Stream, &creator).await {
+                self.shared.metrics.error(e.code);
+                return waiter.fail(&self.room, e);
             }
         }
         if let Some(w) = self.admit(RoomKind::Stream, &client, waiter, found) {

@@ -1,0 +1,101 @@
+//! Room creation: kinds fixed by pattern, the per-connection creation rate, the room quota.
+
+use crate::support::*;
+use concord_core::RoomKind;
+use concord_server::config::Rate;
+use serde_json::json;
+
+#[tokio::test]
+async fn room_kinds_fix_the_kind_of_matching_rooms() {
+    let server = TestServer::memory(|c| {
+        c.room_kinds = vec![
+            ("chat:*".into(), RoomKind::Stream),
+            ("doc:*".into(), RoomKind::Doc),
+        ]
+    })
+    .await;
+    let mut w = Ws::hello(&server, "c").await;
+    w.send(json!({"type":"join","room":"chat:announcements","kind":"doc"}))
+        .await;
+    let e = w.recv().await;
+    assert_eq!(e["code"], "kind_mismatch", "{e}");
+    // Without a kind, a mapped room is created with its kind; an unmapped one is not.
+    w.send(json!({"type":"join","room":"doc:spec"})).await;
+    let joined = w.recv().await;
+    assert_eq!(
+        (joined["type"].as_str(), joined["kind"].as_str()),
+        (Some("joined"), Some("doc")),
+        "{joined}"
+    );
+    w.send(json!({"type":"join","room":"other"})).await;
+    assert_eq!(w.recv().await["code"], "not_found");
+    // HTTP publishes never create a room mapped to doc.
+    let (s, e) = http(
+        &server,
+        "POST",
+        "/v1/rooms/doc:fresh/events",
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (409, Some("kind_mismatch")), "{e}");
+    let (s, r) = http(
+        &server,
+        "POST",
+        "/v1/rooms/chat:fresh/events",
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!((s, r["seq"].as_u64()), (200, Some(1)), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn creating_rooms_is_rate_limited_per_connection_but_joining_is_not() {
+    let server = TestServer::memory(|c| c.rate_room_create_per_conn = Rate::new(1, 3)).await;
+    let mut w = Ws::hello(&server, "c").await;
+    for n in 0..3 {
+        w.join(&format!("r{n}"), json!({})).await;
+    }
+    w.send(json!({"type":"join","room":"r3","kind":"stream"}))
+        .await;
+    let e = w.recv().await;
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    assert!(e["retry_after_ms"].as_u64().unwrap() >= 1, "{e}");
+    // Another connection joins the existing rooms freely, and has its own creation bucket.
+    let mut other = Ws::hello(&server, "d").await;
+    for n in 0..3 {
+        other.join(&format!("r{n}"), json!({})).await;
+    }
+    other.join("r3", json!({})).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_room_quota_bounds_stored_rooms() {
+    let server = TestServer::memory(|c| c.max_rooms = 2).await;
+    let mut w = Ws::hello(&server, "c").await;
+    w.join("a", json!({})).await;
+    w.join("b", json!({})).await;
+    w.send(json!({"type":"join","room":"c","kind":"stream"}))
+        .await;
+    let e = w.recv().await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum number of rooms"),
+        "{e}"
+    );
+    let (s, e) = http(
+        &server,
+        "POST",
+        "/v1/rooms/d/events",
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (503, Some("unavailable")), "{e}");
+    // Existing rooms still take joins and publishes.
+    w.publish("a", "p1", json!(1)).await;
+    server.stop().await;
+}
