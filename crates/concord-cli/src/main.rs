@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use concord_core::RoomKind;
 use concord_server::auth::{AuthMode, JwtKeys, JwtVerifier};
-use concord_server::config::Rate;
+use concord_server::config::{Rate, RetentionPolicy};
 use concord_server::room::doc::DocSchema;
 use concord_server::{Config, StoreConfig};
 use std::net::SocketAddr;
@@ -63,6 +63,60 @@ fn parse_room_kinds(s: &str) -> Result<RoomKinds, String> {
         out.push((pattern.trim().to_string(), kind));
     }
     Ok(RoomKinds(out))
+}
+
+/// `PATTERN=max_events:N,max_age:AGE;…` (`--retention`).
+#[derive(Clone, Debug, Default)]
+struct Retention(Vec<RetentionPolicy>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    let mut out = Vec::new();
+    for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let (pattern, rules) = item
+            .split_once('=')
+            .ok_or_else(|| format!("bad retention {item:?} (PATTERN=max_events:N,max_age:AGE)"))?;
+        let mut policy = RetentionPolicy {
+            pattern: pattern.trim().to_string(),
+            max_events: None,
+            max_age: None,
+        };
+        for rule in rules.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match rule.split_once(':') {
+                Some(("max_events", n)) => {
+                    let n: u64 = n
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad max_events in {item:?}"))?;
+                    policy.max_events = Some(n.max(1));
+                }
+                Some(("max_age", age)) => policy.max_age = Some(parse_age(age)?),
+                _ => {
+                    return Err(format!(
+                        "bad retention rule {rule:?} (max_events:N or max_age:AGE)"
+                    ))
+                }
+            }
+        }
+        out.push(policy);
+    }
+    Ok(Retention(out))
+}
+
+/// A duration that may also be written in hours (`h`) or days (`d`).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let hours = |n: &str, per: u64| {
+        n.parse::<u64>()
+            .map(|n| Duration::from_secs(n * per))
+            .map_err(|_| format!("bad age {s:?}"))
+    };
+    if let Some(n) = s.strip_suffix('d') {
+        hours(n, 86_400)
+    } else if let Some(n) = s.strip_suffix('h') {
+        hours(n, 3_600)
+    } else {
+        parse_duration(s)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -208,6 +262,15 @@ struct ServeArgs {
     /// join with another kind gets `kind_mismatch`; a join without a kind creates the mapped kind.
     #[arg(long, env = "CONCORD_ROOM_KINDS", default_value = "", value_parser = parse_room_kinds)]
     room_kinds: RoomKinds,
+    /// Retention by room-name pattern, `PATTERN=max_events:N,max_age:AGE` with `;` between
+    /// policies (first match wins), e.g. `chat:*=max_events:100000,max_age:30d`; AGE in ms, s,
+    /// m, h or d. Older events are deleted (never a room's last one); doc rooms keep their
+    /// latest snapshot and rebase window. Rooms matching no pattern keep everything.
+    #[arg(long, env = "CONCORD_RETENTION", default_value = "", value_parser = parse_retention)]
+    retention: Retention,
+    /// How often the retention sweep runs (0 = never).
+    #[arg(long, env = "CONCORD_RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    retention_interval: Duration,
     /// Recent op lists a doc room keeps to rebase stale ops (an older base gets `conflict`).
     #[arg(long, env = "CONCORD_DOC_WINDOW", default_value_t = 10_000)]
     doc_window: usize,
@@ -351,6 +414,8 @@ impl ServeArgs {
             rate_room_create_per_user: self.rate_room_create_per_user,
             max_rooms: self.max_rooms,
             room_kinds: self.room_kinds.0.clone(),
+            retention: self.retention.0.clone(),
+            retention_interval: self.retention_interval,
             doc_window: self.doc_window.max(1),
             doc_hash_every: self.doc_hash_every.max(1),
             doc_snapshot_every: self.doc_snapshot_every.max(1),

@@ -21,6 +21,18 @@ impl Rate {
     }
 }
 
+/// How long the events of rooms matching `pattern` are kept (`None`: no bound of that kind).
+/// Older events are deleted by the retention sweep, except each room's head event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Room-name pattern (`*` matches any run of characters).
+    pub pattern: String,
+    /// Most events kept per room.
+    pub max_events: Option<u64>,
+    /// Events older than this (by their hlc) are deleted.
+    pub max_age: Option<Duration>,
+}
+
 /// Where committed events are kept.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -108,6 +120,11 @@ pub struct Config {
     /// wins: a join with another kind gets `kind_mismatch`, a join without a kind creates the
     /// room with this one, and HTTP publishes into a pattern mapped to `doc` get `kind_mismatch`.
     pub room_kinds: Vec<(String, concord_core::RoomKind)>,
+    /// Retention policies by room-name pattern, first match wins; rooms matching none keep
+    /// every event.
+    pub retention: Vec<RetentionPolicy>,
+    /// How often the retention sweep runs (zero: never).
+    pub retention_interval: Duration,
     /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
     pub doc_window: usize,
     /// Doc events carry the state hash every this many seqs (and `joined` always does).
@@ -158,6 +175,8 @@ impl Default for Config {
             rate_room_create_per_user: Rate::new(50, 100),
             max_rooms: 1_000_000,
             room_kinds: Vec::new(),
+            retention: Vec::new(),
+            retention_interval: Duration::from_secs(60),
             doc_window: 10_000,
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,

@@ -72,6 +72,14 @@ impl Shared {
             .cloned()
     }
 
+    /// The retention policy of a room, if a configured pattern matches its name.
+    pub fn retention_for(&self, room: &RoomId) -> Option<&crate::config::RetentionPolicy> {
+        self.config
+            .retention
+            .iter()
+            .find(|p| crate::auth::glob(&p.pattern, room.as_str()))
+    }
+
     /// The busiest loaded rooms by publishes since load: (room, publishes, presence, members).
     pub fn top_rooms(&self, n: usize) -> Vec<(RoomId, u64, u64, u64)> {
         let mut all: Vec<_> = self

@@ -9,6 +9,7 @@ mod gateway;
 mod limiter;
 pub mod metrics;
 pub mod outbound;
+mod retention;
 pub mod room;
 pub mod store;
 
@@ -60,6 +61,7 @@ pub async fn run(
     shared
         .rooms_stored
         .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);
+    let shared_for_retention = shared.clone();
     let registry = room::Registry::new(shared.clone());
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {
@@ -70,6 +72,7 @@ pub async fn run(
         next_conn_id: AtomicU64::new(1),
         ips: Default::default(),
     });
+    let sweeper = tokio::spawn(retention::run(shared_for_retention, token.clone()));
     let trigger = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -89,6 +92,7 @@ pub async fn run(
     token.cancel();
     app.conns.close();
     app.conns.wait().await;
+    let _ = sweeper.await;
     registry.close().await;
     store.close().await;
     tracing::info!("stopped");

@@ -306,7 +306,10 @@ pub async fn get_room(
                 let msg = format!("at {at} is after the latest seq ({})", record.head);
                 return Err(err(&app, ErrorCode::NotFound, msg));
             }
-            let state = doc::state_at(store, &room, at).await.map_err(unavailable)?;
+            let state = doc::state_at(store, &room, at).await.map_err(|e| match e {
+                crate::store::StoreError::Trimmed(m) => err(&app, ErrorCode::NotFound, m),
+                e => unavailable(e),
+            })?;
             body["seq"] = at.0.into();
             body["hash"] = concord_core::doc::state_hash(&state).into();
             body["state"] = state;

@@ -86,6 +86,13 @@ pub async fn state_at(store: &dyn Store, room: &RoomId, at: Seq) -> Result<Value
                 "history of {room} ends at {seq}, before {at}"
             )));
         }
+        if events[0].seq.0 != seq.0 + 1 {
+            // Retention removed these ops; the state at `at` cannot be rebuilt.
+            return Err(StoreError::Trimmed(format!(
+                "the history of {room} before seq {} was removed by retention",
+                events[0].seq
+            )));
+        }
         for e in events.iter().take_while(|e| e.seq <= at) {
             let ops = stored_ops(e)?;
             doc::apply_in_place(&mut state, &ops).map_err(|err| {
@@ -131,6 +138,17 @@ impl DocState {
                 return Err(StoreError::Backend(format!(
                     "history of {room} ends at {after}, before {head}"
                 )));
+            }
+            if events[0].seq.0 != after.0 + 1 {
+                // Retention removed ops: fine before the snapshot (they only filled the rebase
+                // window, which now starts later), fatal after it.
+                if events[0].seq.0 > doc.seq.0 + 1 {
+                    return Err(StoreError::Trimmed(format!(
+                        "the ops of {room} after its snapshot at {} were removed",
+                        doc.seq
+                    )));
+                }
+                doc.log.clear();
             }
             for e in events {
                 let ops = stored_ops(&e)?;

@@ -72,6 +72,9 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// What was asked for lies before the retained floor of the room (removed by retention).
+    #[error("{0}")]
+    Trimmed(String),
     /// Another process holds the data directory's lock file.
     #[error("data directory {dir} is in use by another concord process (pid {pid})")]
     InUse { dir: String, pid: String },
@@ -107,6 +110,21 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>>;
     /// Number of rooms ever created (and not deleted).
     async fn room_count(&self) -> StoreResult<u64>;
+    /// Up to `limit` rooms whose name sorts after `after` (all from the start when `None`), in
+    /// name order, with their kinds: for background sweeps.
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>>;
+    /// Deletes the room's events with seq < `before` (retention), except the head event, which
+    /// always survives so that seqs never restart. Reads then start at the retained floor; the
+    /// idempotency keys of deleted events are forgotten (a retry of one is a new event). Durable
+    /// on return.
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()>;
+    /// The first seq of the room whose hlc sorts at or after `hlc` (hlcs grow with seqs; a
+    /// 13-digit millisecond prefix finds the first event of that time), if any.
+    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>>;
     /// The committed ops among `keys` (from, op_id).
     async fn find_ops(
         &self,

@@ -79,6 +79,11 @@ enum WriteReq {
         user: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
+    Trim {
+        room: RoomId,
+        before: Seq,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -328,6 +333,57 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
+        let after = after.map(|r| r.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, kind FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, kind) = row?;
+                let bad = |e: String| StoreError::Backend(format!("stored room {name:?}: {e}"));
+                let room = RoomId::new(&name).map_err(|e| bad(e.to_string()))?;
+                let kind = RoomKind::parse(&kind).map_err(|e| bad(e.to_string()))?;
+                out.push((room, kind));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Trim {
+            room: room.clone(),
+            before,
+            reply,
+        })
+        .await
+    }
+
+    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>> {
+        let (name, hlc) = (room.to_string(), hlc.to_string());
+        self.read(move |c| {
+            // The covering index `events_keys` holds the hlcs: no body is read.
+            Ok(c.prepare_cached(
+                "SELECT e.seq FROM events e INDEXED BY events_keys \
+                 WHERE e.room = (SELECT id FROM rooms WHERE name = ?1) AND e.hlc >= ?2 \
+                 ORDER BY e.seq LIMIT 1",
+            )?
+            .query_row(params![name, hlc], |r| r.get::<_, u64>(0))
+            .optional()?
+            .map(Seq))
+        })
+        .await
+    }
+
     async fn find_ops(
         &self,
         room: &RoomId,
@@ -457,7 +513,8 @@ impl Writer {
                     WriteReq::Append { events: ref e, .. } => events += e.len(),
                     WriteReq::Create { .. }
                     | WriteReq::Snapshot { .. }
-                    | WriteReq::Claim { .. } => events += 1,
+                    | WriteReq::Claim { .. }
+                    | WriteReq::Trim { .. } => events += 1,
                 }
                 batch.push(req);
                 if events < self.max_batch {
@@ -655,6 +712,17 @@ impl Writer {
                     .execute(params![client, user])?;
                 Ok(None)
             }
+            WriteReq::Trim { room, before, .. } => {
+                // Never the head: `seq < head` keeps the last event whatever `before` says.
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE room = (SELECT id FROM rooms WHERE name = ?1) \
+                         AND seq < ?2 AND seq < (SELECT MAX(seq) FROM events \
+                         WHERE room = (SELECT id FROM rooms WHERE name = ?1))",
+                    )?
+                    .execute(params![room.as_str(), before.0])?;
+                Ok(None)
+            }
             WriteReq::Close { .. } => Ok(None),
         }
     }
@@ -665,7 +733,8 @@ fn reply(req: WriteReq, result: StoreResult<()>) {
         WriteReq::Create { reply, .. }
         | WriteReq::Append { reply, .. }
         | WriteReq::Snapshot { reply, .. }
-        | WriteReq::Claim { reply, .. } => {
+        | WriteReq::Claim { reply, .. }
+        | WriteReq::Trim { reply, .. } => {
             let _ = reply.send(result);
         }
         WriteReq::Close { reply } => {

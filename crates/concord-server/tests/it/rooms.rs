@@ -99,3 +99,65 @@ async fn the_room_quota_bounds_stored_rooms() {
     w.publish("a", "p1", json!(1)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn retention_trims_old_events_and_recovery_becomes_a_reset() {
+    let server = TestServer::memory(|c| {
+        c.retention = vec![concord_server::config::RetentionPolicy {
+            pattern: "chat:*".into(),
+            max_events: Some(10),
+            max_age: None,
+        }];
+        c.retention_interval = std::time::Duration::from_millis(50);
+        // Catch-ups beyond 4 events read the store.
+        c.room_window = 4;
+    })
+    .await;
+    let mut w = Ws::hello(&server, "c").await;
+    let joined = w.join("chat:log", json!({})).await;
+    let epoch = joined["epoch"].as_str().unwrap().to_string();
+    for n in 1..=30 {
+        w.publish("chat:log", &format!("p{n}"), json!(n)).await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let first = all_events(&server, "chat:log").await;
+        if seqs(&first) == (21..=30).collect::<Vec<_>>() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not trimmed: {:?}",
+            seqs(&first)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut r = Ws::hello(&server, "r").await;
+    // A position before the retained floor cannot be recovered event by event.
+    let j = r
+        .join(
+            "chat:log",
+            json!({"since": {"epoch": epoch, "seq": 5}, "history": 20}),
+        )
+        .await;
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_eq!(
+        seqs(j["events"].as_array().unwrap()),
+        (21..=30).collect::<Vec<_>>()
+    );
+    r.send(json!({"type":"leave","room":"chat:log"})).await;
+    assert_eq!(r.recv().await["type"], "left");
+    // A position after it still is.
+    let j = r
+        .join("chat:log", json!({"since": {"epoch": epoch, "seq": 22}}))
+        .await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(
+        seqs(j["events"].as_array().unwrap()),
+        (23..=30).collect::<Vec<_>>()
+    );
+    // Seqs go on from the head.
+    let (ack, _) = w.publish("chat:log", "p31", json!(31)).await;
+    assert_eq!(ack["seq"], 31);
+    server.stop().await;
+}

@@ -106,7 +106,7 @@ impl RoomActor {
             },
             None => (false, latest(history), "fresh"),
         };
-        let Ok(mut frames) = self.catch_up(after, committed).await else {
+        let Ok((mut frames, complete)) = self.catch_up(after, committed).await else {
             return fail(
                 self,
                 ErrorCode::Unavailable,
@@ -115,11 +115,15 @@ impl RoomActor {
         };
         let cap = self.shared.config.max_catch_up_bytes;
         let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
-        if recovered && size(&frames) > cap {
-            // Too much to replay in one frame: all or nothing, so this becomes a reset.
-            self.shared.metrics.limit("max_catch_up_bytes");
+        let too_big = size(&frames) > cap;
+        if recovered && (too_big || !complete) {
+            // Too much to replay in one frame, or events removed by retention: all or nothing,
+            // so this becomes a reset.
+            if too_big {
+                self.shared.metrics.limit("max_catch_up_bytes");
+            }
             (recovered, outcome) = (false, "reset");
-            let Ok(latest_frames) = self.catch_up(latest(history), committed).await else {
+            let Ok((latest_frames, _)) = self.catch_up(latest(history), committed).await else {
                 return fail(
                     self,
                     ErrorCode::Unavailable,
@@ -173,30 +177,29 @@ impl RoomActor {
         }
     }
 
-    /// The encoded events after `after` up to `committed`, from memory or from the store.
-    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<Vec<Utf8Bytes>, ()> {
+    /// The encoded events after `after` up to `committed`, from memory or from the store, and
+    /// whether that is all of them (false when retention removed the oldest: then the events
+    /// from the retained floor on).
+    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<(Vec<Utf8Bytes>, bool), ()> {
         let State::Live(live) = &self.state else {
             return Err(());
         };
         if after >= committed {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
         if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
             let skip = (after.0 + 1 - front.seq.0) as usize;
-            return Ok(live
-                .window
-                .iter()
-                .skip(skip)
-                .map(|c| c.frame.clone())
-                .collect());
+            let frames = live.window.iter().skip(skip).map(|c| c.frame.clone());
+            return Ok((frames.collect(), true));
         }
         let kind = live.kind;
         let n = (committed.0 - after.0) as usize;
         match self.shared.store.read_events(&self.room, after, n).await {
-            Ok(evs) if evs.len() == n => Ok(evs
-                .iter()
-                .map(|e| encode_event(&self.room, kind, e, None))
-                .collect()),
+            Ok(evs) if evs.len() == n || trimmed_tail(&evs, committed) => {
+                let complete = evs.len() == n;
+                let frames = evs.iter().map(|e| encode_event(&self.room, kind, e, None));
+                Ok((frames.collect(), complete))
+            }
             Ok(evs) => {
                 tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
                 Err(())
@@ -207,4 +210,11 @@ impl RoomActor {
             }
         }
     }
+}
+
+/// Whether `evs` (a short read) are the events from the retained floor up to `committed`, in
+/// order and without gaps: what the store has once retention removed the older ones.
+fn trimmed_tail(evs: &[crate::store::StoredEvent], committed: Seq) -> bool {
+    evs.last().is_some_and(|e| e.seq == committed)
+        && evs.windows(2).all(|w| w[1].seq.0 == w[0].seq.0 + 1)
 }
