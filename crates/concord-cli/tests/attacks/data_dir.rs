@@ -2,8 +2,9 @@
 //! and its members would silently miss the first one's events), and the first keeps serving.
 
 use crate::probe;
-use crate::support::{within, Report, Server};
+use crate::support::{Report, Server};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
@@ -24,28 +25,28 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let second = cmd.spawn().expect("spawn the second concord");
-    let second_pid = second.id();
-    // A second server that started would never exit: the timeout fails the test (the child is
-    // killed by its pid below).
-    let out = within(
-        "the second server to exit",
-        tokio::task::spawn_blocking(move || second.wait_with_output()),
-    )
-    .await;
-    let out = match out {
-        Ok(Ok(out)) => out,
-        other => {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(second_pid.to_string())
-                .status();
-            panic!("waiting for the second server failed: {other:?}");
+    let mut second = cmd.spawn().expect("spawn the second concord");
+    // A second server that started would never exit: after the deadline it is killed (by its
+    // pid: the child handle) and the test fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match second.try_wait().expect("poll the second server") {
+            Some(status) => break status,
+            None if Instant::now() > deadline => {
+                let _ = second.kill();
+                let _ = second.wait();
+                panic!("the second server on the same data directory kept running");
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut stderr = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
     assert!(
-        !out.status.success(),
+        !status.success(),
         "the second server exited successfully: {stderr}"
     );
     let expected = format!(
