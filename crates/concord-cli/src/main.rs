@@ -499,3 +499,40 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_and_room_kinds_parse() {
+        let r = parse_retention("chat:*=max_events:100000,max_age:30d; log:*=max_age:12h").unwrap();
+        assert_eq!(r.0.len(), 2);
+        assert_eq!(
+            (r.0[0].pattern.as_str(), r.0[0].max_events, r.0[0].max_age),
+            (
+                "chat:*",
+                Some(100_000),
+                Some(Duration::from_secs(30 * 86_400))
+            )
+        );
+        assert_eq!(
+            (r.0[1].max_events, r.0[1].max_age),
+            (None, Some(Duration::from_secs(12 * 3_600)))
+        );
+        assert!(parse_retention("").unwrap().0.is_empty());
+        assert!(parse_retention("chat:*").is_err());
+        assert!(parse_retention("chat:*=max_rows:3").is_err());
+        assert!(parse_retention("chat:*=max_age:3w").is_err());
+        let k = parse_room_kinds("chat:*=stream, doc:*=doc").unwrap();
+        assert_eq!(
+            k.0,
+            [
+                ("chat:*".to_string(), RoomKind::Stream),
+                ("doc:*".to_string(), RoomKind::Doc)
+            ]
+        );
+        assert!(parse_room_kinds("chat:*=table").is_err());
+        assert!(parse_room_kinds("").unwrap().0.is_empty());
+    }
+}
