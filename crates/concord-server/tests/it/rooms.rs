@@ -161,3 +161,75 @@ async fn retention_trims_old_events_and_recovery_becomes_a_reset() {
     assert_eq!(ack["seq"], 31);
     server.stop().await;
 }
+
+fn doc_retention(c: &mut concord_server::Config) {
+    c.retention = vec![concord_server::config::RetentionPolicy {
+        pattern: "doc:*".into(),
+        max_events: Some(1),
+        max_age: None,
+    }];
+    c.retention_interval = std::time::Duration::from_millis(50);
+    c.doc_snapshot_every = 5;
+    c.doc_window = 3;
+}
+
+/// Sends an op list and returns its ack (or error), skipping events.
+async fn op_ack(w: &mut Ws, id: &str, base: u64, n: u64) -> serde_json::Value {
+    let ops = json!([{"op":"set","path":["n"],"value":n}]);
+    w.send(json!({"type":"op","room":"doc:log","id":id,"base":base,"ops":ops}))
+        .await;
+    loop {
+        let m = w.recv_durable().await;
+        if m["id"] == id && (m["type"] == "ack" || m["type"] == "error") {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_compacts_doc_rooms_which_still_load_and_rebase() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path(), doc_retention).await;
+    let mut w = Ws::hello(&server, "c").await;
+    w.join("doc:log", json!({"kind":"doc"})).await;
+    for n in 1..=20 {
+        let ack = op_ack(&mut w, &format!("o{n}"), n - 1, n).await;
+        assert_eq!(ack["seq"], n, "{ack}");
+    }
+    // Head 20, rebase window 3 (the cut stops at 18), snapshots every 5 ops: ops up to the
+    // snapshot at 15 go.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let evs = all_events(&server, "doc:log").await;
+        if seqs(&evs) == (16..=20).collect::<Vec<_>>() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted: {:?}",
+            seqs(&evs)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, e) = http(&server, "GET", "/v1/rooms/doc:log?at=3", None).await;
+    assert_eq!((s, e["code"].as_str()), (404, Some("not_found")), "{e}");
+    let (s, r) = http(&server, "GET", "/v1/rooms/doc:log?at=17", None).await;
+    assert_eq!((s, r["state"].clone()), (200, json!({"n":17})), "{r}");
+    // A stale base inside the rebase window is still rebased.
+    let ack = op_ack(&mut w, "late", 17, 99).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    drop(w);
+    server.stop().await;
+    // After a restart the document loads from its snapshot and the retained ops.
+    let server = TestServer::sqlite(dir.path(), doc_retention).await;
+    let mut w = Ws::hello(&server, "d").await;
+    let j = w.join("doc:log", json!({"kind":"doc"})).await;
+    assert_eq!(
+        (j["seq"].clone(), j["state"].clone()),
+        (json!(21), json!({"n":99})),
+        "{j}"
+    );
+    let ack = op_ack(&mut w, "after", 19, 7).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    server.stop().await;
+}
