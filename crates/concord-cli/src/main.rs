@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use concord_core::RoomKind;
 use concord_server::auth::{AdminKey, AuthMode, JwtKeys, JwtVerifier};
-use concord_server::config::Rate;
+use concord_server::config::{Rate, RetentionPolicy};
 use concord_server::room::doc::DocSchema;
 use concord_server::{Config, StoreConfig};
 use std::net::SocketAddr;
@@ -88,6 +89,76 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Rate::new(per_sec, burst))
 }
 
+/// `PATTERN=KIND,…` (`--room-kinds`).
+#[derive(Clone, Debug, Default)]
+struct RoomKinds(Vec<(String, RoomKind)>);
+
+fn parse_room_kinds(s: &str) -> Result<RoomKinds, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (pattern, kind) = item
+            .split_once('=')
+            .ok_or_else(|| format!("bad room kind {item:?} (PATTERN=stream|doc)"))?;
+        let kind = RoomKind::parse(kind.trim()).map_err(|e| format!("{item:?}: {e}"))?;
+        out.push((pattern.trim().to_string(), kind));
+    }
+    Ok(RoomKinds(out))
+}
+
+/// `PATTERN=max_events:N,max_age:AGE;…` (`--retention`).
+#[derive(Clone, Debug, Default)]
+struct Retention(Vec<RetentionPolicy>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    let mut out = Vec::new();
+    for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let (pattern, rules) = item
+            .split_once('=')
+            .ok_or_else(|| format!("bad retention {item:?} (PATTERN=max_events:N,max_age:AGE)"))?;
+        let mut policy = RetentionPolicy {
+            pattern: pattern.trim().to_string(),
+            max_events: None,
+            max_age: None,
+        };
+        for rule in rules.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match rule.split_once(':') {
+                Some(("max_events", n)) => {
+                    let n: u64 = n
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad max_events in {item:?}"))?;
+                    policy.max_events = Some(n.max(1));
+                }
+                Some(("max_age", age)) => policy.max_age = Some(parse_age(age)?),
+                _ => {
+                    return Err(format!(
+                        "bad retention rule {rule:?} (max_events:N or max_age:AGE)"
+                    ))
+                }
+            }
+        }
+        out.push(policy);
+    }
+    Ok(Retention(out))
+}
+
+/// A duration that may also be written in hours (`h`) or days (`d`).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let hours = |n: &str, per: u64| {
+        n.parse::<u64>()
+            .map(|n| Duration::from_secs(n * per))
+            .map_err(|_| format!("bad age {s:?}"))
+    };
+    if let Some(n) = s.strip_suffix('d') {
+        hours(n, 86_400)
+    } else if let Some(n) = s.strip_suffix('h') {
+        hours(n, 3_600)
+    } else {
+        parse_duration(s)
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -155,6 +226,9 @@ struct ServeArgs {
     /// Recent events each loaded room keeps in memory.
     #[arg(long, env = "CONCORD_ROOM_WINDOW", default_value_t = 1_024)]
     room_window: usize,
+    /// Bytes of recent events each loaded room keeps in memory at most.
+    #[arg(long, env = "CONCORD_ROOM_WINDOW_BYTES", default_value_t = 1024 * 1024)]
+    room_window_bytes: usize,
     /// Recent idempotency keys each loaded room keeps in memory.
     #[arg(long, env = "CONCORD_IDEMPOTENCY_CACHE", default_value_t = 32_768)]
     idempotency_cache: usize,
@@ -253,6 +327,29 @@ struct ServeArgs {
     /// Limit: `drift` reports per connection, PER_SEC[:BURST] (0 = unlimited).
     #[arg(long, env = "CONCORD_RATE_DRIFT_PER_CONN", default_value = "1:5", value_parser = parse_rate)]
     rate_drift_per_conn: Rate,
+    /// Limit: rooms one connection may create, PER_SEC[:BURST] (0 = unlimited; joins of
+    /// existing rooms do not count).
+    #[arg(long, env = "CONCORD_RATE_ROOM_CREATE_PER_CONN", default_value = "10:20", value_parser = parse_rate)]
+    rate_room_create_per_conn: Rate,
+    /// Limit: rooms one user (JWT `sub`) may create, PER_SEC[:BURST] (0 = unlimited).
+    #[arg(long, env = "CONCORD_RATE_ROOM_CREATE_PER_USER", default_value = "50:100", value_parser = parse_rate)]
+    rate_room_create_per_user: Rate,
+    /// Limit: most rooms in the store (creating one more gets `unavailable`).
+    #[arg(long, env = "CONCORD_MAX_ROOMS", default_value_t = 1_000_000)]
+    max_rooms: u64,
+    /// Room kinds by room-name pattern, e.g. `chat:*=stream,doc:*=doc` (first match wins): a
+    /// join with another kind gets `kind_mismatch`; a join without a kind creates the mapped kind.
+    #[arg(long, env = "CONCORD_ROOM_KINDS", default_value = "", value_parser = parse_room_kinds)]
+    room_kinds: RoomKinds,
+    /// Retention by room-name pattern, `PATTERN=max_events:N,max_age:AGE` with `;` between
+    /// policies (first match wins), e.g. `chat:*=max_events:100000,max_age:30d`; AGE in ms, s,
+    /// m, h or d. Older events are deleted (never a room's last one); doc rooms keep their
+    /// latest snapshot and rebase window. Rooms matching no pattern keep everything.
+    #[arg(long, env = "CONCORD_RETENTION", default_value = "", value_parser = parse_retention)]
+    retention: Retention,
+    /// How often the retention sweep runs (0 = never).
+    #[arg(long, env = "CONCORD_RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    retention_interval: Duration,
     /// Recent op lists a doc room keeps to rebase stale ops (an older base gets `conflict`).
     #[arg(long, env = "CONCORD_DOC_WINDOW", default_value_t = 10_000)]
     doc_window: usize,
@@ -406,6 +503,7 @@ impl ServeArgs {
             max_history: self.max_history,
             max_catch_up_bytes: self.max_catch_up_bytes,
             room_window: self.room_window,
+            room_window_bytes: self.room_window_bytes,
             idempotency_cache: self.idempotency_cache.max(1),
             max_page: self.max_page.max(1),
             handshake_timeout: self.handshake_timeout,
@@ -444,6 +542,12 @@ impl ServeArgs {
             rate_publish_per_room: self.rate_publish_per_room,
             rate_presence_per_conn: self.rate_presence_per_conn,
             rate_drift_per_conn: self.rate_drift_per_conn,
+            rate_room_create_per_conn: self.rate_room_create_per_conn,
+            rate_room_create_per_user: self.rate_room_create_per_user,
+            max_rooms: self.max_rooms,
+            room_kinds: self.room_kinds.0.clone(),
+            retention: self.retention.0.clone(),
+            retention_interval: self.retention_interval,
             doc_window: self.doc_window.max(1),
             doc_hash_every: self.doc_hash_every.max(1),
             doc_snapshot_every: self.doc_snapshot_every.max(1),
@@ -570,7 +674,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+mod secret_tests {
     use super::secret_bytes;
 
     #[test]
@@ -581,5 +685,42 @@ mod tests {
         );
         let binary = vec![0xff, b' ', 0x00, b'\n', 0x80, 0x20];
         assert_eq!(secret_bytes(binary.clone()), binary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_and_room_kinds_parse() {
+        let r = parse_retention("chat:*=max_events:100000,max_age:30d; log:*=max_age:12h").unwrap();
+        assert_eq!(r.0.len(), 2);
+        assert_eq!(
+            (r.0[0].pattern.as_str(), r.0[0].max_events, r.0[0].max_age),
+            (
+                "chat:*",
+                Some(100_000),
+                Some(Duration::from_secs(30 * 86_400))
+            )
+        );
+        assert_eq!(
+            (r.0[1].max_events, r.0[1].max_age),
+            (None, Some(Duration::from_secs(12 * 3_600)))
+        );
+        assert!(parse_retention("").unwrap().0.is_empty());
+        assert!(parse_retention("chat:*").is_err());
+        assert!(parse_retention("chat:*=max_rows:3").is_err());
+        assert!(parse_retention("chat:*=max_age:3w").is_err());
+        let k = parse_room_kinds("chat:*=stream, doc:*=doc").unwrap();
+        assert_eq!(
+            k.0,
+            [
+                ("chat:*".to_string(), RoomKind::Stream),
+                ("doc:*".to_string(), RoomKind::Doc)
+            ]
+        );
+        assert!(parse_room_kinds("chat:*=table").is_err());
+        assert!(parse_room_kinds("").unwrap().0.is_empty());
     }
 }

@@ -21,6 +21,18 @@ impl Rate {
     }
 }
 
+/// How long the events of rooms matching `pattern` are kept (`None`: no bound of that kind).
+/// Older events are deleted by the retention sweep, except each room's head event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Room-name pattern (`*` matches any run of characters).
+    pub pattern: String,
+    /// Most events kept per room.
+    pub max_events: Option<u64>,
+    /// Events older than this (by their hlc) are deleted.
+    pub max_age: Option<Duration>,
+}
+
 /// Where committed events are kept.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -62,6 +74,9 @@ pub struct Config {
     pub max_catch_up_bytes: usize,
     /// Recent committed events each loaded room keeps in memory for joins and recovery.
     pub room_window: usize,
+    /// Bytes of recent events (encoded frames) each loaded room keeps in memory at most; older
+    /// events are read from the store when a join needs them.
+    pub room_window_bytes: usize,
     /// Recent idempotency keys each loaded room keeps in memory (older ones are looked up in the store).
     pub idempotency_cache: usize,
     /// Largest `limit` of `GET /v1/rooms/{room}/events`.
@@ -126,6 +141,21 @@ pub struct Config {
     pub rate_presence_per_conn: Rate,
     /// `drift` reports per connection (each accepted one is logged once).
     pub rate_drift_per_conn: Rate,
+    /// Rooms one connection may create (joins of existing rooms do not count).
+    pub rate_room_create_per_conn: Rate,
+    /// Rooms one user (JWT `sub`) may create, all its connections and HTTP publishes together.
+    pub rate_room_create_per_user: Rate,
+    /// Most rooms the store holds; creating one more gets `unavailable`.
+    pub max_rooms: u64,
+    /// Room kinds fixed by room-name pattern (`*` matches any run of characters), first match
+    /// wins: a join with another kind gets `kind_mismatch`, a join without a kind creates the
+    /// room with this one, and HTTP publishes into a pattern mapped to `doc` get `kind_mismatch`.
+    pub room_kinds: Vec<(String, concord_core::RoomKind)>,
+    /// Retention policies by room-name pattern, first match wins; rooms matching none keep
+    /// every event.
+    pub retention: Vec<RetentionPolicy>,
+    /// How often the retention sweep runs (zero: never).
+    pub retention_interval: Duration,
     /// Recent op lists a doc room keeps to rebase stale ops; an older `base` gets `conflict`.
     pub doc_window: usize,
     /// Doc events carry the state hash every this many seqs (and `joined` always does).
@@ -175,6 +205,7 @@ impl Default for Config {
             max_history: 1_000,
             max_catch_up_bytes: 8 * 1024 * 1024,
             room_window: 1_024,
+            room_window_bytes: 1024 * 1024,
             idempotency_cache: 32_768,
             max_page: 1_000,
             handshake_timeout: Duration::from_secs(10),
@@ -202,6 +233,12 @@ impl Default for Config {
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
             rate_drift_per_conn: Rate::new(1, 5),
+            rate_room_create_per_conn: Rate::new(10, 20),
+            rate_room_create_per_user: Rate::new(50, 100),
+            max_rooms: 1_000_000,
+            room_kinds: Vec::new(),
+            retention: Vec::new(),
+            retention_interval: Duration::from_secs(60),
             doc_window: 10_000,
             doc_hash_every: 32,
             doc_snapshot_every: 1_000,
@@ -217,6 +254,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The kind fixed for `room` by `room_kinds`, if a pattern matches.
+    pub fn kind_for(&self, room: &str) -> Option<concord_core::RoomKind> {
+        self.room_kinds
+            .iter()
+            .find(|(pattern, _)| crate::auth::glob(pattern, room))
+            .map(|(_, kind)| *kind)
+    }
+
     /// The embedded default: a SQLite database under `data_dir`, fsync on every group commit.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         Config {

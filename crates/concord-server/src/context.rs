@@ -1,6 +1,7 @@
 //! State shared by every part of one server instance: config, store, metrics, clocks.
 
 use crate::config::Config;
+use crate::limiter::KeyedBucket;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use concord_core::{Clock, Epoch, HlcClock, HlcTimestamp, RoomId};
@@ -35,6 +36,10 @@ pub struct Shared {
     hlc: Mutex<HlcClock>,
     /// Counters of every loaded room.
     pub room_stats: Mutex<HashMap<RoomId, Arc<RoomStats>>>,
+    /// Rooms in the store (counted at start, then by every creation), against `max_rooms`.
+    pub rooms_stored: AtomicU64,
+    /// Room creations per user (`rate_room_create_per_user`).
+    pub room_create_per_user: KeyedBucket,
 }
 
 impl Shared {
@@ -45,7 +50,10 @@ impl Shared {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let hlc = Mutex::new(HlcClock::new(&config.node_id));
+        let room_create_per_user = KeyedBucket::new(config.rate_room_create_per_user);
         Shared {
+            rooms_stored: AtomicU64::new(0),
+            room_create_per_user,
             config,
             store,
             metrics,
@@ -62,6 +70,14 @@ impl Shared {
             .iter()
             .find(|s| crate::auth::glob(&s.pattern, room.as_str()))
             .cloned()
+    }
+
+    /// The retention policy of a room, if a configured pattern matches its name.
+    pub fn retention_for(&self, room: &RoomId) -> Option<&crate::config::RetentionPolicy> {
+        self.config
+            .retention
+            .iter()
+            .find(|p| crate::auth::glob(&p.pattern, room.as_str()))
     }
 
     /// The busiest loaded rooms by publishes since load: (room, publishes, presence, members).

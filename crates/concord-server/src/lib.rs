@@ -10,6 +10,7 @@ mod gateway;
 mod limiter;
 pub mod metrics;
 pub mod outbound;
+mod retention;
 pub mod room;
 pub mod store;
 
@@ -75,12 +76,17 @@ pub async fn run_with_ready(
         None => None,
     };
     let shutdown_timeout = config.shutdown_timeout;
+    let rooms_stored = store.room_count().await?;
     let shared = Arc::new(Shared::new(
         config,
         store.clone(),
         metrics.clone(),
         Arc::new(SystemClock),
     ));
+    shared
+        .rooms_stored
+        .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);
+    let shared_for_retention = shared.clone();
     let registry = room::Registry::new(shared.clone());
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {
@@ -90,6 +96,7 @@ pub async fn run_with_ready(
         conns: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
     });
+    let sweeper = tokio::spawn(retention::run(shared_for_retention, token.clone()));
     let trigger = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -140,6 +147,7 @@ pub async fn run_with_ready(
         app.conns.close();
         http_conns.wait().await;
         app.conns.wait().await;
+        let _ = sweeper.await;
         registry.close().await;
         store.close().await;
     };

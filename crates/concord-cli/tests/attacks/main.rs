@@ -15,12 +15,15 @@ mod probe;
 
 mod baseline;
 mod cross_origin;
+mod data_dir;
 mod deep_docs;
 mod doc_client;
 mod drift_flood;
 mod fd_exhaustion;
 mod http_edges;
 mod never_reading;
+mod room_floods;
+mod room_load;
 mod shutdown;
 mod slowloris;
 mod stale_lists;

@@ -4,7 +4,7 @@ use super::ws::bearer;
 use super::App;
 use crate::auth::{Identity, Right};
 use crate::room::doc;
-use crate::room::{Publish, Reply, RoomError, RoomMsg, Waiter};
+use crate::room::{Creator, Publish, Reply, RoomError, RoomMsg, Waiter};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -18,8 +18,58 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-/// The pseudo client id of events published over HTTP (scope of their idempotency keys).
+/// The pseudo client id of events published over HTTP with the admin key or without
+/// authentication (scope of their idempotency keys).
 pub const HTTP_CLIENT: &str = "http";
+/// Prefix of the pseudo client id of a JWT user's HTTP events: `http:<user>`. Reserved, like
+/// [`HTTP_CLIENT`], so that no WebSocket client shares the idempotency scope of an HTTP caller.
+pub const HTTP_CLIENT_PREFIX: &str = "http:";
+
+/// Whether a client id is reserved for HTTP callers (`http`, `http:…`).
+pub fn is_http_client(id: &str) -> bool {
+    id == HTTP_CLIENT || id.starts_with(HTTP_CLIENT_PREFIX)
+}
+
+/// Who called the HTTP API: a backend (admin key, or anyone when authentication is off) or a
+/// JWT user. Idempotency keys (`id`) of HTTP writes are scoped to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    Backend,
+    User(String),
+}
+
+impl Caller {
+    /// The key of the user's room-creation bucket (none for a backend).
+    fn user(&self) -> Option<String> {
+        match self {
+            Caller::Backend => None,
+            Caller::User(u) => Some(u.clone()),
+        }
+    }
+
+    /// The client id stored as `from` of this caller's HTTP events: `http` for a backend,
+    /// `http:<user>` for a JWT user, or `http:~<32 hex of a SHA-256 of the user>` when the user is
+    /// not printable ASCII, too long for a client id, or starts with `~`.
+    fn client_id(&self) -> ClientId {
+        let id = match self {
+            Caller::Backend => HTTP_CLIENT.to_string(),
+            Caller::User(user) => {
+                let plain = !user.is_empty()
+                    && !user.starts_with('~')
+                    && user.len() <= 128 - HTTP_CLIENT_PREFIX.len()
+                    && user.bytes().all(|b| (0x21..=0x7e).contains(&b));
+                if plain {
+                    format!("{HTTP_CLIENT_PREFIX}{user}")
+                } else {
+                    // SHA-256 (first 16 bytes, hex) of the user as a JSON string.
+                    let digest = concord_core::doc::state_hash(&serde_json::json!(user));
+                    format!("{HTTP_CLIENT_PREFIX}~{digest}")
+                }
+            }
+        };
+        ClientId::new(&id).unwrap_or_else(|_| ClientId::new(HTTP_CLIENT).expect("valid client id"))
+    }
+}
 
 pub struct HttpError(RoomError);
 
@@ -53,15 +103,25 @@ fn authorize(
     room: &str,
     right: Right,
 ) -> Result<Identity, HttpError> {
+    authorize_caller(app, headers, room, right).map(|(identity, _)| identity)
+}
+
+/// [`authorize`], also saying who the caller is.
+fn authorize_caller(
+    app: &App,
+    headers: &HeaderMap,
+    room: &str,
+    right: Right,
+) -> Result<(Identity, Caller), HttpError> {
     let cfg = &app.shared.config;
     let token = bearer(headers);
     if let (Some(key), Some(t)) = (&cfg.admin_key, &token) {
         if key.matches(t) {
-            return Ok(Identity::admin());
+            return Ok((Identity::admin(), Caller::Backend));
         }
     }
     if !cfg.auth.enabled() && cfg.admin_key.is_none() {
-        return Ok(Identity::anonymous());
+        return Ok((Identity::anonymous(), Caller::Backend));
     }
     let now = app.shared.clock.now_ms() / 1000;
     let identity = match &cfg.auth {
@@ -73,7 +133,8 @@ fn authorize(
         err(app, ErrorCode::Unauthorized, e.to_string())
     })?;
     if identity.may(room, right) {
-        Ok(identity)
+        let caller = Caller::User(identity.user.clone());
+        Ok((identity, caller))
     } else {
         Err(err(
             app,
@@ -117,7 +178,7 @@ pub async fn post_event(
 ) -> Result<Response, HttpError> {
     let received = Instant::now();
     let room = room_id(&app, &room)?;
-    authorize(&app, &headers, room.as_str(), Right::Write)?;
+    let (_, caller) = authorize_caller(&app, &headers, room.as_str(), Right::Write)?;
     let body: PostBody = json_body(&app, body, r#"{"data":…,"id":…}"#)?;
     if let Err(e) =
         concord_protocol::check_readable(body.data.get(), concord_protocol::MAX_DATA_DEPTH)
@@ -136,9 +197,13 @@ pub async fn post_event(
     }
     submit(&app, &room, body.id, received, |waiter| {
         RoomMsg::Publish(Publish {
-            client: ClientId::new(HTTP_CLIENT).expect("valid client id"),
+            // Idempotency keys are scoped per caller: two users' `id`s never collide.
+            client: caller.client_id(),
             data: body.data,
-            create: true,
+            create: Some(Box::new(Creator {
+                conn_rate: None,
+                user: caller.user(),
+            })),
             waiter,
         })
     })
@@ -250,7 +315,10 @@ pub async fn get_room(
                 let msg = format!("at {at} is after the latest seq ({})", record.head);
                 return Err(err(&app, ErrorCode::NotFound, msg));
             }
-            let state = doc::state_at(store, &room, at).await.map_err(unavailable)?;
+            let state = doc::state_at(store, &room, at).await.map_err(|e| match e {
+                crate::store::StoreError::Trimmed(m) => err(&app, ErrorCode::NotFound, m),
+                e => unavailable(e),
+            })?;
             body["seq"] = at.0.into();
             body["hash"] = concord_core::doc::state_hash(&state).into();
             body["state"] = state;
@@ -275,11 +343,13 @@ pub async fn restore(
 ) -> Result<Response, HttpError> {
     let received = Instant::now();
     let room = room_id(&app, &room)?;
-    authorize(&app, &headers, room.as_str(), Right::Admin)?;
+    let (_, caller) = authorize_caller(&app, &headers, room.as_str(), Right::Admin)?;
     let body: RestoreBody = json_body(&app, body, r#"{"seq":N,"id":…}"#)?;
     let seq = Seq(body.seq);
+    let client = caller.client_id();
     submit(&app, &room, body.id, received, |waiter| RoomMsg::Restore {
         seq,
+        client,
         waiter,
     })
     .await

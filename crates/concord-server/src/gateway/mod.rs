@@ -4,7 +4,6 @@ mod guard;
 mod http;
 mod page;
 
-pub use http::HTTP_CLIENT;
 mod session;
 mod writer;
 mod ws;

@@ -6,7 +6,7 @@ use super::App;
 use crate::auth::{Identity, Right};
 use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
-use crate::room::{OpMsg, Publish, Reply, RoomMsg, Waiter};
+use crate::room::{Creator, OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind};
 use concord_protocol::outbound::{self as wire, MemberInfo};
@@ -40,6 +40,8 @@ pub struct Session {
     publish_rate: Bucket,
     presence_rate: Bucket,
     drift_rate: Bucket,
+    /// Rooms this connection creates (checked by a room's actor when a join creates it).
+    room_create_rate: Arc<Bucket>,
 }
 
 impl Session {
@@ -51,6 +53,7 @@ impl Session {
             publish_rate: Bucket::new(cfg.rate_publish_per_conn),
             presence_rate: Bucket::new(cfg.rate_presence_per_conn),
             drift_rate: Bucket::new(cfg.rate_drift_per_conn),
+            room_create_rate: Arc::new(Bucket::new(cfg.rate_room_create_per_conn)),
             app,
             out,
             client: None,
@@ -176,9 +179,9 @@ impl Session {
 
     async fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
         let client = match ClientId::new(client_id) {
-            Ok(c) if c.as_str() != super::http::HTTP_CLIENT => c,
+            Ok(c) if !super::http::is_http_client(c.as_str()) => c,
             Ok(_) => {
-                let msg = "client_id \"http\" is reserved for events published over HTTP";
+                let msg = "client_ids \"http\" and \"http:…\" are reserved for events published over HTTP";
                 self.error(None, None, ErrorCode::BadRequest, msg);
                 return None;
             }
@@ -396,6 +399,7 @@ impl Session {
             kind,
             since,
             history,
+            create: self.creator(&room),
             joined: tx,
         };
         if self.app.registry.send(&room, msg).is_err() {
@@ -407,6 +411,25 @@ impl Session {
             );
         }
         self.rooms.insert(room, Some(rx));
+    }
+
+    /// What a join may do if the room does not exist: only a writer creates it, held to this
+    /// connection's and its user's room-creation rates (checked by the actor when it creates).
+    fn creator(&self, room: &RoomId) -> Option<Box<Creator>> {
+        let identity = self.identity.as_ref()?;
+        if !identity.may(room.as_str(), Right::Write) {
+            return None;
+        }
+        Some(Box::new(Creator {
+            conn_rate: Some(self.room_create_rate.clone()),
+            user: self
+                .app
+                .shared
+                .config
+                .auth
+                .enabled()
+                .then(|| identity.user.clone()),
+        }))
     }
 
     fn leave(&mut self, name: &str) {
@@ -510,7 +533,7 @@ impl Session {
         let msg = RoomMsg::Publish(Publish {
             client,
             data,
-            create: false,
+            create: None,
             waiter,
         });
         self.dispatch(&room, id, msg);

@@ -193,6 +193,14 @@ impl Replay<'_> {
                     self.room
                 )));
             }
+            if events[0].seq.0 > seq.0 + 1 {
+                // Retention removes ops only behind a kept snapshot: ops missing right after
+                // the state being rebuilt mean that state is gone.
+                return Err(DocLoadError::Store(StoreError::Trimmed(format!(
+                    "the ops of {} after seq {seq} were removed by retention",
+                    self.room
+                ))));
+            }
             // Replaying a batch is CPU work (up to 1000 lists): keep it off the async workers.
             let batch =
                 off_the_workers(|| self.apply_batch(state, &events, to, &mut seq, &mut each));
@@ -234,6 +242,14 @@ impl Replay<'_> {
                 Err(m) => return Err(DocLoadError::Corrupt(m)),
             };
             if e.seq > *seq {
+                if e.seq.0 != seq.0 + 1 {
+                    // Retention removes ops only behind a kept snapshot: a gap after the state
+                    // being rebuilt means that state is gone.
+                    return Err(DocLoadError::Store(StoreError::Trimmed(format!(
+                        "the ops of {} between {} and {} were removed by retention",
+                        self.room, seq, e.seq
+                    ))));
+                }
                 if let Err(err) = doc::apply_in_place(state, &ops) {
                     let m = format!("replaying seq {}: {err}", e.seq);
                     if !self.skip_bad {
@@ -345,6 +361,13 @@ impl DocState {
         };
         let seq = replay
             .run(&mut state, from, snapshot_seq, head, |s, ops| {
+                // Ops trimmed by retention before the snapshot: the window restarts after them.
+                if log
+                    .back()
+                    .is_some_and(|(last, _): &(Seq, _)| last.0 + 1 != s.0)
+                {
+                    log.clear();
+                }
                 log.push_back((s, ops));
                 if log.len() > window {
                     log.pop_front();

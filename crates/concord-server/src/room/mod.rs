@@ -6,7 +6,7 @@ mod members;
 mod msg;
 mod registry;
 
-pub use msg::{Acked, OpMsg, Publish, Reply, RoomError, RoomMsg, Waiter};
+pub use msg::{Acked, Creator, OpMsg, Publish, Reply, RoomError, RoomMsg, Waiter};
 pub use registry::Registry;
 
 use crate::store::StoredEvent;

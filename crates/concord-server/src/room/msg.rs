@@ -1,5 +1,6 @@
 //! Messages to a room actor and the ways it answers them.
 
+use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
@@ -15,6 +16,9 @@ pub enum RoomMsg {
         kind: Option<RoomKind>,
         since: Option<Since>,
         history: u64,
+        /// Set when the joiner may create the room (it has the `write` right); a join without it
+        /// of a missing room gets `not_found`.
+        create: Option<Box<Creator>>,
         /// Told `true` once the connection is a member (dropped on refusal).
         joined: oneshot::Sender<bool>,
     },
@@ -29,6 +33,8 @@ pub enum RoomMsg {
     /// Commit, as one new op list, the ops that turn the document back into its state at `seq`.
     Restore {
         seq: Seq,
+        /// The HTTP caller's client id (scope of the waiter's idempotency key).
+        client: ClientId,
         waiter: Waiter,
     },
     /// A member's presence (already checked for size and rights).
@@ -43,8 +49,19 @@ pub struct Publish {
     pub client: ClientId,
     pub data: Box<RawValue>,
     /// Create the room as a stream room if it does not exist (HTTP publish).
-    pub create: bool,
+    pub create: Option<Box<Creator>>,
     pub waiter: Waiter,
+}
+
+/// Who may create a missing room, and the room-creation rates it is held to: checked by the
+/// actor only when it really creates the room (joining an existing room costs nothing).
+#[derive(Clone)]
+pub struct Creator {
+    /// The connection's room-creation bucket (none for HTTP).
+    pub conn_rate: Option<Arc<Bucket>>,
+    /// The key of the user's bucket (`rate_room_create_per_user`): the JWT `sub`; none for the
+    /// admin key and without authentication.
+    pub user: Option<String>,
 }
 
 /// One doc op list to rebase, apply and sequence.

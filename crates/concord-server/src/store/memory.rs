@@ -1,6 +1,6 @@
 //! `MemoryStore`: the store contract held in process memory, for tests of the logic above it.
 
-use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use parking_lot::Mutex;
@@ -10,7 +10,10 @@ use std::collections::{HashMap, HashSet};
 struct MemRoom {
     kind: Option<RoomKind>,
     epoch: Option<Epoch>,
+    /// The retained events: `events[i].seq == floor + i + 1`.
     events: Vec<StoredEvent>,
+    /// Events removed by `trim` before the first retained one.
+    floor: u64,
     keys: HashSet<(String, String)>,
     snapshots: std::collections::BTreeMap<Seq, String>,
 }
@@ -20,6 +23,12 @@ struct MemRoom {
 pub struct MemoryStore {
     rooms: Mutex<HashMap<RoomId, MemRoom>>,
     clients: Mutex<HashMap<String, String>>,
+}
+
+impl MemRoom {
+    fn head(&self) -> u64 {
+        self.floor + self.events.len() as u64
+    }
 }
 
 impl MemoryStore {
@@ -36,7 +45,7 @@ impl Store for MemoryStore {
             Some(RoomRecord {
                 kind: r.kind?,
                 epoch: r.epoch.clone()?,
-                head: Seq(r.events.len() as u64),
+                head: Seq(r.head()),
                 head_hlc: r.events.last().map(|e| e.hlc.clone()),
             })
         }))
@@ -59,7 +68,7 @@ impl Store for MemoryStore {
             .filter(|r| r.kind.is_some())
             .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
         let mut new_keys = HashSet::new();
-        for (expected, e) in (r.events.len() as u64 + 1..).zip(events.iter()) {
+        for (expected, e) in (r.head() + 1..).zip(events.iter()) {
             if let Some(op) = &e.op_id {
                 let key = (e.from.clone(), op.clone());
                 if r.keys.contains(&key) || !new_keys.insert(key) {
@@ -94,12 +103,82 @@ impl Store for MemoryStore {
             .map(|r| {
                 r.events
                     .iter()
-                    .skip(after.0 as usize)
+                    .skip(after.0.saturating_sub(r.floor) as usize)
                     .take(limit)
                     .cloned()
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
+        let rooms = self.rooms.lock();
+        let Some(r) = rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let skip = r.events.len().saturating_sub(last);
+        Ok(r.events
+            .iter()
+            .skip(skip)
+            .map(|e| EventKey {
+                seq: e.seq,
+                from: e.from.clone(),
+                op_id: e.op_id.clone(),
+                hlc: e.hlc.clone(),
+            })
+            .collect())
+    }
+
+    async fn room_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .rooms
+            .lock()
+            .values()
+            .filter(|r| r.kind.is_some())
+            .count() as u64)
+    }
+
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
+        let rooms = self.rooms.lock();
+        let mut all: Vec<(RoomId, RoomKind)> = rooms
+            .iter()
+            .filter(|(name, _)| after.as_ref().is_none_or(|a| name.as_str() > a.as_str()))
+            .filter_map(|(name, r)| Some((name.clone(), r.kind?)))
+            .collect();
+        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()> {
+        let mut rooms = self.rooms.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return Ok(());
+        };
+        // Never the head event.
+        let keep_from = before.0.min(r.head()).max(r.floor + 1);
+        let drop = (keep_from - 1 - r.floor) as usize;
+        for e in r.events.drain(..drop) {
+            if let Some(op) = e.op_id {
+                r.keys.remove(&(e.from, op));
+            }
+        }
+        r.floor += drop as u64;
+        Ok(())
+    }
+
+    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>> {
+        let rooms = self.rooms.lock();
+        Ok(rooms.get(room).and_then(|r| {
+            r.events
+                .iter()
+                .find(|e| e.hlc.as_str() >= hlc)
+                .map(|e| e.seq)
+        }))
     }
 
     async fn find_ops(
@@ -133,10 +212,10 @@ impl Store for MemoryStore {
             .get_mut(room)
             .filter(|r| r.kind.is_some())
             .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
-        if seq.0 > r.events.len() as u64 {
+        if seq.0 > r.head() {
             return Err(StoreError::NotContiguous {
                 room: room.to_string(),
-                expected: r.events.len() as u64,
+                expected: r.head(),
                 got: seq.0,
             });
         }

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use serde_json::value::RawValue;
 
+mod lock;
 mod memory;
 mod sqlite;
 #[cfg(test)]
 mod suite;
 
+pub use lock::DirLock;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -26,6 +28,16 @@ pub struct StoredEvent {
     /// The client's op id, if it gave one (idempotency key with `from`).
     pub op_id: Option<String>,
     pub data: Box<RawValue>,
+}
+
+/// The idempotency key of one stored event, without its body (what loading a room needs: the
+/// bodies of a room's recent events may be hundreds of megabytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKey {
+    pub seq: Seq,
+    pub from: String,
+    pub op_id: Option<String>,
+    pub hlc: String,
 }
 
 /// What the store knows about a room.
@@ -60,6 +72,12 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// What was asked for lies before the retained floor of the room (removed by retention).
+    #[error("{0}")]
+    Trimmed(String),
+    /// Another process holds the data directory's lock file.
+    #[error("data directory {dir} is in use by another concord process (pid {pid})")]
+    InUse { dir: String, pid: String },
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -88,6 +106,25 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>>;
+    /// The keys of the room's last `last` events, in seq order, without reading their bodies.
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>>;
+    /// Number of rooms ever created (and not deleted).
+    async fn room_count(&self) -> StoreResult<u64>;
+    /// Up to `limit` rooms whose name sorts after `after` (all from the start when `None`), in
+    /// name order, with their kinds: for background sweeps.
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>>;
+    /// Deletes the room's events with seq < `before` (retention), except the head event, which
+    /// always survives so that seqs never restart. Reads then start at the retained floor; the
+    /// idempotency keys of deleted events are forgotten (a retry of one is a new event). Durable
+    /// on return.
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()>;
+    /// The first seq of the room whose hlc sorts at or after `hlc` (hlcs grow with seqs; a
+    /// 13-digit millisecond prefix finds the first event of that time), if any.
+    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>>;
     /// The committed ops among `keys` (from, op_id).
     async fn find_ops(
         &self,

@@ -7,7 +7,7 @@
 //! never takes others down. Reads use a small pool of separate connections, which see committed
 //! data only.
 
-use super::{FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{DirLock, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (room, client, op_id) WHERE op_id IS NOT NULL;
+-- Covers `recent_keys` (and searches by hlc): loading a room never touches the pages of its
+-- event bodies.
+CREATE INDEX IF NOT EXISTS events_keys ON events (room, seq, hlc, client, op_id);
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY,
     user TEXT NOT NULL
@@ -81,6 +84,11 @@ enum WriteReq {
         user: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
+    Trim {
+        room: RoomId,
+        before: Seq,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -90,7 +98,12 @@ enum WriteReq {
 pub struct SqliteStore {
     tx: mpsc::Sender<WriteReq>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// At most `MAX_READERS` reads run at once: a burst of reads (thousands of rooms loading)
+    /// queues here instead of growing the blocking thread pool and the reader connections.
+    read_slots: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
+    /// The data directory's lock: one server per database, released by `close`.
+    lock: Mutex<Option<DirLock>>,
 }
 
 fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
@@ -110,7 +123,9 @@ fn open_conn(path: &Path, sync_full: bool) -> StoreResult<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    /// Opens (creating if needed) the database at `path` and starts its writer thread. Refuses
+    /// ([`StoreError::InUse`]) when another process has the directory's lock file
+    /// (`concord.lock` next to the database).
     pub fn open(
         path: &Path,
         sync_full: bool,
@@ -121,6 +136,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let lock = DirLock::acquire(dir)?;
         let conn = open_conn(path, sync_full)?;
         conn.execute_batch(SCHEMA)?;
         let (tx, rx) = mpsc::channel();
@@ -131,7 +151,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             path: path.to_path_buf(),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -162,7 +184,14 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let pooled = pool.lock().pop();
             let conn = match pooled {
                 Some(c) => c,
@@ -276,6 +305,86 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
+        let name = room.to_string();
+        self.read(move |c| {
+            // Answered from the covering index `events_keys`: the table's pages, which hold the
+            // bodies, are never read.
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.client, e.op_id, e.hlc FROM events e INDEXED BY events_keys \
+                 WHERE e.room = (SELECT id FROM rooms WHERE name = ?1) ORDER BY e.seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![name, last as i64], |r| {
+                Ok(EventKey {
+                    seq: Seq(r.get::<_, u64>(0)?),
+                    from: r.get(1)?,
+                    op_id: r.get(2)?,
+                    hlc: r.get(3)?,
+                })
+            })?;
+            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn room_count(&self) -> StoreResult<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rooms", [], |r| r.get::<_, u64>(0))?))
+            .await
+    }
+
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
+        let after = after.map(|r| r.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, kind FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, kind) = row?;
+                let bad = |e: String| StoreError::Backend(format!("stored room {name:?}: {e}"));
+                let room = RoomId::new(&name).map_err(|e| bad(e.to_string()))?;
+                let kind = RoomKind::parse(&kind).map_err(|e| bad(e.to_string()))?;
+                out.push((room, kind));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Trim {
+            room: room.clone(),
+            before,
+            reply,
+        })
+        .await
+    }
+
+    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>> {
+        let (name, hlc) = (room.to_string(), hlc.to_string());
+        self.read(move |c| {
+            // The covering index `events_keys` holds the hlcs: no body is read.
+            Ok(c.prepare_cached(
+                "SELECT e.seq FROM events e INDEXED BY events_keys \
+                 WHERE e.room = (SELECT id FROM rooms WHERE name = ?1) AND e.hlc >= ?2 \
+                 ORDER BY e.seq LIMIT 1",
+            )?
+            .query_row(params![name, hlc], |r| r.get::<_, u64>(0))
+            .optional()?
+            .map(Seq))
         })
         .await
     }
@@ -397,6 +506,8 @@ impl Store for SqliteStore {
             let _ = rx.await;
         }
         self.readers.lock().clear();
+        // The writer is done: another server may take the directory now.
+        self.lock.lock().take();
     }
 }
 
@@ -435,6 +546,7 @@ impl Writer {
                     WriteReq::Create { .. }
                     | WriteReq::Snapshot { .. }
                     | WriteReq::PruneSnapshots { .. }
+                    | WriteReq::Trim { .. }
                     | WriteReq::Claim { .. } => events += 1,
                 }
                 batch.push(req);
@@ -643,6 +755,17 @@ impl Writer {
                     .execute(params![client, user])?;
                 Ok(None)
             }
+            WriteReq::Trim { room, before, .. } => {
+                // Never the head: `seq < head` keeps the last event whatever `before` says.
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE room = (SELECT id FROM rooms WHERE name = ?1) \
+                         AND seq < ?2 AND seq < (SELECT MAX(seq) FROM events \
+                         WHERE room = (SELECT id FROM rooms WHERE name = ?1))",
+                    )?
+                    .execute(params![room.as_str(), before.0])?;
+                Ok(None)
+            }
             WriteReq::Close { .. } => Ok(None),
         }
     }
@@ -654,6 +777,7 @@ fn reply(req: WriteReq, result: StoreResult<()>) {
         | WriteReq::Append { reply, .. }
         | WriteReq::Snapshot { reply, .. }
         | WriteReq::PruneSnapshots { reply, .. }
+        | WriteReq::Trim { reply, .. }
         | WriteReq::Claim { reply, .. } => {
             let _ = reply.send(result);
         }

@@ -13,6 +13,133 @@ pub(crate) fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     }
 }
 
+pub(crate) async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
+    let r = room("keys");
+    assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
+    assert_eq!(s.room_count().await.unwrap(), 0);
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.create_room(&room("other"), RoomKind::Doc, &Epoch("e".into()))
+        .await
+        .unwrap();
+    assert_eq!(s.room_count().await.unwrap(), 2);
+    assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
+    let mut big = ev(3, "d", Some("m3"));
+    big.data = RawValue::from_string(format!("\"{}\"", "é".repeat(100))).unwrap();
+    s.append(
+        &r,
+        vec![
+            ev(1, "c", Some("m1")),
+            ev(2, "c", None),
+            big,
+            ev(4, "c", Some("m4")),
+        ],
+    )
+    .await
+    .unwrap();
+    let keys = s.recent_keys(&r, 3).await.unwrap();
+    let seqs: Vec<u64> = keys.iter().map(|k| k.seq.0).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(
+        keys[1],
+        EventKey {
+            seq: Seq(3),
+            from: "d".into(),
+            op_id: Some("m3".into()),
+            hlc: format!("{:013}-000000-n", 3),
+        }
+    );
+    assert_eq!(keys[0].op_id, None);
+    assert_eq!(s.recent_keys(&r, 100).await.unwrap().len(), 4);
+    assert!(s.recent_keys(&room("nope"), 5).await.unwrap().is_empty());
+}
+
+pub(crate) async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
+    let r = room("trim");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    let evs: Vec<StoredEvent> = (1..=10)
+        .map(|n| ev(n, "c", Some(&format!("m{n}"))))
+        .collect();
+    s.append(&r, evs).await.unwrap();
+    assert_eq!(
+        s.seq_at_or_after(&r, &format!("{:013}", 4)).await.unwrap(),
+        Some(Seq(4))
+    );
+    assert_eq!(
+        s.seq_at_or_after(&r, &format!("{:013}", 11)).await.unwrap(),
+        None
+    );
+    s.trim(&r, Seq(5)).await.unwrap();
+    let seqs = |evs: Vec<StoredEvent>| evs.iter().map(|e| e.seq.0).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(s.read_events(&r, Seq(0), 100).await.unwrap()),
+        (5..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(seqs(s.read_events(&r, Seq(2), 3).await.unwrap()), [5, 6, 7]);
+    assert_eq!(seqs(s.read_events(&r, Seq(6), 2).await.unwrap()), [7, 8]);
+    assert_eq!(s.seq_at_or_after(&r, "").await.unwrap(), Some(Seq(5)));
+    // Trimmed keys are forgotten; retained ones are still found.
+    let keys = vec![
+        ("c".to_string(), "m2".to_string()),
+        ("c".to_string(), "m6".to_string()),
+    ];
+    let found = s.find_ops(&r, keys).await.unwrap();
+    assert_eq!(found.iter().map(|f| f.seq.0).collect::<Vec<_>>(), [6]);
+    let recent = s.recent_keys(&r, 100).await.unwrap();
+    assert_eq!(recent.first().map(|k| k.seq), Some(Seq(5)));
+    // Trimming everything keeps the head: seqs never restart.
+    s.trim(&r, Seq(1000)).await.unwrap();
+    assert_eq!(seqs(s.read_events(&r, Seq(0), 100).await.unwrap()), [10]);
+    let rec = s.load_room(&r).await.unwrap().unwrap();
+    assert_eq!(rec.head, Seq(10));
+    s.append(&r, vec![ev(11, "c", Some("m2"))]).await.unwrap();
+    assert!(s.append(&r, vec![ev(13, "c", None)]).await.is_err());
+    assert_eq!(
+        seqs(s.read_events(&r, Seq(0), 100).await.unwrap()),
+        [10, 11]
+    );
+    s.save_snapshot(&r, Seq(11), "{}".into()).await.unwrap();
+    // Trimming a missing room or nothing is a no-op.
+    s.trim(&room("nope"), Seq(5)).await.unwrap();
+    s.trim(&r, Seq(0)).await.unwrap();
+    assert_eq!(
+        seqs(s.read_events(&r, Seq(0), 100).await.unwrap()),
+        [10, 11]
+    );
+}
+
+pub(crate) async fn list_rooms_pages_by_name(s: Arc<dyn Store>) {
+    for (name, kind) in [
+        ("b", RoomKind::Doc),
+        ("a", RoomKind::Stream),
+        ("c", RoomKind::Stream),
+    ] {
+        s.create_room(&room(name), kind, &Epoch("e".into()))
+            .await
+            .unwrap();
+    }
+    let names = |v: Vec<(RoomId, RoomKind)>| {
+        v.into_iter()
+            .map(|(r, k)| (r.to_string(), k))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(s.list_rooms(None, 2).await.unwrap()),
+        [
+            ("a".to_string(), RoomKind::Stream),
+            ("b".to_string(), RoomKind::Doc)
+        ]
+    );
+    assert_eq!(
+        names(s.list_rooms(Some(room("b")), 10).await.unwrap()),
+        [("c".to_string(), RoomKind::Stream)]
+    );
+    assert!(s.list_rooms(Some(room("c")), 10).await.unwrap().is_empty());
+}
+
 fn room(name: &str) -> RoomId {
     RoomId::new(name).unwrap()
 }
@@ -250,6 +377,21 @@ macro_rules! store_suite {
             async fn duplicate_op_ids_are_refused() {
                 let (s, _guard) = $make;
                 suite::duplicate_op_ids_are_refused(s).await;
+            }
+            #[tokio::test]
+            async fn recent_keys_without_bodies() {
+                let (s, _guard) = $make;
+                suite::recent_keys_without_bodies(s).await;
+            }
+            #[tokio::test]
+            async fn trim_keeps_the_head_and_forgets_trimmed_keys() {
+                let (s, _guard) = $make;
+                suite::trim_keeps_the_head_and_forgets_trimmed_keys(s).await;
+            }
+            #[tokio::test]
+            async fn list_rooms_pages_by_name() {
+                let (s, _guard) = $make;
+                suite::list_rooms_pages_by_name(s).await;
             }
             #[tokio::test]
             async fn pagination() {

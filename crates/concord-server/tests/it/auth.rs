@@ -403,3 +403,137 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     assert_eq!(stats["rooms"][0]["publishes"], 2);
     server.stop().await;
 }
+
+/// One HTTP request with an optional bearer token; the status and the JSON body.
+async fn http_as(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new().request(
+        method.parse().unwrap(),
+        format!("http://{}{}", server.addr, path),
+    );
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn http_idempotency_keys_are_scoped_per_caller() {
+    let server = jwt_server(|c| {
+        c.admin_key = Some(concord_server::auth::AdminKey::new("backend-admin-key").unwrap())
+    })
+    .await;
+    let rooms = json!({"jobs:*":["read","write"]});
+    let bob = token("bob", rooms.clone(), 300);
+    let alice = token("alice", rooms.clone(), 300);
+    // A user whose name cannot be a client id as is: hashed into one.
+    let odd = token("ünïcode user", rooms, 300);
+    let post = |who: &str, n: u64| {
+        let who = who.to_string();
+        let server = &server;
+        async move {
+            http_as(
+                server,
+                "POST",
+                "/v1/rooms/jobs:1/events",
+                Some(&who),
+                Some(json!({"data": {"n": n}, "id": "job-1"})),
+            )
+            .await
+        }
+    };
+    let (s, b1) = post(&bob, 1).await;
+    assert_eq!((s, b1["seq"].as_u64()), (200, Some(1)), "{b1}");
+    // Alice uses the same id: her own event, her own ack.
+    let (s, a1) = post(&alice, 2).await;
+    assert_eq!((s, a1["seq"].as_u64()), (200, Some(2)), "{a1}");
+    let (s, o1) = post(&odd, 3).await;
+    assert_eq!((s, o1["seq"].as_u64()), (200, Some(3)), "{o1}");
+    let (s, k1) = post("backend-admin-key", 4).await;
+    assert_eq!((s, k1["seq"].as_u64()), (200, Some(4)), "{k1}");
+    // Retries by the same caller get the original ack; nothing is appended.
+    assert_eq!(post(&bob, 9).await, (200, b1));
+    assert_eq!(post(&alice, 9).await, (200, a1));
+    assert_eq!(post(&odd, 9).await, (200, o1));
+    assert_eq!(post("backend-admin-key", 9).await, (200, k1));
+    let (s, page) = http_as(
+        &server,
+        "GET",
+        "/v1/rooms/jobs:1/events",
+        Some("backend-admin-key"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let events = page["events"].as_array().unwrap();
+    let from: Vec<&str> = events.iter().map(|e| e["from"].as_str().unwrap()).collect();
+    assert_eq!(from.len(), 4, "{page}");
+    assert_eq!(&from[..2], ["http:bob", "http:alice"]);
+    assert!(
+        from[2].starts_with("http:~") && from[2].len() == 6 + 32,
+        "{from:?}"
+    );
+    assert_eq!(from[3], "http");
+    let n: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(n, [1, 2, 3, 4]);
+    // WebSocket clients cannot take an HTTP caller's scope.
+    let ws_token = token("mallory", json!({"jobs:*":["read","write"]}), 300);
+    for reserved in ["http", "http:bob"] {
+        let mut w = hello_with(&server, reserved, &ws_token).await;
+        let e = w.recv().await;
+        assert_eq!(e["code"], "bad_request", "{reserved}: {e}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_writer_creates_a_room() {
+    let server = jwt_server(|_| {}).await;
+    let reader = token("r", json!({"chat:*":["read"]}), 300);
+    let writer = token("w", json!({"chat:*":["read","write"]}), 300);
+    let mut r = hello_with(&server, "reader", &reader).await;
+    assert_eq!(r.recv().await["type"], "welcome");
+    // A read-only token cannot create a room (nor fix its kind).
+    for kind in ["doc", "stream"] {
+        r.send(json!({"type":"join","room":"chat:announcements","kind":kind}))
+            .await;
+        let e = r.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{e}"
+        );
+    }
+    let (s, e) = http_as(
+        &server,
+        "POST",
+        "/v1/rooms/chat:announcements/events",
+        Some(&reader),
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("forbidden")));
+    // The writer creates it; then the reader joins it.
+    let mut w = hello_with(&server, "writer", &writer).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    let joined = w.join("chat:announcements", json!({})).await;
+    assert_eq!(joined["kind"], "stream");
+    let joined = r.join("chat:announcements", json!({})).await;
+    assert_eq!(joined["kind"], "stream");
+    server.stop().await;
+}

@@ -12,5 +12,6 @@ mod limits;
 mod ordering;
 mod presence;
 mod recovery;
+mod rooms;
 mod slow_consumer;
 mod support;

@@ -4,6 +4,7 @@
 
 use super::{encode_event, RoomActor, State};
 use crate::outbound::ConnHandle;
+use crate::room::msg::Creator;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq, SinceCheck};
 use concord_protocol::{outbound as wire, ErrorCode, Since};
@@ -17,6 +18,7 @@ impl RoomActor {
         kind: Option<RoomKind>,
         since: Option<Since>,
         history: u64,
+        create: Option<Box<Creator>>,
     ) -> bool {
         let fail = |s: &Self, code: ErrorCode, msg: &str| {
             s.shared.metrics.error(code);
@@ -24,11 +26,37 @@ impl RoomActor {
             conn.out.send(Utf8Bytes::from(frame));
             false
         };
+        let fixed = self.shared.config.kind_for(self.room.as_str());
+        if let (Some(k), Some(f)) = (kind, fixed) {
+            if k != f {
+                return fail(
+                    self,
+                    ErrorCode::KindMismatch,
+                    &format!("rooms named like this are {} rooms", f.as_str()),
+                );
+            }
+        }
         if matches!(self.state, State::Missing) {
-            match kind {
+            let Some(creator) = create else {
+                return fail(
+                    self,
+                    ErrorCode::NotFound,
+                    "room does not exist (creating it needs the write right)",
+                );
+            };
+            match kind.or(fixed) {
                 Some(k) => {
-                    if let Err(e) = self.create(k).await {
-                        return fail(self, e.code, &e.message);
+                    if let Err(e) = self.create(k, &creator).await {
+                        self.shared.metrics.error(e.code);
+                        let frame = wire::error(
+                            None,
+                            Some(self.room.as_str()),
+                            e.code,
+                            &e.message,
+                            e.retry_after_ms,
+                        );
+                        conn.out.send(Utf8Bytes::from(frame));
+                        return false;
                     }
                 }
                 None => {
@@ -75,7 +103,7 @@ impl RoomActor {
             },
             None => (false, latest(history), "fresh"),
         };
-        let Ok(mut frames) = self.catch_up(after, committed).await else {
+        let Ok((mut frames, complete)) = self.catch_up(after, committed).await else {
             return fail(
                 self,
                 ErrorCode::Unavailable,
@@ -91,11 +119,15 @@ impl RoomActor {
             .max_catch_up_bytes
             .saturating_sub(members.len());
         let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
-        if recovered && size(&frames) > cap {
-            // Too much to replay in one frame: all or nothing, so this becomes a reset.
-            self.shared.metrics.limit("max_catch_up_bytes");
+        let too_big = size(&frames) > cap;
+        if recovered && (too_big || !complete) {
+            // Too much to replay in one frame, or events removed by retention: all or nothing,
+            // so this becomes a reset.
+            if too_big {
+                self.shared.metrics.limit("max_catch_up_bytes");
+            }
             (recovered, outcome) = (false, "reset");
-            let Ok(latest_frames) = self.catch_up(latest(history), committed).await else {
+            let Ok((latest_frames, _)) = self.catch_up(latest(history), committed).await else {
                 return fail(
                     self,
                     ErrorCode::Unavailable,
@@ -155,30 +187,29 @@ impl RoomActor {
         }
     }
 
-    /// The encoded events after `after` up to `committed`, from memory or from the store.
-    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<Vec<Utf8Bytes>, ()> {
+    /// The encoded events after `after` up to `committed`, from memory or from the store, and
+    /// whether that is all of them (false when retention removed the oldest: then the events
+    /// from the retained floor on).
+    async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<(Vec<Utf8Bytes>, bool), ()> {
         let State::Live(live) = &self.state else {
             return Err(());
         };
         if after >= committed {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
         if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
             let skip = (after.0 + 1 - front.seq.0) as usize;
-            return Ok(live
-                .window
-                .iter()
-                .skip(skip)
-                .map(|c| c.frame.clone())
-                .collect());
+            let frames = live.window.iter().skip(skip).map(|c| c.frame.clone());
+            return Ok((frames.collect(), true));
         }
         let kind = live.kind;
         let n = (committed.0 - after.0) as usize;
         match self.shared.store.read_events(&self.room, after, n).await {
-            Ok(evs) if evs.len() == n => Ok(evs
-                .iter()
-                .map(|e| encode_event(&self.room, kind, e, None))
-                .collect()),
+            Ok(evs) if evs.len() == n || trimmed_tail(&evs, committed) => {
+                let complete = evs.len() == n;
+                let frames = evs.iter().map(|e| encode_event(&self.room, kind, e, None));
+                Ok((frames.collect(), complete))
+            }
             Ok(evs) => {
                 tracing::error!(room = %self.room, want = n, got = evs.len(), "store returned a short history");
                 Err(())
@@ -189,4 +220,11 @@ impl RoomActor {
             }
         }
     }
+}
+
+/// Whether `evs` (a short read) are the events from the retained floor up to `committed`, in
+/// order and without gaps: what the store has once retention removed the older ones.
+fn trimmed_tail(evs: &[crate::store::StoredEvent], committed: Seq) -> bool {
+    evs.last().is_some_and(|e| e.seq == committed)
+        && evs.windows(2).all(|w| w[1].seq.0 == w[0].seq.0 + 1)
 }

@@ -11,7 +11,7 @@ mod write;
 
 use super::doc::{DocLimits, DocLoadError, DocState};
 use super::members::Members;
-use super::msg::{Acked, RoomError, RoomMsg, Waiter};
+use super::msg::{Acked, Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
@@ -45,12 +45,35 @@ struct Committed {
 struct Live {
     kind: RoomKind,
     seqr: Sequencer,
+    /// The newest committed events, contiguous up to the head: at most `room_window` events and
+    /// `room_window_bytes` bytes of frames.
     window: VecDeque<Arc<Committed>>,
+    /// Bytes of the frames in `window`.
+    window_bytes: usize,
     idem: IdempotencyTable<(Seq, Arc<str>)>,
     /// Retries of ops still in flight: answered once their seq commits.
     waiting: Vec<(Seq, Arc<str>, Waiter)>,
     /// The document of a doc room.
     doc: Option<DocState>,
+}
+
+impl Live {
+    /// Adds the newest committed event to the window, dropping the oldest beyond
+    /// `room_window` events or `room_window_bytes` bytes. True when the byte bound dropped one.
+    fn push_window(&mut self, ev: Arc<Committed>, cfg: &crate::config::Config) -> bool {
+        self.window_bytes += ev.frame.len();
+        self.window.push_back(ev);
+        let mut by_bytes = false;
+        while self.window.len() > cfg.room_window
+            || (self.window_bytes > cfg.room_window_bytes && !self.window.is_empty())
+        {
+            by_bytes |= self.window.len() <= cfg.room_window;
+            if let Some(old) = self.window.pop_front() {
+                self.window_bytes -= old.frame.len();
+            }
+        }
+        by_bytes
+    }
 }
 
 enum State {
@@ -149,6 +172,14 @@ impl RoomActor {
                         break;
                     }
                     self.handle(&mut buf).await;
+                    // A room that does not exist (a refused join or creation) holds nothing worth
+                    // keeping: unload at once, so probes of missing rooms cost no memory.
+                    if matches!(self.state, State::Missing)
+                        && self.is_idle()
+                        && self.registry.try_unload(&self.room, self.generation, &mut self.rx)
+                    {
+                        break;
+                    }
                     if self.is_idle() {
                         sleep.as_mut().reset(tokio::time::Instant::now() + idle);
                     }
@@ -264,9 +295,33 @@ impl RoomActor {
         } else {
             None
         };
+        // Idempotency keys come without bodies; only the events that fit the window (in count
+        // and bytes) are read in full, newest first, a few at a time.
         let keep = (cfg.room_window.max(cfg.idempotency_cache) as u64).min(record.head.0);
         let after = Seq(record.head.0 - keep);
-        let tail = match store.read_events(&self.room, after, keep as usize).await {
+        let keys = match store.recent_keys(&self.room, keep as usize).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room keys failed");
+                self.state = State::Stale;
+                return;
+            }
+        };
+        let mut idem = IdempotencyTable::with_committed(cfg.idempotency_cache, after, record.head);
+        for k in &keys {
+            let Some(op) = &k.op_id else { continue };
+            if let (Ok(client), Ok(id)) = (
+                concord_core::ClientId::new(&k.from),
+                concord_core::OpId::new(op),
+            ) {
+                idem.insert(
+                    IdemKey { client, id },
+                    k.seq,
+                    (k.seq, Arc::from(k.hlc.as_str())),
+                );
+            }
+        }
+        let tail = match Self::window_tail(&self.shared, &self.room, record.head).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(room = %self.room, error = %e, "loading room tail failed");
@@ -274,37 +329,60 @@ impl RoomActor {
                 return;
             }
         };
-        let mut idem = IdempotencyTable::with_committed(cfg.idempotency_cache, after, record.head);
-        let mut window = VecDeque::new();
-        for e in &tail {
-            if let Some(op) = &e.op_id {
-                if let (Ok(client), Ok(id)) = (
-                    concord_core::ClientId::new(&e.from),
-                    concord_core::OpId::new(op),
-                ) {
-                    idem.insert(
-                        IdemKey { client, id },
-                        e.seq,
-                        (e.seq, Arc::from(e.hlc.as_str())),
-                    );
-                }
-            }
-            window.push_back(Arc::new(Committed {
-                seq: e.seq,
-                frame: encode_event(&self.room, record.kind, e, None),
-            }));
-            if window.len() > cfg.room_window {
-                window.pop_front();
-            }
-        }
-        self.state = State::Live(Box::new(Live {
+        let mut live = Live {
             kind: record.kind,
             seqr: Sequencer::new(record.epoch, record.head),
-            window,
+            window: VecDeque::new(),
+            window_bytes: 0,
             idem,
             waiting: Vec::new(),
             doc,
-        }));
+        };
+        for e in &tail {
+            let frame = encode_event(&self.room, record.kind, e, None);
+            let _ = live.push_window(Arc::new(Committed { seq: e.seq, frame }), cfg);
+        }
+        self.state = State::Live(Box::new(live));
+    }
+
+    /// The newest events up to `head` that fit the window (`room_window` events and
+    /// `room_window_bytes` bytes of data), read backwards in small chunks so that a room of big
+    /// events never has more than one chunk beyond the window in memory. Stops early at a gap
+    /// (events removed by retention).
+    async fn window_tail(
+        shared: &Shared,
+        room: &RoomId,
+        head: Seq,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        const CHUNK: u64 = 16;
+        let cfg = &shared.config;
+        let mut tail: Vec<StoredEvent> = Vec::new();
+        let mut bytes = 0usize;
+        let mut upto = head.0;
+        while upto > 0 && tail.len() < cfg.room_window {
+            let n = CHUNK.min(upto).min((cfg.room_window - tail.len()) as u64);
+            let start = upto;
+            let chunk = shared
+                .store
+                .read_events(room, Seq(upto - n), n as usize)
+                .await?;
+            for e in chunk.into_iter().rev().filter(|e| e.seq.0 <= start) {
+                let size = e.data.get().len();
+                if e.seq.0 != upto || bytes + size > cfg.room_window_bytes {
+                    tail.reverse();
+                    return Ok(tail);
+                }
+                bytes += size;
+                upto -= 1;
+                tail.push(e);
+            }
+            if upto != start - n {
+                // A short chunk: the events before it were removed by retention.
+                break;
+            }
+        }
+        tail.reverse();
+        Ok(tail)
     }
 
     async fn handle(&mut self, buf: &mut Vec<RoomMsg>) {
@@ -320,16 +398,21 @@ impl RoomActor {
             match msg {
                 RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
                 RoomMsg::Op(op) => self.op(op, &found, &mut batch),
-                RoomMsg::Restore { seq, waiter } => {
+                RoomMsg::Restore {
+                    seq,
+                    client,
+                    waiter,
+                } => {
                     self.submit(&mut batch);
                     self.drain_commits().await;
-                    self.restore(seq, waiter, &mut batch).await;
+                    self.restore(seq, client, waiter, &mut batch).await;
                 }
                 RoomMsg::Join {
                     conn,
                     kind,
                     since,
                     history,
+                    create,
                     joined,
                 } => {
                     // Events sequenced before the join go out through the normal broadcast;
@@ -341,7 +424,8 @@ impl RoomActor {
                     // Tell the connection whether it is a member now (a failed rejoin keeps
                     // an existing membership).
                     let conn_id = conn.conn_id;
-                    if self.join(conn, kind, since, history).await || self.members.contains(conn_id)
+                    if self.join(conn, kind, since, history, create).await
+                        || self.members.contains(conn_id)
                     {
                         let _ = joined.send(true);
                     }
@@ -390,7 +474,42 @@ impl RoomActor {
         w.fail(&self.room, RoomError::new(code, message));
     }
 
-    async fn create(&mut self, kind: RoomKind) -> Result<(), RoomError> {
+    /// Creates the missing room as `kind` for `creator`: the room quota (`max_rooms`) and the
+    /// creator's room-creation rates apply.
+    async fn create(&mut self, kind: RoomKind, creator: &Creator) -> Result<(), RoomError> {
+        let shared = &self.shared;
+        let max = shared.config.max_rooms;
+        if shared.rooms_stored.load(Ordering::Relaxed) >= max {
+            shared.metrics.limit("max_rooms");
+            return Err(RoomError::new(
+                ErrorCode::Unavailable,
+                format!("the server holds its maximum number of rooms ({max})"),
+            ));
+        }
+        let per_conn = creator.conn_rate.as_ref().map(|b| b.check());
+        let per_user = creator
+            .user
+            .as_ref()
+            .map(|u| shared.room_create_per_user.check(u));
+        let limited = [
+            (per_conn, "room_create_conn"),
+            (per_user, "room_create_user"),
+        ]
+        .into_iter()
+        .find_map(|(r, which)| match r {
+            Some(Err(retry)) => Some((retry, which)),
+            _ => None,
+        });
+        if let Some((retry, which)) = limited {
+            shared.metrics.rate_limit(which);
+            return Err(RoomError {
+                retry_after_ms: Some(retry),
+                ..RoomError::new(
+                    ErrorCode::RateLimited,
+                    "rooms are created faster than the limit",
+                )
+            });
+        }
         let epoch = self.shared.new_epoch();
         if let Err(e) = self
             .shared
@@ -404,6 +523,7 @@ impl RoomActor {
                 "the store is unavailable",
             ));
         }
+        self.shared.rooms_stored.fetch_add(1, Ordering::Relaxed);
         self.reload().await;
         match &self.state {
             State::Live(_) => Ok(()),
@@ -500,9 +620,8 @@ impl RoomActor {
         }
         for ev in &done.events {
             self.members.broadcast(&self.room, &ev.frame, metrics);
-            live.window.push_back(ev.clone());
-            if live.window.len() > self.shared.config.room_window {
-                live.window.pop_front();
+            if live.push_window(ev.clone(), &self.shared.config) {
+                metrics.limit("room_window_bytes");
             }
         }
         self.stats

@@ -156,9 +156,18 @@ impl RoomActor {
             create,
             waiter,
         } = p;
-        if matches!(self.state, State::Missing) && create {
-            if let Err(e) = self.create(RoomKind::Stream).await {
-                return self.error(waiter, e.code, &e.message);
+        if let (State::Missing, Some(creator)) = (&self.state, &create) {
+            if self.shared.config.kind_for(self.room.as_str()) == Some(RoomKind::Doc) {
+                return self.error(
+                    waiter,
+                    ErrorCode::KindMismatch,
+                    "rooms named like this are doc rooms; publish is for stream rooms",
+                );
+            }
+            let creator = crate::room::Creator::clone(creator);
+            if let Err(e) = self.create(RoomKind::Stream, &creator).await {
+                self.shared.metrics.error(e.code);
+                return waiter.fail(&self.room, e);
             }
         }
         if let Some(w) = self.admit(RoomKind::Stream, &client, waiter, found) {
@@ -212,9 +221,15 @@ impl RoomActor {
         self.sequence(batch, client, w, data, rebased.dropped, hash);
     }
 
-    /// Commits, as one new op list from `http`, the ops that turn the document (all committed:
-    /// the caller drained the commits) into its state at `seq`.
-    pub(super) async fn restore(&mut self, seq: Seq, w: Waiter, batch: &mut InFlight) {
+    /// Commits, as one new op list from `client` (the HTTP caller's `http…` id), the ops that
+    /// turn the document (all committed: the caller drained the commits) into its state at `seq`.
+    pub(super) async fn restore(
+        &mut self,
+        seq: Seq,
+        client: ClientId,
+        w: Waiter,
+        batch: &mut InFlight,
+    ) {
         let live = match &self.state {
             State::Live(live) => live,
             State::Missing => return self.error(w, ErrorCode::NotFound, "room does not exist"),
@@ -250,7 +265,6 @@ impl RoomActor {
             return;
         };
         let ops = doc::diff(&current.state, &target);
-        let client = ClientId::new(crate::gateway::HTTP_CLIENT).expect("valid client id");
         let msg = OpMsg {
             client,
             base: head,
