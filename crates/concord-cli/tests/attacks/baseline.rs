@@ -6,6 +6,7 @@ use crate::support::{Report, Server};
 
 #[tokio::test]
 async fn a_fresh_server_is_healthy_and_serves_clients() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &[], &log).await;

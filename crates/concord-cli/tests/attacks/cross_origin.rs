@@ -23,6 +23,7 @@ async fn upgrade_with_origin(addr: &str, origin: &str) -> Result<u16, u16> {
 
 #[tokio::test]
 async fn foreign_pages_and_rebound_names_are_refused() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;
@@ -90,6 +91,7 @@ async fn foreign_pages_and_rebound_names_are_refused() {
 
 #[tokio::test]
 async fn allowed_origins_open_the_websocket_and_their_hosts() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(

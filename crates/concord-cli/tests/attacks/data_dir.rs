@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("first.log");
     let first = Server::start(report.data_dir(), &[], &log).await;

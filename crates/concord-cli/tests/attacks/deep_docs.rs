@@ -70,6 +70,7 @@ async fn assert_room_serves(addr: &str, client: &str, during: &str) {
 
 #[tokio::test]
 async fn two_small_op_lists_cannot_make_a_doc_room_unloadable() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let args = ["--doc-snapshot-every", "2", "--sqlite-sync", "normal"];
     let log = report.log_path("server-1.log");
@@ -106,6 +107,7 @@ async fn two_small_op_lists_cannot_make_a_doc_room_unloadable() {
 
 #[tokio::test]
 async fn a_deep_document_written_before_the_limit_still_loads() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     // The old behaviour, on purpose: no effective depth limit, snapshots of the deep document.
     let old = [
@@ -160,6 +162,7 @@ async fn a_deep_document_written_before_the_limit_still_loads() {
 
 #[tokio::test]
 async fn an_unreplayable_op_log_fails_loudly_and_concord_repair_fixes_it() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let args = ["--sqlite-sync", "normal"];
     let log = report.log_path("server-1.log");
@@ -263,6 +266,7 @@ async fn reqwest_text(url: &str) -> String {
 
 #[tokio::test]
 async fn a_document_cannot_grow_past_doc_max_bytes() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;

@@ -12,6 +12,7 @@ const NOFILE: u64 = 256;
 
 #[tokio::test]
 async fn idle_connections_beyond_the_fd_limit_leave_the_server_serving() {
+    let _serial = probe::serial().await;
     // The attacker's 400 sockets must not hit this test process's own soft limit.
     let _ = concord_bench::raise_nofile_limit();
     let mut report = Report::new(0, "-");
@@ -62,6 +63,7 @@ async fn idle_connections_beyond_the_fd_limit_leave_the_server_serving() {
 /// HTTP connections. Now every TCP connection counts.
 #[tokio::test]
 async fn idle_http_connections_count_against_the_per_ip_limit() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = crate::support::Server::start(

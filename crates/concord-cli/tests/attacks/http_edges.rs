@@ -3,6 +3,7 @@
 //! in its answer), `after` beyond i64::MAX answered 503, the `Bearer` scheme was case-sensitive,
 //! and `concord listening on …` was printed before the store was open.
 
+use crate::probe;
 use crate::support::{Report, Server};
 use std::process::{Command, Stdio};
 
@@ -18,6 +19,7 @@ fn secrets() -> (tempfile::TempDir, String, String) {
 
 #[tokio::test]
 async fn metrics_need_the_admin_key_or_their_own_listener() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let (_dir, jwt, admin) = secrets();
@@ -77,6 +79,7 @@ async fn metrics_need_the_admin_key_or_their_own_listener() {
 
 #[tokio::test]
 async fn readyz_checks_that_the_store_can_write_and_keeps_errors_private() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let data = report.data_dir().join("db");
@@ -102,6 +105,7 @@ async fn readyz_checks_that_the_store_can_write_and_keeps_errors_private() {
 
 #[tokio::test]
 async fn a_position_beyond_i64_is_a_bad_request() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &[], &log).await;
@@ -129,6 +133,7 @@ async fn a_position_beyond_i64_is_a_bad_request() {
 
 #[tokio::test]
 async fn the_listening_line_waits_for_the_store() {
+    let _serial = probe::serial().await;
     let report = Report::new(0, "-");
     // A data dir that cannot be created: the store cannot open.
     let not_a_dir = report.data_dir().join("file");

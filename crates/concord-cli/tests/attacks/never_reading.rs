@@ -82,6 +82,7 @@ async fn fds_return(pid: u32, baseline: usize, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_only_then() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let args = [
@@ -154,6 +155,7 @@ async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_onl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_floods_faster_than_it_reads_hits_the_queue_bound_and_is_closed_at_once() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     // Long handshake and write timeouts: only the queue bound can end these connections.
@@ -248,6 +250,7 @@ async fn fill_room(addr: &str, room: &str, n: usize, size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_in_clients_that_join_with_a_large_history_and_never_read_are_closed() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let args = [

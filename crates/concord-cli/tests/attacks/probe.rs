@@ -8,6 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Attack tests run one at a time: each asserts that one attack leaves the server responsive,
+/// and several attacks at once on a small machine would measure each other instead. Hold the
+/// guard for the whole test (a test that fails releases it as it unwinds).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// How long `/healthz` or a well-behaved publish may take during an attack. Generous on purpose:
 /// the attacks it guards against stalled the server for seconds to minutes.
 pub const RESPONSIVE: Duration = Duration::from_secs(3);

@@ -19,6 +19,7 @@ async fn get_status(client: &reqwest::Client, url: String) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_cannot_create_thousands_of_rooms() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;
@@ -144,6 +145,7 @@ async fn first_answer(addr: &str, token: &str, frame: Value) -> Value {
 
 #[tokio::test]
 async fn a_read_only_token_cannot_create_or_fix_the_kind_of_a_room() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let secret = b"room-floods-attack-test-secret-0123456789";
     let secret_file = report.data_dir().join("secret");

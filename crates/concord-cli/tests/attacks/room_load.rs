@@ -26,6 +26,7 @@ async fn post(client: &reqwest::Client, addr: &str, room: &str, body: &Value) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_a_room_of_big_events_keeps_memory_bounded() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let args = ["--sqlite-sync", "normal", "--max-data-bytes", "65536"];
     let log = report.log_path("fill.log");

@@ -1,6 +1,7 @@
 //! Shutdown under attack: a half-sent request made SIGTERM hang forever and a second SIGTERM was
 //! ignored. Now the shutdown deadline bounds the drain and a second signal exits at once.
 
+use crate::probe;
 use crate::support::{Report, Server};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -28,6 +29,7 @@ const SLOW: [&str; 4] = ["--http-header-timeout", "5m", "--http-body-timeout", "
 
 #[tokio::test]
 async fn sigterm_with_a_half_sent_request_exits_within_the_deadline() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let mut args = SLOW.to_vec();
@@ -51,6 +53,7 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_deadline() {
 
 #[tokio::test]
 async fn a_second_sigterm_exits_at_once() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let mut args = SLOW.to_vec();

@@ -28,6 +28,7 @@ async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, bo
 
 #[tokio::test]
 async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(
@@ -93,6 +94,7 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_body_that_never_arrives_is_cut_after_the_body_timeout() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(

@@ -61,6 +61,7 @@ fn attacks(round: usize) -> [(String, Value); 2] {
 
 #[tokio::test]
 async fn stale_op_lists_get_conflict_and_never_stall_the_server() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;
@@ -141,6 +142,7 @@ async fn stale_op_lists_get_conflict_and_never_stall_the_server() {
 /// ops edit are bounded by `doc_max_apply_work`; beyond it the list gets `too_large`.
 #[tokio::test]
 async fn long_text_lists_on_a_big_string_are_refused_and_never_stall_the_server() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(report.data_dir(), &["--sqlite-sync", "normal"], &log).await;

@@ -23,6 +23,7 @@ const EVENT_BYTES: usize = 60 * 1024;
 
 #[tokio::test]
 async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() {
+    let _serial = probe::serial().await;
     let mut report = Report::new(0, "-");
     let log = report.log_path("server.log");
     let server = Server::start(
