@@ -572,17 +572,11 @@ impl Session {
 
     /// `drift`: only from a member of the room, rate-limited, logged once with a capped hash.
     fn drift(&mut self, client: &ClientId, name: &str, seq: u64, hash: &str) {
-        let Some(room) = self.room(name, None) else {
+        if self
+            .joined_room(name, "join the room before reporting drift")
+            .is_none()
+        {
             return;
-        };
-        self.prune_failed_joins();
-        if !self.rooms.contains_key(&room) {
-            return self.error(
-                None,
-                Some(name),
-                ErrorCode::NotFound,
-                "join the room before reporting drift",
-            );
         }
         if let Err(retry) = self.drift_rate.check() {
             self.app.shared.metrics.rate_limit("drift");
@@ -595,19 +589,22 @@ impl Session {
         tracing::warn!(room = name, client = %client, seq, hash = shown, hash_cut = cut, "a client reports doc state drift");
     }
 
-    fn presence(&mut self, name: &str, data: Box<RawValue>) {
-        let Some(room) = self.room(name, None) else {
-            return;
-        };
+    /// The room `name` if this connection is a member of it; otherwise answers `not_found` with
+    /// `message`.
+    fn joined_room(&mut self, name: &str, message: &str) -> Option<RoomId> {
+        let room = self.room(name, None)?;
         self.prune_failed_joins();
         if !self.rooms.contains_key(&room) {
-            return self.error(
-                None,
-                Some(name),
-                ErrorCode::NotFound,
-                "join the room before sending presence",
-            );
+            self.error(None, Some(name), ErrorCode::NotFound, message);
+            return None;
         }
+        Some(room)
+    }
+
+    fn presence(&mut self, name: &str, data: Box<RawValue>) {
+        let Some(room) = self.joined_room(name, "join the room before sending presence") else {
+            return;
+        };
         let max = self.app.shared.config.max_presence_bytes;
         if data.get().len() > max {
             self.app.shared.metrics.limit("max_presence_bytes");
