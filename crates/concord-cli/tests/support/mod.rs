@@ -245,9 +245,14 @@ impl Drop for Server {
     }
 }
 
+/// The next JSON text frame, within [`STEP_TIMEOUT`] in all (pings and other non-text frames
+/// do not restart the clock).
 pub async fn next_json(rx: &mut SplitStream<Ws>, what: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     loop {
-        let msg = within(what, rx.next()).await;
+        let Ok(msg) = tokio::time::timeout_at(deadline, rx.next()).await else {
+            panic!("timed out after {STEP_TIMEOUT:?}: {what}");
+        };
         match msg {
             Some(Ok(Message::Text(t))) => {
                 return serde_json::from_str(t.as_str()).expect("server frames are JSON")
