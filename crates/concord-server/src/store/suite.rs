@@ -23,8 +23,9 @@
 //!
 //! `store_suite!(name, make)` expands to a module `name` with one plain `#[test]` per contract.
 //! `make` is an expression evaluated inside the test's own tokio runtime (so it may `.await`;
-//! the calling crate needs no tokio macros) and yields `(Arc<dyn Store>, guard)`: the guard (a
-//! temp dir, a container handle, `()`) is dropped when the test ends. Names in `make` resolve
+//! the calling crate needs no tokio macros) and yields `(Arc<dyn Store>, guard)`: a new, empty
+//! store (contracts count rooms) for every test, and a guard (a temp dir, a container handle,
+//! `()`) dropped when the test ends. Names in `make` resolve
 //! in the module that calls the macro. Each contract is also a public `async fn(Arc<dyn Store>)`
 //! here, to be called one by one (on a multi-thread runtime for the concurrent ones; see
 //! [`run`]).
@@ -61,6 +62,7 @@ pub fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     }
 }
 
+/// Room counts and `recent_keys`: the last keys in seq order, without bodies.
 pub async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
     let r = room("keys");
     assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
@@ -103,6 +105,7 @@ pub async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
     assert!(s.recent_keys(&room("nope"), 5).await.unwrap().is_empty());
 }
 
+/// `trim` deletes below `before` but never the head; trimmed keys are forgotten.
 pub async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
     let r = room("trim");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
@@ -159,6 +162,7 @@ pub async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
     );
 }
 
+/// `list_rooms` pages by name with the rooms' kinds.
 pub async fn list_rooms_pages_by_name(s: Arc<dyn Store>) {
     for (name, kind) in [
         ("b", RoomKind::Doc),
@@ -192,6 +196,7 @@ fn room(name: &str) -> RoomId {
     RoomId::new(name).unwrap()
 }
 
+/// Creating a room is idempotent and keeps the first epoch; a new room is empty.
 pub async fn create_and_load(s: Arc<dyn Store>) {
     let r = room("a");
     assert_eq!(s.load_room(&r).await.unwrap(), None);
@@ -209,6 +214,7 @@ pub async fn create_and_load(s: Arc<dyn Store>) {
     assert_eq!(rec.head_hlc, None);
 }
 
+/// `append` refuses gaps and repeats, all or nothing per batch.
 pub async fn append_is_contiguous(s: Arc<dyn Store>) {
     let r = room("b");
     assert!(matches!(
@@ -251,6 +257,7 @@ pub async fn append_is_contiguous(s: Arc<dyn Store>) {
     assert_eq!(all[0].op_id.as_deref(), Some("m1"));
 }
 
+/// An op id is unique per client within a room; `find_ops` finds committed ones.
 pub async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     let r = room("c");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
@@ -276,6 +283,7 @@ pub async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     assert_eq!(seqs, vec![("c1".to_string(), 1), ("c2".to_string(), 2)]);
 }
 
+/// `read_events` pages through a log in seq order.
 pub async fn pagination(s: Arc<dyn Store>) {
     let r = room("d");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
@@ -302,6 +310,7 @@ pub async fn pagination(s: Arc<dyn Store>) {
         .is_empty());
 }
 
+/// Appends to many rooms at once (needs a multi-thread runtime).
 pub async fn concurrent_rooms(s: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -327,6 +336,7 @@ pub async fn concurrent_rooms(s: Arc<dyn Store>) {
     }
 }
 
+/// Snapshots: never beyond the head, the latest at or before a seq, replaced at the same seq.
 pub async fn snapshots(s: Arc<dyn Store>) {
     let r = room("s");
     assert!(
@@ -372,6 +382,7 @@ pub async fn snapshots(s: Arc<dyn Store>) {
     );
 }
 
+/// `prune_snapshots` keeps the newest ones (at least one).
 pub async fn snapshots_pruned(s: Arc<dyn Store>) {
     let r = room("p");
     s.create_room(&r, RoomKind::Doc, &Epoch("e".into()))
@@ -397,6 +408,7 @@ pub async fn snapshots_pruned(s: Arc<dyn Store>) {
     assert_eq!(s.load_snapshot(&r, None).await.unwrap().unwrap().0, Seq(40));
 }
 
+/// `claim_client`: the first claim wins.
 pub async fn client_claims(s: Arc<dyn Store>) {
     assert_eq!(s.claim_client("c-1", "alice").await.unwrap(), "alice");
     assert_eq!(
