@@ -68,7 +68,16 @@ impl Store for MemoryStore {
             .filter(|r| r.kind.is_some())
             .ok_or_else(|| StoreError::NoRoom(room.to_string()))?;
         let mut new_keys = HashSet::new();
+        // The seq fence first (as in SQLite): a retry of committed events is not contiguous,
+        // whatever its op ids.
         for (expected, e) in (r.head() + 1..).zip(events.iter()) {
+            if e.seq.0 != expected {
+                return Err(StoreError::NotContiguous {
+                    room: room.to_string(),
+                    expected,
+                    got: e.seq.0,
+                });
+            }
             if let Some(op) = &e.op_id {
                 let key = (e.from.clone(), op.clone());
                 if r.keys.contains(&key) || !new_keys.insert(key) {
@@ -77,13 +86,6 @@ impl Store for MemoryStore {
                         e.from
                     )));
                 }
-            }
-            if e.seq.0 != expected {
-                return Err(StoreError::NotContiguous {
-                    room: room.to_string(),
-                    expected,
-                    got: e.seq.0,
-                });
             }
         }
         r.keys.extend(new_keys);

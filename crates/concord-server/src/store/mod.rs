@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 mod lock;
 mod memory;
 mod sqlite;
-#[cfg(test)]
-mod suite;
+#[cfg(any(test, feature = "testing"))]
+pub mod suite;
 
 pub use lock::DirLock;
 pub use memory::MemoryStore;

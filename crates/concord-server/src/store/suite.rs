@@ -1,9 +1,58 @@
 //! One contract test suite that every `Store` backend must pass.
+//!
+//! Compiled for this crate's own tests and, with the `testing` feature, as a public module, so
+//! that a backend in another crate runs the very same contracts. In that crate:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! concord-server = { workspace = true, features = ["testing"] }
+//! ```
+//!
+//! ```ignore
+//! // tests/store_contract.rs
+//! use concord_server::store::Store;
+//! use std::sync::Arc;
+//!
+//! /// A fresh, empty store per test, and whatever must live as long as it (here nothing).
+//! async fn make() -> (Arc<dyn Store>, ()) {
+//!     (Arc::new(PostgresStore::connect(&scratch_database().await).await.unwrap()), ())
+//! }
+//!
+//! concord_server::store_suite!(postgres_store, make().await);
+//! ```
+//!
+//! `store_suite!(name, make)` expands to a module `name` with one plain `#[test]` per contract.
+//! `make` is an expression evaluated inside the test's own tokio runtime (so it may `.await`;
+//! the calling crate needs no tokio macros) and yields `(Arc<dyn Store>, guard)`: a new, empty
+//! store (contracts count rooms) for every test, and a guard (a temp dir, a container handle,
+//! `()`) dropped when the test ends. Names in `make` resolve
+//! in the module that calls the macro. Each contract is also a public `async fn(Arc<dyn Store>)`
+//! here, to be called one by one (on a multi-thread runtime for the concurrent ones; see
+//! [`run`]).
 
 use super::*;
+use std::future::Future;
 use std::sync::Arc;
 
-pub(crate) fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
+/// Runs one contract to completion on a fresh tokio runtime: current-thread for `threads <= 1`,
+/// else multi-thread with that many workers (what `store_suite!` calls).
+pub fn run<F: Future<Output = ()>>(threads: usize, contract: F) {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
+        .block_on(contract)
+}
+
+/// An event at `seq` from client `from` with op id `op`; its hlc sorts with its seq.
+pub fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     StoredEvent {
         seq: Seq(seq),
         hlc: format!("{:013}-000000-n", seq),
@@ -13,7 +62,8 @@ pub(crate) fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     }
 }
 
-pub(crate) async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
+/// Room counts and `recent_keys`: the last keys in seq order, without bodies.
+pub async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
     let r = room("keys");
     assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
     assert_eq!(s.room_count().await.unwrap(), 0);
@@ -55,7 +105,8 @@ pub(crate) async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
     assert!(s.recent_keys(&room("nope"), 5).await.unwrap().is_empty());
 }
 
-pub(crate) async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
+/// `trim` deletes below `before` but never the head; trimmed keys are forgotten.
+pub async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
     let r = room("trim");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
@@ -111,7 +162,8 @@ pub(crate) async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Stor
     );
 }
 
-pub(crate) async fn list_rooms_pages_by_name(s: Arc<dyn Store>) {
+/// `list_rooms` pages by name with the rooms' kinds.
+pub async fn list_rooms_pages_by_name(s: Arc<dyn Store>) {
     for (name, kind) in [
         ("b", RoomKind::Doc),
         ("a", RoomKind::Stream),
@@ -144,7 +196,8 @@ fn room(name: &str) -> RoomId {
     RoomId::new(name).unwrap()
 }
 
-pub(crate) async fn create_and_load(s: Arc<dyn Store>) {
+/// Creating a room is idempotent and keeps the first epoch; a new room is empty.
+pub async fn create_and_load(s: Arc<dyn Store>) {
     let r = room("a");
     assert_eq!(s.load_room(&r).await.unwrap(), None);
     s.create_room(&r, RoomKind::Stream, &Epoch("e1".into()))
@@ -161,7 +214,8 @@ pub(crate) async fn create_and_load(s: Arc<dyn Store>) {
     assert_eq!(rec.head_hlc, None);
 }
 
-pub(crate) async fn append_is_contiguous(s: Arc<dyn Store>) {
+/// `append` refuses gaps and repeats, all or nothing per batch.
+pub async fn append_is_contiguous(s: Arc<dyn Store>) {
     let r = room("b");
     assert!(matches!(
         s.append(&r, vec![ev(1, "c", None)]).await,
@@ -203,7 +257,8 @@ pub(crate) async fn append_is_contiguous(s: Arc<dyn Store>) {
     assert_eq!(all[0].op_id.as_deref(), Some("m1"));
 }
 
-pub(crate) async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
+/// An op id is unique per client within a room; `find_ops` finds committed ones.
+pub async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     let r = room("c");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
@@ -228,7 +283,8 @@ pub(crate) async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     assert_eq!(seqs, vec![("c1".to_string(), 1), ("c2".to_string(), 2)]);
 }
 
-pub(crate) async fn pagination(s: Arc<dyn Store>) {
+/// `read_events` pages through a log in seq order.
+pub async fn pagination(s: Arc<dyn Store>) {
     let r = room("d");
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
@@ -254,7 +310,8 @@ pub(crate) async fn pagination(s: Arc<dyn Store>) {
         .is_empty());
 }
 
-pub(crate) async fn concurrent_rooms(s: Arc<dyn Store>) {
+/// Appends to many rooms at once (needs a multi-thread runtime).
+pub async fn concurrent_rooms(s: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..20 {
         let s = s.clone();
@@ -279,7 +336,8 @@ pub(crate) async fn concurrent_rooms(s: Arc<dyn Store>) {
     }
 }
 
-pub(crate) async fn snapshots(s: Arc<dyn Store>) {
+/// Snapshots: never beyond the head, the latest at or before a seq, replaced at the same seq.
+pub async fn snapshots(s: Arc<dyn Store>) {
     let r = room("s");
     assert!(
         s.save_snapshot(&r, Seq(1), "{}".into()).await.is_err(),
@@ -324,7 +382,8 @@ pub(crate) async fn snapshots(s: Arc<dyn Store>) {
     );
 }
 
-pub(crate) async fn snapshots_pruned(s: Arc<dyn Store>) {
+/// `prune_snapshots` keeps the newest ones (at least one).
+pub async fn snapshots_pruned(s: Arc<dyn Store>) {
     let r = room("p");
     s.create_room(&r, RoomKind::Doc, &Epoch("e".into()))
         .await
@@ -349,7 +408,8 @@ pub(crate) async fn snapshots_pruned(s: Arc<dyn Store>) {
     assert_eq!(s.load_snapshot(&r, None).await.unwrap().unwrap().0, Seq(40));
 }
 
-pub(crate) async fn client_claims(s: Arc<dyn Store>) {
+/// `claim_client`: the first claim wins.
+pub async fn client_claims(s: Arc<dyn Store>) {
     assert_eq!(s.claim_client("c-1", "alice").await.unwrap(), "alice");
     assert_eq!(
         s.claim_client("c-1", "mallory").await.unwrap(),
@@ -359,106 +419,357 @@ pub(crate) async fn client_claims(s: Arc<dyn Store>) {
     assert_eq!(s.claim_client("c-2", "mallory").await.unwrap(), "mallory");
 }
 
+/// The seqs of `evs`, in the order read.
+fn seqs(evs: &[StoredEvent]) -> Vec<u64> {
+    evs.iter().map(|e| e.seq.0).collect()
+}
+
+/// Two appenders race for the same next seq of one room, again and again: exactly one wins
+/// each round, the other is refused with `NotContiguous`, and the log holds the winner's event
+/// at that seq and nothing of the loser's.
+pub async fn racing_appenders_one_wins(s: Arc<dyn Store>) {
+    let r = room("race");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    for round in 1..=20u64 {
+        let head = s.load_room(&r).await.unwrap().unwrap().head.0;
+        assert_eq!(head, round - 1);
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let racer = |who: &'static str| {
+            let (s, r, start) = (s.clone(), r.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let op = format!("{who}-{round}");
+                s.append(&r, vec![ev(head + 1, who, Some(&op))]).await
+            })
+        };
+        let (a, b) = (racer("a"), racer("b"));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let (winner, loser) = match (&a, &b) {
+            (Ok(()), Err(e)) => ("a", e),
+            (Err(e), Ok(())) => ("b", e),
+            _ => panic!("round {round}: exactly one appender must win: {a:?} / {b:?}"),
+        };
+        assert!(
+            matches!(loser, StoreError::NotContiguous { got, .. } if *got == head + 1),
+            "round {round}: the loser must be refused as not contiguous: {loser:?}"
+        );
+        let at = s.read_events(&r, Seq(head), 10).await.unwrap();
+        assert_eq!(seqs(&at), [head + 1], "round {round}");
+        assert_eq!(at[0].from, winner);
+        assert_eq!(at[0].op_id.as_deref(), Some(&*format!("{winner}-{round}")));
+        let rec = s.load_room(&r).await.unwrap().unwrap();
+        assert_eq!(rec.head, Seq(head + 1));
+        assert_eq!(rec.head_hlc.as_deref(), Some(&*at[0].hlc));
+        let loser_op = format!("{}-{round}", if winner == "a" { "b" } else { "a" });
+        let lost = [
+            ("a".to_string(), loser_op.clone()),
+            ("b".to_string(), loser_op),
+        ];
+        assert!(s.find_ops(&r, lost.to_vec()).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        seqs(&s.read_events(&r, Seq(0), 100).await.unwrap()),
+        (1..=20).collect::<Vec<_>>()
+    );
+}
+
+/// A fenced zombie writer: A appended up to N, B (the newer owner) appended N+1..N+k, then A
+/// appends at N+1 from its stale view. A is refused (`NotContiguous`) whatever the size of its
+/// batch, nothing of A's lands, B's events are intact; A only continues after reloading.
+pub async fn zombie_writer_is_fenced(s: Arc<dyn Store>) {
+    let r = room("zombie");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(
+        &r,
+        (1..=3)
+            .map(|n| ev(n, "a", Some(&format!("a{n}"))))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // B takes over: it loads the room and appends 4..=6.
+    let b_head = s.load_room(&r).await.unwrap().unwrap().head;
+    assert_eq!(b_head, Seq(3));
+    for n in 4..=6 {
+        s.append(&r, vec![ev(n, "b", Some(&format!("b{n}")))])
+            .await
+            .unwrap();
+    }
+    // A, still believing the head is 3: one event, a batch inside B's range, a batch reaching
+    // past B's head (its tail would be contiguous, the batch is not).
+    for batch in [4..=4, 4..=6, 4..=9] {
+        let batch: Vec<StoredEvent> = batch.map(|n| ev(n, "a", Some(&format!("a{n}")))).collect();
+        let got = s.append(&r, batch).await;
+        assert!(
+            matches!(got, Err(StoreError::NotContiguous { got: 4, .. })),
+            "a stale writer must be fenced: {got:?}"
+        );
+    }
+    let all = s.read_events(&r, Seq(0), 100).await.unwrap();
+    assert_eq!(seqs(&all), [1, 2, 3, 4, 5, 6]);
+    let froms: Vec<&str> = all.iter().map(|e| e.from.as_str()).collect();
+    assert_eq!(froms, ["a", "a", "a", "b", "b", "b"]);
+    for e in &all[3..] {
+        assert_eq!(e.op_id.as_deref(), Some(&*format!("b{}", e.seq.0)));
+        assert_eq!(e.data.get(), format!("{{\"n\":{}}}", e.seq.0));
+    }
+    let rec = s.load_room(&r).await.unwrap().unwrap();
+    assert_eq!(rec.head, Seq(6));
+    assert_eq!(rec.head_hlc, Some(all[5].hlc.clone()));
+    let zombie_ops: Vec<(String, String)> = (4..=9)
+        .map(|n| ("a".to_string(), format!("a{n}")))
+        .collect();
+    assert!(s.find_ops(&r, zombie_ops).await.unwrap().is_empty());
+    let keys = s.recent_keys(&r, 3).await.unwrap();
+    assert!(keys.iter().all(|k| k.from == "b"), "{keys:?}");
+    // After reloading, A continues from the real head (its op ids were never committed).
+    let head = s.load_room(&r).await.unwrap().unwrap().head;
+    s.append(&r, vec![ev(head.0 + 1, "a", Some("a4"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_ops(&r, vec![("a".into(), "a4".into())])
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq.0)
+            .collect::<Vec<_>>(),
+        [7]
+    );
+}
+
+/// A timed-out append retried with the same events (same seqs, same op ids) after it had in
+/// fact committed. The contract requires the retry to be **refused** with `NotContiguous` (it
+/// no longer continues the log), not accepted as an idempotent repeat: the room actor never
+/// retries an append — after a failed or unknown commit it reloads the room (head, keys) from
+/// the store — so a store needs no memory of past batches, only the seq fence and the unique
+/// op ids. Either way the log holds each op exactly once and `find_ops` finds it at its seq.
+pub async fn retried_append_lands_once(s: Arc<dyn Store>) {
+    let r = room("retry");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(&r, vec![ev(1, "c", Some("r1"))]).await.unwrap();
+    let batch = || {
+        vec![
+            ev(2, "c", Some("r2")),
+            ev(3, "c", None),
+            ev(4, "d", Some("r4")),
+        ]
+    };
+    // Committed, but the caller saw a timeout: the outcome is unknown to it.
+    s.append(&r, batch()).await.unwrap();
+    for retry in [batch(), batch()[..1].to_vec(), batch()[2..].to_vec()] {
+        let got = s.append(&r, retry).await;
+        assert!(
+            matches!(got, Err(StoreError::NotContiguous { .. })),
+            "a retry of committed events must be refused as not contiguous: {got:?}"
+        );
+    }
+    let all = s.read_events(&r, Seq(0), 100).await.unwrap();
+    assert_eq!(seqs(&all), [1, 2, 3, 4]);
+    let ops: Vec<(&str, Option<&str>)> = all
+        .iter()
+        .map(|e| (e.from.as_str(), e.op_id.as_deref()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("c", Some("r1")),
+            ("c", Some("r2")),
+            ("c", None),
+            ("d", Some("r4"))
+        ]
+    );
+    // What the caller does after reloading: each op found once, at its seq.
+    let mut found = s
+        .find_ops(
+            &r,
+            vec![
+                ("c".into(), "r1".into()),
+                ("c".into(), "r2".into()),
+                ("d".into(), "r4".into()),
+                ("c".into(), "r4".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    found.sort_by_key(|f| f.seq);
+    let found: Vec<(&str, &str, u64)> = found
+        .iter()
+        .map(|f| (f.from.as_str(), f.op_id.as_str(), f.seq.0))
+        .collect();
+    assert_eq!(found, [("c", "r1", 1), ("c", "r2", 2), ("d", "r4", 4)]);
+    let rec = s.load_room(&r).await.unwrap().unwrap();
+    assert_eq!(rec.head, Seq(4));
+    assert_eq!(s.recent_keys(&r, 100).await.unwrap().len(), 4);
+    // The caller continues from the reloaded head.
+    s.append(&r, vec![ev(5, "c", Some("r5"))]).await.unwrap();
+    assert_eq!(s.load_room(&r).await.unwrap().unwrap().head, Seq(5));
+}
+
+/// Reads across a trim boundary: after `trim(room, before)`, reading from any position before
+/// the retained floor returns the events from the floor on, in order, with no gap; the head
+/// survives; `recent_keys` and `find_ops` never return trimmed keys.
+pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
+    let r = room("boundary");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    s.append(
+        &r,
+        (1..=20)
+            .map(|n| ev(n, "c", Some(&format!("m{n}"))))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let all_ops = || -> Vec<(String, String)> {
+        (1..=25)
+            .map(|n| ("c".to_string(), format!("m{n}")))
+            .collect()
+    };
+    // (trim before, the retained floor it leaves): a floor only ever rises, the head survives.
+    for (before, floor) in [(8, 8), (8, 8), (5, 8), (15, 15), (1000, 20)] {
+        s.trim(&r, Seq(before)).await.unwrap();
+        let retained: Vec<u64> = (floor..=20).collect();
+        for after in [0, 1, floor - 1, floor, floor + 1, 19, 20] {
+            let want: Vec<u64> = retained.iter().copied().filter(|&n| n > after).collect();
+            let got = s.read_events(&r, Seq(after), 100).await.unwrap();
+            assert_eq!(seqs(&got), want, "trim {before}, after {after}");
+            for e in &got {
+                assert_eq!(e.data.get(), format!("{{\"n\":{}}}", e.seq.0));
+            }
+            // A short page from before the floor starts at the floor.
+            let page = s.read_events(&r, Seq(after), 2).await.unwrap();
+            assert_eq!(
+                seqs(&page),
+                want.iter().copied().take(2).collect::<Vec<_>>()
+            );
+        }
+        // Paging from 0 crosses the boundary without a gap.
+        let (mut after, mut seen) = (Seq(0), Vec::new());
+        loop {
+            let page = s.read_events(&r, after, 3).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            seen.extend(seqs(&page));
+        }
+        assert_eq!(seen, retained, "trim {before}: paging");
+        let rec = s.load_room(&r).await.unwrap().unwrap();
+        assert_eq!(rec.head, Seq(20));
+        assert_eq!(rec.head_hlc.as_deref(), Some("0000000000020-000000-n"));
+        let keys = s.recent_keys(&r, 100).await.unwrap();
+        assert_eq!(keys.iter().map(|k| k.seq.0).collect::<Vec<_>>(), retained);
+        let keys = s.recent_keys(&r, 3).await.unwrap();
+        let tail: Vec<u64> = retained.iter().copied().rev().take(3).rev().collect();
+        assert_eq!(keys.iter().map(|k| k.seq.0).collect::<Vec<_>>(), tail);
+        let mut found: Vec<u64> = s
+            .find_ops(&r, all_ops())
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq.0)
+            .collect();
+        found.sort();
+        assert_eq!(found, retained, "trim {before}: find_ops");
+        assert_eq!(s.seq_at_or_after(&r, "").await.unwrap(), Some(Seq(floor)));
+    }
+    // The log continues after the head that survived.
+    s.append(&r, vec![ev(21, "c", Some("m21"))]).await.unwrap();
+    assert_eq!(
+        seqs(&s.read_events(&r, Seq(3), 100).await.unwrap()),
+        [20, 21]
+    );
+    assert_eq!(seqs(&s.read_events(&r, Seq(20), 100).await.unwrap()), [21]);
+}
+
+/// `store_suite!(name, make)`: a module `name` with one `#[test]` per contract of this suite,
+/// each on a fresh store from `make` (see the module documentation).
+#[macro_export]
 macro_rules! store_suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
+            #[allow(unused_imports)]
             use super::*;
-            #[tokio::test]
-            async fn create_and_load() {
-                let (s, _guard) = $make;
-                suite::create_and_load(s).await;
-            }
-            #[tokio::test]
-            async fn append_is_contiguous() {
-                let (s, _guard) = $make;
-                suite::append_is_contiguous(s).await;
-            }
-            #[tokio::test]
-            async fn duplicate_op_ids_are_refused() {
-                let (s, _guard) = $make;
-                suite::duplicate_op_ids_are_refused(s).await;
-            }
-            #[tokio::test]
-            async fn recent_keys_without_bodies() {
-                let (s, _guard) = $make;
-                suite::recent_keys_without_bodies(s).await;
-            }
-            #[tokio::test]
-            async fn trim_keeps_the_head_and_forgets_trimmed_keys() {
-                let (s, _guard) = $make;
-                suite::trim_keeps_the_head_and_forgets_trimmed_keys(s).await;
-            }
-            #[tokio::test]
-            async fn list_rooms_pages_by_name() {
-                let (s, _guard) = $make;
-                suite::list_rooms_pages_by_name(s).await;
-            }
-            #[tokio::test]
-            async fn pagination() {
-                let (s, _guard) = $make;
-                suite::pagination(s).await;
-            }
-            #[tokio::test]
-            async fn client_claims() {
-                let (s, _guard) = $make;
-                suite::client_claims(s).await;
-            }
-            #[tokio::test]
-            async fn snapshots_pruned() {
-                let (s, _guard) = $make;
-                suite::snapshots_pruned(s).await;
-            }
-            #[tokio::test]
-            async fn snapshots() {
-                let (s, _guard) = $make;
-                suite::snapshots(s).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_rooms() {
-                let (s, _guard) = $make;
-                suite::concurrent_rooms(s).await;
-            }
+            $crate::store_suite!(@contracts $make;
+                create_and_load 1,
+                append_is_contiguous 1,
+                duplicate_op_ids_are_refused 1,
+                recent_keys_without_bodies 1,
+                trim_keeps_the_head_and_forgets_trimmed_keys 1,
+                list_rooms_pages_by_name 1,
+                pagination 1,
+                client_claims 1,
+                snapshots_pruned 1,
+                snapshots 1,
+                concurrent_rooms 2,
+                racing_appenders_one_wins 2,
+                zombie_writer_is_fenced 1,
+                retried_append_lands_once 1,
+                reads_across_a_trim_boundary 1
+            );
         }
+    };
+    (@contracts $make:expr; $($contract:ident $threads:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $contract() {
+                $crate::store::suite::run($threads, async {
+                    let (store, _guard) = $make;
+                    $crate::store::suite::$contract(store).await;
+                });
+            }
+        )*
     };
 }
 
-fn memory() -> (Arc<dyn Store>, ()) {
-    (Arc::new(MemoryStore::new()), ())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(
-        &dir.path().join("t.db"),
-        false,
-        1000,
-        crate::metrics::Metrics::new(),
-    )
-    .unwrap();
-    (Arc::new(s), dir)
-}
-
-store_suite!(memory_store, memory());
-store_suite!(sqlite_store, sqlite());
-
-#[tokio::test]
-async fn sqlite_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let r = room("p");
-    {
-        let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
-        s.create_room(&r, RoomKind::Stream, &Epoch("e9".into()))
-            .await
-            .unwrap();
-        s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)])
-            .await
-            .unwrap();
-        s.close().await;
+    fn memory() -> (Arc<dyn Store>, ()) {
+        (Arc::new(MemoryStore::new()), ())
     }
-    let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
-    let rec = s.load_room(&r).await.unwrap().unwrap();
-    assert_eq!((rec.epoch.as_str(), rec.head), ("e9", Seq(2)));
-    s.append(&r, vec![ev(3, "c", None)]).await.unwrap();
-    assert!(s.append(&r, vec![ev(5, "c", None)]).await.is_err());
+
+    fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(
+            &dir.path().join("t.db"),
+            false,
+            1000,
+            crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        (Arc::new(s), dir)
+    }
+
+    crate::store_suite!(memory_store, memory());
+    crate::store_suite!(sqlite_store, sqlite());
+
+    #[tokio::test]
+    async fn sqlite_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let r = room("p");
+        {
+            let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
+            s.create_room(&r, RoomKind::Stream, &Epoch("e9".into()))
+                .await
+                .unwrap();
+            s.append(&r, vec![ev(1, "c", Some("m1")), ev(2, "c", None)])
+                .await
+                .unwrap();
+            s.close().await;
+        }
+        let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
+        let rec = s.load_room(&r).await.unwrap().unwrap();
+        assert_eq!((rec.epoch.as_str(), rec.head), ("e9", Seq(2)));
+        s.append(&r, vec![ev(3, "c", None)]).await.unwrap();
+        assert!(s.append(&r, vec![ev(5, "c", None)]).await.is_err());
+    }
 }
