@@ -14,4 +14,5 @@ mod presence;
 mod recovery;
 mod rooms;
 mod slow_consumer;
+mod supervision;
 mod support;
