@@ -177,7 +177,7 @@ impl RoomActor {
                     }
                     self.handle().await;
                     #[cfg(feature = "fault-injection")]
-                    crate::fault::check(&self.room);
+                    crate::fault::check(&self.room, crate::fault::Point::AfterBatch);
                     // A room that does not exist (a refused join or creation) holds nothing worth
                     // keeping: unload at once, so probes of missing rooms cost no memory.
                     if matches!(self.state, State::Missing)
@@ -397,8 +397,17 @@ impl RoomActor {
         self.buf = buf;
         // Taken one by one from the back: what is not handled yet stays in `self.buf`.
         self.buf.reverse();
-        let mut batch = InFlight::default();
-        while let Some(msg) = self.buf.pop() {
+        let mut batch = Unsubmitted {
+            flight: InFlight::default(),
+            room: self.room.clone(),
+            metrics: self.shared.metrics.clone(),
+        };
+        loop {
+            #[cfg(feature = "fault-injection")]
+            if !batch.acks.is_empty() && !self.buf.is_empty() {
+                crate::fault::check(&self.room, crate::fault::Point::MidBatch);
+            }
+            let Some(msg) = self.buf.pop() else { break };
             match msg {
                 RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
                 RoomMsg::Op(op) => self.op(op, &found, &mut batch),
@@ -656,6 +665,43 @@ fn encode_event(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&st
     Utf8Bytes::from(super::event_frame(room, kind, e, hash))
 }
 
+/// The batch being sequenced, before it is handed to the store: if the actor panics meanwhile,
+/// its waiters are answered (`unavailable`) while unwinding instead of being dropped in silence.
+struct Unsubmitted {
+    flight: InFlight,
+    room: RoomId,
+    metrics: crate::metrics::Metrics,
+}
+
+impl std::ops::Deref for Unsubmitted {
+    type Target = InFlight;
+    fn deref(&self) -> &InFlight {
+        &self.flight
+    }
+}
+
+impl std::ops::DerefMut for Unsubmitted {
+    fn deref_mut(&mut self) -> &mut InFlight {
+        &mut self.flight
+    }
+}
+
+impl Drop for Unsubmitted {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for a in self.flight.acks.drain(..) {
+            self.metrics.error(ErrorCode::Unavailable);
+            let failed = RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
+            a.waiter.fail(&self.room, failed);
+        }
+    }
+}
+
+/// The answer to everyone waiting on an actor that panicked.
+const FAILED_MESSAGE: &str = "the room failed; retry";
+
 /// The actor's drop guard: runs however the actor ends — unloaded, at shutdown, or unwinding from
 /// a panic (tokio drops the task's future while unwinding). It removes the registry entry of this
 /// generation, so the next message spawns a new actor that reloads the room from the store, and
@@ -686,7 +732,7 @@ impl Drop for RoomActor {
                 "the room actor panicked; its room is reloaded from the store on the next message"
             );
         }
-        let failed = || RoomError::new(ErrorCode::Unavailable, "the room failed; retry");
+        let failed = || RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
         let mut waiters: Vec<Waiter> = Vec::new();
         for flight in self.inflight.drain(..) {
             waiters.extend(flight.acks.into_iter().map(|a| a.waiter));
