@@ -6,6 +6,8 @@ pub mod auth;
 pub mod config;
 mod context;
 mod edge;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod gateway;
 mod limiter;
 pub mod metrics;

@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Open TCP connections (HTTP and WebSocket), as counted by the connection limits.
     pub tcp_connections: Gauge,
     pub rooms_active: Gauge,
+    /// Room actors that ended in a panic (their room is reloaded by the next message).
+    pub room_actor_panics: Counter,
     pub frames_in: Counter,
     pub events_committed: Counter,
     pub deliveries: Counter,
@@ -82,6 +84,7 @@ impl Metrics {
             connections: Gauge::default(),
             tcp_connections: Gauge::default(),
             rooms_active: Gauge::default(),
+            room_actor_panics: Counter::default(),
             frames_in: Counter::default(),
             events_committed: Counter::default(),
             deliveries: Counter::default(),
@@ -189,6 +192,11 @@ impl Metrics {
             "concord_room_top_publishes",
             "Publishes since load of the 10 busiest loaded rooms",
             m.room_top_publishes.clone(),
+        );
+        r.register(
+            "concord_room_actor_panics",
+            "Room actors that panicked (the room reloads from the store on its next message)",
+            m.room_actor_panics.clone(),
         );
         r.register(
             "concord_doc_load_failures",

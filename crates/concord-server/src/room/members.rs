@@ -44,6 +44,11 @@ impl Members {
         self.conns.is_empty()
     }
 
+    /// Where each member connection's frames go.
+    pub fn outs(&self) -> impl Iterator<Item = &crate::outbound::Outbound> {
+        self.conns.values().map(|c| &c.out)
+    }
+
     pub fn contains(&self, conn_id: u64) -> bool {
         self.conns.contains_key(&conn_id)
     }

@@ -3,6 +3,8 @@
 //! Every message to a room goes through `send`, which looks up (or spawns) the actor and queues
 //! the message under the registry shard's lock. An idle actor unloads itself under the same
 //! lock, and only if its mailbox is empty, so no message is ever lost or served by two actors.
+//! An actor that ends any other way (a panic) removes its own entry, by generation, when it is
+//! dropped: the next message spawns a new actor, which reloads the room from the store.
 
 use super::actor::RoomActor;
 use super::msg::RoomMsg;
@@ -88,6 +90,16 @@ impl Registry {
             true
         } else {
             !ours
+        }
+    }
+
+    /// Called when an actor ends, however it ends (its drop guard): removes its entry if it is
+    /// still the one of `generation` (never a newer actor's), so the next message to the room
+    /// spawns a new actor that reloads the room from the store.
+    pub(crate) fn remove(&self, room: &RoomId, generation: u64) {
+        let mut shard = self.shard(room).lock();
+        if shard.get(room).is_some_and(|e| e.generation == generation) {
+            shard.remove(room);
         }
     }
 

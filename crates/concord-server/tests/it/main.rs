@@ -15,4 +15,5 @@ mod recovery;
 mod rooms;
 mod slow_consumer;
 mod store_contract;
+mod supervision;
 mod support;

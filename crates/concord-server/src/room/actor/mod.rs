@@ -109,6 +109,9 @@ pub(crate) struct RoomActor {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     rx: UnboundedReceiver<RoomMsg>,
+    /// Messages taken from the mailbox and not yet handled (kept here, not in a local, so that
+    /// the drop guard answers them if the actor panics).
+    buf: Vec<RoomMsg>,
     state: State,
     members: Members,
     /// Publishes into this room from all senders together.
@@ -131,6 +134,8 @@ impl RoomActor {
     ) -> Self {
         let stats = Arc::new(RoomStats::default());
         shared.room_stats.lock().insert(room.clone(), stats.clone());
+        // Paired with the decrement in `Drop`, which runs however the actor ends.
+        shared.metrics.rooms_active.inc();
         RoomActor {
             members: Members::new(shared.config.presence_interval),
             rate: Bucket::new(shared.config.rate_publish_per_room),
@@ -140,6 +145,7 @@ impl RoomActor {
             shared,
             registry,
             rx,
+            buf: Vec::with_capacity(MAILBOX_BATCH),
             state: State::Stale,
             inflight: VecDeque::new(),
             commits: FuturesOrdered::new(),
@@ -148,9 +154,7 @@ impl RoomActor {
     }
 
     pub(crate) async fn run(mut self) {
-        self.shared.metrics.rooms_active.inc();
         self.reload().await;
-        let mut buf = Vec::with_capacity(MAILBOX_BATCH);
         let idle = self.shared.config.room_idle_unload;
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
@@ -165,13 +169,15 @@ impl RoomActor {
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
                     self.members.flush_presence(&self.room);
                 }
-                n = self.rx.recv_many(&mut buf, MAILBOX_BATCH) => {
+                n = self.rx.recv_many(&mut self.buf, MAILBOX_BATCH) => {
                     if n == 0 {
                         // The registry is gone (shutdown): finish what is in flight.
                         self.drain_commits().await;
                         break;
                     }
-                    self.handle(&mut buf).await;
+                    self.handle().await;
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::check(&self.room, crate::fault::Point::AfterBatch);
                     // A room that does not exist (a refused join or creation) holds nothing worth
                     // keeping: unload at once, so probes of missing rooms cost no memory.
                     if matches!(self.state, State::Missing)
@@ -193,14 +199,7 @@ impl RoomActor {
             }
         }
         self.snapshot_on_unload().await;
-        self.shared.metrics.rooms_active.dec();
-        let mut stats = self.shared.room_stats.lock();
-        if stats
-            .get(&self.room)
-            .is_some_and(|s| Arc::ptr_eq(s, &self.stats))
-        {
-            stats.remove(&self.room);
-        }
+        // The rest (registry entry, gauges, stats) is done by `Drop`.
     }
 
     fn is_idle(&self) -> bool {
@@ -385,16 +384,30 @@ impl RoomActor {
         Ok(tail)
     }
 
-    async fn handle(&mut self, buf: &mut Vec<RoomMsg>) {
+    /// Handles the messages in `self.buf`, in order.
+    async fn handle(&mut self) {
         let retry = self
             .broken
             .is_none_or(|at| tokio::time::Instant::now() >= at);
         if matches!(self.state, State::Stale) && self.inflight.is_empty() && retry {
             self.reload().await;
         }
-        let found = self.lookup_unknown_keys(buf).await;
-        let mut batch = InFlight::default();
-        for msg in buf.drain(..) {
+        let buf = std::mem::take(&mut self.buf);
+        let found = self.lookup_unknown_keys(&buf).await;
+        self.buf = buf;
+        // Taken one by one from the back: what is not handled yet stays in `self.buf`.
+        self.buf.reverse();
+        let mut batch = Unsubmitted {
+            flight: InFlight::default(),
+            room: self.room.clone(),
+            metrics: self.shared.metrics.clone(),
+        };
+        loop {
+            #[cfg(feature = "fault-injection")]
+            if !batch.acks.is_empty() && !self.buf.is_empty() {
+                crate::fault::check(&self.room, crate::fault::Point::MidBatch);
+            }
+            let Some(msg) = self.buf.pop() else { break };
             match msg {
                 RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
                 RoomMsg::Op(op) => self.op(op, &found, &mut batch),
@@ -650,4 +663,128 @@ impl RoomActor {
 /// for doc rooms.
 fn encode_event(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> Utf8Bytes {
     Utf8Bytes::from(super::event_frame(room, kind, e, hash))
+}
+
+/// The batch being sequenced, before it is handed to the store: if the actor panics meanwhile,
+/// its waiters are answered (`unavailable`) while unwinding instead of being dropped in silence.
+struct Unsubmitted {
+    flight: InFlight,
+    room: RoomId,
+    metrics: crate::metrics::Metrics,
+}
+
+impl std::ops::Deref for Unsubmitted {
+    type Target = InFlight;
+    fn deref(&self) -> &InFlight {
+        &self.flight
+    }
+}
+
+impl std::ops::DerefMut for Unsubmitted {
+    fn deref_mut(&mut self) -> &mut InFlight {
+        &mut self.flight
+    }
+}
+
+impl Drop for Unsubmitted {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for a in self.flight.acks.drain(..) {
+            self.metrics.error(ErrorCode::Unavailable);
+            let failed = RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
+            a.waiter.fail(&self.room, failed);
+        }
+    }
+}
+
+/// The answer to everyone waiting on an actor that panicked.
+const FAILED_MESSAGE: &str = "the room failed; retry";
+
+/// The actor's drop guard: runs however the actor ends — unloaded, at shutdown, or unwinding from
+/// a panic (tokio drops the task's future while unwinding). It removes the registry entry of this
+/// generation, so the next message spawns a new actor that reloads the room from the store, and
+/// answers everyone still waiting on this actor instead of leaving them in silence. After a
+/// normal end nothing is left to answer.
+impl Drop for RoomActor {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        // No message reaches the mailbox once the entry is gone (sends happen under the shard
+        // lock, with the entry present), so draining it below leaves nothing behind.
+        self.registry.remove(&self.room, self.generation);
+        self.rx.close();
+        let metrics = &self.shared.metrics;
+        metrics.rooms_active.dec();
+        {
+            let mut stats = self.shared.room_stats.lock();
+            if stats
+                .get(&self.room)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.stats))
+            {
+                stats.remove(&self.room);
+            }
+        }
+        if panicked {
+            metrics.room_actor_panics.inc();
+            tracing::error!(
+                room = %self.room, generation = self.generation,
+                "the room actor panicked; its room is reloaded from the store on the next message"
+            );
+        }
+        let failed = || RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
+        let mut waiters: Vec<Waiter> = Vec::new();
+        for flight in self.inflight.drain(..) {
+            waiters.extend(flight.acks.into_iter().map(|a| a.waiter));
+        }
+        if let State::Live(live) = &mut self.state {
+            waiters.extend(live.waiting.drain(..).map(|w| w.2));
+        }
+        let mut queued: Vec<RoomMsg> = self.buf.drain(..).rev().collect();
+        while let Ok(msg) = self.rx.try_recv() {
+            queued.push(msg);
+        }
+        for msg in queued {
+            match msg {
+                RoomMsg::Publish(p) => waiters.push(p.waiter),
+                RoomMsg::Op(op) => waiters.push(op.waiter),
+                RoomMsg::Restore { waiter, .. } => waiters.push(waiter),
+                RoomMsg::Join { conn, .. } => {
+                    // `joined` is dropped: the connection does not count itself a member.
+                    metrics.error(ErrorCode::Unavailable);
+                    conn.out.send(Utf8Bytes::from(wire::error(
+                        None,
+                        Some(self.room.as_str()),
+                        ErrorCode::Unavailable,
+                        "the room failed; join again",
+                        None,
+                    )));
+                }
+                RoomMsg::Leave { notify, .. } => {
+                    if let Some(out) = notify {
+                        out.send(Utf8Bytes::from(wire::left(self.room.as_str())));
+                    }
+                }
+                RoomMsg::Presence { .. } => {}
+            }
+        }
+        for w in waiters {
+            metrics.error(ErrorCode::Unavailable);
+            w.fail(&self.room, failed());
+        }
+        if panicked {
+            // The members are not members of the next actor: they are told to join again
+            // (with `since`, to get what they missed).
+            for out in self.members.outs() {
+                metrics.error(ErrorCode::Unavailable);
+                out.send(Utf8Bytes::from(wire::error(
+                    None,
+                    Some(self.room.as_str()),
+                    ErrorCode::Unavailable,
+                    "the room failed; join again with since to resume",
+                    None,
+                )));
+            }
+        }
+    }
 }
