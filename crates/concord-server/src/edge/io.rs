@@ -16,8 +16,10 @@ use tokio::time::Sleep;
 pub struct EdgeIo {
     tcp: TcpStream,
     write_timeout: Duration,
-    /// Started when a write first returns `Pending`, cleared by any progress.
-    stall: Option<Pin<Box<Sleep>>>,
+    /// Armed (reset to now + timeout) when a write first returns `Pending`, disarmed by any
+    /// progress. One timer per connection, reused: a write that waits allocates nothing.
+    stall: Pin<Box<Sleep>>,
+    stalled: bool,
     metrics: Metrics,
     _slots: ConnGuard,
 }
@@ -32,7 +34,8 @@ impl EdgeIo {
         EdgeIo {
             tcp,
             write_timeout,
-            stall: None,
+            stall: Box::pin(tokio::time::sleep(write_timeout)),
+            stalled: false,
             metrics,
             _slots: slots,
         }
@@ -40,11 +43,12 @@ impl EdgeIo {
 
     /// After the socket answered `Pending`: fails once it has been stalled for the timeout.
     fn poll_stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let timeout = self.write_timeout;
-        let stall = self
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stall.as_mut().poll(cx) {
+        if !self.stalled {
+            let deadline = tokio::time::Instant::now() + self.write_timeout;
+            self.stall.as_mut().reset(deadline);
+            self.stalled = true;
+        }
+        match self.stall.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.metrics.limit("write_timeout");
                 Poll::Ready(Err(io::Error::new(
@@ -59,7 +63,7 @@ impl EdgeIo {
     fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
-                self.stall = None;
+                self.stalled = false;
                 Poll::Ready(r)
             }
             Poll::Pending => self.poll_stall(cx),
