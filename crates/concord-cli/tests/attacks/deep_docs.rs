@@ -46,6 +46,22 @@ async fn attack(c: &mut DocConn) -> (Value, Value) {
 }
 
 /// Join, op and GET (latest and `at`) of the room all work, with a readable state.
+/// Two more small lists (`deep-3`, `deep-4`), the first at `base`, each acked: enough to write
+/// snapshots that a restart reads back.
+async fn small_lists(c: &mut DocConn, base: u64) {
+    for (i, base) in [(3, base), (4, base + 1)] {
+        let ack = c
+            .op(
+                ROOM,
+                &format!("deep-{i}"),
+                base,
+                json!([{"op":"set","path":[format!("n{i}")],"value":i}]),
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+}
+
 async fn assert_room_serves(addr: &str, client: &str, during: &str) {
     let mut c = DocConn::connect(addr, client).await;
     let joined = c.join(ROOM).await;
@@ -83,17 +99,7 @@ async fn two_small_op_lists_cannot_make_a_doc_room_unloadable() {
         "a list that makes the document deeper than doc_max_depth is refused: {second}"
     );
     // More lists, so that snapshots are written (every 2 seqs) and read back after the restart.
-    for (i, base) in [(3, 1), (4, 2)] {
-        let ack = c
-            .op(
-                ROOM,
-                &format!("deep-{i}"),
-                base,
-                json!([{"op":"set","path":[format!("n{i}")],"value":i}]),
-            )
-            .await;
-        assert_eq!(ack["type"], "ack", "{ack}");
-    }
+    small_lists(&mut c, 1).await;
     probe::assert_healthy(&server.addr, "the deep-doc attack").await;
     probe::assert_serves_clients(&server.addr, "the deep-doc attack").await;
     assert_room_serves(&server.addr, "reader-1", "after the attack").await;
@@ -124,17 +130,7 @@ async fn a_deep_document_written_before_the_limit_still_loads() {
     assert_eq!(c.join(ROOM).await["type"], "joined");
     let (_, second) = attack(&mut c).await;
     assert_eq!(second["type"], "ack", "{second}");
-    for (i, base) in [(3, 2), (4, 3)] {
-        let ack = c
-            .op(
-                ROOM,
-                &format!("deep-{i}"),
-                base,
-                json!([{"op":"set","path":[format!("n{i}")],"value":i}]),
-            )
-            .await;
-        assert_eq!(ack["type"], "ack", "{ack}");
-    }
+    small_lists(&mut c, 2).await;
     c.close().await;
     server.kill9();
 

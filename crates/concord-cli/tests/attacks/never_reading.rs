@@ -54,6 +54,14 @@ async fn ends_within(tx: SplitSink<Raw, Message>, rx: SplitStream<Raw>, limit: D
     .is_ok()
 }
 
+/// Warms the server up (the first write opens the store's WAL files, part of the baseline) and
+/// returns its settled descriptor count.
+async fn warm_up(server: &Server) -> usize {
+    probe::assert_healthy(&server.addr, "warm-up").await;
+    probe::assert_serves_clients(&server.addr, "warm-up").await;
+    settled_fds(server.pid).await
+}
+
 /// The server's fd count once the sockets of earlier steps are closed.
 async fn settled_fds(pid: u32) -> usize {
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -95,10 +103,7 @@ async fn a_flood_without_hello_that_never_reads_is_closed_and_its_slot_freed_onl
     ];
     let server = Server::start(report.data_dir(), &args, &log).await;
     let addr = server.addr.clone();
-    // Warm-up: the first write opens the store's WAL files, part of the baseline.
-    probe::assert_healthy(&addr, "warm-up").await;
-    probe::assert_serves_clients(&addr, "warm-up").await;
-    let (fds0, rss0) = (settled_fds(server.pid).await, probe::rss_kib(server.pid));
+    let (fds0, rss0) = (warm_up(&server).await, probe::rss_kib(server.pid));
 
     // Open every socket first, then flood: at most 4 are accepted.
     let mut conns = Vec::new();
@@ -171,10 +176,7 @@ async fn a_client_that_floods_faster_than_it_reads_hits_the_queue_bound_and_is_c
     ];
     let server = Server::start(report.data_dir(), &args, &log).await;
     let addr = server.addr.clone();
-    // Warm-up: the first write opens the store's WAL files, part of the baseline.
-    probe::assert_healthy(&addr, "warm-up").await;
-    probe::assert_serves_clients(&addr, "warm-up").await;
-    let (fds0, rss0) = (settled_fds(server.pid).await, probe::rss_kib(server.pid));
+    let (fds0, rss0) = (warm_up(&server).await, probe::rss_kib(server.pid));
     let mut readers = Vec::new();
     let mut senders = Vec::new();
     for _ in 0..4 {
@@ -276,10 +278,7 @@ async fn signed_in_clients_that_join_with_a_large_history_and_never_read_are_clo
     let room = "big:r";
     // 300 events of 60 KB: a `joined` with history 1000 is ~18 MB, more than the socket buffers.
     fill_room(&addr, room, 300, 60_000).await;
-    // Warm-up: the first write opens the store's WAL files, part of the baseline.
-    probe::assert_healthy(&addr, "warm-up").await;
-    probe::assert_serves_clients(&addr, "warm-up").await;
-    let (fds0, rss0) = (settled_fds(server.pid).await, probe::anon_kib(server.pid));
+    let (fds0, rss0) = (warm_up(&server).await, probe::anon_kib(server.pid));
     // Three waves: the memory of each is released when its sockets close.
     let mut rss_after = Vec::new();
     for wave in 0..3 {

@@ -299,31 +299,8 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
         c.admin_key = Some(concord_server::auth::AdminKey::new("backend-admin-key").unwrap())
     })
     .await;
-    async fn req(
-        server: &TestServer,
-        method: &str,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = reqwest::Client::new().request(
-            method.parse().unwrap(),
-            format!("http://{}{}", server.addr, path),
-        );
-        if let Some(b) = bearer {
-            r = r.bearer_auth(b);
-        }
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
     let body = Some(json!({"data": {"n": 1}}));
-    let (s, e) = req(
+    let (s, e) = http_as(
         &server,
         "POST",
         "/v1/rooms/chat:h/events",
@@ -332,7 +309,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
-    let (s, _) = req(
+    let (s, _) = http_as(
         &server,
         "POST",
         "/v1/rooms/chat:h/events",
@@ -341,7 +318,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!(s, 401);
-    let (s, r) = req(
+    let (s, r) = http_as(
         &server,
         "POST",
         "/v1/rooms/chat:h/events",
@@ -352,7 +329,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     assert_eq!((s, r["seq"].as_u64()), (200, Some(1)));
     let writer = token("w", json!({"chat:*":["read","write"]}), 300);
     let reader = token("r", json!({"chat:*":["read"]}), 300);
-    let (s, r) = req(
+    let (s, r) = http_as(
         &server,
         "POST",
         "/v1/rooms/chat:h/events",
@@ -361,7 +338,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!((s, r["seq"].as_u64()), (200, Some(2)));
-    let (s, e) = req(
+    let (s, e) = http_as(
         &server,
         "POST",
         "/v1/rooms/chat:h/events",
@@ -370,7 +347,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!((s, e["code"].as_str()), (403, Some("forbidden")));
-    let (s, page) = req(
+    let (s, page) = http_as(
         &server,
         "GET",
         "/v1/rooms/chat:h/events",
@@ -379,7 +356,7 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!((s, page["seq"].as_u64()), (200, Some(2)));
-    let (s, _) = req(
+    let (s, _) = http_as(
         &server,
         "GET",
         "/v1/rooms/other/events",
@@ -388,9 +365,9 @@ async fn http_requires_a_key_or_a_token_with_the_right() {
     )
     .await;
     assert_eq!(s, 403);
-    let (s, _) = req(&server, "GET", "/v1/admin/stats", Some(&writer), None).await;
+    let (s, _) = http_as(&server, "GET", "/v1/admin/stats", Some(&writer), None).await;
     assert_eq!(s, 403);
-    let (s, stats) = req(
+    let (s, stats) = http_as(
         &server,
         "GET",
         "/v1/admin/stats",
