@@ -1,31 +1,23 @@
 //! Process facts from the OS: the open-file limit of this process (raised soft → hard), and a
 //! server process's RSS and open-file limit read from /proc.
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns (soft, hard) after.
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns (soft, hard) after
+/// (`u64::MAX` for unlimited).
 #[cfg(unix)]
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            lim.rlim_cur = lim.rlim_max;
-        }
-        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
-        Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        )?;
     }
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    Ok((max, max))
 }
 
 #[cfg(not(unix))]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Characters of a `drift` report's hash that go to the log.
 const MAX_LOGGED_HASH: usize = 128;
@@ -137,7 +137,10 @@ impl Session {
                 kind,
                 since,
                 history,
-            } => self.join(client, &room, kind.as_deref(), since, history),
+            } => {
+                self.join(client, &room, kind.as_deref(), since, history)
+                    .await
+            }
             ClientMsg::Leave { room } => self.leave(&room),
             ClientMsg::Publish { room, id, data } => self.publish(client, &room, &id, data).await,
             ClientMsg::Presence { room, data } => self.presence(&room, data),
@@ -347,7 +350,7 @@ impl Session {
         });
     }
 
-    fn join(
+    async fn join(
         &mut self,
         client: ClientId,
         name: &str,
@@ -382,6 +385,9 @@ impl Session {
             );
             return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
         }
+        let Some(slot) = self.slot().await else {
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         let member = self
             .client
@@ -401,6 +407,7 @@ impl Session {
             history,
             create: self.creator(&room),
             joined: tx,
+            slot,
         };
         if self.app.registry.send(&room, msg).is_err() {
             return self.error(
@@ -490,17 +497,22 @@ impl Session {
         Some((room, op_id))
     }
 
-    /// A waiter answering on this connection, holding one of its in-flight permits.
-    /// Waits for a free slot when `max_inflight_per_conn` writes await their acks (reading
-    /// this connection's frames pauses meanwhile: backpressure, counted as a limit hit).
-    async fn waiter(&self, id: OpId, received: Instant) -> Option<Waiter> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+    /// One of this connection's in-flight slots, held by each write until its ack and by each
+    /// join until its answer. Waits for a free slot when `max_inflight_per_conn` are taken
+    /// (reading this connection's frames pauses meanwhile: backpressure, counted as a limit hit).
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
             Err(_) => {
                 self.app.shared.metrics.limit("max_inflight_per_conn");
-                self.permits.clone().acquire_owned().await.ok()?
+                self.permits.clone().acquire_owned().await.ok()
             }
-        };
+        }
+    }
+
+    /// A waiter answering on this connection, holding one of its in-flight slots.
+    async fn waiter(&self, id: OpId, received: Instant) -> Option<Waiter> {
+        let permit = self.slot().await?;
         Some(Waiter {
             id: Some(id),
             received,

@@ -21,6 +21,9 @@ pub enum RoomMsg {
         create: Option<Box<Creator>>,
         /// Told `true` once the connection is a member (dropped on refusal).
         joined: oneshot::Sender<bool>,
+        /// One of the connection's in-flight slots (`max_inflight_per_conn`), held until the
+        /// join is answered: a connection cannot keep thousands of joins (and room loads) waiting.
+        slot: OwnedSemaphorePermit,
     },
     /// The connection left (`notify` gets `left`) or went away (`notify` is None).
     Leave {

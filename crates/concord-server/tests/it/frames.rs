@@ -166,8 +166,7 @@ fn json_number() -> BoxedStrategy<String> {
 }
 
 /// Any JSON value as text, possibly with values that a decoder must refuse cleanly: numbers out
-/// of range, lone surrogates, nesting past serde_json's recursion limit. Never used for `data`
-/// (see `json_data`).
+/// of range, lone surrogates, nesting past serde_json's recursion limit, and broken JSON.
 fn json_any() -> BoxedStrategy<String> {
     prop_oneof![
         8 => json_data(),
@@ -191,19 +190,32 @@ fn json_any() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// A `data` value: any JSON value that JSON clients can parse, nested a few levels.
-///
-/// Known bug (see `data_no_json_client_can_parse_is_refused` below): the server accepts and relays
-/// `data` that serde_json-based clients cannot parse (`1e400`, `"\ud800"`, nesting beyond 127
-/// levels), which breaks every member's decoding of that event and of `joined` replays. Such
-/// values are kept out of `data` here until that is fixed.
+/// A `data` value: mostly JSON that clients can parse, nested a few levels; sometimes a value no
+/// serde_json-based client can read back (a number out of f64 range or a lone surrogate, alone or
+/// inside a structure, or nesting deeper than the protocol's limit), which the server must refuse
+/// with `bad_request` and never relay: a relayed one would break the members' decoding, and with
+/// it the sentinel client of the case (see also `data_no_json_client_can_parse_is_refused`).
 fn json_data() -> BoxedStrategy<String> {
-    let leaf = prop_oneof![
+    let hostile_leaf = select_str(&["1e400", "-1e400", "\"\\ud800\"", "\"a\\udc00\""]);
+    prop_oneof![
+        12 => json_data_tree(json_leaf()),
+        1 => json_data_tree(prop_oneof![3 => json_leaf(), 1 => hostile_leaf.prop_map(String::from)].boxed()),
+        1 => (128usize..300).prop_map(|n| format!("{}1{}", "[".repeat(n), "]".repeat(n))),
+    ]
+    .boxed()
+}
+
+fn json_leaf() -> BoxedStrategy<String> {
+    prop_oneof![
         Just("null".to_string()),
         any::<bool>().prop_map(|b| b.to_string()),
         json_number(),
         json_string(),
-    ];
+    ]
+    .boxed()
+}
+
+fn json_data_tree(leaf: BoxedStrategy<String>) -> BoxedStrategy<String> {
     leaf.prop_recursive(3, 24, 5, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),

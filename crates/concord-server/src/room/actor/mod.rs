@@ -145,7 +145,9 @@ impl RoomActor {
             shared,
             registry,
             rx,
-            buf: Vec::with_capacity(MAILBOX_BATCH),
+            // Grows with the mailbox's batches: a room that is only loaded (or refused) never
+            // pays for a full batch.
+            buf: Vec::new(),
             state: State::Stale,
             inflight: VecDeque::new(),
             commits: FuturesOrdered::new(),
@@ -427,6 +429,7 @@ impl RoomActor {
                     history,
                     create,
                     joined,
+                    slot,
                 } => {
                     // Events sequenced before the join go out through the normal broadcast;
                     // a doc's state is given as committed, so its ops in flight finish first.
@@ -442,6 +445,7 @@ impl RoomActor {
                     {
                         let _ = joined.send(true);
                     }
+                    drop(slot);
                 }
                 RoomMsg::Leave { conn_id, notify } => {
                     self.members
