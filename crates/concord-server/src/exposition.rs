@@ -40,8 +40,11 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64, St
     }
 }
 
+/// The labels of one sample, as (name, value) pairs.
+type Labels = Vec<(String, String)>;
+
 /// `name{k="v",…} value` → (name, labels, value).
-fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<(&str, Labels, f64)> {
     let line = line.trim();
     let name_end = line.find(['{', ' '])?;
     let name = &line[..name_end];
