@@ -23,7 +23,7 @@
 //! the server's `DocState`, `state_at(store, head)` and a fresh `DocState::load` have the same
 //! state and `state_hash`, and the counter equals the sum of the adds of the committed lists.
 //!
-//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 100, or 1,000 with `CONCORD_HEAVY=1`);
+//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 50, or 1,000 with `CONCORD_HEAVY=1`);
 //! `CONCORD_SIM_SEED=S` runs seed `S`
 //! only; `CONCORD_SIM_OPS=N` sets the ops per client (default 2,000). A failure names its seed.
 
@@ -43,7 +43,7 @@ use std::sync::Mutex;
 
 const CLIENTS: usize = 5;
 const DEFAULT_OPS: usize = 2_000;
-const DEFAULT_SEEDS: u64 = 100;
+const DEFAULT_SEEDS: u64 = 50;
 /// Seeds with `CONCORD_HEAVY=1`.
 const HEAVY_SEEDS: u64 = 1_000;
 /// Clients compare their hash with the server's at seqs that are multiples of this.
