@@ -643,7 +643,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let data_dir = args.data_dir.display().to_string();
-    concord_server::run_with_ready(config, listener, shutdown_signal(), move |ready| {
+    let env = concord_server::Env::system();
+    concord_server::run_with_ready(config, listener, shutdown_signal(), env, move |ready| {
         tracing::info!(addr = %ready.addr, data_dir, "embedded mode");
         if let Some(m) = ready.metrics_addr {
             println!("concord metrics listening on {m}");

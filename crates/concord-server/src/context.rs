@@ -1,5 +1,6 @@
 //! State shared by every part of one server instance: config, store, metrics, clocks.
 
+use crate::clock::Time;
 use crate::config::Config;
 use crate::limiter::KeyedBucket;
 use crate::metrics::Metrics;
@@ -32,7 +33,10 @@ pub struct Shared {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
+    /// The injected wall clock (HLC, epochs, JWT checks, rate limits, retention ages).
     pub clock: Arc<dyn Clock>,
+    /// The same clock, with timers that follow it (token expiry).
+    pub time: Time,
     hlc: Mutex<HlcClock>,
     /// Counters of every loaded room.
     pub room_stats: Mutex<HashMap<RoomId, Arc<RoomStats>>>,
@@ -43,14 +47,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        metrics: Metrics,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(config: Config, store: Arc<dyn Store>, metrics: Metrics, time: Time) -> Self {
+        let clock = time.clock();
         let hlc = Mutex::new(HlcClock::new(&config.node_id));
-        let room_create_per_user = KeyedBucket::new(config.rate_room_create_per_user);
+        let room_create_per_user = KeyedBucket::new(config.rate_room_create_per_user, &clock);
         Shared {
             rooms_stored: AtomicU64::new(0),
             room_create_per_user,
@@ -58,6 +58,7 @@ impl Shared {
             store,
             metrics,
             clock,
+            time,
             hlc,
             room_stats: Mutex::new(HashMap::new()),
         }

@@ -3,9 +3,11 @@
 //! See ARCHITECTURE.md for the crate map and the data flow of a publish.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 mod context;
 mod edge;
+pub mod exposition;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gateway;
@@ -16,9 +18,10 @@ mod retention;
 pub mod room;
 pub mod store;
 
+pub use clock::{TestClock, Time};
 pub use config::{Config, StoreConfig};
+pub use metrics::Metrics;
 
-use concord_core::hlc::SystemClock;
 use context::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +48,29 @@ pub struct Ready {
     pub metrics_addr: Option<SocketAddr>,
 }
 
+/// What a server is given besides its config: the clock it reads (and its timers follow) and
+/// the metrics it records into. Keep a clone of `metrics` to read them while it runs.
+#[derive(Clone)]
+pub struct Env {
+    pub time: Time,
+    pub metrics: Metrics,
+}
+
+impl Env {
+    /// The system clock and fresh metrics (what the binary runs with).
+    pub fn system() -> Env {
+        Env::with_time(Time::system())
+    }
+
+    /// An injected clock (e.g. a [`TestClock`]) and fresh metrics.
+    pub fn with_time(time: impl Into<Time>) -> Env {
+        Env {
+            time: time.into(),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains: stops accepting, lets publishes
 /// in flight get their acks, closes every WebSocket with 1001, finishes commits, closes the store.
 /// Returns after `Config::shutdown_timeout` at the latest, even if connections hang.
@@ -52,8 +78,9 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    env: Env,
 ) -> Result<(), ServerError> {
-    run_with_ready(config, listener, shutdown, |_| {}).await
+    run_with_ready(config, listener, shutdown, env, |_| {}).await
 }
 
 /// [`run`], calling `ready` once the store is open and the server accepts connections.
@@ -61,9 +88,10 @@ pub async fn run_with_ready(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    env: Env,
     ready: impl FnOnce(Ready) + Send,
 ) -> Result<(), ServerError> {
-    let metrics = metrics::Metrics::new();
+    let Env { time, metrics } = env;
     let store: Arc<dyn Store> = match &config.store {
         StoreConfig::Sqlite { path, sync_full } => Arc::new(SqliteStore::open(
             path,
@@ -79,12 +107,7 @@ pub async fn run_with_ready(
     };
     let shutdown_timeout = config.shutdown_timeout;
     let rooms_stored = store.room_count().await?;
-    let shared = Arc::new(Shared::new(
-        config,
-        store.clone(),
-        metrics.clone(),
-        Arc::new(SystemClock),
-    ));
+    let shared = Arc::new(Shared::new(config, store.clone(), metrics.clone(), time));
     shared
         .rooms_stored
         .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);

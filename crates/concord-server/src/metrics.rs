@@ -278,6 +278,12 @@ impl Metrics {
             .inc();
     }
 
+    /// The current value of one sample (see [`crate::exposition::sample`]); panics on a name
+    /// this registry does not export.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::exposition::sample(&self.render(), name, labels).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

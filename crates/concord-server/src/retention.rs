@@ -185,7 +185,7 @@ mod tests {
             config,
             store.clone(),
             Metrics::new(),
-            Arc::new(clock.clone()),
+            crate::clock::Time::of(Arc::new(clock.clone())),
         );
         let s: &dyn Store = store.as_ref();
         let chat = room_with(s, "chat:a", RoomKind::Stream, 20).await;

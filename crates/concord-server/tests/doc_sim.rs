@@ -23,7 +23,8 @@
 //! the server's `DocState`, `state_at(store, head)` and a fresh `DocState::load` have the same
 //! state and `state_hash`, and the counter equals the sum of the adds of the committed lists.
 //!
-//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 200); `CONCORD_SIM_SEED=S` runs seed `S`
+//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 50, or 1,000 with `CONCORD_HEAVY=1`);
+//! `CONCORD_SIM_SEED=S` runs seed `S`
 //! only; `CONCORD_SIM_OPS=N` sets the ops per client (default 2,000). A failure names its seed.
 
 use concord_core::doc::sim::{Committed, SimClient};
@@ -42,7 +43,9 @@ use std::sync::Mutex;
 
 const CLIENTS: usize = 5;
 const DEFAULT_OPS: usize = 2_000;
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 50;
+/// Seeds with `CONCORD_HEAVY=1`.
+const HEAVY_SEEDS: u64 = 1_000;
 /// Clients compare their hash with the server's at seqs that are multiples of this.
 const HASH_EVERY: u64 = 32;
 /// A client with more undelivered messages than this is disconnected, like a slow consumer.
@@ -784,7 +787,11 @@ fn doc_rooms_converge_under_random_delays_and_reconnects() {
     let ops = env_u64("CONCORD_SIM_OPS").map_or(DEFAULT_OPS, |n| n as usize);
     let seeds: Vec<u64> = match env_u64("CONCORD_SIM_SEED") {
         Some(s) => vec![s],
-        None => (0..env_u64("CONCORD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => {
+            let heavy = env_u64("CONCORD_HEAVY") == Some(1);
+            let default = if heavy { HEAVY_SEEDS } else { DEFAULT_SEEDS };
+            (0..env_u64("CONCORD_SIM_SEEDS").unwrap_or(default)).collect()
+        }
     };
     let started = std::time::Instant::now();
     let next = AtomicU64::new(0);

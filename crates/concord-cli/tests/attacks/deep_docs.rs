@@ -206,9 +206,10 @@ async fn an_unreplayable_op_log_fails_loudly_and_concord_repair_fixes_it() {
         0,
         reqwest_text(&format!("http://{}/metrics", server.addr)).await,
     );
-    assert!(
-        metrics.contains("concord_doc_load_failures_total 1"),
-        "the failure is counted: {metrics}"
+    assert_eq!(
+        crate::support::metric(&metrics, "concord_doc_load_failures_total", &[]),
+        1.0,
+        "the failure is counted"
     );
     probe::assert_healthy(&server.addr, "a broken room").await;
     probe::assert_serves_clients(&server.addr, "a broken room").await;

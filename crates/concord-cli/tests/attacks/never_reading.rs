@@ -207,8 +207,10 @@ async fn a_client_that_floods_faster_than_it_reads_hits_the_queue_bound_and_is_c
         .text()
         .await
         .expect("metrics body");
-    assert!(
-        metrics.contains("concord_limit_hits_total{limit=\"max_queue_bytes\"} 4"),
+    let cut = [("limit", "max_queue_bytes")];
+    assert_eq!(
+        crate::support::metric(&metrics, "concord_limit_hits_total", &cut),
+        4.0,
         "{metrics}"
     );
 }
@@ -329,11 +331,7 @@ async fn signed_in_clients_that_join_with_a_large_history_and_never_read_are_clo
     // Closed by the write timeout, or by the queue bound when `joined` found `welcome` still
     // queued.
     let hits = |limit: &str| -> u64 {
-        let prefix = format!("concord_limit_hits_total{{limit=\"{limit}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .map_or(0, |v| v.trim().parse().expect("a count"))
+        crate::support::metric(&metrics, "concord_limit_hits_total", &[("limit", limit)]) as u64
     };
     assert_eq!(
         hits("write_timeout") + hits("max_queue_bytes"),

@@ -129,8 +129,10 @@ async fn stale_op_lists_get_conflict_and_never_stall_the_server() {
             .expect("body")
     })
     .await;
-    assert!(
-        metrics.contains("concord_limit_hits_total{limit=\"doc_max_rebase_work\"} 12"),
+    let refused = [("limit", "doc_max_rebase_work")];
+    assert_eq!(
+        crate::support::metric(&metrics, "concord_limit_hits_total", &refused),
+        12.0,
         "{metrics}"
     );
     let grown_kib = probe::rss_kib(server.pid).saturating_sub(rss_before);

@@ -100,13 +100,13 @@ async fn readers_that_never_read_a_big_page_pin_bounded_memory_and_are_closed() 
         .text()
         .await
         .expect("metrics body");
-    let timeouts: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("concord_limit_hits_total{limit=\"write_timeout\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let timeouts = crate::support::metric(
+        &metrics,
+        "concord_limit_hits_total",
+        &[("limit", "write_timeout")],
+    );
     assert!(
-        timeouts >= 10,
+        timeouts >= 10.0,
         "{timeouts} write timeouts for 10 stalled readers"
     );
     drop(stalled);

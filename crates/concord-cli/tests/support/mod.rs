@@ -18,6 +18,13 @@ pub type Ws =
 /// The longest any single step may take before the test fails.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One value of a scraped `/metrics` text: 0 for a labelled sample not yet recorded; a name the
+/// server does not export fails the test.
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    concord_server::exposition::sample(text, name, labels).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 /// `kills` delays in milliseconds within `range`, one from each equal slice of it (so every kill
 /// point differs), in a seeded random order.
 pub fn kill_delays(rng: &mut impl rand::Rng, range: (u64, u64), kills: usize) -> Vec<u64> {

@@ -120,9 +120,10 @@ impl JwtVerifier {
         self.leeway_secs
     }
 
-    /// Verifies signature, `exp` (required), `nbf` (if present) against `now_secs`, then reads
-    /// `sub` (required), `rooms` (required) and the optional claims as metadata.
-    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Identity, AuthError> {
+    /// Verifies signature, `exp` (required), `nbf` (if present) against `now_ms` (the server's
+    /// clock, millisecond precision), then reads `sub` (required), `rooms` (required) and the
+    /// optional claims as metadata.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Identity, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != self.algorithm {
@@ -149,14 +150,16 @@ impl JwtVerifier {
             .ok_or(AuthError::MissingClaim("exp"))?
             .as_u64()
             .ok_or_else(|| AuthError::BadClaim("exp must be a number".into()))?;
-        if now_secs > exp + self.leeway_secs {
+        if now_ms >= expires_at_ms(exp, self.leeway_secs) {
             return Err(AuthError::Expired);
         }
         if let Some(nbf) = claims.get("nbf") {
             let nbf = nbf
                 .as_u64()
                 .ok_or_else(|| AuthError::BadClaim("nbf must be a number".into()))?;
-            if now_secs + self.leeway_secs < nbf {
+            if now_ms.saturating_add(self.leeway_secs.saturating_mul(1000))
+                < nbf.saturating_mul(1000)
+            {
                 return Err(AuthError::NotYetValid);
             }
         }
@@ -183,6 +186,16 @@ impl JwtVerifier {
     }
 }
 
+/// The first millisecond at which a token with this `exp` is refused: it is expired when
+/// `now > exp + leeway` (in seconds, at millisecond precision). The connection's expiry timer
+/// fires at this same moment (`gateway/session.rs`), so the notice never comes while the token
+/// would still be accepted, nor later than the first moment it would be refused.
+pub fn expires_at_ms(exp: u64, leeway_secs: u64) -> u64 {
+    exp.saturating_add(leeway_secs)
+        .saturating_mul(1000)
+        .saturating_add(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,11 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_refused_from_its_expiry_timer_on_and_accepted_before() {
+        for leeway in [0, 5] {
+            let v = JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), leeway).unwrap();
+            let exp = 1_800_000_000;
+            let t = token(json!({"sub":"u","exp":exp,"rooms":{}}));
+            let at = expires_at_ms(exp, leeway);
+            assert_eq!(at, (exp + leeway) * 1000 + 1);
+            for now_ms in at - 1_500..at + 1_500 {
+                let refused = v.verify(&t, now_ms).is_err();
+                assert_eq!(refused, now_ms >= at, "now_ms {now_ms}, leeway {leeway}");
+            }
+        }
+        assert_eq!(expires_at_ms(u64::MAX, 10), u64::MAX);
+    }
+
+    #[test]
     fn hs256_claims_and_failures() {
         let v = JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap();
         let now = 1_800_000_000;
         let ok = token(json!({"sub":"u1","exp":now+60,"name":"Ada","rooms":{"chat:*":["read"]}}));
-        let id = v.verify(&ok, now).unwrap();
+        let id = v.verify(&ok, now * 1000).unwrap();
         assert_eq!(id.user, "u1");
         assert_eq!(id.meta.get("name"), Some(&json!("Ada")));
         assert!(id.may("chat:x", Right::Read));
@@ -227,7 +256,11 @@ mod tests {
             ("not.a.token".to_string(), "malformed"),
         ];
         for (t, reason) in cases {
-            assert_eq!(v.verify(&t, now).unwrap_err().reason(), reason, "{t}");
+            assert_eq!(
+                v.verify(&t, now * 1000).unwrap_err().reason(),
+                reason,
+                "{t}"
+            );
         }
         let other = encode(
             &Header::new(Algorithm::HS256),
@@ -235,7 +268,10 @@ mod tests {
             &EncodingKey::from_secret(b"another-secret-of-enough-length!"),
         )
         .unwrap();
-        assert_eq!(v.verify(&other, now).unwrap_err().reason(), "bad_signature");
+        assert_eq!(
+            v.verify(&other, now * 1000).unwrap_err().reason(),
+            "bad_signature"
+        );
         let hs384 = encode(
             &Header::new(Algorithm::HS384),
             &json!({"sub":"u","exp":now+60,"rooms":{}}),
@@ -243,7 +279,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&hs384, now).unwrap_err().reason(),
+            v.verify(&hs384, now * 1000).unwrap_err().reason(),
             "wrong_algorithm"
         );
     }
@@ -307,10 +343,16 @@ mod public_key_tests {
         let rv = JwtVerifier::new(JwtKeys::PublicPem(RSA_PUBLIC.to_vec()), 0).unwrap();
         assert_eq!(ev.algorithm(), Algorithm::ES256);
         assert_eq!(rv.algorithm(), Algorithm::RS256);
-        assert_eq!(ev.verify(&es, now).unwrap().user, "u");
-        assert_eq!(rv.verify(&rs, now).unwrap().user, "u");
-        assert_eq!(ev.verify(&rs, now).unwrap_err().reason(), "wrong_algorithm");
-        assert_eq!(rv.verify(&es, now).unwrap_err().reason(), "wrong_algorithm");
+        assert_eq!(ev.verify(&es, now * 1000).unwrap().user, "u");
+        assert_eq!(rv.verify(&rs, now * 1000).unwrap().user, "u");
+        assert_eq!(
+            ev.verify(&rs, now * 1000).unwrap_err().reason(),
+            "wrong_algorithm"
+        );
+        assert_eq!(
+            rv.verify(&es, now * 1000).unwrap_err().reason(),
+            "wrong_algorithm"
+        );
         // An HS256 token signed with the public key as secret (key confusion) is refused.
         let confused = encode(
             &Header::new(Algorithm::HS256),
@@ -319,7 +361,7 @@ mod public_key_tests {
         )
         .unwrap();
         assert_eq!(
-            rv.verify(&confused, now).unwrap_err().reason(),
+            rv.verify(&confused, now * 1000).unwrap_err().reason(),
             "wrong_algorithm"
         );
         assert!(JwtVerifier::new(JwtKeys::PublicPem(b"not a key".to_vec()), 0).is_err());

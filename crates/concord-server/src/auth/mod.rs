@@ -9,7 +9,7 @@ mod jwt;
 
 pub use admin_key::{AdminKey, MIN_ADMIN_KEY_BYTES};
 pub use grants::{glob, Grants, Right};
-pub use jwt::{AuthError, JwtKeys, JwtVerifier};
+pub use jwt::{expires_at_ms, AuthError, JwtKeys, JwtVerifier};
 
 use serde_json::{Map, Value};
 
@@ -64,10 +64,11 @@ impl Identity {
 
 impl AuthMode {
     /// Verifies a token (or its absence) and returns the identity.
-    pub fn authenticate(&self, token: Option<&str>, now_secs: u64) -> Result<Identity, AuthError> {
+    /// `now_ms`: the server's clock.
+    pub fn authenticate(&self, token: Option<&str>, now_ms: u64) -> Result<Identity, AuthError> {
         match self {
             AuthMode::None => Ok(Identity::anonymous()),
-            AuthMode::Jwt(v) => v.verify(token.ok_or(AuthError::Missing)?, now_secs),
+            AuthMode::Jwt(v) => v.verify(token.ok_or(AuthError::Missing)?, now_ms),
         }
     }
 

@@ -123,7 +123,7 @@ fn authorize_caller(
     if !cfg.auth.enabled() && cfg.admin_key.is_none() {
         return Ok((Identity::anonymous(), Caller::Backend));
     }
-    let now = app.shared.clock.now_ms() / 1000;
+    let now = app.shared.clock.now_ms();
     let identity = match &cfg.auth {
         crate::auth::AuthMode::Jwt(_) => cfg.auth.authenticate(token.as_deref(), now),
         crate::auth::AuthMode::None => Err(crate::auth::AuthError::Missing),

@@ -31,8 +31,9 @@ pub struct Session {
     /// A token from the upgrade request (`Authorization` header or `?token=`), used by `hello`
     /// when it carries none.
     upgrade_token: Option<String>,
-    /// When the token expires, or — once it has — when the grace for `auth` ends.
-    pub auth_deadline: Option<tokio::time::Instant>,
+    /// When the token expires, or — once it has — when the grace for `auth` ends (milliseconds
+    /// on the server's clock).
+    pub auth_deadline: Option<u64>,
     expired: bool,
     /// Joined (or joining) rooms; the receiver says whether a pending join succeeded.
     pub rooms: HashMap<RoomId, Option<oneshot::Receiver<bool>>>,
@@ -50,10 +51,13 @@ impl Session {
         Session {
             conn_id: app.next_conn_id.fetch_add(1, Ordering::Relaxed),
             permits: Arc::new(Semaphore::new(cfg.max_inflight_per_conn)),
-            publish_rate: Bucket::new(cfg.rate_publish_per_conn),
-            presence_rate: Bucket::new(cfg.rate_presence_per_conn),
-            drift_rate: Bucket::new(cfg.rate_drift_per_conn),
-            room_create_rate: Arc::new(Bucket::new(cfg.rate_room_create_per_conn)),
+            publish_rate: Bucket::new(cfg.rate_publish_per_conn, &app.shared.clock),
+            presence_rate: Bucket::new(cfg.rate_presence_per_conn, &app.shared.clock),
+            drift_rate: Bucket::new(cfg.rate_drift_per_conn, &app.shared.clock),
+            room_create_rate: Arc::new(Bucket::new(
+                cfg.rate_room_create_per_conn,
+                &app.shared.clock,
+            )),
             app,
             out,
             client: None,
@@ -156,28 +160,23 @@ impl Session {
         None
     }
 
-    fn now_secs(&self) -> u64 {
-        self.app.shared.clock.now_ms() / 1000
-    }
-
     /// Verifies a token; on failure answers `unauthorized` and closes with 1008.
     fn authenticate(&self, token: Option<&str>) -> Result<Identity, End> {
         let auth = &self.app.shared.config.auth;
-        auth.authenticate(token, self.now_secs()).map_err(|e| {
-            self.app.shared.metrics.auth_failure(e.reason());
-            self.error(None, None, ErrorCode::Unauthorized, &e.to_string());
-            End::Close(close::POLICY, "unauthorized")
-        })
+        auth.authenticate(token, self.app.shared.clock.now_ms())
+            .map_err(|e| {
+                self.app.shared.metrics.auth_failure(e.reason());
+                self.error(None, None, ErrorCode::Unauthorized, &e.to_string());
+                End::Close(close::POLICY, "unauthorized")
+            })
     }
 
     fn schedule_expiry(&mut self, identity: &Identity) {
         self.expired = false;
         let leeway = self.app.shared.config.auth.leeway_secs();
-        self.auth_deadline = identity.exp.map(|exp| {
-            let now_ms = self.app.shared.clock.now_ms();
-            let left = ((exp + leeway) * 1000).saturating_sub(now_ms);
-            tokio::time::Instant::now() + std::time::Duration::from_millis(left)
-        });
+        self.auth_deadline = identity
+            .exp
+            .map(|exp| crate::auth::expires_at_ms(exp, leeway));
     }
 
     async fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
@@ -301,7 +300,8 @@ impl Session {
         }
         self.expired = true;
         let grace = self.app.shared.config.auth_grace;
-        self.auth_deadline = Some(tokio::time::Instant::now() + grace);
+        let now_ms = self.app.shared.clock.now_ms();
+        self.auth_deadline = Some(now_ms.saturating_add(grace.as_millis() as u64));
         let msg = format!(
             "token expired: send {{\"type\":\"auth\",\"token\":…}} within {} ms or the connection closes",
             grace.as_millis()

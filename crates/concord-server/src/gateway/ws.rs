@@ -211,6 +211,7 @@ async fn read_frames(
     let mut last_seen = Instant::now();
     let shutdown = s.app.shutdown.clone();
     let lagged = s.out.lagged();
+    let time = s.app.shared.time.clone();
     loop {
         let auth_deadline = s.auth_deadline;
         tokio::select! {
@@ -221,7 +222,7 @@ async fn read_frames(
                 s.app.shared.metrics.limit("handshake_timeout");
                 return End::Close(close::POLICY, "no hello within the handshake timeout");
             }
-            _ = tokio::time::sleep_until(auth_deadline.unwrap_or(hello_deadline)), if auth_deadline.is_some() => {
+            _ = time.sleep_until_ms(auth_deadline.unwrap_or(0)), if auth_deadline.is_some() => {
                 if let Some(end) = s.on_auth_deadline() {
                     return end;
                 }

@@ -8,7 +8,6 @@ use concord_protocol::outbound::{self as wire, MemberInfo};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::time::Instant;
 
 pub(crate) struct Members {
     /// Presence of a room goes out at most this often.
@@ -20,14 +19,16 @@ pub(crate) struct Members {
     presence: HashMap<ClientId, Arc<RawValue>>,
     /// Presence changes not yet sent (None = cleared).
     dirty: HashMap<ClientId, Option<Arc<RawValue>>>,
-    /// When the pending presence changes go out.
-    pub flush_at: Option<Instant>,
+    /// When the pending presence changes go out (milliseconds on the server's clock).
+    pub flush_at: Option<u64>,
+    clock: Arc<dyn concord_core::Clock>,
 }
 
 impl Members {
-    pub fn new(interval: std::time::Duration) -> Self {
+    pub fn new(interval: std::time::Duration, clock: Arc<dyn concord_core::Clock>) -> Self {
         Members {
             interval,
+            clock,
             conns: HashMap::new(),
             clients: HashMap::new(),
             presence: HashMap::new(),
@@ -134,7 +135,8 @@ impl Members {
     /// pending change). Returns true if it replaced a change not yet sent.
     fn mark_dirty(&mut self, client: ClientId, value: Option<Arc<RawValue>>) -> bool {
         if self.flush_at.is_none() {
-            self.flush_at = Some(Instant::now() + self.interval);
+            let now = self.clock.now_ms();
+            self.flush_at = Some(now.saturating_add(self.interval.as_millis() as u64));
         }
         self.dirty.insert(client, value).is_some()
     }

@@ -35,13 +35,34 @@ fn token(sub: &str, rooms: Value, ttl: i64) -> String {
 /// The admin key of `jwt_server` (with auth on, `/metrics` needs it).
 const ADMIN_KEY: &str = "test-admin-key-0123";
 
+fn jwt_config(c: &mut concord_server::Config) {
+    c.auth = AuthMode::Jwt(JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap());
+    c.admin_key = Some(concord_server::auth::AdminKey::new(ADMIN_KEY).unwrap());
+}
+
 async fn jwt_server(tweak: impl FnOnce(&mut concord_server::Config)) -> TestServer {
     TestServer::memory(|c| {
-        c.auth = AuthMode::Jwt(JwtVerifier::new(JwtKeys::Secret(SECRET.to_vec()), 0).unwrap());
-        c.admin_key = Some(concord_server::auth::AdminKey::new(ADMIN_KEY).unwrap());
+        jwt_config(c);
         tweak(c)
     })
     .await
+}
+
+/// A JWT server whose clock is `clock` (token expiry follows it, not the wall clock).
+async fn jwt_server_at(
+    clock: &TestClock,
+    tweak: impl FnOnce(&mut concord_server::Config),
+) -> TestServer {
+    TestServer::memory_at(clock, |c| {
+        jwt_config(c);
+        tweak(c)
+    })
+    .await
+}
+
+/// A token of `sub` for `rooms` that expires at `exp` (Unix seconds).
+fn token_until(sub: &str, rooms: &Value, exp: u64) -> String {
+    token_with(json!({"sub": sub, "exp": exp, "rooms": rooms}), SECRET)
 }
 
 /// `/metrics` with the admin key.
@@ -108,20 +129,16 @@ async fn bad_tokens_get_unauthorized_and_close_1008() {
     assert_eq!(w.recv().await["code"], "unauthorized");
     assert_eq!(w.closed().await, Some(1008));
     let m = metrics(&server).await;
-    for reason in [
-        "bad_signature",
-        "expired",
-        "not_yet_valid",
-        "missing_claim",
-        "malformed",
-        "missing",
+    for (reason, n) in [
+        ("bad_signature", 1.0),
+        ("expired", 1.0),
+        ("not_yet_valid", 1.0),
+        ("missing_claim", 2.0),
+        ("malformed", 1.0),
+        ("missing", 1.0),
     ] {
-        assert!(
-            m.contains(&format!(
-                "concord_auth_failures_total{{reason=\"{reason}\"}}"
-            )),
-            "{reason}\n{m}"
-        );
+        let got = metric(&m, "concord_auth_failures_total", &[("reason", reason)]);
+        assert_eq!(got, n, "{reason}\n{m}");
     }
     server.stop().await;
 }
@@ -217,7 +234,12 @@ async fn a_client_id_belongs_to_the_first_user_that_used_it() {
     let mut again = hello_with(&server, "c-shared", &token("alice", rooms, 300)).await;
     assert_eq!(again.recv().await["type"], "welcome");
     let m = metrics(&server).await;
-    assert!(m.contains("concord_auth_failures_total{reason=\"client_id_taken\"} 1"));
+    let taken = metric(
+        &m,
+        "concord_auth_failures_total",
+        &[("reason", "client_id_taken")],
+    );
+    assert_eq!(taken, 1.0, "{m}");
     server.stop().await;
 }
 
@@ -246,21 +268,38 @@ async fn token_from_the_upgrade_request_header_or_query() {
 
 #[tokio::test]
 async fn expiring_token_is_refreshed_with_auth_or_the_connection_closes() {
-    let server = jwt_server(|c| c.auth_grace = Duration::from_millis(1500)).await;
+    // The server's clock starts on a whole second and moves only when the test says so.
+    const T0: u64 = 1_800_000_000;
+    let clock = TestClock::new(T0 * 1000);
+    let server = jwt_server_at(&clock, |c| c.auth_grace = Duration::from_millis(1500)).await;
     let rooms = json!({"chat:*":["read","write"]});
-    // Expires within two seconds.
-    let mut a = hello_with(&server, "a", &token("u1", rooms.clone(), 1)).await;
+    let mut a = hello_with(&server, "a", &token_until("u1", &rooms, T0 + 1)).await;
     assert_eq!(a.recv().await["type"], "welcome");
     a.join("chat:a", json!({})).await;
+    // At `exp` itself the token is still good (expired when now > exp): no notice, and a publish
+    // goes through.
+    clock.advance(Duration::from_secs(1));
+    let (ack, events) = a.publish("chat:a", "m0", json!(0)).await;
+    assert_eq!(ack["seq"], 1);
+    if events.is_empty() {
+        a.events(1).await;
+    }
+    // One millisecond later it is expired: the notice comes, naming the grace.
+    clock.advance(Duration::from_millis(1));
     let e = a.recv().await;
     assert_eq!(e["code"], "unauthorized", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("auth"));
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("auth") && message.contains("1500 ms"),
+        "{e}"
+    );
     // While expired, requests are refused.
     a.send(json!({"type":"publish","room":"chat:a","id":"m","data":1}))
         .await;
     assert_eq!(a.recv().await["code"], "unauthorized");
     // Refresh: same user, new expiry; a room the new token does not grant is left.
-    a.send(json!({"type":"auth","token": token("u1", json!({"chat:b":["read","write"]}), 300)}))
+    let chat_b = json!({"chat:b":["read","write"]});
+    a.send(json!({"type":"auth","token": token_until("u1", &chat_b, T0 + 300)}))
         .await;
     let e = a.recv().await;
     assert_eq!(
@@ -275,20 +314,29 @@ async fn expiring_token_is_refreshed_with_auth_or_the_connection_closes() {
         (Some("auth_ok"), Some("u1"))
     );
     assert_eq!(two[1], json!({"type":"left","room":"chat:a"}));
+    // The grace timer is gone with the refresh: past its end, the connection works.
+    clock.advance(Duration::from_secs(2));
     a.join("chat:b", json!({})).await;
     let (ack, _) = a.publish("chat:b", "m", json!(1)).await;
     assert_eq!(ack["seq"], 1);
     assert_eq!(a.events(1).await[0]["seq"], 1);
     // A token for another user is refused and closes.
-    a.send(json!({"type":"auth","token": token("u2", rooms.clone(), 300)}))
+    a.send(json!({"type":"auth","token": token_until("u2", &rooms, T0 + 300)}))
         .await;
     assert_eq!(a.recv_durable().await["code"], "unauthorized");
     assert_eq!(a.closed().await, Some(1008));
 
-    // Without a refresh the connection closes after the grace.
-    let mut b = hello_with(&server, "b", &token("u3", rooms, 1)).await;
+    // Without a refresh the connection closes when the grace ends, not a millisecond earlier.
+    let now_s = clock.now_ms() / 1000;
+    let mut b = hello_with(&server, "b", &token_until("u3", &rooms, now_s + 1)).await;
     assert_eq!(b.recv().await["type"], "welcome");
+    clock.set((now_s + 1) * 1000 + 1);
     assert_eq!(b.recv().await["code"], "unauthorized");
+    clock.advance(Duration::from_millis(1499));
+    // Still open: a request is answered (refused, as during any grace).
+    b.send(json!({"type":"join","room":"chat:b"})).await;
+    assert_eq!(b.recv().await["code"], "unauthorized");
+    clock.advance(Duration::from_millis(1));
     assert_eq!(b.closed().await, Some(1008));
     server.stop().await;
 }

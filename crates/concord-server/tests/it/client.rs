@@ -6,25 +6,22 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-async fn on_port(dir: &std::path::Path, port: u16) -> TestServer {
+/// A SQLite-backed server on `port` (each restart serves the same port, never released).
+fn on_port(dir: &std::path::Path, port: &Port) -> TestServer {
     let mut config = concord_server::Config::embedded(dir);
+    if let concord_server::StoreConfig::Sqlite { sync_full, .. } = &mut config.store {
+        *sync_full = false;
+    }
     // Few publishes in flight per connection: most of the burst is unsent when the server stops.
     config.max_inflight_per_conn = 4;
-    let listener = loop {
-        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => break l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => tokio::task::yield_now().await,
-            Err(e) => panic!("{e}"),
-        }
-    };
-    TestServer::with_listener(config, listener)
+    TestServer::with_listener(config, port.listener())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_survives_a_server_restart_mid_publish_with_nothing_lost_or_doubled() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TestServer::sqlite(dir.path(), |c| c.max_inflight_per_conn = 4).await;
-    let port = first.addr.port();
+    let port = Port::bind();
+    let first = on_port(dir.path(), &port);
     let config = |id: &str| {
         ClientConfig::new(first.url())
             .with_client_id(id)
@@ -44,7 +41,7 @@ async fn client_survives_a_server_restart_mid_publish_with_nothing_lost_or_doubl
         .unwrap();
     assert!(matches!(first_event, RoomUpdate::Event(ref e) if e.seq == 1));
     first.stop().await;
-    let second = on_port(dir.path(), port).await;
+    let second = on_port(dir.path(), &port);
 
     let mut acked = BTreeSet::new();
     for a in acks {

@@ -9,23 +9,15 @@ use concord_server::{Config, StoreConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// A SQLite-backed server on `port` (the previous one's, once it is free), hashing every seq.
-async fn on_port(dir: &std::path::Path, port: u16) -> TestServer {
+/// A SQLite-backed server on `port` (each restart serves the same port, never released),
+/// hashing every seq.
+fn on_port(dir: &std::path::Path, port: &Port) -> TestServer {
     let mut config = Config::embedded(dir);
     if let StoreConfig::Sqlite { sync_full, .. } = &mut config.store {
         *sync_full = false;
     }
     config.doc_hash_every = 1;
-    let listener = loop {
-        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => break l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                tokio::time::sleep(Duration::from_millis(5)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    TestServer::with_listener(config, listener)
+    TestServer::with_listener(config, port.listener())
 }
 
 /// One round of concurrent edits: both insert text at position 5, edit the list and count.
@@ -71,8 +63,8 @@ async fn settle(doc: &mut Doc, seq: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_edit_one_doc_across_a_restart_and_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TestServer::sqlite(dir.path(), |c| c.doc_hash_every = 1).await;
-    let port = first.addr.port();
+    let port = Port::bind();
+    let first = on_port(dir.path(), &port);
     let config = |id: &str| {
         ClientConfig::new(first.url())
             .with_client_id(id)
@@ -112,7 +104,7 @@ async fn two_clients_edit_one_doc_across_a_restart_and_converge() {
     for i in 20..30 {
         edit_round(&da, &db, i);
     }
-    let second = on_port(dir.path(), port).await;
+    let second = on_port(dir.path(), &port);
     for i in 30..40 {
         edit_round(&da, &db, i);
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -12,7 +12,8 @@
 //! server thread fails the test even if the server survives it.
 //!
 //! proptest drives the cases with its own `TestRunner`; a tokio runtime built once runs the
-//! server, and each case is `block_on`. `CONCORD_FRAMES_CASES=N` runs N cases (default 96).
+//! server, and each case is `block_on`. `CONCORD_FRAMES_CASES=N` runs N cases (default 96, or 1,000
+//! with `CONCORD_HEAVY=1`).
 
 use crate::support::*;
 use futures::{SinkExt, StreamExt};
@@ -739,10 +740,11 @@ fn arbitrary_frames_never_break_the_gateway_or_other_clients() {
         (server, good)
     });
     let good = std::sync::Mutex::new(good);
+    let heavy = std::env::var("CONCORD_HEAVY").is_ok_and(|v| v == "1");
     let cases = std::env::var("CONCORD_FRAMES_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(96);
+        .unwrap_or(if heavy { 1_000 } else { 96 });
     let mut runner = TestRunner::new(PtConfig {
         cases,
         failure_persistence: None,

@@ -4,12 +4,30 @@
 use crate::support::*;
 use concord_server::config::Rate;
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::time::Duration;
+
+/// Answers to `n` pipelined publishes (events skipped): (acked seqs, refusals with their
+/// `retry_after_ms`).
+async fn answers(w: &mut Ws, n: usize) -> (Vec<u64>, Vec<u64>) {
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    while acked.len() + refused.len() < n {
+        let m = w.recv_durable().await;
+        match (m["type"].as_str(), m["code"].as_str()) {
+            (Some("ack"), _) => acked.push(m["seq"].as_u64().unwrap()),
+            (Some("error"), Some("rate_limited")) => {
+                refused.push(m["retry_after_ms"].as_u64().unwrap())
+            }
+            (Some("event"), _) => {}
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    (acked, refused)
+}
 
 #[tokio::test]
 async fn publishes_beyond_the_connection_rate_are_refused_with_retry_after() {
-    let server = TestServer::memory(|c| c.rate_publish_per_conn = Rate::new(5, 5)).await;
+    let clock = TestClock::at_system_time();
+    let server = TestServer::memory_at(&clock, |c| c.rate_publish_per_conn = Rate::new(5, 5)).await;
     let mut a = Ws::hello(&server, "a").await;
     for n in 0..20 {
         a.feed(json!({"type":"publish","room":"r","id":format!("m{n}"),"data":n}))
@@ -17,61 +35,57 @@ async fn publishes_beyond_the_connection_rate_are_refused_with_retry_after() {
     }
     a.send(json!({"type":"join","room":"r","kind":"stream"}))
         .await;
-    // The room does not exist yet: create it first, then flood.
-    let mut acked = BTreeSet::new();
-    let mut limited = 0;
-    let mut seen = 0;
+    // The room does not exist yet: the burst's five publishes get not_found, the rest are refused.
+    let (mut not_found, mut limited, mut seen) = (0, Vec::new(), 0);
     while seen < 21 {
         let m = a.recv().await;
         seen += 1;
         match (m["type"].as_str(), m["code"].as_str()) {
-            (Some("error"), Some("not_found")) => {}
+            (Some("error"), Some("not_found")) => not_found += 1,
             (Some("error"), Some("rate_limited")) => {
-                assert!(m["retry_after_ms"].as_u64().unwrap() >= 1, "{m}");
-                limited += 1;
+                limited.push(m["retry_after_ms"].as_u64().unwrap())
             }
             (Some("joined"), _) => {}
             other => panic!("unexpected {other:?}: {m}"),
         }
     }
-    assert_eq!(limited, 15, "burst of 5 admitted, 15 refused");
+    assert_eq!((not_found, limited.len()), (5, 15), "burst of 5 admitted");
+    // 5 per second and the clock stands still: the next token is 200 ms away.
+    assert!(limited.iter().all(|&ms| ms == 200), "{limited:?}");
+    // Still no token without time passing.
+    a.send(json!({"type":"publish","room":"r","id":"x","data":0}))
+        .await;
+    assert_eq!(answers(&mut a, 1).await, (vec![], vec![200]));
+    // 199 ms later the token is 1 ms away; a second after the burst the bucket is full again
+    // (never more than the burst).
+    clock.advance(Duration::from_millis(199));
+    a.send(json!({"type":"publish","room":"r","id":"y","data":0}))
+        .await;
+    assert_eq!(answers(&mut a, 1).await, (vec![], vec![1]));
+    clock.advance(Duration::from_secs(10));
     for n in 0..20 {
         a.feed(json!({"type":"publish","room":"r","id":format!("n{n}"),"data":n}))
             .await;
     }
     a.flush().await;
-    let mut refused = 0;
-    while acked.len() + refused < 20 {
-        let m = a.recv().await;
-        match m["type"].as_str() {
-            Some("ack") => {
-                acked.insert(m["seq"].as_u64().unwrap());
-            }
-            Some("error") => {
-                assert_eq!(m["code"], "rate_limited");
-                refused += 1;
-            }
-            _ => {}
-        }
-    }
+    let (acked, refused) = answers(&mut a, 20).await;
+    assert_eq!((acked.len(), refused.len()), (5, 15));
     // Whatever was acked is committed, gap-free; refusals appended nothing.
+    assert_eq!(acked, (1..=5).collect::<Vec<_>>());
     let stored = all_events(&server, "r").await;
-    assert_eq!(seqs(&stored), acked.iter().copied().collect::<Vec<_>>());
+    assert_eq!(seqs(&stored), acked);
     assert_eq!(
-        acked.iter().copied().collect::<Vec<_>>(),
-        (1..=acked.len() as u64).collect::<Vec<_>>()
+        server.metric("concord_rate_limited_total", &[("scope", "connection")]),
+        (15 + 1 + 1 + 15) as f64
     );
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains("concord_rate_limited_total{scope=\"connection\"}"));
     server.stop().await;
 }
 
 #[tokio::test]
 async fn room_rate_and_presence_rate_and_connection_limits() {
-    let server = TestServer::memory(|c| {
+    // The clock stands still: no bucket refills during the test.
+    let clock = TestClock::at_system_time();
+    let server = TestServer::memory_at(&clock, |c| {
         c.rate_publish_per_room = Rate::new(3, 3);
         c.rate_presence_per_conn = Rate::new(2, 2);
         c.max_members_per_room = 2;
@@ -158,67 +172,52 @@ async fn room_rate_and_presence_rate_and_connection_limits() {
 }
 
 /// One client publishing as fast as it can and fifty publishing at a normal pace: the abuser is
-/// rate-limited, none of the normal clients is, and every normal publish is acked.
+/// rate-limited to exactly its rate, none of the normal clients is, and every normal publish is
+/// acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_limited_and_normal_clients_are_not() {
-    let server = TestServer::memory(|c| c.rate_publish_per_conn = Rate::new(100, 100)).await;
-    let stop = tokio_util::sync::CancellationToken::new();
+    let clock = TestClock::at_system_time();
+    let server =
+        TestServer::memory_at(&clock, |c| c.rate_publish_per_conn = Rate::new(100, 100)).await;
     let mut abuser = Ws::hello(&server, "abuser").await;
     abuser.join("shared", json!({})).await;
-    let stop2 = stop.clone();
-    let abuse = tokio::spawn(async move {
-        let (mut limited, mut acked, mut n) = (0u64, 0u64, 0u64);
-        while !stop2.is_cancelled() {
-            for _ in 0..200 {
-                abuser.feed(json!({"type":"publish","room":"shared","id":format!("x{n}"),"data":{"spam":n}})).await;
-                n += 1;
-            }
-            abuser.flush().await;
-            // Read what is there without waiting for all of it.
-            while let Ok(Some(Ok(m))) = tokio::time::timeout(
-                Duration::from_millis(1),
-                futures::StreamExt::next(&mut abuser.ws),
-            )
-            .await
-            {
-                if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    match (v["type"].as_str(), v["code"].as_str()) {
-                        (Some("error"), Some("rate_limited")) => limited += 1,
-                        (Some("ack"), _) => acked += 1,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        (limited, acked)
-    });
     let mut normals = Vec::new();
     for i in 0..50 {
-        let mut w = Ws::hello(&server, &format!("normal{i}")).await;
-        normals.push(tokio::spawn(async move {
-            let mut acks = 0;
-            for n in 0..10 {
-                // A normal pace: 20 publishes per second.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let (ack, _) = w
-                    .publish("shared", &format!("n{n}"), json!({"i": i, "n": n}))
-                    .await;
-                assert_eq!(ack["type"], "ack");
-                acks += 1;
-            }
-            acks
-        }));
+        normals.push(Ws::hello(&server, &format!("normal{i}")).await);
     }
-    let mut total = 0;
-    for n in normals {
-        total += n.await.expect("a normal client was refused");
+    let (mut abuser_acked, mut abuser_limited, mut normal_acked) = (0, 0, 0);
+    // Ten rounds, 50 ms apart on the server's clock: the abuser sends 200 publishes a round
+    // (4000 per second), each normal client one (20 per second).
+    for round in 0..10 {
+        if round > 0 {
+            clock.advance(Duration::from_millis(50));
+        }
+        for n in 0..200 {
+            let id = format!("x{round}-{n}");
+            abuser
+                .feed(json!({"type":"publish","room":"shared","id":id,"data":{"spam":n}}))
+                .await;
+        }
+        abuser.flush().await;
+        let (acked, refused) = answers(&mut abuser, 200).await;
+        abuser_acked += acked.len();
+        abuser_limited += refused.len();
+        for (i, w) in normals.iter_mut().enumerate() {
+            let (ack, _) = w
+                .publish("shared", &format!("n{round}"), json!({"i": i}))
+                .await;
+            assert_eq!(ack["type"], "ack", "normal{i} refused: {ack}");
+            normal_acked += 1;
+        }
     }
-    stop.cancel();
-    let (limited, acked) = abuse.await.unwrap();
-    assert_eq!(total, 500);
-    assert!(limited > 0, "the abuser was never limited");
-    assert!(acked > 0, "the abuser still gets its fair share");
+    assert_eq!(normal_acked, 500);
+    // The burst (100), then 5 tokens per 50 ms for nine rounds.
+    assert_eq!(
+        abuser_acked,
+        100 + 9 * 5,
+        "the abuser gets exactly its rate"
+    );
+    assert_eq!(abuser_limited, 2000 - abuser_acked);
     server.stop().await;
 }
 
@@ -242,10 +241,10 @@ async fn publishes_beyond_the_in_flight_bound_wait_instead_of_failing() {
         }
     }
     assert_eq!(acks, (1..=50).collect::<Vec<_>>());
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains("concord_limit_hits_total{limit=\"max_inflight_per_conn\"}"));
+    let waits = server.metric(
+        "concord_limit_hits_total",
+        &[("limit", "max_inflight_per_conn")],
+    );
+    assert!(waits >= 1.0, "reading never paused at the bound");
     server.stop().await;
 }

@@ -58,11 +58,8 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
         if batches_after_cut.is_some() {
             batches_after_cut = batches_after_cut.map(|k| k + 1);
         } else {
-            let (_, m) = http(&server, "GET", "/metrics", None).await;
-            if m.as_str()
-                .unwrap()
-                .contains("concord_limit_hits_total{limit=\"max_queue_bytes\"} 1")
-            {
+            let cut = [("limit", "max_queue_bytes")];
+            if server.metric("concord_limit_hits_total", &cut) == 1.0 {
                 batches_after_cut = Some(0);
             }
         }
@@ -107,11 +104,8 @@ async fn lagging_member_gets_4008_then_recovers_everything() {
         seqs(j["events"].as_array().unwrap()),
         (last + 1..=n).collect::<Vec<_>>()
     );
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains("concord_disconnects_total{close_code=\"4008\"} 1"));
+    let lagging = [("close_code", "4008")];
+    assert_eq!(server.metric("concord_disconnects_total", &lagging), 1.0);
     server.stop().await;
 }
 

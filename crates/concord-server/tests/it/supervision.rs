@@ -10,13 +10,6 @@ use std::time::Duration;
 /// How long a waiter of the failed actor may wait for its answer.
 const ANSWER: Duration = Duration::from_secs(5);
 
-/// The value of an unlabelled metric in the `/metrics` text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// The next message within `ANSWER`; `None` on silence.
 async fn answer(ws: &mut Ws) -> Option<Value> {
     tokio::time::timeout(ANSWER, ws.recv()).await.ok()
@@ -135,13 +128,7 @@ async fn panic_and_recover(room: &str, point: Point) {
     assert_eq!(notice["code"], "unavailable", "{notice}");
     assert_eq!(notice["room"], room, "{notice}");
 
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    let m = m.as_str().unwrap().to_string();
-    assert_eq!(
-        metric(&m, "concord_room_actor_panics_total"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(server.metric("concord_room_actor_panics_total", &[]), 1.0);
 
     // The room works again (a new actor, reloaded from the store): the failed publishes are
     // retried with their ids, then a new one follows; seqs stay gap-free, without duplicates.
@@ -179,13 +166,7 @@ async fn panic_and_recover(room: &str, point: Point) {
     all.extend(seqs(&live));
     assert_eq!(all, (4..=9).collect::<Vec<_>>());
 
-    let (_, m) = http(&server, "GET", "/metrics", None).await;
-    let m = m.as_str().unwrap().to_string();
-    assert_eq!(metric(&m, "concord_rooms_active"), Some(1.0), "{m}");
-    assert_eq!(
-        metric(&m, "concord_room_actor_panics_total"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(server.metric("concord_rooms_active", &[]), 1.0);
+    assert_eq!(server.metric("concord_room_actor_panics_total", &[]), 1.0);
     server.stop().await;
 }

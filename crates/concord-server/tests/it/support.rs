@@ -1,6 +1,7 @@
 //! Test support: start a server on port 0, a raw WebSocket client, a tiny HTTP client.
 
-use concord_server::{Config, ServerError, StoreConfig};
+pub use concord_server::TestClock;
+use concord_server::{Config, Env, Metrics, ServerError, StoreConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -17,8 +18,28 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's metrics, read with [`TestServer::metric`].
+    pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), ServerError>>,
+}
+
+/// A port that stays bound while servers come and go on it: each server accepts on a duplicate
+/// of one listening socket, so a restart never releases the port (nothing else can take it,
+/// and clients that connect between two servers wait in its backlog for the next one).
+pub struct Port(std::net::TcpListener);
+
+impl Port {
+    pub fn bind() -> Port {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        Port(l)
+    }
+
+    /// A listener on this port for the next server.
+    pub fn listener(&self) -> tokio::net::TcpListener {
+        tokio::net::TcpListener::from_std(self.0.try_clone().unwrap()).unwrap()
+    }
 }
 
 impl TestServer {
@@ -28,13 +49,21 @@ impl TestServer {
     }
 
     pub fn with_listener(config: Config, listener: tokio::net::TcpListener) -> TestServer {
+        Self::with_env(config, listener, Env::system())
+    }
+
+    /// A server on an injected clock (and metrics).
+    pub fn with_env(config: Config, listener: tokio::net::TcpListener, env: Env) -> TestServer {
         let addr = listener.local_addr().unwrap();
+        let metrics = env.metrics.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(concord_server::run(config, listener, async move {
+        let shutdown = async move {
             let _ = rx.await;
-        }));
+        };
+        let join = tokio::spawn(concord_server::run(config, listener, shutdown, env));
         TestServer {
             addr,
+            metrics,
             stop: Some(tx),
             join,
         }
@@ -45,6 +74,21 @@ impl TestServer {
         let mut c = Config::default();
         tweak(&mut c);
         Self::start(c).await
+    }
+
+    /// A server with an in-memory store whose time is `clock` (it moves only when the test
+    /// advances it: token expiry, rate limits, HLC).
+    pub async fn memory_at(clock: &TestClock, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut c = Config::default();
+        tweak(&mut c);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::with_env(c, listener, Env::with_time(clock.clone()))
+    }
+
+    /// The current value of one of the server's metrics (0 for a labelled sample not yet
+    /// recorded; a name the server does not export fails the test).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metrics.value(name, labels)
     }
 
     /// A server with a SQLite store in `dir`.
@@ -244,6 +288,11 @@ pub async fn all_events(server: &TestServer, room: &str) -> Vec<Value> {
         after = events.last().unwrap()["seq"].as_u64().unwrap();
         out.extend(events);
     }
+}
+
+/// One value of a scraped `/metrics` text (see `concord_server::exposition::sample`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    concord_server::exposition::sample(text, name, labels).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Presence and membership notices: not part of a room's durable order.

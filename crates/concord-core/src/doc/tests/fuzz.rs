@@ -102,7 +102,7 @@ fn any_wire_op() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(config(1000))]
+    #![proptest_config(config(200, 2_000))]
 
     #[test]
     fn decoding_anything_never_panics(v in any_json(), ops in prop::collection::vec(any_wire_op(), 0..4)) {

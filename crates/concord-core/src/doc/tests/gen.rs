@@ -4,17 +4,19 @@ use crate::doc::{apply, Op, OpKind, Path, PathSeg, TextEdit};
 use proptest::prelude::*;
 use serde_json::{json, Map, Number, Value};
 
-/// Number of cases: `PROPTEST_CASES` if set, else `default`.
-pub fn cases(default: u32) -> u32 {
+/// Number of cases: `PROPTEST_CASES` if set, else `heavy` with `CONCORD_HEAVY=1`, else `fast`
+/// (the default of `scripts/test` and CI).
+pub fn cases(fast: u32, heavy: u32) -> u32 {
+    let heavy_on = std::env::var("CONCORD_HEAVY").is_ok_and(|v| v == "1");
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or(if heavy_on { heavy } else { fast })
 }
 
-pub fn config(default_cases: u32) -> ProptestConfig {
+pub fn config(fast: u32, heavy: u32) -> ProptestConfig {
     ProptestConfig {
-        cases: cases(default_cases),
+        cases: cases(fast, heavy),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -1,8 +1,8 @@
 //! Doc property tests and simulations (unit tests of each rule live next to the rule).
 //!
-//! Cases per property: `PROPTEST_CASES` (default 10,000 per kind pair for TP1, 1000 elsewhere, 300 for
-//! the simulation). The long run:
-//! `PROPTEST_CASES=10000 cargo test -p concord-core --release doc::tests`.
+//! Cases per property: `PROPTEST_CASES`, else the fast default (1,000 per kind pair for TP1, 200
+//! elsewhere, 50 for the simulation), or ten times that with `CONCORD_HEAVY=1`. The long run:
+//! `CONCORD_HEAVY=1 cargo test -p concord-core --release doc::tests`.
 
 mod fuzz;
 mod gen;

@@ -74,7 +74,7 @@ fn run(initial: Value, clients: usize, steps: usize, seed: u64) -> Result<(), Te
 }
 
 proptest! {
-    #![proptest_config(config(300))]
+    #![proptest_config(config(50, 500))]
 
     #[test]
     fn replicas_converge(s in doc(), clients in 2usize..5, steps in 5usize..60, seed in any::<u64>()) {

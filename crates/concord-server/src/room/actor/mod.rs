@@ -137,8 +137,8 @@ impl RoomActor {
         // Paired with the decrement in `Drop`, which runs however the actor ends.
         shared.metrics.rooms_active.inc();
         RoomActor {
-            members: Members::new(shared.config.presence_interval),
-            rate: Bucket::new(shared.config.rate_publish_per_room),
+            members: Members::new(shared.config.presence_interval, shared.clock.clone()),
+            rate: Bucket::new(shared.config.rate_publish_per_room, &shared.clock),
             stats,
             room,
             generation,
@@ -168,7 +168,7 @@ impl RoomActor {
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
                 }
-                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                _ = self.shared.time.sleep_until_ms(flush_at.unwrap_or(0)), if flush_at.is_some() => {
                     self.members.flush_presence(&self.room);
                 }
                 n = self.rx.recv_many(&mut self.buf, MAILBOX_BATCH) => {
