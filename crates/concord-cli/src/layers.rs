@@ -6,7 +6,7 @@
 use crate::settings::{Deployment, ServeArgs};
 use anyhow::Context;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, Command, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use concord_server::Config;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,10 +35,15 @@ fn to_table(value: &impl Serialize) -> toml::Table {
 pub fn with_defaults(cmd: Command) -> Command {
     let defaults = defaults();
     cmd.mut_args(|arg| match defaults.get(arg.get_id().as_str()) {
-        Some(toml::Value::Array(items)) if items.is_empty() => arg,
+        // A list taken as repeated or delimited values (`--allowed-origins a,b`).
+        Some(toml::Value::Array(items)) if matches!(arg.get_action(), ArgAction::Append) => {
+            let texts: Vec<String> = items.iter().map(flag_text).collect();
+            arg.default_values(texts)
+        }
+        // A list taken as one value (`--retention 'a=max_events:1;b=max_age:1d'`).
         Some(toml::Value::Array(items)) => {
             let texts: Vec<String> = items.iter().map(flag_text).collect();
-            arg.default_values(texts).required(false)
+            arg.default_value(texts.join(";")).required(false)
         }
         Some(value) => arg.default_value(flag_text(value)).required(false),
         None => arg,
@@ -289,6 +294,23 @@ mod tests {
             c.max_inflight_per_conn, 1,
             "a smaller value counts as the minimum"
         );
+    }
+
+    #[test]
+    fn empty_lists_mean_none() {
+        let s = parse(&[
+            "serve",
+            "--retention",
+            "",
+            "--room-kinds",
+            "",
+            "--allowed-origins",
+            "",
+        ])
+        .unwrap();
+        assert!(s.server.retention.is_empty());
+        assert!(s.server.room_kinds.is_empty());
+        assert!(s.server.allowed_origins.is_empty());
     }
 
     fn write_file(text: &str) -> tempfile::NamedTempFile {

@@ -96,7 +96,7 @@ impl Default for Deployment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {
-    /// fsync every group commit.
+    /// Every group commit is fsynced: survives power loss.
     Full,
     /// No fsync per commit: survives kill -9, not power loss.
     Normal,
@@ -116,6 +116,8 @@ pub enum AuthKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }

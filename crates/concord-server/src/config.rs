@@ -40,6 +40,14 @@ pub struct RetentionPolicy {
     pub max_age: Option<Duration>,
 }
 
+/// Room kinds by room-name pattern, in order. A flag takes the whole list as one value
+/// (`chat:*=stream,doc:*=doc`; empty: none), which this alias tells clap.
+pub type RoomKinds = Vec<(String, concord_core::RoomKind)>;
+
+/// Retention policies, in order. A flag takes the whole list as one value, `;` between policies
+/// (empty: none), which this alias tells clap.
+pub type RetentionPolicies = Vec<RetentionPolicy>;
+
 /// Where committed events are kept.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -261,7 +269,7 @@ pub struct Config {
     /// Limit: TCP connections open at once (HTTP and WebSocket), so file descriptors stay free
     /// for the store. At the limit the longest-idle HTTP connection is closed to make room for a
     /// new one; with none idle, the new one is closed at once. 0 = the open-file limit minus a
-    /// reserve for the store and logs (max(64, limit/8)); see [`Config::conn_limit`].
+    /// reserve for the store and logs (max(64, limit/8)).
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "CONCORD_MAX_CONNS", value_name = "N")
@@ -393,23 +401,18 @@ pub struct Config {
     #[serde(with = "syntax::room_kinds")]
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "CONCORD_ROOM_KINDS", value_name = "PATTERN=KIND", value_delimiter = ',', value_parser = syntax::parse_room_kind)
+        arg(long, env = "CONCORD_ROOM_KINDS", value_name = "PATTERN=KIND,…", value_parser = syntax::parse_room_kinds)
     )]
-    pub room_kinds: Vec<(String, concord_core::RoomKind)>,
+    pub room_kinds: RoomKinds,
     /// Retention by room-name pattern, `PATTERN=max_events:N,max_age:AGE` with `;` between
     /// policies (first match wins), e.g. `chat:*=max_events:100000,max_age:30d`. Older events are
     /// deleted (never a room's last one); doc rooms keep their latest snapshot and rebase window.
     /// Rooms matching no pattern keep everything.
     #[cfg_attr(
         feature = "cli",
-        arg(
-            long,
-            env = "CONCORD_RETENTION",
-            value_name = "POLICY",
-            value_delimiter = ';'
-        )
+        arg(long, env = "CONCORD_RETENTION", value_name = "POLICY;…", value_parser = syntax::parse_retention)
     )]
-    pub retention: Vec<RetentionPolicy>,
+    pub retention: RetentionPolicies,
     /// How often the retention sweep runs (0 = never).
     #[serde(with = "duration")]
     #[cfg_attr(

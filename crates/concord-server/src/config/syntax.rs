@@ -61,6 +61,25 @@ pub fn parse_room_kind(s: &str) -> Result<(String, RoomKind), String> {
     Ok((pattern.trim().to_string(), kind))
 }
 
+/// `PATTERN=KIND,…` (`,` or `;` between entries; empty entries are skipped), the flag's form
+/// of `room_kinds`.
+pub fn parse_room_kinds(s: &str) -> Result<super::RoomKinds, String> {
+    s.split([',', ';'])
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(parse_room_kind)
+        .collect()
+}
+
+/// `POLICY;…` (empty policies are skipped), the flag's form of `retention`.
+pub fn parse_retention(s: &str) -> Result<super::RetentionPolicies, String> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::parse)
+        .collect()
+}
+
 /// `#[serde(with = "room_kinds")]`: a list of `PATTERN=KIND` strings.
 pub mod room_kinds {
     use super::*;
@@ -192,6 +211,17 @@ mod tests {
         );
         assert!(parse_room_kind("chat:*=table").is_err());
         assert!(parse_room_kind("chat:*").is_err());
+        assert_eq!(
+            parse_room_kinds("chat:*=stream, doc:*=doc,").unwrap().len(),
+            2
+        );
+        assert!(parse_room_kinds("").unwrap().is_empty());
+        assert!(parse_room_kinds("chat:*=table").is_err());
+        let r =
+            parse_retention("chat:*=max_events:100000,max_age:30d; log:*=max_age:12h;").unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(parse_retention(" ").unwrap().is_empty());
+        assert!(parse_retention("chat:*=max_rows:3").is_err());
     }
 
     #[test]
