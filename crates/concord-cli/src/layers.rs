@@ -135,11 +135,13 @@ fn layered(path: &Path, args: &ServeArgs, matches: &ArgMatches) -> anyhow::Resul
 
 fn from_table<T: DeserializeOwned>(table: toml::Table, path: &Path) -> anyhow::Result<T> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let inner = e.inner().to_string();
+        // toml's own "in `key`" line says again what the path says.
+        let reason = inner.split("\nin `").next().unwrap_or_default();
         anyhow::anyhow!(
-            "{}: bad value for setting `{}`: {}",
+            "{}: bad value for setting `{}`: {reason}",
             path.display(),
             e.path(),
-            e.inner()
         )
     })
 }
@@ -323,7 +325,8 @@ mod tests {
     fn flags_override_the_file_which_overrides_the_defaults() {
         let file = write_file(
             "node_id = \"from-file\"\nmax_frame_bytes = 1000\nwrite_timeout = \"20s\"\n\
-             sqlite_sync = \"normal\"\nroom_kinds = [\"doc:*=doc\"]\n",
+             sqlite_sync = \"normal\"\nroom_kinds = [\"doc:*=doc\"]\n\
+             idle_timeout = 90\nrate_presence_per_conn = 12\n",
         );
         let path = file.path().to_str().unwrap();
         let s = parse(&["serve", "--config", path, "--max-frame-bytes", "2000"]).unwrap();
@@ -339,6 +342,9 @@ mod tests {
             crate::settings::SqliteSync::Normal
         );
         assert_eq!(s.server.max_data_bytes, Config::default().max_data_bytes);
+        // Bare integers in the file: seconds, and PER_SEC.
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(90));
+        assert_eq!(s.server.rate_presence_per_conn.to_string(), "12:24");
         // A flag given with its default value still wins over the file.
         let s = parse(&["serve", "--config", path, "--node-id", "n1"]).unwrap();
         assert_eq!(s.server.node_id, "n1");

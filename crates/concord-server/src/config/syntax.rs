@@ -44,11 +44,19 @@ impl Serialize for Rate {
     }
 }
 
+/// Read from its text form, or from a bare integer (`PER_SEC`) in the config file.
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            PerSec(u32),
+            Text(String),
+        }
+        match Text::deserialize(d)? {
+            Text::PerSec(n) => Ok(n.to_string().parse().map_err(serde::de::Error::custom)?),
+            Text::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
