@@ -129,7 +129,7 @@ pub async fn run_with_ready(
     });
     let cfg = &shared.config;
     let limits = edge::ConnLimits::new(
-        cfg.max_conns,
+        cfg.conn_limit(),
         cfg.max_conns_per_ip,
         metrics.tcp_connections.clone(),
     );
