@@ -7,6 +7,7 @@ pub mod core;
 #[cfg(not(feature = "testing"))]
 pub(crate) mod core;
 pub mod doc;
+pub mod load;
 mod members;
 mod msg;
 mod registry;

@@ -10,8 +10,7 @@
 mod join;
 mod write;
 
-use super::core::{CoreConfig, Effect, Env, Loaded, LoadedRoom, RoomCore};
-use super::doc::{DocLimits, DocLoadError, DocState};
+use super::core::{CoreConfig, Effect, Env, Loaded, RoomCore};
 use super::members::Members;
 use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
@@ -19,7 +18,7 @@ use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{HlcTimestamp, RoomId, Seq};
+use concord_core::{HlcTimestamp, RoomId};
 use concord_protocol::{outbound as wire, ErrorCode};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -260,128 +259,37 @@ impl RoomActor {
     /// (Re)builds the room's state from the store (the core decides what it becomes). The
     /// caller routes the effects that follows (answers to retries that waited on the old state).
     async fn reload(&mut self) {
-        let loaded = self.load().await;
-        self.core.loaded(loaded);
-    }
-
-    /// Reads what the core needs to serve the room.
-    async fn load(&mut self) -> Loaded {
-        let cfg = &self.shared.config;
-        let store = &self.shared.store;
-        let record = match store.load_room(&self.room).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Loaded::Missing,
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room failed");
-                return Loaded::Failed;
-            }
-        };
-        if let Some(h) = &record.head_hlc {
-            self.shared.hlc_observe(h);
-        }
-        let doc = if record.kind == concord_core::RoomKind::Doc {
-            let schema = self.shared.schema_for(&self.room);
-            match DocState::load(
-                store.as_ref(),
-                &self.room,
-                record.head,
-                cfg.doc_window,
-                schema,
-                DocLimits::of(cfg),
-            )
-            .await
-            {
-                Ok(d) => {
+        let shared = &self.shared;
+        let schema = shared.schema_for(&self.room);
+        let loaded =
+            super::load::load(shared.store.as_ref(), &self.room, &shared.config, schema).await;
+        match &loaded {
+            Loaded::Room(r) => {
+                if let Some(h) = &r.record.head_hlc {
+                    shared.hlc_observe(h);
+                }
+                if let Some(d) = &r.doc {
                     let unreadable = u64::from(d.unreadable_snapshots);
-                    self.shared
-                        .metrics
-                        .doc_snapshot_unreadable
-                        .inc_by(unreadable);
-                    self.broken = None;
-                    Some(d)
+                    shared.metrics.doc_snapshot_unreadable.inc_by(unreadable);
                 }
-                Err(DocLoadError::Store(e)) => {
-                    tracing::error!(room = %self.room, error = %e, "loading document failed");
-                    return Loaded::Failed;
-                }
-                Err(DocLoadError::Corrupt(e)) => {
-                    self.shared.metrics.doc_load_failures.inc();
-                    tracing::error!(
-                        room = %self.room, error = %e,
-                        "the document of this room cannot be loaded from its op log: every message \
-                         gets `unavailable`; stop the server and run `concord repair --data-dir DIR \
-                         --room ROOM`"
-                    );
-                    self.broken = Some(tokio::time::Instant::now() + BROKEN_RETRY);
-                    return Loaded::Corrupt;
-                }
+                self.broken = None;
             }
-        } else {
-            None
-        };
-        // Idempotency keys come without bodies; only the events that fit the window (in count
-        // and bytes) are read in full, newest first, a few at a time.
-        let keep = LoadedRoom::keys_to_read(&CoreConfig::of(cfg), record.head);
-        let keys = match store.recent_keys(&self.room, keep as usize).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room keys failed");
-                return Loaded::Failed;
+            Loaded::Corrupt(e) => {
+                shared.metrics.doc_load_failures.inc();
+                tracing::error!(
+                    room = %self.room, error = %e,
+                    "the document of this room cannot be loaded from its op log: every message \
+                     gets `unavailable`; stop the server and run `concord repair --data-dir DIR \
+                     --room ROOM`"
+                );
+                self.broken = Some(tokio::time::Instant::now() + BROKEN_RETRY);
             }
-        };
-        let tail = match Self::window_tail(&self.shared, &self.room, record.head).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room tail failed");
-                return Loaded::Failed;
+            Loaded::Failed(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room failed");
             }
-        };
-        Loaded::Room(Box::new(LoadedRoom {
-            record,
-            keys,
-            tail,
-            doc,
-        }))
-    }
-
-    /// The newest events up to `head` that fit the window (`room_window` events and
-    /// `room_window_bytes` bytes of data), read backwards in small chunks so that a room of big
-    /// events never has more than one chunk beyond the window in memory. Stops early at a gap
-    /// (events removed by retention).
-    async fn window_tail(
-        shared: &Shared,
-        room: &RoomId,
-        head: Seq,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        const CHUNK: u64 = 16;
-        let cfg = &shared.config;
-        let mut tail: Vec<StoredEvent> = Vec::new();
-        let mut bytes = 0usize;
-        let mut upto = head.0;
-        while upto > 0 && tail.len() < cfg.room_window {
-            let n = CHUNK.min(upto).min((cfg.room_window - tail.len()) as u64);
-            let start = upto;
-            let chunk = shared
-                .store
-                .read_events(room, Seq(upto - n), n as usize)
-                .await?;
-            for e in chunk.into_iter().rev().filter(|e| e.seq.0 <= start) {
-                let size = e.data.get().len();
-                if e.seq.0 != upto || bytes + size > cfg.room_window_bytes {
-                    tail.reverse();
-                    return Ok(tail);
-                }
-                bytes += size;
-                upto -= 1;
-                tail.push(e);
-            }
-            if upto != start - n {
-                // A short chunk: the events before it were removed by retention.
-                break;
-            }
+            Loaded::Missing => {}
         }
-        tail.reverse();
-        Ok(tail)
+        self.core.loaded(loaded);
     }
 
     /// Handles the messages in `self.buf`, in order.

@@ -13,7 +13,11 @@ pub enum Effect<W> {
     Append(Append),
     /// Answer a waiter with an ack. `fresh` is true when its op was committed just now (not a
     /// retry answered from the idempotency table).
-    Ack { waiter: W, acked: Acked, fresh: bool },
+    Ack {
+        waiter: W,
+        acked: Acked,
+        fresh: bool,
+    },
     /// Answer a waiter with an error.
     Fail { waiter: W, error: RoomError },
     /// A committed event for every member (encoded once, shared).

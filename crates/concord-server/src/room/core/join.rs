@@ -35,7 +35,9 @@ impl<W: Waiting> RoomCore<W> {
         let (live, room_kind) = match &self.state {
             State::Stream(live) => (live, RoomKind::Stream),
             State::Doc { live, .. } => (live, RoomKind::Doc),
-            State::Missing => return Err(RoomError::new(ErrorCode::NotFound, "room does not exist")),
+            State::Missing => {
+                return Err(RoomError::new(ErrorCode::NotFound, "room does not exist"))
+            }
             State::Stale { .. } => {
                 return Err(RoomError::new(ErrorCode::Unavailable, self.stale_message()))
             }
@@ -48,7 +50,11 @@ impl<W: Waiting> RoomCore<W> {
         }
         let committed = live.seqr.committed();
         // A doc's truth is its state: `history` only applies to stream rooms.
-        let history = if room_kind == RoomKind::Doc { 0 } else { history };
+        let history = if room_kind == RoomKind::Doc {
+            0
+        } else {
+            history
+        };
         let latest = Seq(committed.0 - history.min(committed.0));
         let window = self.config.recovery_window;
         let (recovered, after, outcome) = match since {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 pub enum Loaded {
     /// The store has no such room.
     Missing,
-    /// The store could not answer (a passing error): stale until the next try.
-    Failed,
-    /// The document cannot be rebuilt from its op log: stale until repaired.
-    Corrupt,
+    /// The store could not answer (a passing error, described): stale until the next try.
+    Failed(String),
+    /// The document cannot be rebuilt from its op log (why): stale until repaired.
+    Corrupt(String),
     Room(Box<LoadedRoom>),
 }
 
@@ -56,8 +56,8 @@ impl<W: Waiting> RoomCore<W> {
         }
         self.state = match loaded {
             Loaded::Missing => State::Missing,
-            Loaded::Failed => State::Stale { broken: false },
-            Loaded::Corrupt => State::Stale { broken: true },
+            Loaded::Failed(_) => State::Stale { broken: false },
+            Loaded::Corrupt(_) => State::Stale { broken: true },
             Loaded::Room(r) => self.live_from(*r),
         };
     }
@@ -70,7 +70,11 @@ impl<W: Waiting> RoomCore<W> {
         for k in &r.keys {
             let Some(op) = &k.op_id else { continue };
             if let (Ok(client), Ok(id)) = (ClientId::new(&k.from), OpId::new(op)) {
-                idem.insert(IdemKey { client, id }, k.seq, (k.seq, Arc::from(k.hlc.as_str())));
+                idem.insert(
+                    IdemKey { client, id },
+                    k.seq,
+                    (k.seq, Arc::from(k.hlc.as_str())),
+                );
             }
         }
         let mut live = Box::new(Live {

@@ -186,7 +186,8 @@ impl<W: Waiting> RoomCore<W> {
     /// retries waiting for their seq): for a shell that ends abnormally and must answer them.
     pub fn take_waiters(&mut self) -> Vec<W> {
         let mut out: Vec<W> = Vec::new();
-        let batches = std::iter::once(std::mem::take(&mut self.batch)).chain(self.inflight.drain(..));
+        let batches =
+            std::iter::once(std::mem::take(&mut self.batch)).chain(self.inflight.drain(..));
         for b in batches {
             out.extend(b.acks.into_iter().map(|a| a.waiter));
         }

@@ -22,7 +22,9 @@ pub(super) enum State<W> {
     Missing,
     /// Loading failed or a commit failed: reload before serving anything. `broken`: the
     /// document cannot be rebuilt from its op log (not a passing store error).
-    Stale { broken: bool },
+    Stale {
+        broken: bool,
+    },
     Stream(Box<Live<W>>),
     Doc {
         live: Box<Live<W>>,

@@ -37,7 +37,8 @@ impl Window {
         self.bytes += ev.frame.len();
         self.events.push_back(ev);
         let mut by_bytes = false;
-        while self.events.len() > self.max || (self.bytes > self.max_bytes && !self.events.is_empty())
+        while self.events.len() > self.max
+            || (self.bytes > self.max_bytes && !self.events.is_empty())
         {
             by_bytes |= self.events.len() <= self.max;
             if let Some(old) = self.events.pop_front() {
@@ -51,7 +52,13 @@ impl Window {
     pub fn after(&self, after: Seq) -> Option<Vec<Utf8Bytes>> {
         let front = self.events.front().filter(|f| f.seq.0 <= after.0 + 1)?;
         let skip = (after.0 + 1 - front.seq.0) as usize;
-        Some(self.events.iter().skip(skip).map(|c| c.frame.clone()).collect())
+        Some(
+            self.events
+                .iter()
+                .skip(skip)
+                .map(|c| c.frame.clone())
+                .collect(),
+        )
     }
 
     /// The seq of the newest event, if any.
@@ -64,7 +71,9 @@ impl Window {
     pub fn check(&self, head: Seq) -> Result<(), String> {
         if let Some(last) = self.last() {
             if last != head {
-                return Err(format!("the window ends at {last}, the committed head is {head}"));
+                return Err(format!(
+                    "the window ends at {last}, the committed head is {head}"
+                ));
             }
         }
         let mut prev: Option<Seq> = None;
@@ -76,7 +85,10 @@ impl Window {
         }
         let bytes: usize = self.events.iter().map(|c| c.frame.len()).sum();
         if bytes != self.bytes {
-            return Err(format!("the window counts {} bytes, holds {bytes}", self.bytes));
+            return Err(format!(
+                "the window counts {} bytes, holds {bytes}",
+                self.bytes
+            ));
         }
         if self.events.len() > self.max || self.bytes > self.max_bytes {
             return Err("the window exceeds its bounds".into());

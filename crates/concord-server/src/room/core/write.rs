@@ -211,7 +211,11 @@ impl<W: Waiting> RoomCore<W> {
             hash,
             env,
         );
-        debug_assert_eq!(doc.seq, live.seqr.assigned(), "the document and the log move together");
+        debug_assert_eq!(
+            doc.seq,
+            live.seqr.assigned(),
+            "the document and the log move together"
+        );
     }
 
     /// Where the state to restore comes from: `Ok(Some(state))` when `seq` is the head (the
@@ -220,12 +224,17 @@ impl<W: Waiting> RoomCore<W> {
     pub fn restore_source(&self, seq: Seq) -> Result<Option<Value>, RoomError> {
         let (live, doc) = match &self.state {
             State::Doc { live, doc } => (live, doc),
-            State::Missing => return Err(RoomError::new(ErrorCode::NotFound, "room does not exist")),
+            State::Missing => {
+                return Err(RoomError::new(ErrorCode::NotFound, "room does not exist"))
+            }
             State::Stale { .. } => {
                 return Err(RoomError::new(ErrorCode::Unavailable, self.stale_message()))
             }
             State::Stream(_) => {
-                return Err(RoomError::new(ErrorCode::KindMismatch, "restore is for doc rooms"))
+                return Err(RoomError::new(
+                    ErrorCode::KindMismatch,
+                    "restore is for doc rooms",
+                ))
             }
         };
         let head = live.seqr.committed();
@@ -260,7 +269,8 @@ impl<W: Waiting> RoomCore<W> {
         let mut flight = std::mem::take(&mut self.batch);
         let events = std::mem::take(&mut flight.stored);
         let snapshot = flight.snapshot.take();
-        self.effects.push(Effect::Append(Append { events, snapshot }));
+        self.effects
+            .push(Effect::Append(Append { events, snapshot }));
         self.inflight.push_back(flight);
     }
 }
