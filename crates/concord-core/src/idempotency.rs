@@ -140,11 +140,12 @@ impl<V> IdempotencyTable<V> {
         self.map.len()
     }
 
-    /// The keys recorded after `seq` with their seqs, oldest first (e.g. the keys in flight).
+    /// The keys recorded after `seq` with their seqs, newest first (e.g. the keys in flight).
     pub fn keys_after(&self, seq: Seq) -> impl Iterator<Item = (&IdemKey, Seq)> + '_ {
         self.order
             .iter()
-            .filter(move |(_, s)| *s > seq)
+            .rev()
+            .take_while(move |(_, s)| *s > seq)
             .map(|(k, s)| (k, *s))
     }
 

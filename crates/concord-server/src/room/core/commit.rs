@@ -27,9 +27,12 @@ impl<W: Waiting> RoomCore<W> {
                 else {
                     unreachable!("matched as live")
                 };
+                // The batch being sequenced follows the failed one: it could never land.
+                let unsent = std::mem::take(&mut self.batch);
                 let waiters = done
                     .acks
                     .into_iter()
+                    .chain(unsent.acks)
                     .map(|a| a.waiter)
                     .chain(live.waiting.drain(..).map(|w| w.2));
                 for waiter in waiters {
