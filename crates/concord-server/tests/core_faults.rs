@@ -11,7 +11,8 @@
 //! then the catch-up the core would serve from its window is compared with the store.
 //!
 //! Checked after every step: `RoomCore::check()`; every waiter gets at most one answer; every
-//! ack of a key names the same seq; broadcasts are gap-free from the head of the last load.
+//! ack of a key names the same seq; no key the store holds (or an append in flight holds) is
+//! sequenced again; broadcasts are gap-free from the head of the last load.
 //! After every load: the core's head (and a doc's state hash) equals the store's. At the end,
 //! once every outcome is delivered: every waiter was answered exactly once, every acked write
 //! is in the store at its seq, no key is stored twice, and a doc's counter equals the number
@@ -125,7 +126,10 @@ impl Sim {
         let effects: Vec<Effect<Tok>> = self.core.drain().collect();
         for e in effects {
             match e {
-                Effect::Append(a) => self.appends.push_back((a.events, a.snapshot)),
+                Effect::Append(a) => {
+                    self.sequenced_once(&a.events)?;
+                    self.appends.push_back((a.events, a.snapshot));
+                }
                 Effect::Ack { waiter, acked, .. } => {
                     self.stats.acks += 1;
                     let w = self.answer(waiter.n, Ok(acked.seq.0))?;
@@ -158,6 +162,38 @@ impl Sim {
             }
         }
         self.core.check()
+    }
+
+    /// A key the store holds, or that an append in flight holds, is never sequenced again.
+    fn sequenced_once(&self, events: &[StoredEvent]) -> SimResult<()> {
+        let keys: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
+            .collect();
+        let stored =
+            block_on(self.store.find_ops(&self.room, keys.clone())).map_err(|e| e.to_string())?;
+        ensure!(
+            stored.is_empty(),
+            "the core sequenced again {}/{} (stored at {})",
+            stored[0].from,
+            stored[0].op_id,
+            stored[0].seq
+        );
+        let in_flight: HashSet<(String, String)> = self
+            .appends
+            .iter()
+            .flat_map(|(evs, _)| {
+                evs.iter()
+                    .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
+            })
+            .collect();
+        for k in &keys {
+            ensure!(
+                !in_flight.contains(k),
+                "the core sequenced {k:?} twice while in flight"
+            );
+        }
+        Ok(())
     }
 
     fn answer(&mut self, token: u64, answer: Result<u64, String>) -> SimResult<usize> {
