@@ -84,6 +84,9 @@ struct Write {
     base: u64,
 }
 
+/// An append handed to the store: its events and the doc snapshot to save after them.
+type Pending = (Vec<StoredEvent>, Option<(Seq, String)>);
+
 struct Sim {
     rng: StdRng,
     store: MemoryStore,
@@ -93,7 +96,7 @@ struct Sim {
     core: RoomCore<Tok>,
     env: TestEnv,
     /// Appends handed to the store whose outcome is not delivered yet, oldest first.
-    appends: VecDeque<(Vec<StoredEvent>, Option<(Seq, String)>)>,
+    appends: VecDeque<Pending>,
     reload_wanted: bool,
     next_token: u64,
     /// Token → the write it is for and its answer once given.
@@ -457,7 +460,7 @@ impl Sim {
 
 fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let kind = if seed % 2 == 0 {
+    let kind = if seed.is_multiple_of(2) {
         RoomKind::Stream
     } else {
         RoomKind::Doc
