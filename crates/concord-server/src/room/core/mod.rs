@@ -1,7 +1,7 @@
-//! The room core: everything a room decides, without IO and without an async runtime — idempotency (with
-//! the retries waiting for their seq), seq + hlc assignment, the recent window, doc rebasing,
-//! catch-up selection, and what to do when a commit succeeds or fails (ack, broadcast, or
-//! reload).
+//! The room core: everything a room decides, without IO and without an async runtime —
+//! idempotency (with the retries waiting for their seq), seq + hlc assignment, the recent
+//! window, doc rebasing, catch-up selection, and what to do when a commit succeeds or fails
+//! (ack, broadcast, or reload).
 //!
 //! Inputs are messages ([`RoomCore::publish`], [`RoomCore::op`], …) and store outcomes
 //! ([`RoomCore::loaded`], [`RoomCore::append_done`]); outputs are [`Effect`]s, queued in order
