@@ -140,6 +140,15 @@ impl<V> IdempotencyTable<V> {
         self.map.len()
     }
 
+    /// The keys recorded after `seq` with their seqs, newest first (e.g. the keys in flight).
+    pub fn keys_after(&self, seq: Seq) -> impl Iterator<Item = (&IdemKey, Seq)> + '_ {
+        self.order
+            .iter()
+            .rev()
+            .take_while(move |(_, s)| *s > seq)
+            .map(|(k, s)| (k, *s))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -2,11 +2,12 @@
 //!
 //! Each seed runs 5 clients that make 2,000 random ops each (text inserts/deletes, list
 //! ins/del/move/set, map set/del, edits inside list elements and map values, and `add` on one
-//! shared counter). The server side is the real [`DocState::submit`] (rebase over a window +
-//! atomic apply) writing every committed list to a real [`MemoryStore`] with `Store::append`
-//! (consecutive seqs, sometimes batched) and saving snapshots now and then; it deduplicates
-//! retried lists by (client, id) like the room actor. Clients are
-//! [`concord_core::doc::sim::SimClient`]s (optimistic state, one list in flight, the rest
+//! shared counter). The server side is the real room core ([`RoomCore`]: idempotency by
+//! (client, id) — with a small table, so older retries are looked up in the store —, rebasing
+//! over a window + atomic apply, sequencing, acks and events only after the commit), loaded with
+//! the server's own loader and committing every batch to a real [`MemoryStore`] (now at once,
+//! now with the next lists) with its snapshots. `RoomCore::check()` runs after every step.
+//! Clients are [`concord_core::doc::sim::SimClient`]s (optimistic state, one list in flight, the rest
 //! buffered). Every client has an upstream and a downstream queue, delivered in random
 //! interleavings (always in order per client; clients have different speeds), so lists are
 //! made against stale bases and events arrive late. Now and then a client reconnects: what
@@ -18,24 +19,31 @@
 //!
 //! Checked along the way: every ack names a list of that client with that id at that seq (a
 //! duplicate gets the original seq), the store's events equal the lists as sequenced, a
-//! client with nothing pending has the server's hash at every 32nd seq, no `add` to the
+//! client with nothing pending has the hash its event frames carry (every 32nd seq), no `add` to the
 //! counter is ever dropped by a rebase. At the end, after every queue drains: every client,
 //! the server's `DocState`, `state_at(store, head)` and a fresh `DocState::load` have the same
 //! state and `state_hash`, and the counter equals the sum of the adds of the committed lists.
 //!
-//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 50, or 1,000 with `CONCORD_HEAVY=1`);
-//! `CONCORD_SIM_SEED=S` runs seed `S`
-//! only; `CONCORD_SIM_OPS=N` sets the ops per client (default 2,000). A failure names its seed.
+//! `CONCORD_SIM_SEEDS=N` runs seeds `0..N` (default 32, about a minute in a debug build; 500
+//! with `CONCORD_HEAVY=1`); `CONCORD_SIM_SEED=S` runs seed `S` only; `CONCORD_SIM_OPS=N` sets the
+//! ops per client (default 2,000). A failure names its seed.
 
 use concord_core::doc::sim::{Committed, SimClient};
 use concord_core::doc::{self, Op, PathSeg, TextEdit};
+use concord_core::{ClientId, HlcClock, HlcTimestamp, OpId};
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
-use concord_server::room::doc::{state_at, stored_ops, DocLimits, DocRefusal, DocState};
+use concord_protocol::ErrorCode;
+use concord_server::metrics::Metrics;
+use concord_server::room::core::{CoreConfig, Effect, Env, RoomCore, Waiting};
+use concord_server::room::doc::{state_at, stored_ops, DocLimits, DocState};
+use concord_server::room::load::load;
 use concord_server::store::{MemoryStore, Store, StoredEvent};
+use concord_server::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +51,9 @@ use std::sync::Mutex;
 
 const CLIENTS: usize = 5;
 const DEFAULT_OPS: usize = 2_000;
-const DEFAULT_SEEDS: u64 = 50;
+const DEFAULT_SEEDS: u64 = 32;
 /// Seeds with `CONCORD_HEAVY=1`.
-const HEAVY_SEEDS: u64 = 1_000;
+const HEAVY_SEEDS: u64 = 500;
 /// Clients compare their hash with the server's at seqs that are multiples of this.
 const HASH_EVERY: u64 = 32;
 /// A client with more undelivered messages than this is disconnected, like a slow consumer.
@@ -87,21 +95,52 @@ struct Client {
     speed: u32,
 }
 
+/// A waiter of the sim: the client and the id of its list.
+struct SimWaiter {
+    client: usize,
+    id: u64,
+    op_id: OpId,
+}
+
+impl Waiting for SimWaiter {
+    fn op_id(&self) -> Option<&OpId> {
+        Some(&self.op_id)
+    }
+}
+
+/// The server's hybrid logical clock, on a counter instead of the wall clock.
+struct SimEnv(RefCell<(HlcClock, u64)>);
+
+impl Env for SimEnv {
+    fn hlc_now(&self) -> HlcTimestamp {
+        let mut c = self.0.borrow_mut();
+        c.1 += 1;
+        let now = c.1;
+        c.0.now(now)
+    }
+    fn room_rate(&self) -> Result<(), u64> {
+        Ok(())
+    }
+    fn heavy(&self, work: &mut dyn FnMut()) {
+        work()
+    }
+}
+
 struct Server {
-    doc: DocState,
+    /// The real room core: idempotency, rebasing, sequencing, acks after commits.
+    core: RoomCore<SimWaiter>,
+    env: SimEnv,
     store: MemoryStore,
     room: RoomId,
     window: usize,
-    /// Everything sequenced; seq `n` is `log[n - 1]`.
+    /// Everything committed; seq `n` is `log[n - 1]`.
     log: Vec<Rc<Committed>>,
-    /// The (client, id) of each seq.
+    /// The (client, id) of each committed seq.
     keys: Vec<(usize, u64)>,
-    idem: HashMap<(usize, u64), u64>,
-    /// Sequenced but not yet appended to the store.
-    pending: Vec<StoredEvent>,
-    /// The server's hash at every `HASH_EVERY`th seq.
+    /// The counter adds of each list as sent, by the seq it was sequenced at.
+    sent_adds: HashMap<u64, i64>,
+    /// The server's hash at every `HASH_EVERY`th seq, as the event frames carry it.
     hashes: HashMap<u64, String>,
-    snapshot_every: u64,
     /// The sum of the counter adds of every committed list (as sent).
     add_sum: i64,
     duplicates: u64,
@@ -120,15 +159,108 @@ fn counter_adds(ops: &[Op]) -> i64 {
 }
 
 impl Server {
-    async fn flush(&mut self) -> SimResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Hands what the core sequenced to the store and delivers every outcome: the core acks
+    /// and broadcasts what committed.
+    async fn flush(&mut self, clients: &mut [Client]) -> SimResult<()> {
+        self.core.submit();
+        self.effects(clients).await
+    }
+
+    /// Carries out the core's effects: appends (committed at once, snapshots after them),
+    /// answers to the clients, events to every member.
+    async fn effects(&mut self, clients: &mut [Client]) -> SimResult<()> {
+        loop {
+            let effects: Vec<Effect<SimWaiter>> = self.core.drain().collect();
+            if effects.is_empty() {
+                return self.core.check();
+            }
+            for e in effects {
+                match e {
+                    Effect::Append(a) => {
+                        for ev in &a.events {
+                            self.sequenced(ev)?;
+                        }
+                        let r = self
+                            .store
+                            .append(&self.room, a.events)
+                            .await
+                            .map_err(|e| format!("append: {e}"));
+                        if let (Ok(()), Some((seq, state))) = (&r, a.snapshot) {
+                            self.store
+                                .save_snapshot(&self.room, seq, state)
+                                .await
+                                .map_err(|e| format!("save_snapshot: {e}"))?;
+                        }
+                        self.core.append_done(Ok(r?));
+                    }
+                    Effect::Ack { waiter, acked, .. } => {
+                        clients[waiter.client].down.push_back(Down::Ack {
+                            id: waiter.id,
+                            seq: acked.seq.0,
+                        });
+                    }
+                    Effect::Fail { waiter, error } if error.code == ErrorCode::Conflict => {
+                        self.conflicts += 1;
+                        clients[waiter.client]
+                            .down
+                            .push_back(Down::Conflict { id: waiter.id });
+                    }
+                    Effect::Fail { waiter, error } => {
+                        return Err(format!(
+                            "server refused list {} of c{}: {error}",
+                            waiter.id, waiter.client
+                        ))
+                    }
+                    Effect::Broadcast(frame) => {
+                        let v: Value =
+                            serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
+                        let seq = v["seq"].as_u64().ok_or("an event without seq")?;
+                        let c = self
+                            .log
+                            .get((seq - 1) as usize)
+                            .ok_or_else(|| format!("broadcast of {seq}, never appended"))?
+                            .clone();
+                        if let Some(h) = v["hash"].as_str() {
+                            self.hashes.insert(seq, h.to_owned());
+                        }
+                        // Every member (the sender too) gets the event after the sender's ack.
+                        for client in clients.iter_mut() {
+                            client.down.push_back(Down::Event(c.clone()));
+                        }
+                    }
+                    Effect::Reload => return Err("the core asked for a reload".into()),
+                }
+            }
         }
-        let events = std::mem::take(&mut self.pending);
-        self.store
-            .append(&self.room, events)
-            .await
-            .map_err(|e| format!("append: {e}"))
+    }
+
+    /// An event the core sequenced, on its way to the store: into the log, with checks.
+    fn sequenced(&mut self, ev: &StoredEvent) -> SimResult<()> {
+        let seq = ev.seq.0;
+        ensure!(
+            seq == self.log.len() as u64 + 1,
+            "the core sequenced {seq} after {}",
+            self.log.len()
+        );
+        let ops = stored_ops(ev)?;
+        let from: usize = ev.from[1..]
+            .parse()
+            .map_err(|_| "a client id".to_string())?;
+        let id: u64 = ev
+            .op_id
+            .as_deref()
+            .and_then(|i| i[2..].parse().ok())
+            .ok_or("an op id")?;
+        let sent = self.sent_adds.remove(&seq).ok_or("a list never sent")?;
+        ensure!(
+            counter_adds(&ops) == sent,
+            "a rebase changed the counter adds of seq {seq} into {}",
+            doc::encode_ops(&ops)
+        );
+        self.add_sum += sent;
+        self.log.push(Rc::new(Committed { seq, from, ops }));
+        self.keys.push((from, id));
+        Ok(())
     }
 
     /// The server reads one list from client `from`.
@@ -139,89 +271,60 @@ impl Server {
         clients: &mut [Client],
         rng: &mut StdRng,
     ) -> SimResult<()> {
-        if let Some(&seq) = self.idem.get(&(from, up.id)) {
-            self.duplicates += 1;
-            clients[from].down.push_back(Down::Ack { id: up.id, seq });
-            return Ok(());
-        }
-        let rebased = match self.doc.submit(Seq(up.base), &up.ops) {
-            Ok(t) => t,
-            Err(DocRefusal::Conflict(_)) => {
-                self.conflicts += 1;
-                clients[from].down.push_back(Down::Conflict { id: up.id });
-                return Ok(());
-            }
-            Err(other) => {
-                return Err(format!(
-                    "server refused list {} of c{from} at base {}: {other:?}: {}",
-                    up.id,
-                    up.base,
-                    doc::encode_ops(&up.ops)
-                ))
-            }
+        let client = ClientId::new(&format!("c{from}")).map_err(|e| e.to_string())?;
+        let waiter = SimWaiter {
+            client: from,
+            id: up.id,
+            op_id: OpId::new(&format!("l-{}", up.id)).map_err(|e| e.to_string())?,
         };
-        let seq = self.doc.seq.0;
-        ensure!(
-            self.doc.bytes == doc::canonical_len(&self.doc.state),
-            "the tracked size {} is not the size {} of {}",
-            self.doc.bytes,
-            doc::canonical_len(&self.doc.state),
-            self.doc.state
-        );
-        ensure!(
-            seq == self.log.len() as u64 + 1,
-            "DocState sequenced {seq} after {}",
-            self.log.len()
-        );
+        // The table is small: a retry of an old list is found in the store.
+        let found = if self.core.needs_lookup(&client, &waiter) {
+            let key = (client.to_string(), waiter.op_id.to_string());
+            let found = self.store.find_ops(&self.room, vec![key]).await;
+            Ok(found
+                .map_err(|e| format!("find_ops: {e}"))?
+                .into_iter()
+                .map(|f| ((f.from, f.op_id), (f.seq, f.hlc.as_str().into())))
+                .collect())
+        } else {
+            Ok(HashMap::new())
+        };
+        let before = self.core.assigned();
         let sent = counter_adds(&up.ops);
+        self.core
+            .op(client, Seq(up.base), &up.ops, waiter, &found, &self.env);
+        let doc = self.core.doc().ok_or("not a doc room")?;
         ensure!(
-            counter_adds(&rebased.ops) == sent,
-            "a rebase changed the counter adds of {} into {}",
-            doc::encode_ops(&up.ops),
-            doc::encode_ops(&rebased.ops)
+            doc.bytes == doc::canonical_len(&doc.state),
+            "the tracked size {} is not the size {} of {}",
+            doc.bytes,
+            doc::canonical_len(&doc.state),
+            doc.state
         );
-        self.add_sum += sent;
-        let data = doc::encode_ops(&rebased.ops).to_string();
-        self.pending.push(StoredEvent {
-            seq: Seq(seq),
-            hlc: format!("{seq:016}"),
-            from: format!("c{from}"),
-            op_id: Some(format!("l-{}", up.id)),
-            data: RawValue::from_string(data).expect("encoded ops are JSON"),
-        });
-        let c = Rc::new(Committed {
-            seq,
-            from,
-            ops: rebased.ops,
-        });
-        self.log.push(c.clone());
-        self.keys.push((from, up.id));
-        self.idem.insert((from, up.id), seq);
-        if seq.is_multiple_of(HASH_EVERY) {
-            self.hashes.insert(seq, self.doc.hash());
+        let after = self.core.assigned();
+        if after > before {
+            self.sent_adds.insert(after.0, sent);
         }
-        // The ack goes to the sender, then the event to every member (the sender too).
-        clients[from].down.push_back(Down::Ack { id: up.id, seq });
-        for client in clients.iter_mut() {
-            client.down.push_back(Down::Event(c.clone()));
+        let conflicts = self.conflicts;
+        self.effects(clients).await?;
+        if after == before && self.conflicts == conflicts {
+            // Neither sequenced nor refused: a retry, answered with its original seq.
+            self.duplicates += 1;
         }
-        if rng.random_bool(0.5) {
-            self.flush().await?;
-        }
-        if seq - self.doc.snapshot_seq.0 >= self.snapshot_every {
-            self.flush().await?;
-            self.store
-                .save_snapshot(&self.room, Seq(seq), self.doc.state.to_string())
-                .await
-                .map_err(|e| format!("save_snapshot: {e}"))?;
-            self.doc.snapshot_seq = Seq(seq);
+        // Usually the store commits at once; now and then lists wait for a later batch.
+        if rng.random_bool(0.8) {
+            self.flush(clients).await?;
         }
         Ok(())
     }
 
     /// The committed lists after `after`, read back from the store (a `recovered:true` join).
-    async fn replay(&mut self, after: u64) -> SimResult<Vec<Rc<Committed>>> {
-        self.flush().await?;
+    async fn replay(
+        &mut self,
+        after: u64,
+        clients: &mut [Client],
+    ) -> SimResult<Vec<Rc<Committed>>> {
+        self.flush(clients).await?;
         let mut out = Vec::new();
         let mut at = after;
         loop {
@@ -254,9 +357,9 @@ impl Server {
             }
         }
         ensure!(
-            at == self.doc.seq.0,
+            at == self.core.committed().0,
             "replay ended at {at}, not at {}",
-            self.doc.seq
+            self.core.committed()
         );
         Ok(out)
     }
@@ -333,10 +436,12 @@ async fn reconnect(
             server.receive(ci, up, clients, rng).await?;
         }
     }
+    // What the server sequenced before the connection dropped went out (and is lost with it).
+    server.flush(clients).await?;
     clients[ci].down.clear();
     if recovered {
         let seen = clients[ci].sim.seq;
-        let missed = server.replay(seen).await?;
+        let missed = server.replay(seen, clients).await?;
         let client = &mut clients[ci];
         client.down.extend(missed.into_iter().map(Down::Event));
         // The in-flight list goes again with the same id, made against what the client has.
@@ -348,11 +453,9 @@ async fn reconnect(
             });
         }
     } else {
-        server.flush().await?;
+        let doc = server.core.doc().ok_or("not a doc room")?;
         let client = &mut clients[ci];
-        client
-            .sim
-            .resync(server.doc.state.clone(), server.doc.seq.0);
+        client.sim.resync(doc.state.clone(), doc.seq.0);
         client.in_flight_id = None;
     }
     Ok(())
@@ -509,15 +612,10 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
     let initial = json!({"counter": 0, "text": "", "list": [], "map": {}});
     // The initial document is the first committed list, so the store has all of it.
     let window = if rng.random_bool(0.5) { 24 } else { 10_000 };
-    let mut doc = DocState::load(&store, &room, Seq::ZERO, window, None, DocLimits::UNLIMITED)
-        .await
-        .map_err(|e| e.to_string())?;
     let init_ops = vec![Op::Set {
         path: Vec::new(),
         value: initial.clone(),
     }];
-    doc.submit(Seq::ZERO, &init_ops)
-        .map_err(|e| format!("{e:?}"))?;
     store
         .append(
             &room,
@@ -531,8 +629,28 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
         )
         .await
         .map_err(|e| e.to_string())?;
+    // The server's limits do not bite: every list the clients make is valid.
+    let cfg = Config {
+        doc_window: window,
+        doc_snapshot_every: rng.random_range(50..300),
+        doc_hash_every: HASH_EVERY,
+        // A small table and window: retries of older lists are looked up in the store.
+        idempotency_cache: 64,
+        room_window: 64,
+        doc_max_ops: usize::MAX,
+        doc_max_depth: usize::MAX,
+        doc_max_bytes: usize::MAX,
+        doc_max_rebase_work: u64::MAX,
+        doc_max_apply_work: u64::MAX,
+        ..Config::default()
+    };
+    let mut core = RoomCore::new(room.clone(), CoreConfig::of(&cfg), Metrics::new());
+    core.loaded(load(&store, &room, &cfg, None).await);
+    let _ = core.drain().count();
+    ensure!(core.doc().is_some(), "the doc room did not load");
     let mut server = Server {
-        doc,
+        core,
+        env: SimEnv(RefCell::new((HlcClock::new("sim"), 1_000))),
         store,
         room,
         window,
@@ -542,10 +660,8 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
             ops: init_ops,
         })],
         keys: vec![(usize::MAX, 0)],
-        idem: HashMap::new(),
-        pending: Vec::new(),
+        sent_adds: HashMap::new(),
         hashes: HashMap::new(),
-        snapshot_every: rng.random_range(50..300),
         add_sum: 0,
         duplicates: 0,
         conflicts: 0,
@@ -630,6 +746,8 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
                 moved = true;
             }
         }
+        // What is sequenced commits (acks and events to the clients).
+        server.flush(&mut clients).await?;
         for ci in 0..CLIENTS {
             loop {
                 if matches!(clients[ci].down.front(), Some(Down::Conflict { .. })) {
@@ -645,10 +763,10 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
             break;
         }
     }
-    server.flush().await?;
+    server.flush(&mut clients).await?;
     check_end(&server, &clients).await?;
     Ok(Stats {
-        commits: server.doc.seq.0,
+        commits: server.core.committed().0,
         duplicates: server.duplicates,
         conflicts: server.conflicts,
         reconnects,
@@ -690,9 +808,14 @@ async fn deliver_conflict(
 }
 
 async fn check_end(server: &Server, clients: &[Client]) -> SimResult<()> {
-    let head = server.doc.seq;
-    let hash = server.doc.hash();
-    let state = &server.doc.state;
+    let doc = server.core.doc().ok_or("not a doc room")?;
+    ensure!(
+        doc.seq == server.core.committed(),
+        "lists still in flight at the end"
+    );
+    let head = doc.seq;
+    let hash = doc.hash();
+    let state = &doc.state;
     for (ci, c) in clients.iter().enumerate() {
         ensure!(
             c.sim.seq == head.0 && c.sim.in_flight.is_none() && c.sim.buffer.is_empty(),

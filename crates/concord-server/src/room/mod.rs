@@ -1,7 +1,13 @@
 //! Rooms: one actor task per loaded room (the room's sequencer), and the registry that finds them.
 
 mod actor;
+/// The room's logic without IO (public for the crate's tests with the `testing` feature).
+#[cfg(feature = "testing")]
+pub mod core;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod core;
 pub mod doc;
+pub mod load;
 mod members;
 mod msg;
 mod registry;

@@ -3,8 +3,8 @@
 use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
-use concord_protocol::{outbound as wire, ErrorCode, Since};
+use concord_core::{ClientId, OpId, RoomId, RoomKind, Seq};
+use concord_protocol::{outbound as wire, Since};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,32 +93,11 @@ pub enum Reply {
     Http(oneshot::Sender<Result<Acked, RoomError>>),
 }
 
-/// A committed publish.
-#[derive(Debug, Clone)]
-pub struct Acked {
-    pub seq: Seq,
-    pub hlc: Arc<str>,
-    pub epoch: Epoch,
-    /// Doc ops that had no effect after rebasing (their target was concurrently removed).
-    pub dropped: Vec<usize>,
-}
+pub use super::core::{Acked, RoomError};
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct RoomError {
-    pub code: ErrorCode,
-    pub message: String,
-    /// For `rate_limited`: when a retry may succeed.
-    pub retry_after_ms: Option<u64>,
-}
-
-impl RoomError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RoomError {
-            code,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+impl super::core::Waiting for Waiter {
+    fn op_id(&self) -> Option<&OpId> {
+        self.id.as_ref()
     }
 }
 

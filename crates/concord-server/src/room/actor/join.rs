@@ -2,11 +2,11 @@
 //! (all or nothing), `history`, the doc state, presence and members in `joined` — events,
 //! presence and members under one byte budget (`max_catch_up_bytes`).
 
-use super::{encode_event, RoomActor, State};
+use super::{encode_event, RoomActor};
 use crate::outbound::ConnHandle;
 use crate::room::msg::Creator;
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{RoomKind, Seq, SinceCheck};
+use concord_core::{RoomKind, Seq};
 use concord_protocol::{outbound as wire, ErrorCode, Since};
 use std::sync::atomic::Ordering;
 
@@ -36,7 +36,7 @@ impl RoomActor {
                 );
             }
         }
-        if matches!(self.state, State::Missing) {
+        if self.core.is_missing() {
             let Some(creator) = create else {
                 return fail(
                     self,
@@ -68,16 +68,10 @@ impl RoomActor {
                 }
             }
         }
-        let Some(live) = self.live() else {
-            return fail(self, ErrorCode::Unavailable, self.stale_message());
+        let plan = match self.core.plan_join(kind, since.as_ref(), history) {
+            Ok(p) => p,
+            Err(e) => return fail(self, e.code, &e.message),
         };
-        if kind.is_some_and(|k| k != live.kind) {
-            return fail(
-                self,
-                ErrorCode::KindMismatch,
-                &format!("room is a {} room", live.kind.as_str()),
-            );
-        }
         let max_members = self.shared.config.max_members_per_room;
         if !self.members.contains(conn.conn_id) && self.members.len() >= max_members {
             self.shared.metrics.limit("max_members_per_room");
@@ -87,22 +81,8 @@ impl RoomActor {
                 &format!("room is full ({max_members} members)"),
             );
         }
-        let is_doc = live.doc.is_some();
-        let committed = live.seqr.committed();
-        let window = self.shared.config.recovery_window;
-        // A doc's truth is its state: `history` only applies to stream rooms.
-        let history = if is_doc { 0 } else { history };
-        let latest = |n: u64| Seq(committed.0 - n.min(committed.0));
-        let (mut recovered, after, mut outcome) = match &since {
-            Some(s) => match live.seqr.check_since(&s.epoch, Seq(s.seq), window) {
-                SinceCheck::Recover { after } => (true, after, "recovered"),
-                SinceCheck::Reset { reason } => {
-                    tracing::debug!(room = %self.room, reason, "rejoin cannot recover by events");
-                    (false, latest(history), "reset")
-                }
-            },
-            None => (false, latest(history), "fresh"),
-        };
+        let (committed, after) = (plan.committed, plan.after);
+        let (mut recovered, mut outcome) = (plan.recovered, plan.outcome);
         let Ok((mut frames, complete)) = self.catch_up(after, committed).await else {
             return fail(
                 self,
@@ -127,7 +107,7 @@ impl RoomActor {
                 self.shared.metrics.limit("max_catch_up_bytes");
             }
             (recovered, outcome) = (false, "reset");
-            let Ok((latest_frames, _)) = self.catch_up(latest(history), committed).await else {
+            let Ok((latest_frames, _)) = self.catch_up(plan.latest, committed).await else {
                 return fail(
                     self,
                     ErrorCode::Unavailable,
@@ -146,16 +126,13 @@ impl RoomActor {
             }
             frames.drain(..drop);
         }
-        let Some(live) = self.live() else {
-            return false;
-        };
         let left = cap.saturating_sub(size(&frames));
         let (presence, presence_rest) = self.members.presence_within(&self.room, left);
         if !presence_rest.is_empty() {
             self.shared.metrics.limit("max_catch_up_bytes");
         }
         let mut extra: Vec<(&str, String)> = Vec::new();
-        if let (Some(doc), false) = (&live.doc, recovered) {
+        if let (Some(doc), false) = (self.core.doc(), recovered) {
             // The state of a doc at `committed` (its ops in flight were drained before the join).
             extra.push(("state", doc.state.to_string()));
             extra.push(("hash", serde_json::Value::String(doc.hash()).to_string()));
@@ -165,8 +142,8 @@ impl RoomActor {
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let frame = wire::joined(
             self.room.as_str(),
-            live.kind.as_str(),
-            live.seqr.epoch().as_str(),
+            plan.kind.as_str(),
+            self.core.epoch().map_or("", |e| e.as_str()),
             committed.0,
             recovered,
             frames.iter().map(|f| f.as_str()),
@@ -191,18 +168,12 @@ impl RoomActor {
     /// whether that is all of them (false when retention removed the oldest: then the events
     /// from the retained floor on).
     async fn catch_up(&mut self, after: Seq, committed: Seq) -> Result<(Vec<Utf8Bytes>, bool), ()> {
-        let State::Live(live) = &self.state else {
+        if let Some(frames) = self.core.window_after(after) {
+            return Ok((frames, true));
+        }
+        let Some(kind) = self.core.kind() else {
             return Err(());
         };
-        if after >= committed {
-            return Ok((Vec::new(), true));
-        }
-        if let Some(front) = live.window.front().filter(|f| f.seq.0 <= after.0 + 1) {
-            let skip = (after.0 + 1 - front.seq.0) as usize;
-            let frames = live.window.iter().skip(skip).map(|c| c.frame.clone());
-            return Ok((frames.collect(), true));
-        }
-        let kind = live.kind;
         let n = (committed.0 - after.0) as usize;
         match self.shared.store.read_events(&self.room, after, n).await {
             Ok(evs) if evs.len() == n || trimmed_tail(&evs, committed) => {

@@ -1,27 +1,27 @@
-//! The room actor: the single sequencer of one room — idempotency, seq + hlc assignment,
-//! group-committed appends, then acks and fan-out in seq order.
+//! The room actor: the shell around the room's core (`room/core/`). It owns the IO — the
+//! mailbox, the store, the members' sockets, HTTP waiters — and carries out the core's effects.
 //!
 //! Publishes and doc ops are pipelined: while one batch is being committed by the store, the
 //! next one is sequenced. Nothing is acked or broadcast before the store reports it durable, and
-//! batches complete in the order they were submitted, so every member sees seq order with no
-//! gaps. Writing (publish, op, restore) is in `write.rs`, joining and catch-up in `join.rs`.
+//! batches complete in the order they were submitted (`FuturesOrdered`), so every member sees
+//! seq order with no gaps. Writing (publish, op, restore) is in `write.rs`, joining and
+//! catch-up in `join.rs`.
 
 mod join;
 mod write;
 
-use super::doc::{DocLimits, DocLoadError, DocState};
+use super::core::{CoreConfig, Effect, Env, Loaded, RoomCore};
 use super::members::Members;
-use super::msg::{Acked, Creator, RoomError, RoomMsg, Waiter};
+use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{IdemKey, IdempotencyTable, RoomId, RoomKind, Seq, Sequencer};
+use concord_core::{HlcTimestamp, RoomId};
 use concord_protocol::{outbound as wire, ErrorCode};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -32,75 +32,25 @@ const MAILBOX_BATCH: usize = 256;
 /// its op log, so not on every message).
 const BROKEN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The answer to every message of a room whose document cannot be loaded.
-const BROKEN_MESSAGE: &str =
-    "the document of this room cannot be loaded; an operator must repair it (concord repair)";
-
-/// A committed event, encoded once and shared by every member.
-struct Committed {
-    seq: Seq,
-    frame: Utf8Bytes,
+/// What the core reads from the world: the node's HLC, the room's rate, and a way to run long
+/// op lists off the async workers.
+struct ShellEnv<'a> {
+    shared: &'a Shared,
+    rate: &'a Bucket,
 }
 
-struct Live {
-    kind: RoomKind,
-    seqr: Sequencer,
-    /// The newest committed events, contiguous up to the head: at most `room_window` events and
-    /// `room_window_bytes` bytes of frames.
-    window: VecDeque<Arc<Committed>>,
-    /// Bytes of the frames in `window`.
-    window_bytes: usize,
-    idem: IdempotencyTable<(Seq, Arc<str>)>,
-    /// Retries of ops still in flight: answered once their seq commits.
-    waiting: Vec<(Seq, Arc<str>, Waiter)>,
-    /// The document of a doc room.
-    doc: Option<DocState>,
-}
-
-impl Live {
-    /// Adds the newest committed event to the window, dropping the oldest beyond
-    /// `room_window` events or `room_window_bytes` bytes. True when the byte bound dropped one.
-    fn push_window(&mut self, ev: Arc<Committed>, cfg: &crate::config::Config) -> bool {
-        self.window_bytes += ev.frame.len();
-        self.window.push_back(ev);
-        let mut by_bytes = false;
-        while self.window.len() > cfg.room_window
-            || (self.window_bytes > cfg.room_window_bytes && !self.window.is_empty())
-        {
-            by_bytes |= self.window.len() <= cfg.room_window;
-            if let Some(old) = self.window.pop_front() {
-                self.window_bytes -= old.frame.len();
-            }
-        }
-        by_bytes
+impl Env for ShellEnv<'_> {
+    fn hlc_now(&self) -> HlcTimestamp {
+        self.shared.hlc_now()
     }
-}
 
-enum State {
-    /// The room does not exist (yet).
-    Missing,
-    Live(Box<Live>),
-    /// Loading failed or a commit failed: reload before serving anything.
-    Stale,
-}
+    fn room_rate(&self) -> Result<(), u64> {
+        self.rate.check()
+    }
 
-/// One acknowledgement to send once its seq is durable.
-struct PendingAck {
-    seq: Seq,
-    hlc: Arc<str>,
-    dropped: Vec<usize>,
-    waiter: Waiter,
-}
-
-/// A batch handed to the store, with everything to do once it is durable.
-#[derive(Default)]
-struct InFlight {
-    events: Vec<Arc<Committed>>,
-    acks: Vec<PendingAck>,
-    /// What the store must write.
-    stored: Vec<StoredEvent>,
-    /// A doc snapshot to save once the batch is durable: (seq, state JSON).
-    snapshot: Option<(Seq, String)>,
+    fn heavy(&self, work: &mut dyn FnMut()) {
+        super::doc::off_the_workers(work)
+    }
 }
 
 pub(crate) struct RoomActor {
@@ -112,12 +62,11 @@ pub(crate) struct RoomActor {
     /// Messages taken from the mailbox and not yet handled (kept here, not in a local, so that
     /// the drop guard answers them if the actor panics).
     buf: Vec<RoomMsg>,
-    state: State,
+    core: RoomCore<Waiter>,
     members: Members,
     /// Publishes into this room from all senders together.
     rate: Bucket,
     stats: Arc<RoomStats>,
-    inflight: VecDeque<InFlight>,
     commits: FuturesOrdered<BoxFuture<'static, StoreResult<()>>>,
     /// Set while the room's document cannot be loaded (not a passing store error): when to
     /// try loading again.
@@ -140,6 +89,11 @@ impl RoomActor {
             members: Members::new(shared.config.presence_interval, shared.clock.clone()),
             rate: Bucket::new(shared.config.rate_publish_per_room, &shared.clock),
             stats,
+            core: RoomCore::new(
+                room.clone(),
+                CoreConfig::of(&shared.config),
+                shared.metrics.clone(),
+            ),
             room,
             generation,
             shared,
@@ -148,15 +102,14 @@ impl RoomActor {
             // Grows with the mailbox's batches: a room that is only loaded (or refused) never
             // pays for a full batch.
             buf: Vec::new(),
-            state: State::Stale,
-            inflight: VecDeque::new(),
             commits: FuturesOrdered::new(),
             broken: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        self.reload().await;
+        // The core asks for its first load.
+        self.settle().await;
         let idle = self.shared.config.room_idle_unload;
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
@@ -182,7 +135,7 @@ impl RoomActor {
                     crate::fault::check(&self.room, crate::fault::Point::AfterBatch);
                     // A room that does not exist (a refused join or creation) holds nothing worth
                     // keeping: unload at once, so probes of missing rooms cost no memory.
-                    if matches!(self.state, State::Missing)
+                    if self.core.is_missing()
                         && self.is_idle()
                         && self.registry.try_unload(&self.room, self.generation, &mut self.rx)
                     {
@@ -205,7 +158,7 @@ impl RoomActor {
     }
 
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.inflight.is_empty()
+        self.members.is_empty() && !self.core.has_inflight()
     }
 
     /// Waits for every batch in flight to be committed (or to fail).
@@ -215,175 +168,130 @@ impl RoomActor {
         }
     }
 
+    /// The store's answer to the oldest append in flight.
+    async fn on_commit(&mut self, result: StoreResult<()>) {
+        self.core.append_done(result.map_err(|e| e.to_string()));
+        self.settle().await;
+    }
+
+    /// Carries out the core's effects, reloading when it asks to, until none are left.
+    async fn settle(&mut self) {
+        while self.route() {
+            self.reload().await;
+        }
+    }
+
+    /// Carries out the effects queued by the core, in order; true when it asks for a reload
+    /// (done by the caller, which can await the store).
+    fn route(&mut self) -> bool {
+        let mut reload = false;
+        let mut broadcast = false;
+        let metrics = &self.shared.metrics;
+        for effect in self.core.drain() {
+            match effect {
+                Effect::Append(append) => {
+                    let store = self.shared.store.clone();
+                    let room = self.room.clone();
+                    let keep = self.shared.config.doc_snapshots_kept;
+                    self.commits.push_back(Box::pin(async move {
+                        store.append(&room, append.events).await?;
+                        if let Some((seq, state)) = append.snapshot {
+                            // Not awaited by the acks; the store refuses a snapshot beyond its
+                            // head. Only the newest `doc_snapshots_kept` are kept.
+                            tokio::spawn(async move {
+                                let saved = match store.save_snapshot(&room, seq, state).await {
+                                    Ok(()) => store.prune_snapshots(&room, keep).await,
+                                    Err(e) => Err(e),
+                                };
+                                if let Err(e) = saved {
+                                    tracing::warn!(room = %room, error = %e, "saving a snapshot failed");
+                                }
+                            });
+                        }
+                        Ok(())
+                    }));
+                }
+                Effect::Ack {
+                    waiter,
+                    acked,
+                    fresh,
+                } => {
+                    if fresh {
+                        metrics
+                            .ack_latency
+                            .observe(waiter.received.elapsed().as_secs_f64());
+                    }
+                    waiter.ack(&self.room, acked);
+                }
+                Effect::Fail { waiter, error } => {
+                    metrics.error(error.code);
+                    waiter.fail(&self.room, error);
+                }
+                Effect::Broadcast(frame) => {
+                    self.members.broadcast(&self.room, &frame, metrics);
+                    broadcast = true;
+                }
+                Effect::Reload => reload = true,
+            }
+        }
+        if broadcast {
+            self.stats
+                .members
+                .store(self.members.len() as u64, Ordering::Relaxed);
+        }
+        reload
+    }
+
     /// A doc room saves its state when it unloads, so the next load replays little.
     async fn snapshot_on_unload(&mut self) {
-        let State::Live(live) = &self.state else {
+        let Some((seq, state)) = self.core.unload_snapshot() else {
             return;
         };
-        let Some(doc) = &live.doc else { return };
-        if doc.seq > doc.snapshot_seq && doc.seq == live.seqr.committed() {
-            let state = doc.state.to_string();
-            let store = &self.shared.store;
-            let saved = store.save_snapshot(&self.room, doc.seq, state).await;
-            let keep = self.shared.config.doc_snapshots_kept;
-            if let Err(e) = match saved {
-                Ok(()) => store.prune_snapshots(&self.room, keep).await,
-                Err(e) => Err(e),
-            } {
-                tracing::warn!(room = %self.room, error = %e, "saving the unload snapshot failed");
-            }
-        }
-    }
-
-    /// (Re)builds the room's state from the store.
-    async fn reload(&mut self) {
-        let cfg = &self.shared.config;
         let store = &self.shared.store;
-        let record = match store.load_room(&self.room).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                self.state = State::Missing;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room failed");
-                self.state = State::Stale;
-                return;
-            }
-        };
-        if let Some(h) = &record.head_hlc {
-            self.shared.hlc_observe(h);
+        let saved = store.save_snapshot(&self.room, seq, state).await;
+        let keep = self.shared.config.doc_snapshots_kept;
+        if let Err(e) = match saved {
+            Ok(()) => store.prune_snapshots(&self.room, keep).await,
+            Err(e) => Err(e),
+        } {
+            tracing::warn!(room = %self.room, error = %e, "saving the unload snapshot failed");
         }
-        let doc = if record.kind == RoomKind::Doc {
-            let schema = self.shared.schema_for(&self.room);
-            match DocState::load(
-                store.as_ref(),
-                &self.room,
-                record.head,
-                cfg.doc_window,
-                schema,
-                DocLimits::of(cfg),
-            )
-            .await
-            {
-                Ok(d) => {
-                    let unreadable = u64::from(d.unreadable_snapshots);
-                    self.shared
-                        .metrics
-                        .doc_snapshot_unreadable
-                        .inc_by(unreadable);
-                    self.broken = None;
-                    Some(d)
-                }
-                Err(DocLoadError::Store(e)) => {
-                    tracing::error!(room = %self.room, error = %e, "loading document failed");
-                    self.state = State::Stale;
-                    return;
-                }
-                Err(DocLoadError::Corrupt(e)) => {
-                    self.shared.metrics.doc_load_failures.inc();
-                    tracing::error!(
-                        room = %self.room, error = %e,
-                        "the document of this room cannot be loaded from its op log: every message \
-                         gets `unavailable`; stop the server and run `concord repair --data-dir DIR \
-                         --room ROOM`"
-                    );
-                    self.broken = Some(tokio::time::Instant::now() + BROKEN_RETRY);
-                    self.state = State::Stale;
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        // Idempotency keys come without bodies; only the events that fit the window (in count
-        // and bytes) are read in full, newest first, a few at a time.
-        let keep = (cfg.room_window.max(cfg.idempotency_cache) as u64).min(record.head.0);
-        let after = Seq(record.head.0 - keep);
-        let keys = match store.recent_keys(&self.room, keep as usize).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room keys failed");
-                self.state = State::Stale;
-                return;
-            }
-        };
-        let mut idem = IdempotencyTable::with_committed(cfg.idempotency_cache, after, record.head);
-        for k in &keys {
-            let Some(op) = &k.op_id else { continue };
-            if let (Ok(client), Ok(id)) = (
-                concord_core::ClientId::new(&k.from),
-                concord_core::OpId::new(op),
-            ) {
-                idem.insert(
-                    IdemKey { client, id },
-                    k.seq,
-                    (k.seq, Arc::from(k.hlc.as_str())),
-                );
-            }
-        }
-        let tail = match Self::window_tail(&self.shared, &self.room, record.head).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(room = %self.room, error = %e, "loading room tail failed");
-                self.state = State::Stale;
-                return;
-            }
-        };
-        let mut live = Live {
-            kind: record.kind,
-            seqr: Sequencer::new(record.epoch, record.head),
-            window: VecDeque::new(),
-            window_bytes: 0,
-            idem,
-            waiting: Vec::new(),
-            doc,
-        };
-        for e in &tail {
-            let frame = encode_event(&self.room, record.kind, e, None);
-            let _ = live.push_window(Arc::new(Committed { seq: e.seq, frame }), cfg);
-        }
-        self.state = State::Live(Box::new(live));
     }
 
-    /// The newest events up to `head` that fit the window (`room_window` events and
-    /// `room_window_bytes` bytes of data), read backwards in small chunks so that a room of big
-    /// events never has more than one chunk beyond the window in memory. Stops early at a gap
-    /// (events removed by retention).
-    async fn window_tail(
-        shared: &Shared,
-        room: &RoomId,
-        head: Seq,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        const CHUNK: u64 = 16;
-        let cfg = &shared.config;
-        let mut tail: Vec<StoredEvent> = Vec::new();
-        let mut bytes = 0usize;
-        let mut upto = head.0;
-        while upto > 0 && tail.len() < cfg.room_window {
-            let n = CHUNK.min(upto).min((cfg.room_window - tail.len()) as u64);
-            let start = upto;
-            let chunk = shared
-                .store
-                .read_events(room, Seq(upto - n), n as usize)
-                .await?;
-            for e in chunk.into_iter().rev().filter(|e| e.seq.0 <= start) {
-                let size = e.data.get().len();
-                if e.seq.0 != upto || bytes + size > cfg.room_window_bytes {
-                    tail.reverse();
-                    return Ok(tail);
+    /// (Re)builds the room's state from the store (the core decides what it becomes). The
+    /// caller routes the effects that follows (answers to retries that waited on the old state).
+    async fn reload(&mut self) {
+        let shared = &self.shared;
+        let schema = shared.schema_for(&self.room);
+        let loaded =
+            super::load::load(shared.store.as_ref(), &self.room, &shared.config, schema).await;
+        match &loaded {
+            Loaded::Room(r) => {
+                if let Some(h) = &r.record.head_hlc {
+                    shared.hlc_observe(h);
                 }
-                bytes += size;
-                upto -= 1;
-                tail.push(e);
+                if let Some(d) = &r.doc {
+                    let unreadable = u64::from(d.unreadable_snapshots);
+                    shared.metrics.doc_snapshot_unreadable.inc_by(unreadable);
+                }
+                self.broken = None;
             }
-            if upto != start - n {
-                // A short chunk: the events before it were removed by retention.
-                break;
+            Loaded::Corrupt(e) => {
+                shared.metrics.doc_load_failures.inc();
+                tracing::error!(
+                    room = %self.room, error = %e,
+                    "the document of this room cannot be loaded from its op log: every message \
+                     gets `unavailable`; stop the server and run `concord repair --data-dir DIR \
+                     --room ROOM`"
+                );
+                self.broken = Some(tokio::time::Instant::now() + BROKEN_RETRY);
             }
+            Loaded::Failed(e) => {
+                tracing::error!(room = %self.room, error = %e, "loading room failed");
+            }
+            Loaded::Missing => {}
         }
-        tail.reverse();
-        Ok(tail)
+        self.core.loaded(loaded);
     }
 
     /// Handles the messages in `self.buf`, in order.
@@ -391,36 +299,32 @@ impl RoomActor {
         let retry = self
             .broken
             .is_none_or(|at| tokio::time::Instant::now() >= at);
-        if matches!(self.state, State::Stale) && self.inflight.is_empty() && retry {
+        if self.core.needs_reload() && retry {
             self.reload().await;
+            self.settle().await;
         }
         let buf = std::mem::take(&mut self.buf);
         let found = self.lookup_unknown_keys(&buf).await;
         self.buf = buf;
         // Taken one by one from the back: what is not handled yet stays in `self.buf`.
         self.buf.reverse();
-        let mut batch = Unsubmitted {
-            flight: InFlight::default(),
-            room: self.room.clone(),
-            metrics: self.shared.metrics.clone(),
-        };
         loop {
             #[cfg(feature = "fault-injection")]
-            if !batch.acks.is_empty() && !self.buf.is_empty() {
+            if self.core.sequencing() > 0 && !self.buf.is_empty() {
                 crate::fault::check(&self.room, crate::fault::Point::MidBatch);
             }
             let Some(msg) = self.buf.pop() else { break };
             match msg {
-                RoomMsg::Publish(p) => self.publish(p, &found, &mut batch).await,
-                RoomMsg::Op(op) => self.op(op, &found, &mut batch),
+                RoomMsg::Publish(p) => self.publish(p, &found).await,
+                RoomMsg::Op(op) => self.op(op, &found),
                 RoomMsg::Restore {
                     seq,
                     client,
                     waiter,
                 } => {
-                    self.submit(&mut batch);
+                    self.submit().await;
                     self.drain_commits().await;
-                    self.restore(seq, client, waiter, &mut batch).await;
+                    self.restore(seq, client, waiter).await;
                 }
                 RoomMsg::Join {
                     conn,
@@ -433,8 +337,8 @@ impl RoomActor {
                 } => {
                     // Events sequenced before the join go out through the normal broadcast;
                     // a doc's state is given as committed, so its ops in flight finish first.
-                    self.submit(&mut batch);
-                    if self.live().is_some_and(|l| l.doc.is_some()) {
+                    self.submit().await;
+                    if self.core.doc().is_some() {
                         self.drain_commits().await;
                     }
                     // Tell the connection whether it is a member now (a failed rejoin keeps
@@ -467,33 +371,25 @@ impl RoomActor {
                         .set_presence(&client, data, &self.shared.metrics);
                 }
             }
+            // Refusals and answers from the table go out at once, in message order.
+            self.settle().await;
         }
-        self.submit(&mut batch);
+        self.submit().await;
     }
 
-    fn live(&self) -> Option<&Live> {
-        match &self.state {
-            State::Live(l) => Some(l),
-            _ => None,
-        }
-    }
-
-    /// Why a room that is not live cannot answer (`unavailable`).
-    fn stale_message(&self) -> &'static str {
-        match self.broken {
-            Some(_) => BROKEN_MESSAGE,
-            None => "room is recovering from a store error; retry",
-        }
-    }
-
-    fn error(&self, w: Waiter, code: ErrorCode, message: &str) {
-        self.shared.metrics.error(code);
-        w.fail(&self.room, RoomError::new(code, message));
+    /// Hands the batch being sequenced to the store.
+    async fn submit(&mut self) {
+        self.core.submit();
+        self.settle().await;
     }
 
     /// Creates the missing room as `kind` for `creator`: the room quota (`max_rooms`) and the
     /// creator's room-creation rates apply.
-    async fn create(&mut self, kind: RoomKind, creator: &Creator) -> Result<(), RoomError> {
+    async fn create(
+        &mut self,
+        kind: concord_core::RoomKind,
+        creator: &Creator,
+    ) -> Result<(), RoomError> {
         let shared = &self.shared;
         let max = shared.config.max_rooms;
         if shared.rooms_stored.load(Ordering::Relaxed) >= max {
@@ -542,165 +438,27 @@ impl RoomActor {
         }
         self.shared.rooms_stored.fetch_add(1, Ordering::Relaxed);
         self.reload().await;
-        match &self.state {
-            State::Live(_) => Ok(()),
-            _ => Err(RoomError::new(
+        self.settle().await;
+        if self.core.is_live() {
+            Ok(())
+        } else {
+            Err(RoomError::new(
                 ErrorCode::Unavailable,
                 "the store is unavailable",
-            )),
-        }
-    }
-
-    /// Hands the sequenced events to the store; a due doc snapshot follows once they are durable.
-    fn submit(&mut self, batch: &mut InFlight) {
-        if batch.stored.is_empty() {
-            return;
-        }
-        let mut flight = std::mem::take(batch);
-        let events = std::mem::take(&mut flight.stored);
-        let snapshot = flight.snapshot.take();
-        let store = self.shared.store.clone();
-        let room = self.room.clone();
-        let keep = self.shared.config.doc_snapshots_kept;
-        self.commits.push_back(Box::pin(async move {
-            store.append(&room, events).await?;
-            if let Some((seq, state)) = snapshot {
-                // Not awaited by the acks; the store refuses a snapshot beyond its head. Only
-                // the newest `doc_snapshots_kept` are kept.
-                tokio::spawn(async move {
-                    let saved = match store.save_snapshot(&room, seq, state).await {
-                        Ok(()) => store.prune_snapshots(&room, keep).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = saved {
-                        tracing::warn!(room = %room, error = %e, "saving a snapshot failed");
-                    }
-                });
-            }
-            Ok(())
-        }));
-        self.inflight.push_back(flight);
-    }
-
-    async fn on_commit(&mut self, result: StoreResult<()>) {
-        let Some(done) = self.inflight.pop_front() else {
-            return;
-        };
-        let unavailable = || RoomError::new(ErrorCode::Unavailable, "commit failed; retry");
-        let State::Live(live) = &mut self.state else {
-            // A commit failed earlier: everything after it fails too (the store refuses gaps).
-            for a in done.acks {
-                self.shared.metrics.error(ErrorCode::Unavailable);
-                a.waiter.fail(&self.room, unavailable());
-            }
-            return;
-        };
-        if let Err(e) = result {
-            tracing::error!(room = %self.room, error = %e, "commit failed; reloading room");
-            let waiting = std::mem::take(&mut live.waiting);
-            self.state = State::Stale;
-            let waiters = done
-                .acks
-                .into_iter()
-                .map(|a| a.waiter)
-                .chain(waiting.into_iter().map(|w| w.2));
-            for w in waiters {
-                self.shared.metrics.error(ErrorCode::Unavailable);
-                w.fail(&self.room, unavailable());
-            }
-            if self.inflight.is_empty() {
-                self.reload().await;
-            }
-            return;
-        }
-        let last = done
-            .events
-            .last()
-            .map(|e| e.seq)
-            .unwrap_or(live.seqr.committed());
-        live.seqr.commit(last);
-        live.idem.commit(last);
-        let metrics = &self.shared.metrics;
-        metrics.events_committed.inc_by(done.events.len() as u64);
-        let epoch = live.seqr.epoch().clone();
-        for a in done.acks {
-            metrics
-                .ack_latency
-                .observe(a.waiter.received.elapsed().as_secs_f64());
-            let acked = Acked {
-                seq: a.seq,
-                hlc: a.hlc,
-                epoch: epoch.clone(),
-                dropped: a.dropped,
-            };
-            a.waiter.ack(&self.room, acked);
-        }
-        for ev in &done.events {
-            self.members.broadcast(&self.room, &ev.frame, metrics);
-            if live.push_window(ev.clone(), &self.shared.config) {
-                metrics.limit("room_window_bytes");
-            }
-        }
-        self.stats
-            .members
-            .store(self.members.len() as u64, Ordering::Relaxed);
-        if !live.waiting.is_empty() {
-            let committed = live.seqr.committed();
-            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut live.waiting)
-                .into_iter()
-                .partition(|(seq, _, _)| *seq <= committed);
-            live.waiting = still;
-            for (seq, hlc, w) in ready {
-                let acked = Acked {
-                    seq,
-                    hlc,
-                    epoch: epoch.clone(),
-                    dropped: Vec::new(),
-                };
-                w.ack(&self.room, acked);
-            }
+            ))
         }
     }
 }
 
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
 /// for doc rooms.
-fn encode_event(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> Utf8Bytes {
+fn encode_event(
+    room: &RoomId,
+    kind: concord_core::RoomKind,
+    e: &StoredEvent,
+    hash: Option<&str>,
+) -> Utf8Bytes {
     Utf8Bytes::from(super::event_frame(room, kind, e, hash))
-}
-
-/// The batch being sequenced, before it is handed to the store: if the actor panics meanwhile,
-/// its waiters are answered (`unavailable`) while unwinding instead of being dropped in silence.
-struct Unsubmitted {
-    flight: InFlight,
-    room: RoomId,
-    metrics: crate::metrics::Metrics,
-}
-
-impl std::ops::Deref for Unsubmitted {
-    type Target = InFlight;
-    fn deref(&self) -> &InFlight {
-        &self.flight
-    }
-}
-
-impl std::ops::DerefMut for Unsubmitted {
-    fn deref_mut(&mut self) -> &mut InFlight {
-        &mut self.flight
-    }
-}
-
-impl Drop for Unsubmitted {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for a in self.flight.acks.drain(..) {
-            self.metrics.error(ErrorCode::Unavailable);
-            let failed = RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
-            a.waiter.fail(&self.room, failed);
-        }
-    }
 }
 
 /// The answer to everyone waiting on an actor that panicked.
@@ -709,8 +467,9 @@ const FAILED_MESSAGE: &str = "the room failed; retry";
 /// The actor's drop guard: runs however the actor ends — unloaded, at shutdown, or unwinding from
 /// a panic (tokio drops the task's future while unwinding). It removes the registry entry of this
 /// generation, so the next message spawns a new actor that reloads the room from the store, and
-/// answers everyone still waiting on this actor instead of leaving them in silence. After a
-/// normal end nothing is left to answer.
+/// answers everyone still waiting on this actor (in the core: the batch being sequenced, the
+/// batches in flight, retries waiting for their seq; and the messages not handled yet) instead
+/// of leaving them in silence. After a normal end nothing is left to answer.
 impl Drop for RoomActor {
     fn drop(&mut self) {
         let panicked = std::thread::panicking();
@@ -737,13 +496,7 @@ impl Drop for RoomActor {
             );
         }
         let failed = || RoomError::new(ErrorCode::Unavailable, FAILED_MESSAGE);
-        let mut waiters: Vec<Waiter> = Vec::new();
-        for flight in self.inflight.drain(..) {
-            waiters.extend(flight.acks.into_iter().map(|a| a.waiter));
-        }
-        if let State::Live(live) = &mut self.state {
-            waiters.extend(live.waiting.drain(..).map(|w| w.2));
-        }
+        let mut waiters: Vec<Waiter> = self.core.take_waiters();
         let mut queued: Vec<RoomMsg> = self.buf.drain(..).rev().collect();
         while let Ok(msg) = self.rx.try_recv() {
             queued.push(msg);

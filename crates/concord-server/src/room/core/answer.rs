@@ -1,0 +1,34 @@
+//! What a waiter is finally told: an ack (`Acked`) or an error (`RoomError`).
+
+use concord_core::{Epoch, Seq};
+use concord_protocol::ErrorCode;
+use std::sync::Arc;
+
+/// A committed publish.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub seq: Seq,
+    pub hlc: Arc<str>,
+    pub epoch: Epoch,
+    /// Doc ops that had no effect after rebasing (their target was concurrently removed).
+    pub dropped: Vec<usize>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RoomError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For `rate_limited`: when a retry may succeed.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl RoomError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RoomError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Unit tests of the room core: it stays free of the async runtime, and a failed commit
+//! answers everyone, reloads, and lets a retry find its original seq.
+
+use super::{CoreConfig, Effect, Env, Loaded, LoadedRoom, RoomCore, Waiting};
+use crate::metrics::Metrics;
+use crate::store::{EventKey, RoomRecord, StoredEvent};
+use concord_core::{ClientId, Epoch, HlcClock, HlcTimestamp, OpId, RoomId, RoomKind, Seq};
+use serde_json::value::RawValue;
+use std::cell::RefCell;
+
+/// Every source file of the core, so that none of them can bring in the runtime.
+const SOURCES: &[(&str, &str)] = &[
+    ("answer.rs", include_str!("answer.rs")),
+    ("check.rs", include_str!("check.rs")),
+    ("commit.rs", include_str!("commit.rs")),
+    ("effect.rs", include_str!("effect.rs")),
+    ("join.rs", include_str!("join.rs")),
+    ("load.rs", include_str!("load.rs")),
+    ("mod.rs", include_str!("mod.rs")),
+    ("state.rs", include_str!("state.rs")),
+    ("tests.rs", include_str!("tests.rs")),
+    ("window.rs", include_str!("window.rs")),
+    ("write.rs", include_str!("write.rs")),
+];
+
+#[test]
+fn the_core_does_not_use_the_async_runtime() {
+    let forbidden = concat!("tok", "io");
+    for (file, source) in SOURCES {
+        assert!(
+            !source.contains(forbidden),
+            "room/core/{file} mentions {forbidden}: the core must stay sans-IO"
+        );
+    }
+    // Every file of the directory is in the list above.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/room/core");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("the core's directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    files.sort();
+    let listed: Vec<&str> = SOURCES.iter().map(|(f, _)| *f).collect();
+    assert_eq!(files, listed);
+}
+
+struct TestEnv(RefCell<HlcClock>);
+
+impl Env for TestEnv {
+    fn hlc_now(&self) -> HlcTimestamp {
+        self.0.borrow_mut().now(1_000)
+    }
+    fn room_rate(&self) -> Result<(), u64> {
+        Ok(())
+    }
+    fn heavy(&self, work: &mut dyn FnMut()) {
+        work()
+    }
+}
+
+/// A waiter: a number and an op id.
+struct W(u32, Option<OpId>);
+
+impl Waiting for W {
+    fn op_id(&self) -> Option<&OpId> {
+        self.1.as_ref()
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig::of(&crate::Config::default())
+}
+
+fn stream_room(head: u64, keys: Vec<EventKey>) -> Loaded {
+    Loaded::Room(Box::new(LoadedRoom {
+        record: RoomRecord {
+            kind: RoomKind::Stream,
+            epoch: Epoch("e1".into()),
+            head: Seq(head),
+            head_hlc: None,
+        },
+        keys,
+        tail: Vec::new(),
+        doc: None,
+    }))
+}
+
+/// What came out: (waiter, Ok(seq) or Err(code)), appends, reloads.
+#[derive(Default, Debug)]
+struct Out {
+    answers: Vec<(u32, Result<u64, String>)>,
+    appends: Vec<Vec<StoredEvent>>,
+    reloads: usize,
+    broadcasts: usize,
+}
+
+fn drain(core: &mut RoomCore<W>, out: &mut Out) {
+    for e in core.drain() {
+        match e {
+            Effect::Append(a) => out.appends.push(a.events),
+            Effect::Ack { waiter, acked, .. } => out.answers.push((waiter.0, Ok(acked.seq.0))),
+            Effect::Fail { waiter, error } => {
+                out.answers.push((waiter.0, Err(error.code.to_string())))
+            }
+            Effect::Broadcast(_) => out.broadcasts += 1,
+            Effect::Reload => out.reloads += 1,
+        }
+    }
+    core.check().expect("the core's invariants hold");
+}
+
+fn data() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).unwrap()
+}
+
+#[test]
+fn a_failed_commit_answers_everyone_and_a_retry_after_the_reload_gets_its_original_seq() {
+    let room = RoomId::new("r").unwrap();
+    let env = TestEnv(RefCell::new(HlcClock::new("n")));
+    let mut core: RoomCore<W> = RoomCore::new(room, config(), Metrics::new());
+    let mut out = Out::default();
+    drain(&mut core, &mut out);
+    assert_eq!(out.reloads, 1, "a new core asks for its load");
+    core.loaded(stream_room(0, Vec::new()));
+    let c = ClientId::new("c").unwrap();
+    let id = |s: &str| Some(OpId::new(s).unwrap());
+    let none = Ok(Default::default());
+    // Two batches in flight; a retry of the first op waits for its seq.
+    core.publish(c.clone(), data(), W(1, id("a")), &none, &env);
+    core.submit();
+    core.publish(c.clone(), data(), W(2, id("b")), &none, &env);
+    core.publish(c.clone(), data(), W(3, id("a")), &none, &env);
+    core.submit();
+    drain(&mut core, &mut out);
+    assert_eq!(out.appends.len(), 2);
+    assert!(out.answers.is_empty(), "nothing answered before the commit");
+    // The first append's outcome is unknown (it landed); the second is refused after it.
+    core.append_done(Err("timed out".into()));
+    drain(&mut core, &mut out);
+    assert_eq!(out.reloads, 1, "no reload while a batch is in flight");
+    core.append_done(Err("not contiguous".into()));
+    drain(&mut core, &mut out);
+    assert_eq!(out.reloads, 2, "the reload follows the last outcome");
+    let mut answered: Vec<u32> = out.answers.iter().map(|a| a.0).collect();
+    answered.sort();
+    assert_eq!(answered, [1, 2, 3], "every waiter answered once");
+    assert!(out.answers.iter().all(|a| a.1 == Err("unavailable".into())));
+    // Writes while stale are refused, not dropped.
+    core.publish(c.clone(), data(), W(4, id("c")), &none, &env);
+    drain(&mut core, &mut out);
+    assert_eq!(out.answers.last(), Some(&(4, Err("unavailable".into()))));
+    // The store has the first event: the reload finds it, the retry gets seq 1.
+    let first = &out.appends[0][0];
+    let key = EventKey {
+        seq: first.seq,
+        from: first.from.clone(),
+        op_id: first.op_id.clone(),
+        hlc: first.hlc.clone(),
+    };
+    core.loaded(stream_room(1, vec![key]));
+    core.publish(c.clone(), data(), W(5, id("a")), &none, &env);
+    core.publish(c, data(), W(6, id("b")), &none, &env);
+    core.submit();
+    drain(&mut core, &mut out);
+    assert_eq!(out.answers.last(), Some(&(5, Ok(1))), "the original seq");
+    assert_eq!(out.appends.last().map(|a| a[0].seq), Some(Seq(2)));
+    core.append_done(Ok(()));
+    drain(&mut core, &mut out);
+    assert_eq!(out.answers.last(), Some(&(6, Ok(2))));
+    assert_eq!(out.broadcasts, 1);
+}
