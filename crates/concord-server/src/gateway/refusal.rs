@@ -21,14 +21,15 @@ pub enum Hit {
     Auth(&'static str),
 }
 
+/// Strings are boxed (`Box<str>`) to keep `Result<_, Refusal>` small on the paths that succeed.
 #[derive(Debug)]
 pub struct Refusal {
     pub code: ErrorCode,
-    pub message: String,
+    pub message: Box<str>,
     /// The op id echoed in the `error` frame.
-    pub id: Option<String>,
+    pub id: Option<Box<str>>,
     /// The room echoed in the `error` frame.
-    pub room: Option<String>,
+    pub room: Option<Box<str>>,
     pub hit: Option<Hit>,
     /// For `rate_limited`: when a retry may succeed.
     pub retry_after_ms: Option<u64>,
@@ -40,7 +41,7 @@ impl Refusal {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
             code,
-            message: message.into(),
+            message: message.into().into_boxed_str(),
             id: None,
             room: None,
             hit: None,
@@ -54,18 +55,18 @@ impl Refusal {
     }
 
     pub fn id(mut self, id: Option<&str>) -> Self {
-        self.id = id.map(str::to_string);
+        self.id = id.map(Box::from);
         self
     }
 
     pub fn room(mut self, room: impl Into<String>) -> Self {
-        self.room = Some(room.into());
+        self.room = Some(room.into().into_boxed_str());
         self
     }
 
     /// The room echoed, if any (as decoding reported it).
     pub fn with_room(mut self, room: Option<String>) -> Self {
-        self.room = room;
+        self.room = room.map(String::into_boxed_str);
         self
     }
 
@@ -118,7 +119,7 @@ impl Refusal {
         self.count(metrics);
         HttpError(RoomError {
             code: self.code,
-            message: self.message,
+            message: self.message.into(),
             retry_after_ms: self.retry_after_ms,
         })
     }
