@@ -489,7 +489,19 @@ pub struct Config {
     /// binary reads them from `--schema-file`).
     #[serde(skip)]
     #[cfg_attr(feature = "cli", arg(skip))]
-    pub doc_schemas: Vec<std::sync::Arc<crate::room::doc::DocSchema>>,
+    pub doc_schemas: Vec<std::sync::Arc<DocSchema>>,
+}
+
+/// A JSON Schema that every state of the rooms matching a pattern must satisfy.
+pub struct DocSchema {
+    pub pattern: String,
+    pub validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for DocSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DocSchema({:?})", self.pattern)
+    }
 }
 
 impl Default for Config {

@@ -65,7 +65,7 @@ impl Shared {
     }
 
     /// The JSON Schema of a doc room, if a configured pattern matches its name.
-    pub fn schema_for(&self, room: &RoomId) -> Option<Arc<crate::room::doc::DocSchema>> {
+    pub fn schema_for(&self, room: &RoomId) -> Option<Arc<crate::config::DocSchema>> {
         self.config
             .doc_schemas
             .iter()

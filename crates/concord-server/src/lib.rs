@@ -11,6 +11,8 @@ pub mod exposition;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gateway;
+#[cfg(test)]
+mod layering;
 mod limiter;
 pub mod metrics;
 pub mod outbound;

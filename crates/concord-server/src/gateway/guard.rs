@@ -2,7 +2,7 @@
 //! rebinding), the allowed WebSocket `Origin`s (cross-site pages), and for `POST`s a JSON
 //! content type (no cross-origin "simple" requests) and the body deadline (slow bodies).
 
-use super::http::err;
+use super::refusal::Refusal;
 use super::App;
 use crate::config::Config;
 use axum::body::Body;
@@ -21,11 +21,11 @@ pub async fn host_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
     if !cfg.auth.enabled() {
         if let Some(host) = req.headers().get(header::HOST) {
             if !host_allowed(cfg, host) {
-                app.shared.metrics.limit("host");
                 let msg = "this Host is not served without authentication (--auth none accepts \
                            only loopback names and the hosts of --allowed-origins)";
+                let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit("host");
                 return with_status(
-                    err(&app, ErrorCode::Forbidden, msg).into_response(),
+                    refusal.http(&app.shared.metrics).into_response(),
                     StatusCode::MISDIRECTED_REQUEST,
                 );
             }
@@ -42,11 +42,8 @@ pub async fn body_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
     }
     let cfg = &app.shared.config;
     if !is_json(req.headers()) {
-        let resp = err(
-            &app,
-            ErrorCode::BadRequest,
-            "the body must be JSON with Content-Type: application/json",
-        );
+        let msg = "the body must be JSON with Content-Type: application/json";
+        let resp = Refusal::bad_request(msg).http(&app.shared.metrics);
         return closing(with_status(
             resp.into_response(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -55,7 +52,8 @@ pub async fn body_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
     let limit = cfg.max_frame_bytes;
     let too_large = |app: &App| {
         let msg = format!("the request body is larger than {limit} bytes");
-        closing(err(app, ErrorCode::TooLarge, msg).into_response())
+        let refusal = Refusal::new(ErrorCode::TooLarge, msg);
+        closing(refusal.http(&app.shared.metrics).into_response())
     };
     let declared = req
         .headers()
@@ -73,12 +71,12 @@ pub async fn body_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
         }
         Ok(Err(_)) => too_large(&app),
         Err(_) => {
-            app.shared.metrics.limit("http_body_timeout");
             let msg = format!(
                 "the request body did not arrive within {:?}",
                 cfg.http_body_timeout
             );
-            let resp = err(&app, ErrorCode::BadRequest, msg).into_response();
+            let refusal = Refusal::bad_request(msg).limit("http_body_timeout");
+            let resp = refusal.http(&app.shared.metrics).into_response();
             closing(with_status(resp, StatusCode::REQUEST_TIMEOUT))
         }
     }

@@ -1,10 +1,11 @@
 //! The HTTP API for backends: publish, read history, room info, health, readiness, metrics.
 
-use super::ws::bearer;
+use super::credentials::{bearer, HTTP_CLIENT, HTTP_CLIENT_PREFIX};
+use super::refusal::{HttpError, Refusal};
 use super::App;
 use crate::auth::{Identity, Right};
 use crate::room::doc;
-use crate::room::{Creator, Publish, Reply, RoomError, RoomMsg, Waiter};
+use crate::room::{Creator, Publish, Reply, RoomMsg, Waiter};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -17,18 +18,6 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
-
-/// The pseudo client id of events published over HTTP with the admin key or without
-/// authentication (scope of their idempotency keys).
-pub const HTTP_CLIENT: &str = "http";
-/// Prefix of the pseudo client id of a JWT user's HTTP events: `http:<user>`. Reserved, like
-/// [`HTTP_CLIENT`], so that no WebSocket client shares the idempotency scope of an HTTP caller.
-pub const HTTP_CLIENT_PREFIX: &str = "http:";
-
-/// Whether a client id is reserved for HTTP callers (`http`, `http:…`).
-pub fn is_http_client(id: &str) -> bool {
-    id == HTTP_CLIENT || id.starts_with(HTTP_CLIENT_PREFIX)
-}
 
 /// Who called the HTTP API: a backend (admin key, or anyone when authentication is off) or a
 /// JWT user. Idempotency keys (`id`) of HTTP writes are scoped to it.
@@ -71,27 +60,9 @@ impl Caller {
     }
 }
 
-pub struct HttpError(RoomError);
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut body = serde_json::json!({"code": self.0.code, "message": self.0.message});
-        match self.0.retry_after_ms {
-            Some(ms) => {
-                body["retry_after_ms"] = ms.into();
-                let secs = ms.div_ceil(1000).max(1).to_string();
-                (status, [(header::RETRY_AFTER, secs)], axum::Json(body)).into_response()
-            }
-            None => (status, axum::Json(body)).into_response(),
-        }
-    }
-}
-
+/// Counts a refusal and makes it an HTTP answer.
 pub(super) fn err(app: &App, code: ErrorCode, message: impl Into<String>) -> HttpError {
-    app.shared.metrics.error(code);
-    HttpError(RoomError::new(code, message))
+    Refusal::new(code, message).http(&app.shared.metrics)
 }
 
 /// Checks the caller's `Authorization: Bearer` credentials for `right` in `room`: the admin key
@@ -129,8 +100,9 @@ fn authorize_caller(
         crate::auth::AuthMode::None => Err(crate::auth::AuthError::Missing),
     }
     .map_err(|e| {
-        app.shared.metrics.auth_failure(e.reason());
-        err(app, ErrorCode::Unauthorized, e.to_string())
+        Refusal::new(ErrorCode::Unauthorized, e.to_string())
+            .auth(e.reason())
+            .http(&app.shared.metrics)
     })?;
     if identity.may(room, right) {
         let caller = Caller::User(identity.user.clone());

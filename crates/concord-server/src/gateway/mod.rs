@@ -1,9 +1,10 @@
 //! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
 
+mod credentials;
 mod guard;
 mod http;
 mod page;
-
+mod refusal;
 mod session;
 mod writer;
 mod ws;
@@ -17,6 +18,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{
+    DefaultMakeSpan, DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnRequest,
+    DefaultOnResponse, TraceLayer,
+};
+use tracing::Level;
 
 /// What every handler needs.
 pub struct App {
@@ -57,6 +64,7 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             guard::host_guard,
         ))
+        .layer(trace_layer())
         .with_state(app)
 }
 
@@ -65,5 +73,20 @@ pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(http::metrics_open))
         .fallback(http::fallback)
+        .layer(trace_layer())
         .with_state(app)
+}
+
+/// One span per HTTP request (method, URI, version), at debug level; a 5xx is logged at debug
+/// too: the handlers log the causes they know (a store error) themselves.
+fn trace_layer() -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    DefaultMakeSpan,
+    DefaultOnRequest,
+    DefaultOnResponse,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    DefaultOnFailure,
+> {
+    TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG))
 }

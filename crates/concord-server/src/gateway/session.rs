@@ -1,7 +1,8 @@
 //! The protocol state of one WebSocket connection: identity, joined rooms, rights, rate limits,
 //! and the handling of each client message.
 
-use super::ws::End;
+use super::credentials::is_http_client;
+use super::refusal::Refusal;
 use super::App;
 use crate::auth::{Identity, Right};
 use crate::limiter::Bucket;
@@ -13,10 +14,23 @@ use concord_protocol::outbound::{self as wire, MemberInfo};
 use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, Since};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// Why the reader loop ended.
+pub enum End {
+    /// The socket failed or the writer stopped; nothing more to send.
+    Gone,
+    /// The peer sent a close frame (tungstenite answers it).
+    PeerClosed,
+    /// The outbound queue passed its bound: the writer sends 4008 and stops.
+    Lagging,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// Server shutdown: drain acks, then close 1001.
+    Shutdown,
+}
 
 /// Characters of a `drift` report's hash that go to the log.
 const MAX_LOGGED_HASH: usize = 128;
@@ -46,10 +60,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, out: Outbound, upgrade_token: Option<String>) -> Self {
+    pub fn new(app: Arc<App>, conn_id: u64, out: Outbound, upgrade_token: Option<String>) -> Self {
         let cfg = &app.shared.config;
         Session {
-            conn_id: app.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            conn_id,
             permits: Arc::new(Semaphore::new(cfg.max_inflight_per_conn)),
             publish_rate: Bucket::new(cfg.rate_publish_per_conn, &app.shared.clock),
             presence_rate: Bucket::new(cfg.rate_presence_per_conn, &app.shared.clock),
@@ -73,21 +87,10 @@ impl Session {
         self.client.is_some()
     }
 
-    pub fn error(&self, id: Option<&str>, room: Option<&str>, code: ErrorCode, message: &str) {
-        self.error_retry(id, room, code, message, None)
-    }
-
-    fn error_retry(
-        &self,
-        id: Option<&str>,
-        room: Option<&str>,
-        code: ErrorCode,
-        message: &str,
-        retry: Option<u64>,
-    ) {
-        self.app.shared.metrics.error(code);
-        self.out
-            .send(Utf8Bytes::from(wire::error(id, room, code, message, retry)));
+    /// Answers a refused message: counts it and sends its `error` frame.
+    pub fn refuse(&self, refusal: Refusal) {
+        refusal.count(&self.app.shared.metrics);
+        self.out.send(Utf8Bytes::from(refusal.frame()));
     }
 
     /// Waits (up to the shutdown grace) until every publish in flight was answered.
@@ -97,28 +100,32 @@ impl Session {
         let _ = tokio::time::timeout(cfg.shutdown_grace, self.permits.acquire_many(all)).await;
     }
 
-    pub async fn on_text(&mut self, text: &str) -> Option<End> {
+    /// Handles one text frame; `Err` ends the connection.
+    pub async fn on_text(&mut self, text: &str) -> Result<(), End> {
         self.app.shared.metrics.frames_in.inc();
-        let msg = match decode_client(text) {
-            Ok(m) => m,
-            Err(e) => {
-                self.error(
-                    e.id.as_deref(),
-                    e.room.as_deref(),
-                    ErrorCode::BadRequest,
-                    &e.message,
-                );
-                return None;
+        match self.handle(text).await {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                let close = refusal.close;
+                self.refuse(refusal);
+                close.map_or(Ok(()), |(code, reason)| Err(End::Close(code, reason)))
             }
-        };
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), Refusal> {
+        let msg = decode_client(text).map_err(|e| {
+            Refusal::bad_request(e.message)
+                .id(e.id.as_deref())
+                .with_room(e.room)
+        })?;
         let Some((client, _)) = self.client.clone() else {
             return match msg {
                 ClientMsg::Hello { client_id, token } => self.hello(&client_id, token).await,
-                other => {
-                    let msg = format!("{} before hello: send hello first", other.type_name());
-                    self.error(None, None, ErrorCode::BadRequest, &msg);
-                    None
-                }
+                other => Err(Refusal::bad_request(format!(
+                    "{} before hello: send hello first",
+                    other.type_name()
+                ))),
             };
         };
         if let ClientMsg::Auth { token } = msg {
@@ -126,16 +133,12 @@ impl Session {
         }
         if self.expired {
             let msg = "token expired: send {\"type\":\"auth\",\"token\":…} with a fresh token";
-            self.error(None, None, ErrorCode::Unauthorized, msg);
-            return None;
+            return Err(Refusal::new(ErrorCode::Unauthorized, msg));
         }
         match msg {
-            ClientMsg::Hello { .. } => self.error(
-                None,
-                None,
-                ErrorCode::BadRequest,
+            ClientMsg::Hello { .. } => Err(Refusal::bad_request(
                 "hello was already sent on this connection",
-            ),
+            )),
             ClientMsg::Join {
                 room,
                 kind,
@@ -157,17 +160,16 @@ impl Session {
             ClientMsg::Drift { room, seq, hash } => self.drift(&client, &room, seq, &hash),
             ClientMsg::Auth { .. } => unreachable!("handled above"),
         }
-        None
     }
 
-    /// Verifies a token; on failure answers `unauthorized` and closes with 1008.
-    fn authenticate(&self, token: Option<&str>) -> Result<Identity, End> {
+    /// Verifies a token; a failure is answered `unauthorized` and closes with 1008.
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, Refusal> {
         let auth = &self.app.shared.config.auth;
         auth.authenticate(token, self.app.shared.clock.now_ms())
             .map_err(|e| {
-                self.app.shared.metrics.auth_failure(e.reason());
-                self.error(None, None, ErrorCode::Unauthorized, &e.to_string());
-                End::Close(close::POLICY, "unauthorized")
+                Refusal::new(ErrorCode::Unauthorized, e.to_string())
+                    .auth(e.reason())
+                    .close(close::POLICY, "unauthorized")
             })
     }
 
@@ -179,24 +181,17 @@ impl Session {
             .map(|exp| crate::auth::expires_at_ms(exp, leeway));
     }
 
-    async fn hello(&mut self, client_id: &str, token: Option<String>) -> Option<End> {
+    async fn hello(&mut self, client_id: &str, token: Option<String>) -> Result<(), Refusal> {
         let client = match ClientId::new(client_id) {
-            Ok(c) if !super::http::is_http_client(c.as_str()) => c,
+            Ok(c) if !is_http_client(c.as_str()) => c,
             Ok(_) => {
                 let msg = "client_ids \"http\" and \"http:…\" are reserved for events published over HTTP";
-                self.error(None, None, ErrorCode::BadRequest, msg);
-                return None;
+                return Err(Refusal::bad_request(msg));
             }
-            Err(e) => {
-                self.error(None, None, ErrorCode::BadRequest, &e.to_string());
-                return None;
-            }
+            Err(e) => return Err(Refusal::bad_request(e.to_string())),
         };
         let token = token.or_else(|| self.upgrade_token.take());
-        let identity = match self.authenticate(token.as_deref()) {
-            Ok(i) => i,
-            Err(end) => return Some(end),
-        };
+        let identity = self.authenticate(token.as_deref())?;
         if self.app.shared.config.auth.enabled() {
             // A client id scopes op ids (idempotency) and presence: it belongs to one user.
             match self
@@ -208,23 +203,17 @@ impl Session {
             {
                 Ok(owner) if owner == identity.user => {}
                 Ok(_) => {
-                    self.app.shared.metrics.auth_failure("client_id_taken");
                     let msg = "this client_id belongs to another user: choose a random client_id";
-                    self.error(None, None, ErrorCode::Unauthorized, msg);
-                    return Some(End::Close(
-                        close::POLICY,
-                        "client_id belongs to another user",
-                    ));
+                    return Err(Refusal::new(ErrorCode::Unauthorized, msg)
+                        .auth("client_id_taken")
+                        .close(close::POLICY, "client_id belongs to another user"));
                 }
                 Err(e) => {
                     tracing::error!(client = %client, error = %e, "claiming a client id failed");
-                    self.error(
-                        None,
-                        None,
+                    return Err(Refusal::new(
                         ErrorCode::Unavailable,
                         "the store is unavailable; retry",
-                    );
-                    return None;
+                    ));
                 }
             }
         }
@@ -239,31 +228,27 @@ impl Session {
             user: identity.user.clone(),
             meta: identity.meta.clone(),
         });
+        tracing::Span::current().record("client_id", client.as_str());
         self.schedule_expiry(&identity);
         self.identity = Some(identity);
         self.client = Some((client, member));
-        None
+        Ok(())
     }
 
     /// `auth`: a fresh token for the same user; rooms no longer readable are left.
-    fn auth(&mut self, token: &str) -> Option<End> {
-        let identity = match self.authenticate(Some(token)) {
-            Ok(i) => i,
-            Err(end) => return Some(end),
-        };
+    fn auth(&mut self, token: &str) -> Result<(), Refusal> {
+        let identity = self.authenticate(Some(token))?;
         let same_user = self
             .identity
             .as_ref()
             .is_some_and(|i| i.user == identity.user);
         if !same_user {
-            self.app.shared.metrics.auth_failure("other_user");
-            self.error(
-                None,
-                None,
+            return Err(Refusal::new(
                 ErrorCode::Unauthorized,
                 "a refreshed token must be for the same user",
-            );
-            return Some(End::Close(close::POLICY, "unauthorized"));
+            )
+            .auth("other_user")
+            .close(close::POLICY, "unauthorized"));
         }
         let revoked: Vec<RoomId> = self
             .rooms
@@ -278,25 +263,23 @@ impl Session {
                 notify: Some(self.out.clone()),
             };
             let _ = self.app.registry.send(&room, msg);
-            self.error(
-                None,
-                Some(room.as_str()),
-                ErrorCode::Forbidden,
-                "the new token does not grant read",
+            self.refuse(
+                Refusal::new(ErrorCode::Forbidden, "the new token does not grant read")
+                    .room(room.as_str()),
             );
         }
         self.out
             .send(Utf8Bytes::from(wire::auth_ok(&identity.user, identity.exp)));
         self.schedule_expiry(&identity);
         self.identity = Some(identity);
-        None
+        Ok(())
     }
 
     /// The token expired: warn once, then close 1008 when the grace ends without `auth`.
-    pub fn on_auth_deadline(&mut self) -> Option<End> {
+    pub fn on_auth_deadline(&mut self) -> Result<(), End> {
         if self.expired {
             self.app.shared.metrics.auth_failure("expired");
-            return Some(End::Close(close::POLICY, "token expired"));
+            return Err(End::Close(close::POLICY, "token expired"));
         }
         self.expired = true;
         let grace = self.app.shared.config.auth_grace;
@@ -306,33 +289,30 @@ impl Session {
             "token expired: send {{\"type\":\"auth\",\"token\":…}} within {} ms or the connection closes",
             grace.as_millis()
         );
-        self.error(None, None, ErrorCode::Unauthorized, &msg);
-        None
+        self.refuse(Refusal::new(ErrorCode::Unauthorized, msg));
+        Ok(())
     }
 
-    fn room(&self, name: &str, id: Option<&str>) -> Option<RoomId> {
-        match RoomId::new(name) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                let shown: String = name.chars().take(128).collect();
-                self.error(id, Some(&shown), ErrorCode::BadRequest, &e.to_string());
-                None
-            }
-        }
+    fn room(&self, name: &str, id: Option<&str>) -> Result<RoomId, Refusal> {
+        RoomId::new(name).map_err(|e| {
+            let shown: String = name.chars().take(128).collect();
+            Refusal::bad_request(e.to_string()).id(id).room(shown)
+        })
     }
 
-    /// Checks a right; answers `forbidden` when it is not granted.
-    fn allowed(&self, room: &RoomId, right: Right, id: Option<&str>) -> bool {
+    /// Checks a right; refuses with `forbidden` when it is not granted.
+    fn allowed(&self, room: &RoomId, right: Right, id: Option<&str>) -> Result<(), Refusal> {
         if self
             .identity
             .as_ref()
             .is_some_and(|i| i.may(room.as_str(), right))
         {
-            return true;
+            return Ok(());
         }
         let msg = format!("your token does not grant {} in this room", right.as_str());
-        self.error(id, Some(room.as_str()), ErrorCode::Forbidden, &msg);
-        false
+        Err(Refusal::new(ErrorCode::Forbidden, msg)
+            .id(id)
+            .room(room.as_str()))
     }
 
     /// Forgets rooms whose join was refused.
@@ -357,36 +337,32 @@ impl Session {
         kind: Option<&str>,
         since: Option<Since>,
         history: Option<u64>,
-    ) {
-        let Some(room) = self.room(name, None) else {
-            return;
-        };
-        let kind = match kind.map(RoomKind::parse).transpose() {
-            Ok(k) => k,
-            Err(e) => return self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string()),
-        };
-        if !self.allowed(&room, Right::Read, None) {
-            return;
-        }
+    ) -> Result<(), Refusal> {
+        let room = self.room(name, None)?;
+        let kind = kind
+            .map(RoomKind::parse)
+            .transpose()
+            .map_err(|e| Refusal::bad_request(e.to_string()).room(name))?;
+        self.allowed(&room, Right::Read, None)?;
         let app = self.app.clone();
         let cfg = &app.shared.config;
         let history = history.unwrap_or(0);
         if history > cfg.max_history {
-            self.app.shared.metrics.limit("max_history");
             let msg = format!("history must be at most {}", cfg.max_history);
-            return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
+            return Err(Refusal::bad_request(msg).room(name).limit("max_history"));
         }
         self.prune_failed_joins();
         if !self.rooms.contains_key(&room) && self.rooms.len() >= cfg.max_rooms_per_conn {
-            self.app.shared.metrics.limit("max_rooms_per_conn");
             let msg = format!(
                 "a connection may join at most {} rooms",
                 cfg.max_rooms_per_conn
             );
-            return self.error(None, Some(name), ErrorCode::BadRequest, &msg);
+            return Err(Refusal::bad_request(msg)
+                .room(name)
+                .limit("max_rooms_per_conn"));
         }
         let Some(slot) = self.slot().await else {
-            return;
+            return Ok(());
         };
         let (tx, rx) = oneshot::channel();
         let member = self
@@ -410,14 +386,10 @@ impl Session {
             slot,
         };
         if self.app.registry.send(&room, msg).is_err() {
-            return self.error(
-                None,
-                Some(name),
-                ErrorCode::Unavailable,
-                "server is shutting down",
-            );
+            return Err(Refusal::new(ErrorCode::Unavailable, "server is shutting down").room(name));
         }
         self.rooms.insert(room, Some(rx));
+        Ok(())
     }
 
     /// What a join may do if the room does not exist: only a writer creates it, held to this
@@ -439,18 +411,11 @@ impl Session {
         }))
     }
 
-    fn leave(&mut self, name: &str) {
-        let Some(room) = self.room(name, None) else {
-            return;
-        };
+    fn leave(&mut self, name: &str) -> Result<(), Refusal> {
+        let room = self.room(name, None)?;
         self.prune_failed_joins();
         if self.rooms.remove(&room).is_none() {
-            return self.error(
-                None,
-                Some(name),
-                ErrorCode::NotFound,
-                "not a member of this room",
-            );
+            return Err(Refusal::new(ErrorCode::NotFound, "not a member of this room").room(name));
         }
         let msg = RoomMsg::Leave {
             conn_id: self.conn_id,
@@ -459,42 +424,36 @@ impl Session {
         if self.app.registry.send(&room, msg).is_err() {
             self.out.send(Utf8Bytes::from(wire::left(name)));
         }
+        Ok(())
     }
 
     /// The checks every write (publish, op) passes: room name, id, size, right, rate. Returns
     /// the room and the op id.
-    fn check_write(&mut self, name: &str, id: &str, size: usize) -> Option<(RoomId, OpId)> {
+    fn check_write(
+        &mut self,
+        name: &str,
+        id: &str,
+        size: usize,
+    ) -> Result<(RoomId, OpId), Refusal> {
         let room = self.room(name, Some(id))?;
-        let op_id = match OpId::new(id) {
-            Ok(i) => i,
-            Err(e) => {
-                self.error(None, Some(name), ErrorCode::BadRequest, &e.to_string());
-                return None;
-            }
-        };
+        let op_id = OpId::new(id).map_err(|e| Refusal::bad_request(e.to_string()).room(name))?;
         let max = self.app.shared.config.max_data_bytes;
         if size > max {
-            self.app.shared.metrics.limit("max_data_bytes");
             let msg = format!("data is larger than {max} bytes");
-            self.error(Some(id), Some(name), ErrorCode::TooLarge, &msg);
-            return None;
+            return Err(Refusal::new(ErrorCode::TooLarge, msg)
+                .id(Some(id))
+                .room(name)
+                .limit("max_data_bytes"));
         }
-        if !self.allowed(&room, Right::Write, Some(id)) {
-            return None;
-        }
+        self.allowed(&room, Right::Write, Some(id))?;
         if let Err(retry) = self.publish_rate.check() {
-            self.app.shared.metrics.rate_limit("connection");
             let msg = "this connection writes faster than its limit";
-            self.error_retry(
-                Some(id),
-                Some(name),
-                ErrorCode::RateLimited,
-                msg,
-                Some(retry),
-            );
-            return None;
+            return Err(Refusal::new(ErrorCode::RateLimited, msg)
+                .id(Some(id))
+                .room(name)
+                .rate("connection", retry));
         }
-        Some((room, op_id))
+        Ok((room, op_id))
     }
 
     /// One of this connection's in-flight slots, held by each write until its ack and by each
@@ -523,24 +482,25 @@ impl Session {
         })
     }
 
-    fn dispatch(&self, room: &RoomId, id: &str, msg: RoomMsg) {
-        if self.app.registry.send(room, msg).is_err() {
-            self.error(
-                Some(id),
-                Some(room.as_str()),
-                ErrorCode::Unavailable,
-                "server is shutting down",
-            );
-        }
+    fn dispatch(&self, room: &RoomId, id: &str, msg: RoomMsg) -> Result<(), Refusal> {
+        self.app.registry.send(room, msg).map_err(|_| {
+            Refusal::new(ErrorCode::Unavailable, "server is shutting down")
+                .id(Some(id))
+                .room(room.as_str())
+        })
     }
 
-    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<RawValue>) {
+    async fn publish(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        id: &str,
+        data: Box<RawValue>,
+    ) -> Result<(), Refusal> {
         let received = Instant::now();
-        let Some((room, op_id)) = self.check_write(name, id, data.get().len()) else {
-            return;
-        };
+        let (room, op_id) = self.check_write(name, id, data.get().len())?;
         let Some(waiter) = self.waiter(op_id, received).await else {
-            return;
+            return Ok(());
         };
         let msg = RoomMsg::Publish(Publish {
             client,
@@ -548,30 +508,33 @@ impl Session {
             create: None,
             waiter,
         });
-        self.dispatch(&room, id, msg);
+        self.dispatch(&room, id, msg)
     }
 
-    async fn op(&mut self, client: ClientId, name: &str, id: &str, base: u64, ops: Box<RawValue>) {
+    async fn op(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        id: &str,
+        base: u64,
+        ops: Box<RawValue>,
+    ) -> Result<(), Refusal> {
         let received = Instant::now();
-        let Some((room, op_id)) = self.check_write(name, id, ops.get().len()) else {
-            return;
-        };
+        let (room, op_id) = self.check_write(name, id, ops.get().len())?;
         let limits = concord_core::doc::Limits {
             max_ops: self.app.shared.config.doc_max_ops,
             ..Default::default()
         };
         // The ops array and each op object wrap the values: two more levels than `data`.
-        let decoded =
-            concord_protocol::check_readable(ops.get(), concord_protocol::MAX_DATA_DEPTH + 2)
-                .and_then(|v| {
-                    concord_core::doc::decode_ops(&v, &limits).map_err(|e| e.to_string())
-                });
-        let ops = match decoded {
-            Ok(ops) => ops,
-            Err(e) => return self.error(Some(id), Some(name), ErrorCode::InvalidOp, &e),
-        };
+        let ops = concord_protocol::check_readable(ops.get(), concord_protocol::MAX_DATA_DEPTH + 2)
+            .and_then(|v| concord_core::doc::decode_ops(&v, &limits).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                Refusal::new(ErrorCode::InvalidOp, e)
+                    .id(Some(id))
+                    .room(name)
+            })?;
         let Some(waiter) = self.waiter(op_id, received).await else {
-            return;
+            return Ok(());
         };
         let msg = RoomMsg::Op(OpMsg {
             client,
@@ -579,57 +542,57 @@ impl Session {
             ops,
             waiter,
         });
-        self.dispatch(&room, id, msg);
+        self.dispatch(&room, id, msg)
     }
 
     /// `drift`: only from a member of the room, rate-limited, logged once with a capped hash.
-    fn drift(&mut self, client: &ClientId, name: &str, seq: u64, hash: &str) {
-        if self
-            .joined_room(name, "join the room before reporting drift")
-            .is_none()
-        {
-            return;
-        }
+    fn drift(
+        &mut self,
+        client: &ClientId,
+        name: &str,
+        seq: u64,
+        hash: &str,
+    ) -> Result<(), Refusal> {
+        self.joined_room(name, "join the room before reporting drift")?;
         if let Err(retry) = self.drift_rate.check() {
-            self.app.shared.metrics.rate_limit("drift");
             let msg = "this connection reports drift faster than its limit";
-            return self.error_retry(None, Some(name), ErrorCode::RateLimited, msg, Some(retry));
+            return Err(Refusal::new(ErrorCode::RateLimited, msg)
+                .room(name)
+                .rate("drift", retry));
         }
         self.app.shared.metrics.doc_hash_mismatch.inc();
         let shown: String = hash.chars().take(MAX_LOGGED_HASH).collect();
         let cut = hash.len() > shown.len();
         tracing::warn!(room = name, client = %client, seq, hash = shown, hash_cut = cut, "a client reports doc state drift");
+        Ok(())
     }
 
-    /// The room `name` if this connection is a member of it; otherwise answers `not_found` with
-    /// `message`.
-    fn joined_room(&mut self, name: &str, message: &str) -> Option<RoomId> {
+    /// The room `name` if this connection is a member of it; otherwise refuses with
+    /// `not_found` and `message`.
+    fn joined_room(&mut self, name: &str, message: &str) -> Result<RoomId, Refusal> {
         let room = self.room(name, None)?;
         self.prune_failed_joins();
         if !self.rooms.contains_key(&room) {
-            self.error(None, Some(name), ErrorCode::NotFound, message);
-            return None;
+            return Err(Refusal::new(ErrorCode::NotFound, message).room(name));
         }
-        Some(room)
+        Ok(room)
     }
 
-    fn presence(&mut self, name: &str, data: Box<RawValue>) {
-        let Some(room) = self.joined_room(name, "join the room before sending presence") else {
-            return;
-        };
+    fn presence(&mut self, name: &str, data: Box<RawValue>) -> Result<(), Refusal> {
+        let room = self.joined_room(name, "join the room before sending presence")?;
         let max = self.app.shared.config.max_presence_bytes;
         if data.get().len() > max {
-            self.app.shared.metrics.limit("max_presence_bytes");
             let msg = format!("presence data is larger than {max} bytes");
-            return self.error(None, Some(name), ErrorCode::TooLarge, &msg);
+            return Err(Refusal::new(ErrorCode::TooLarge, msg)
+                .room(name)
+                .limit("max_presence_bytes"));
         }
-        if !self.allowed(&room, Right::Presence, None) {
-            return;
-        }
+        self.allowed(&room, Right::Presence, None)?;
         if let Err(retry) = self.presence_rate.check() {
-            self.app.shared.metrics.rate_limit("presence");
             let msg = "this connection sends presence faster than its limit";
-            return self.error_retry(None, Some(name), ErrorCode::RateLimited, msg, Some(retry));
+            return Err(Refusal::new(ErrorCode::RateLimited, msg)
+                .room(name)
+                .rate("presence", retry));
         }
         self.app.shared.metrics.presence_in.inc();
         let msg = RoomMsg::Presence {
@@ -637,5 +600,6 @@ impl Session {
             data,
         };
         let _ = self.app.registry.send(&room, msg);
+        Ok(())
     }
 }

@@ -3,46 +3,36 @@
 //!
 //! Message handling lives in `session.rs`, the writer task in `writer.rs`.
 
-use super::session::Session;
+use super::credentials::bearer;
+use super::refusal::Refusal;
+use super::session::{End, Session};
 use super::writer::{writer, LAG_CLOSE_WAIT};
 use super::App;
 use crate::outbound::{self, Frame};
 use crate::room::RoomMsg;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use concord_protocol::{close, ErrorCode};
 use futures::stream::SplitStream;
 use futures::StreamExt;
 use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Deserialize)]
 pub struct UpgradeQuery {
     token: Option<String>,
 }
 
-/// The bearer token of a request's `Authorization` header (the scheme name is
-/// case-insensitive, RFC 7235).
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim_start();
-    let (scheme, token) = v.split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
-    (!token.is_empty()).then(|| token.to_string())
-}
-
 pub async fn upgrade(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<UpgradeQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -51,10 +41,9 @@ pub async fn upgrade(
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let host = headers.get(axum::http::header::HOST);
         if !super::guard::origin_allowed(cfg, origin, host) {
-            app.shared.metrics.limit("origin");
-            app.shared.metrics.error(ErrorCode::Forbidden);
-            let body = serde_json::json!({"code": ErrorCode::Forbidden, "message": "this Origin may not open a WebSocket here (see --allowed-origins)"});
-            return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+            let msg = "this Origin may not open a WebSocket here (see --allowed-origins)";
+            let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit("origin");
+            return refusal.http(&app.shared.metrics).into_response();
         }
     }
     let token = bearer(&headers).or(q.token);
@@ -67,25 +56,23 @@ pub async fn upgrade(
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tracker = app2.conns.clone();
-            tracker.track_future(connection(app2, socket, token))
+            tracker.track_future(connection(app2, socket, token, peer))
         })
 }
 
-/// Why the reader loop ended.
-pub enum End {
-    /// The socket failed or the writer stopped; nothing more to send.
-    Gone,
-    /// The peer sent a close frame (tungstenite answers it).
-    PeerClosed,
-    /// The outbound queue passed its bound: the writer sends 4008 and stops.
-    Lagging,
-    /// Close with this code and reason.
-    Close(u16, &'static str),
-    /// Server shutdown: drain acks, then close 1001.
-    Shutdown,
+async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>, peer: SocketAddr) {
+    let conn_id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    // One span per connection (not per message); `client_id` is recorded by `hello`.
+    let span = tracing::info_span!(
+        "conn",
+        conn = conn_id,
+        %peer,
+        client_id = tracing::field::Empty
+    );
+    serve(app, socket, token, conn_id).instrument(span).await
 }
 
-async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>) {
+async fn serve(app: Arc<App>, socket: WebSocket, token: Option<String>, conn_id: u64) {
     let metrics = app.shared.metrics.clone();
     metrics.connections.inc();
     let (write_timeout, shutdown_grace) = (
@@ -95,14 +82,17 @@ async fn connection(app: Arc<App>, socket: WebSocket, token: Option<String>) {
     let (sink, stream) = socket.split();
     let (out, out_rx) = outbound::channel(app.shared.config.max_queue_bytes, metrics.clone());
     let writer_done = CancellationToken::new();
-    let mut writer = tokio::spawn(writer(
-        sink,
-        out_rx,
-        writer_done.clone(),
-        metrics.clone(),
-        write_timeout,
-    ));
-    let mut session = Session::new(app, out, token);
+    let mut writer = tokio::spawn(
+        writer(
+            sink,
+            out_rx,
+            writer_done.clone(),
+            metrics.clone(),
+            write_timeout,
+        )
+        .in_current_span(),
+    );
+    let mut session = Session::new(app, conn_id, out, token);
     let (end, stream) = read_loop(&mut session, stream, &writer_done).await;
     let lagging = matches!(end, End::Lagging);
     let closing = match end {
@@ -223,7 +213,7 @@ async fn read_frames(
                 return End::Close(close::POLICY, "no hello within the handshake timeout");
             }
             _ = time.sleep_until_ms(auth_deadline.unwrap_or(0)), if auth_deadline.is_some() => {
-                if let Some(end) = s.on_auth_deadline() {
+                if let Err(end) = s.on_auth_deadline() {
                     return end;
                 }
             }
@@ -243,16 +233,13 @@ async fn read_frames(
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(t) => {
-                        if let Some(end) = s.on_text(&t).await {
+                        if let Err(end) = s.on_text(&t).await {
                             return end;
                         }
                     }
-                    Message::Binary(_) => s.error(
-                        None,
-                        None,
-                        ErrorCode::BadRequest,
+                    Message::Binary(_) => s.refuse(Refusal::bad_request(
                         "binary frames are not supported; send JSON text frames",
-                    ),
+                    )),
                     Message::Close(_) => return End::PeerClosed,
                     Message::Ping(_) | Message::Pong(_) => {}
                 }

@@ -11,6 +11,7 @@
 //! failed commit makes the room reload from the store, so the in-memory document never keeps
 //! anything the store does not have.
 
+pub use crate::config::DocSchema;
 use crate::store::{Store, StoreError, StoredEvent};
 use concord_core::doc::{self, Op, PathSeg, Transformed};
 use concord_core::{RoomId, Seq};
@@ -78,18 +79,6 @@ pub enum DocLoadError {
     /// decode or apply, missing history): retrying will not help; `concord repair` does.
     #[error("{0}")]
     Corrupt(String),
-}
-
-/// A JSON Schema that every state of the rooms matching a pattern must satisfy.
-pub struct DocSchema {
-    pub pattern: String,
-    pub validator: jsonschema::Validator,
-}
-
-impl std::fmt::Debug for DocSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DocSchema({:?})", self.pattern)
-    }
 }
 
 /// One remembered op list, with the count of ops remembered before it (so the ops committed

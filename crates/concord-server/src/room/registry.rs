@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 const SHARDS: usize = 32;
 
@@ -68,7 +69,9 @@ impl Registry {
                 self.clone(),
                 rx,
             );
-            self.actors.spawn(actor.run());
+            // One span per actor (not per message): its logs name the room and generation.
+            let span = tracing::info_span!("room", room = %room, generation);
+            self.actors.spawn(actor.run().instrument(span));
             Entry { tx, generation }
         });
         entry.tx.send(msg).map_err(|e| e.0)
