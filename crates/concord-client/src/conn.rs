@@ -34,16 +34,17 @@ pub(crate) async fn establish(
             };
             match frame {
                 Message::Text(text) => match decode_server(&text) {
-                    Ok(ServerMsg::Welcome { node, .. }) => {
-                        tracing::debug!(%url, %node, "welcome");
+                    Ok(ServerMsg::Welcome(w)) => {
+                        tracing::debug!(%url, node = %w.node, "welcome");
                         return Ok(ws);
                     }
-                    Ok(ServerMsg::Error {
-                        code,
-                        message,
-                        retry_after_ms,
-                        ..
-                    }) => return Err(ClientError::server(code, message, retry_after_ms)),
+                    Ok(ServerMsg::Error(e)) => {
+                        return Err(ClientError::server(
+                            e.code.into_owned(),
+                            e.message.into_owned(),
+                            e.retry_after_ms,
+                        ))
+                    }
                     other => tracing::debug!(?other, "ignoring frame before welcome"),
                 },
                 Message::Close(close) => {

@@ -57,7 +57,10 @@ mod wire;
 
 pub use client::{Ack, AckFuture, Client, Stats};
 pub use concord_core::doc::{ApplyError, DecodeError, Op, PathSeg, TextEdit};
-pub use concord_protocol::outbound::EventMsg;
+pub use concord_protocol::Json;
+/// An event of a room: `data` (stream rooms) or `ops` (doc rooms) are kept as JSON text;
+/// [`Json::parse`] reads them into any type.
+pub type EventMsg = concord_protocol::outbound::Event<'static>;
 pub use config::{random_client_id, ClientConfig, JoinOptions};
 pub use doc::{Doc, DocOptions, DocUpdate, ResyncReason};
 pub use error::ClientError;

@@ -9,8 +9,8 @@ use crate::outbound::{ConnHandle, Outbound};
 use crate::room::{Creator, OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind};
-use concord_protocol::outbound::{self as wire, MemberInfo};
-use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, Since};
+use concord_protocol::outbound::{AuthOk, ErrorMsg, Left, MemberInfo, Welcome};
+use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, ServerMsg, Since};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -82,8 +82,13 @@ impl Session {
         retry: Option<u64>,
     ) {
         self.app.shared.metrics.error(code);
-        self.out
-            .send(Utf8Bytes::from(wire::error(id, room, code, message, retry)));
+        let error = ServerMsg::Error(ErrorMsg {
+            id: id.map(Into::into),
+            room: room.map(Into::into),
+            retry_after_ms: retry,
+            ..ErrorMsg::new(code, message)
+        });
+        self.out.send(Utf8Bytes::from(error.encode()));
     }
 
     /// Waits (up to the shutdown grace) until every publish in flight was answered.
@@ -109,7 +114,7 @@ impl Session {
         };
         let Some((client, _)) = self.client.clone() else {
             return match msg {
-                ClientMsg::Hello { client_id, token } => self.hello(&client_id, token).await,
+                ClientMsg::Hello(h) => self.hello(&h.client_id, h.token.map(|t| t.into())).await,
                 other => {
                     let msg = format!("{} before hello: send hello first", other.type_name());
                     self.error(None, None, ErrorCode::BadRequest, &msg);
@@ -117,8 +122,8 @@ impl Session {
                 }
             };
         };
-        if let ClientMsg::Auth { token } = msg {
-            return self.auth(&token);
+        if let ClientMsg::Auth(a) = msg {
+            return self.auth(&a.token);
         }
         if self.expired {
             let msg = "token expired: send {\"type\":\"auth\",\"token\":…} with a fresh token";
@@ -126,29 +131,19 @@ impl Session {
             return None;
         }
         match msg {
-            ClientMsg::Hello { .. } => self.error(
+            ClientMsg::Hello(_) => self.error(
                 None,
                 None,
                 ErrorCode::BadRequest,
                 "hello was already sent on this connection",
             ),
-            ClientMsg::Join {
-                room,
-                kind,
-                since,
-                history,
-            } => self.join(client, &room, kind.as_deref(), since, history),
-            ClientMsg::Leave { room } => self.leave(&room),
-            ClientMsg::Publish { room, id, data } => self.publish(client, &room, &id, data).await,
-            ClientMsg::Presence { room, data } => self.presence(&room, data),
-            ClientMsg::Op {
-                room,
-                id,
-                base,
-                ops,
-            } => self.op(client, &room, &id, base, ops).await,
-            ClientMsg::Drift { room, seq, hash } => self.drift(&client, &room, seq, &hash),
-            ClientMsg::Auth { .. } => unreachable!("handled above"),
+            ClientMsg::Join(j) => self.join(client, &j.room, j.kind.as_deref(), j.since, j.history),
+            ClientMsg::Leave(l) => self.leave(&l.room),
+            ClientMsg::Publish(p) => self.publish(client, &p.room, &p.id, p.data).await,
+            ClientMsg::Presence(p) => self.presence(&p.room, p.data),
+            ClientMsg::Op(op) => self.op(client, &op.room, &op.id, op.base, op.ops).await,
+            ClientMsg::Drift(d) => self.drift(&client, &d.room, d.seq, &d.hash),
+            ClientMsg::Auth(_) => unreachable!("handled above"),
         }
         None
     }
@@ -227,11 +222,12 @@ impl Session {
             }
         }
         let shared = &self.app.shared;
-        self.out.send(Utf8Bytes::from(wire::welcome(
-            client.as_str(),
-            &shared.config.node_id,
-            shared.clock.now_ms(),
-        )));
+        let welcome = ServerMsg::Welcome(Welcome {
+            client_id: client.as_str().into(),
+            node: shared.config.node_id.as_str().into(),
+            server_time: shared.clock.now_ms(),
+        });
+        self.out.send(Utf8Bytes::from(welcome.encode()));
         let member = Arc::new(MemberInfo {
             client_id: client.to_string(),
             user: identity.user.clone(),
@@ -283,8 +279,11 @@ impl Session {
                 "the new token does not grant read",
             );
         }
-        self.out
-            .send(Utf8Bytes::from(wire::auth_ok(&identity.user, identity.exp)));
+        let ok = ServerMsg::AuthOk(AuthOk {
+            user: identity.user.as_str().into(),
+            exp: identity.exp,
+        });
+        self.out.send(Utf8Bytes::from(ok.encode()));
         self.schedule_expiry(&identity);
         self.identity = Some(identity);
         None
@@ -450,7 +449,8 @@ impl Session {
             notify: Some(self.out.clone()),
         };
         if self.app.registry.send(&room, msg).is_err() {
-            self.out.send(Utf8Bytes::from(wire::left(name)));
+            let left = ServerMsg::Left(Left { room: name.into() });
+            self.out.send(Utf8Bytes::from(left.encode()));
         }
     }
 
@@ -522,7 +522,7 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: Box<RawValue>) {
+    async fn publish(&mut self, client: ClientId, name: &str, id: &str, data: &RawValue) {
         let received = Instant::now();
         let Some((room, op_id)) = self.check_write(name, id, data.get().len()) else {
             return;
@@ -532,14 +532,14 @@ impl Session {
         };
         let msg = RoomMsg::Publish(Publish {
             client,
-            data,
+            data: data.to_owned(),
             create: None,
             waiter,
         });
         self.dispatch(&room, id, msg);
     }
 
-    async fn op(&mut self, client: ClientId, name: &str, id: &str, base: u64, ops: Box<RawValue>) {
+    async fn op(&mut self, client: ClientId, name: &str, id: &str, base: u64, ops: &RawValue) {
         let received = Instant::now();
         let Some((room, op_id)) = self.check_write(name, id, ops.get().len()) else {
             return;
@@ -601,7 +601,7 @@ impl Session {
         Some(room)
     }
 
-    fn presence(&mut self, name: &str, data: Box<RawValue>) {
+    fn presence(&mut self, name: &str, data: &RawValue) {
         let Some(room) = self.joined_room(name, "join the room before sending presence") else {
             return;
         };
@@ -622,7 +622,7 @@ impl Session {
         self.app.shared.metrics.presence_in.inc();
         let msg = RoomMsg::Presence {
             conn_id: self.conn_id,
-            data,
+            data: data.to_owned(),
         };
         let _ = self.app.registry.send(&room, msg);
     }
