@@ -103,12 +103,8 @@ pub struct Ack<'a> {
     pub hlc: Cow<'a, str>,
     /// Doc rooms: the indexes of ops that had no effect after transformation (their target was
     /// concurrently deleted); omitted when empty.
-    #[serde(default, skip_serializing_if = "is_empty")]
+    #[serde(default, skip_serializing_if = "<[usize]>::is_empty")]
     pub dropped: Cow<'a, [usize]>,
-}
-
-fn is_empty(list: &Cow<'_, [usize]>) -> bool {
-    list.is_empty()
 }
 
 /// An event of a room: `data` in stream rooms; `ops` (the committed, transformed list) and,
