@@ -157,6 +157,17 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// The custom TLS configuration for `wss://`, if any.
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> Option<conn::Tls> {
+        self.config.tls.clone()
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls(&self) -> Option<conn::Tls> {
+        None
+    }
+
     pub(crate) fn new(
         config: ClientConfig,
         cmds: mpsc::UnboundedReceiver<Command>,
@@ -197,8 +208,12 @@ impl Task {
                 }
             }
             let hello = wire::hello(&self.config.client_id, self.config.token.as_deref());
-            let attempt =
-                conn::establish(self.config.url.clone(), hello, self.config.connect_timeout);
+            let attempt = conn::establish(
+                self.config.url.clone(),
+                hello,
+                self.config.connect_timeout,
+                self.tls(),
+            );
             let ws = match self.wait_offline(attempt).await {
                 None => break ClientError::Closed,
                 Some(Ok(ws)) => ws,
