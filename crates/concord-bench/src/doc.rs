@@ -22,6 +22,7 @@ use crate::{parse_duration, Common};
 use anyhow::{anyhow, bail, Context};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -161,11 +162,11 @@ async fn editor_sender(
             // which is still valid (the body only grows).
             let base = state.seq.load(Relaxed);
             let ops = if is_add(g, add_share) {
-                r#"[{"op":"add","path":["n"],"value":1}]"#.to_string()
+                json!([{"op": "add", "path": ["n"], "value": 1}])
             } else {
                 let len = body_len + ins_len * state.inserts.load(Relaxed);
                 let pos = mix(g ^ 0x5555) % (len + 1);
-                format!(r#"[{{"op":"text","path":["body"],"pos":{pos},"insert":"{INSERT}"}}]"#)
+                json!([{"op": "text", "path": ["body"], "pos": pos, "insert": INSERT}])
             };
             if let Err(e) = sink
                 .feed(Message::text(wire::op(&room, g, base, &ops)))
@@ -314,9 +315,10 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
         "doc",
     )
     .await?;
-    let init = format!(
-        r#"[{{"op":"set","path":["body"],"value":"{BODY}"}},{{"op":"set","path":["n"],"value":0}}]"#
-    );
+    let init = json!([
+        {"op": "set", "path": ["body"], "value": BODY},
+        {"op": "set", "path": ["n"], "value": 0},
+    ]);
     for (d, ws) in first.iter_mut().enumerate() {
         ws.send(Message::text(wire::op(&rooms[d], u64::MAX - 1, 0, &init)))
             .await?;

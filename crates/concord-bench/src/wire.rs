@@ -1,11 +1,14 @@
-//! The few bytes of the wire protocol the bench needs: a fast scan of server frames and the
-//! encoding of `publish` frames.
+//! The few bytes of the wire protocol the bench needs: a fast scan of server frames, and the
+//! client frames it sends (as `concord_protocol::ClientMsg`s).
 //!
 //! Server frames are scanned, not decoded: the server writes `"type"` first and the bench only
 //! needs `type`, `id`, `room`, `seq` and the `t` (scheduled send time) inside its own `data`.
 //! Errors and anything unexpected go through `concord_protocol::decode_server`.
 
+use concord_protocol::inbound::{Hello, Join, Op, Publish};
+use concord_protocol::{ClientMsg, Json, ServerMsg};
 use memchr::memmem::Finder;
+use serde::Serialize;
 use std::fmt::Write;
 use std::sync::LazyLock;
 
@@ -111,14 +114,9 @@ pub fn data_t(frame: &str) -> Option<u64> {
 /// A readable one-line description of an `error` frame.
 pub fn describe_error(frame: &str) -> String {
     match concord_protocol::decode_server(frame) {
-        Ok(concord_protocol::ServerMsg::Error {
-            code,
-            message,
-            room,
-            ..
-        }) => match room {
-            Some(r) => format!("{code} ({r}): {message}"),
-            None => format!("{code}: {message}"),
+        Ok(ServerMsg::Error(e)) => match e.room {
+            Some(r) => format!("{} ({r}): {}", e.code, e.message),
+            None => format!("{}: {}", e.code, e.message),
         },
         _ => frame.chars().take(200).collect(),
     }
@@ -129,21 +127,38 @@ pub fn padding(bytes: usize) -> String {
     if bytes == 0 {
         return String::new();
     }
-    format!(",\"p\":\"{}\"", "x".repeat(bytes.saturating_sub(7).max(1)))
+    "x".repeat(bytes.saturating_sub(7).max(1))
 }
 
-/// `{"type":"publish","room":…,"id":"<index>","data":{"t":<unix µs>…padding}}`.
+/// The `data` of the bench's publishes: the scheduled send time and the padding.
+#[derive(Serialize)]
+struct Data<'a> {
+    t: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    p: &'a str,
+}
+
+/// `{"type":"publish","room":…,"id":"<index>","data":{"t":<unix µs>,"p":<padding>}}`.
 pub fn publish(room: &str, index: u64, t_unix_us: u64, padding: &str) -> String {
-    let mut s = String::with_capacity(72 + room.len() + padding.len());
-    let _ = write!(
-        s,
-        r#"{{"type":"publish","room":"{room}","id":"{index}","data":{{"t":{t_unix_us}{padding}}}}}"#
-    );
-    s
+    let data = Json::encode(&Data {
+        t: t_unix_us,
+        p: padding,
+    })
+    .expect("an integer and a string serialize");
+    ClientMsg::Publish(Publish {
+        room: room.into(),
+        id: index.to_string().into(),
+        data: &data,
+    })
+    .encode()
 }
 
 pub fn hello(client_id: &str) -> String {
-    format!(r#"{{"type":"hello","client_id":"{client_id}"}}"#)
+    ClientMsg::Hello(Hello {
+        client_id: client_id.into(),
+        token: None,
+    })
+    .encode()
 }
 
 #[allow(dead_code)]
@@ -152,23 +167,31 @@ pub fn join(room: &str) -> String {
 }
 
 pub fn join_kind(room: &str, kind: &str) -> String {
-    format!(r#"{{"type":"join","room":"{room}","kind":"{kind}"}}"#)
+    ClientMsg::Join(Join {
+        room: room.into(),
+        kind: Some(kind.into()),
+        since: None,
+        history: None,
+    })
+    .encode()
 }
 
 /// `{"type":"op","room":…,"id":"<index>","base":B,"ops":<ops>}`.
-pub fn op(room: &str, index: u64, base: u64, ops: &str) -> String {
-    let mut s = String::with_capacity(64 + room.len() + ops.len());
-    let _ = write!(
-        s,
-        r#"{{"type":"op","room":"{room}","id":"{index}","base":{base},"ops":{ops}}}"#
-    );
-    s
+pub fn op(room: &str, index: u64, base: u64, ops: &serde_json::Value) -> String {
+    let ops = Json::encode(ops).expect("a value serializes");
+    ClientMsg::Op(Op {
+        room: room.into(),
+        id: index.to_string().into(),
+        base,
+        ops: &ops,
+    })
+    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_protocol::outbound as out;
+    use concord_protocol::outbound::{Ack, ErrorMsg, Event, Welcome};
     use serde_json::value::RawValue;
 
     #[test]
@@ -177,26 +200,56 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v["data"]["t"], 1_700_000_000_123_456u64);
         let data = RawValue::from_string(v["data"].to_string()).unwrap();
-        let ev = out::event("bench-1", 7, "1700000000000-0-n1", "c-1", Some("42"), &data);
+        assert_eq!(
+            p,
+            r#"{"type":"publish","room":"bench-1","id":"42","data":{"t":1700000000123456,"p":"xxxxxxxxxxxxx"}}"#
+        );
+        let ev = ServerMsg::Event(Event {
+            room: "bench-1".into(),
+            seq: 7,
+            hlc: "1700000000000-0-n1".into(),
+            from: "c-1".into(),
+            id: Some("42".into()),
+            data: Some(Json::from(&*data)),
+            ops: None,
+            hash: None,
+        })
+        .encode();
         assert_eq!(kind(&ev), Kind::Event);
         assert_eq!(seq(&ev), Some(7));
         assert_eq!(room(&ev), Some("bench-1"));
         assert_eq!(id_u64(&ev), Some(42));
         assert_eq!(data_t(&ev), Some(1_700_000_000_123_456));
-        let ack = out::ack("bench-1", "42", 7, "h");
+        let ack = ServerMsg::Ack(Ack {
+            room: "bench-1".into(),
+            id: "42".into(),
+            seq: 7,
+            hlc: "h".into(),
+            dropped: Default::default(),
+        })
+        .encode();
         assert_eq!(kind(&ack), Kind::Ack);
         assert_eq!(id_u64(&ack), Some(42));
         assert_eq!(str_field(&ack, "room"), Some("bench-1"));
-        let err = out::error(
-            Some("3"),
-            Some("r"),
-            concord_protocol::ErrorCode::NotFound,
-            "nope",
-            None,
-        );
+        let err = ServerMsg::Error(ErrorMsg {
+            id: Some("3".into()),
+            room: Some("r".into()),
+            ..ErrorMsg::new(concord_protocol::ErrorCode::NotFound, "nope")
+        })
+        .encode();
         assert_eq!(kind(&err), Kind::Error);
         assert_eq!(describe_error(&err), "not_found (r): nope");
-        assert_eq!(kind(&out::welcome("c", "n1", 1)), Kind::Welcome);
+        let welcome = ServerMsg::Welcome(Welcome {
+            client_id: "c".into(),
+            node: "n1".into(),
+            server_time: 1,
+        });
+        assert_eq!(kind(&welcome.encode()), Kind::Welcome);
+        assert_eq!(
+            join_kind("r", "doc"),
+            r#"{"type":"join","room":"r","kind":"doc"}"#
+        );
+        assert_eq!(hello("c-1"), r#"{"type":"hello","client_id":"c-1"}"#);
         let joined = r#"{"type":"joined","room":"r","kind":"stream","epoch":"e","seq":0,"recovered":false,"events":[]}"#;
         assert_eq!(kind(joined), Kind::Joined);
         assert_eq!(kind(r#"{"a":1,"type":"left"}"#), Kind::Other);

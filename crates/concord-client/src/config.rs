@@ -28,6 +28,11 @@ pub struct ClientConfig {
     /// Limit for one connection attempt: TCP + WebSocket handshake + `hello`/`welcome`.
     /// Default 10 s.
     pub connect_timeout: Duration,
+    /// TLS for `wss://` URLs (feature `tls`): `None` trusts the built-in roots (Mozilla's, and
+    /// the system's with feature `tls-native-roots`); `Some` uses this rustls configuration,
+    /// e.g. one that trusts a private CA or a self-signed certificate.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -41,7 +46,16 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(5),
             ack_timeout: None,
             connect_timeout: Duration::from_secs(10),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Uses `tls` for `wss://` URLs instead of the built-in roots.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {

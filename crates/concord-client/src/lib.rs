@@ -19,6 +19,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `wss://` URLs use TLS (rustls) with the default feature `tls`, trusting Mozilla's root
+//! certificates (`webpki-roots`), or also the operating system's with the feature
+//! `tls-native-roots`. To trust something else — a private CA, a self-signed certificate —
+//! give a rustls configuration ([`rustls`] is re-exported, with the `ring` provider):
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # async fn demo(ca_der: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! use concord_client::{rustls, Client, ClientConfig};
+//! use std::sync::Arc;
+//! let mut roots = rustls::RootCertStore::empty();
+//! roots.add(rustls::pki_types::CertificateDer::from(ca_der))?;
+//! let tls = rustls::ClientConfig::builder()
+//!     .with_root_certificates(roots)
+//!     .with_no_client_auth();
+//! let config = ClientConfig::new("wss://concord.internal:7443/v1/ws").with_tls(Arc::new(tls));
+//! let client = Client::connect(config).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Without the feature (`default-features = false`) only `ws://` URLs connect.
+//!
 //! Doc rooms ([`Client::join_doc`]) keep a local replica of a shared JSON document in sync
 //! with operational transformation: edits apply locally at once and are sent in the
 //! background; see [`Doc`].
@@ -57,7 +79,12 @@ mod wire;
 
 pub use client::{Ack, AckFuture, Client, Stats};
 pub use concord_core::doc::{ApplyError, DecodeError, Op, PathSeg, TextEdit};
-pub use concord_protocol::outbound::EventMsg;
+pub use concord_protocol::Json;
+#[cfg(feature = "tls")]
+pub use rustls;
+/// An event of a room: `data` (stream rooms) or `ops` (doc rooms) are kept as JSON text;
+/// [`Json::parse`] reads them into any type.
+pub type EventMsg = concord_protocol::outbound::Event<'static>;
 pub use config::{random_client_id, ClientConfig, JoinOptions};
 pub use doc::{Doc, DocOptions, DocUpdate, ResyncReason};
 pub use error::ClientError;

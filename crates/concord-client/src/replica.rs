@@ -24,10 +24,10 @@
 //!   event carrying the in-flight list's id commits it) and the in-flight list is then resent
 //!   with its id, transformed to the current seq, with `base` = that seq.
 
+use crate::EventMsg;
 use concord_core::doc::{
     apply_in_place, decode_ops, state_hash, transform_pair, ApplyError, DecodeError, Limits, Op,
 };
-use concord_protocol::outbound::EventMsg;
 use concord_protocol::Since;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -640,16 +640,23 @@ pub(crate) struct Rejoined {
 
 /// The committed ops of a doc event (none if absent).
 pub(crate) fn committed_ops(ev: &EventMsg) -> Result<Vec<Op>, DecodeError> {
-    match &ev.ops {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => decode_ops(
-            v,
-            &Limits {
-                max_ops: usize::MAX,
-                max_path_depth: usize::MAX,
-            },
-        ),
+    let Some(ops) = &ev.ops else {
+        return Ok(Vec::new());
+    };
+    let v: Value = ops.parse().map_err(|e| DecodeError {
+        index: None,
+        message: format!("unreadable ops: {e}"),
+    })?;
+    if v.is_null() {
+        return Ok(Vec::new());
     }
+    decode_ops(
+        &v,
+        &Limits {
+            max_ops: usize::MAX,
+            max_path_depth: usize::MAX,
+        },
+    )
 }
 
 /// Bytes of the JSON of `ops`.

@@ -5,6 +5,7 @@ use super::*;
 use crate::doc::{DocUpdate, ResyncReason};
 use concord_core::doc::sim::SimServer;
 use concord_core::doc::{encode_ops, PathSeg, TextEdit};
+use concord_protocol::Json;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -77,12 +78,12 @@ impl Fake {
         EventMsg {
             room: "doc".into(),
             seq,
-            hlc: format!("h{seq}"),
-            from,
-            id: Some(id),
-            data: Value::Null,
-            ops: Some(encode_ops(&self.sim.log[i].ops)),
-            hash: Some(self.hashes[i].clone()),
+            hlc: format!("h{seq}").into(),
+            from: from.into(),
+            id: Some(id.into()),
+            data: None,
+            ops: Some(Json::encode(&encode_ops(&self.sim.log[i].ops)).unwrap()),
+            hash: Some(self.hashes[i].clone().into()),
         }
     }
 
@@ -572,7 +573,7 @@ fn a_hash_mismatch_is_drift_and_the_resync_drops_pending_edits() {
     let Some(Down::Event(mut ev)) = a.down.pop_front() else {
         panic!()
     };
-    ev.hash = Some("0".repeat(32));
+    ev.hash = Some("0".repeat(32).into());
     match a.r.on_event(&ev) {
         Err(Trouble::Drift {
             report: Some((1, ours)),
@@ -615,8 +616,8 @@ fn committed_ops_that_do_not_apply_are_drift() {
         hlc: "h".into(),
         from: "c-b".into(),
         id: Some("x".into()),
-        data: Value::Null,
-        ops: Some(json!([{"op":"del","path":["nope"]}])),
+        data: None,
+        ops: Some(Json::encode(&json!([{"op":"del","path":["nope"]}])).unwrap()),
         hash: None,
     };
     assert!(matches!(
@@ -873,8 +874,8 @@ fn gaps_and_impossible_acks_are_reported() {
         hlc: "h".into(),
         from: "c-b".into(),
         id: Some("d-1".into()),
-        data: Value::Null,
-        ops: Some(json!([{"op":"set","path":["j"],"value":1}])),
+        data: None,
+        ops: Some(Json::encode(&json!([{"op":"set","path":["j"],"value":1}])).unwrap()),
         hash: None,
     };
     assert!(matches!(r.on_event(&other), Err(Trouble::Protocol(_))));

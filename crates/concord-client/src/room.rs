@@ -1,6 +1,6 @@
 //! The application's handle on a joined room: a queue of gap-free updates.
 
-use concord_protocol::outbound::EventMsg;
+use crate::EventMsg;
 use tokio::sync::mpsc;
 
 use crate::error::ClientError;
@@ -123,6 +123,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_protocol::Json;
     use serde_json::json;
 
     fn ev(seq: u64) -> EventMsg {
@@ -132,7 +133,7 @@ mod tests {
             hlc: "h".into(),
             from: "c".into(),
             id: None,
-            data: json!(seq),
+            data: Some(Json::encode(&json!(seq)).unwrap()),
             ops: None,
             hash: None,
         }

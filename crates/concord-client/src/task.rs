@@ -2,9 +2,10 @@
 //! last seq, resends unacked publishes, and routes server frames to the handles. Doc rooms'
 //! OT loop (sending, acks, events, drift, resync) is in [`docs`].
 
-use concord_protocol::outbound::EventMsg;
+use crate::EventMsg;
 use concord_protocol::{close, decode_server, ErrorCode, ServerMsg};
 use futures::{SinkExt, StreamExt};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -156,6 +157,17 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// The custom TLS configuration for `wss://`, if any.
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> Option<conn::Tls> {
+        self.config.tls.clone()
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls(&self) -> Option<conn::Tls> {
+        None
+    }
+
     pub(crate) fn new(
         config: ClientConfig,
         cmds: mpsc::UnboundedReceiver<Command>,
@@ -196,8 +208,12 @@ impl Task {
                 }
             }
             let hello = wire::hello(&self.config.client_id, self.config.token.as_deref());
-            let attempt =
-                conn::establish(self.config.url.clone(), hello, self.config.connect_timeout);
+            let attempt = conn::establish(
+                self.config.url.clone(),
+                hello,
+                self.config.connect_timeout,
+                self.tls(),
+            );
             let ws = match self.wait_offline(attempt).await {
                 None => break ClientError::Closed,
                 Some(Ok(ws)) => ws,
@@ -629,70 +645,65 @@ impl Task {
             }
         };
         match msg {
-            ServerMsg::Joined {
-                room,
-                kind,
-                epoch,
-                seq,
-                recovered,
-                events,
-                state,
-                hash,
-                ..
-            } => {
+            ServerMsg::Joined(j) => {
                 let joined = Joined {
-                    room,
-                    kind,
-                    epoch,
-                    seq,
-                    recovered,
-                    events,
-                    state,
-                    hash,
+                    room: j.room.into_owned(),
+                    kind: j.kind.into_owned(),
+                    epoch: j.epoch.into_owned(),
+                    seq: j.seq,
+                    recovered: j.recovered,
+                    // Decoded messages hold values, never encoded parts.
+                    events: j
+                        .events
+                        .into_iter()
+                        .filter_map(|e| e.into_value().ok())
+                        .collect(),
+                    state: j.state.map(Cow::into_owned),
+                    hash: j.hash.map(Cow::into_owned),
                 };
                 self.on_joined(joined, out)
             }
-            ServerMsg::Left { room } => {
-                self.on_left(&room, out);
+            ServerMsg::Left(l) => {
+                self.on_left(&l.room, out);
                 Step::Continue
             }
-            ServerMsg::Ack {
-                room,
-                id,
-                seq,
-                hlc,
-                dropped,
-            } => {
-                if self.docs.contains_key(&room) {
-                    return self.on_doc_ack(&room, &id, seq, &dropped, out);
+            ServerMsg::Ack(a) => {
+                if self.docs.contains_key(&*a.room) {
+                    return self.on_doc_ack(&a.room, &a.id, a.seq, &a.dropped, out);
                 }
-                match self.pending.complete(&id) {
+                match self.pending.complete(&a.id) {
                     Some(waiters) => {
-                        let ack = Ack { room, id, seq, hlc };
+                        let ack = Ack {
+                            room: a.room.into_owned(),
+                            id: a.id.into_owned(),
+                            seq: a.seq,
+                            hlc: a.hlc.into_owned(),
+                        };
                         for w in waiters {
                             let _ = w.send(Ok(ack.clone()));
                         }
                     }
-                    None => tracing::debug!(id, "ack for no pending publish"),
+                    None => tracing::debug!(id = %a.id, "ack for no pending publish"),
                 }
                 Step::Continue
             }
             ServerMsg::Event(event) => self.on_event(event, out),
-            ServerMsg::Error {
-                id,
-                room,
-                code,
-                message,
-                retry_after_ms,
-            } => self.on_error(id, room, code, message, retry_after_ms, out),
-            ServerMsg::Welcome { .. } => Step::Continue,
+            ServerMsg::Error(e) => self.on_error(
+                e.id.map(Cow::into_owned),
+                e.room.map(Cow::into_owned),
+                e.code.into_owned(),
+                e.message.into_owned(),
+                e.retry_after_ms,
+                out,
+            ),
+            ServerMsg::Welcome(_) => Step::Continue,
             // Presence, membership and auth notices are not surfaced by this client yet.
-            ServerMsg::Presence { .. }
-            | ServerMsg::MemberJoined { .. }
-            | ServerMsg::MemberLeft { .. }
-            | ServerMsg::AuthOk { .. } => Step::Continue,
-            ServerMsg::Other(ty) => {
-                tracing::debug!(ty, "ignoring unknown message type");
+            ServerMsg::Presence(_)
+            | ServerMsg::MemberJoined(_)
+            | ServerMsg::MemberLeft(_)
+            | ServerMsg::AuthOk(_) => Step::Continue,
+            ServerMsg::Other(other) => {
+                tracing::debug!(ty = other.ty, "ignoring unknown message type");
                 Step::Continue
             }
         }
@@ -816,21 +827,21 @@ impl Task {
     }
 
     fn on_event(&mut self, event: EventMsg, out: &mut Vec<Message>) -> Step {
-        if matches!(&self.link, Link::Rejoining(waiting) if waiting.contains(&event.room)) {
-            tracing::debug!(room = event.room, "ignoring event before rejoined");
+        if matches!(&self.link, Link::Rejoining(waiting) if waiting.contains(&*event.room)) {
+            tracing::debug!(room = %event.room, "ignoring event before rejoined");
             return Step::Continue;
         }
-        if self.docs.contains_key(&event.room) {
+        if self.docs.contains_key(&*event.room) {
             return self.on_doc_event(event, out);
         }
-        let Some(joined) = self.rooms.get_mut(&event.room) else {
-            tracing::debug!(room = event.room, "ignoring event of a room not joined");
+        let Some(joined) = self.rooms.get_mut(&*event.room) else {
+            tracing::debug!(room = %event.room, "ignoring event of a room not joined");
             return Step::Continue;
         };
         if let Err(gap) = joined.tracker.on_live(event.seq) {
             Counters::bump(&self.counters.protocol_violations, 1);
             tracing::warn!(
-                room = event.room,
+                room = %event.room,
                 expected = gap.expected,
                 got = gap.got,
                 "event out of sequence; reconnecting to recover"

@@ -1,6 +1,6 @@
 //! Per-room sequence tracking: gap detection on live events, dedupe and checks on recovery.
 
-use concord_protocol::outbound::EventMsg;
+use crate::EventMsg;
 use concord_protocol::Since;
 
 use crate::room::RoomUpdate;
@@ -93,16 +93,17 @@ impl SeqTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_protocol::Json;
     use serde_json::json;
 
     fn ev(seq: u64) -> EventMsg {
         EventMsg {
             room: "r".into(),
             seq,
-            hlc: format!("h{seq}"),
+            hlc: format!("h{seq}").into(),
             from: "c".into(),
             id: None,
-            data: json!({ "n": seq }),
+            data: Some(Json::encode(&json!({ "n": seq })).unwrap()),
             ops: None,
             hash: None,
         }

@@ -1,57 +1,19 @@
-//! Encoding of client → server frames (`hello`, `join`, `leave`, `publish`, `op`, `drift`).
+//! The client → server frames this client sends (`hello`, `join`, `leave`, `publish`, `op`,
+//! `drift`), as `concord_protocol::ClientMsg`s.
 
 use concord_core::doc::Op;
-use concord_protocol::{Limits, Since};
-use serde::Serialize;
+use concord_protocol::inbound::{Drift, Hello, Join, Leave, Publish};
+use concord_protocol::{inbound, ClientMsg, Json, Limits, Since};
 use serde_json::Value;
 
 use crate::error::ClientError;
 
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Out<'a> {
-    Hello {
-        client_id: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        token: Option<&'a str>,
-    },
-    Join {
-        room: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        kind: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<&'a Since>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        history: Option<u64>,
-    },
-    Leave {
-        room: &'a str,
-    },
-    Publish {
-        room: &'a str,
-        id: &'a str,
-        data: &'a Value,
-    },
-    Op {
-        room: &'a str,
-        id: &'a str,
-        base: u64,
-        ops: &'a [Op],
-    },
-    Drift {
-        room: &'a str,
-        seq: u64,
-        hash: &'a str,
-    },
-}
-
-fn encode(msg: &Out<'_>) -> String {
-    // Only strings, integers and already-valid JSON values: cannot fail.
-    serde_json::to_string(msg).expect("client frames always serialize")
-}
-
 pub(crate) fn hello(client_id: &str, token: Option<&str>) -> String {
-    encode(&Out::Hello { client_id, token })
+    ClientMsg::Hello(Hello {
+        client_id: client_id.into(),
+        token: token.map(Into::into),
+    })
+    .encode()
 }
 
 pub(crate) fn join(
@@ -60,23 +22,29 @@ pub(crate) fn join(
     since: Option<&Since>,
     history: Option<u64>,
 ) -> String {
-    encode(&Out::Join {
-        room,
-        kind,
-        since,
+    ClientMsg::Join(Join {
+        room: room.into(),
+        kind: kind.map(Into::into),
+        since: since.cloned(),
         history,
     })
+    .encode()
 }
 
 pub(crate) fn leave(room: &str) -> String {
-    encode(&Out::Leave { room })
+    ClientMsg::Leave(Leave { room: room.into() }).encode()
 }
 
 /// A `publish` frame, refused locally if it could never be accepted as a frame (the server
 /// would close the connection with 1009 and every resend would do the same).
 pub(crate) fn publish(room: &str, id: &str, data: &Value) -> Result<String, ClientError> {
-    let frame = serde_json::to_string(&Out::Publish { room, id, data })
-        .map_err(|e| ClientError::Encode(e.to_string()))?;
+    let data = Json::encode(data).map_err(|e| ClientError::Encode(e.to_string()))?;
+    let frame = ClientMsg::Publish(Publish {
+        room: room.into(),
+        id: id.into(),
+        data: &data,
+    })
+    .encode();
     let limit = Limits::default().max_frame_bytes;
     if frame.len() > limit {
         return Err(ClientError::TooLarge {
@@ -90,23 +58,31 @@ pub(crate) fn publish(room: &str, id: &str, data: &Value) -> Result<String, Clie
 /// An `op` frame: a doc op list made against the state at `base`. (Its size was checked when
 /// the edits were made.)
 pub(crate) fn op(room: &str, id: &str, base: u64, ops: &[Op]) -> String {
-    encode(&Out::Op {
-        room,
-        id,
+    // Ops are plain data: they always serialize.
+    let ops = Json::encode(ops).expect("doc ops always serialize");
+    ClientMsg::Op(inbound::Op {
+        room: room.into(),
+        id: id.into(),
         base,
-        ops,
+        ops: &ops,
     })
+    .encode()
 }
 
 /// A `drift` frame: our state hash at `seq` differs from the server's.
 pub(crate) fn drift(room: &str, seq: u64, hash: &str) -> String {
-    encode(&Out::Drift { room, seq, hash })
+    ClientMsg::Drift(Drift {
+        room: room.into(),
+        seq,
+        hash: hash.into(),
+    })
+    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_protocol::{decode_client, ClientMsg};
+    use concord_protocol::decode_client;
     use serde_json::json;
 
     #[test]
@@ -114,7 +90,7 @@ mod tests {
         let h = hello("c-1", Some("tok"));
         assert_eq!(h, r#"{"type":"hello","client_id":"c-1","token":"tok"}"#);
         assert!(
-            matches!(decode_client(&h).unwrap(), ClientMsg::Hello { token: Some(t), .. } if t == "tok")
+            matches!(decode_client(&h).unwrap(), ClientMsg::Hello(Hello { token: Some(t), .. }) if t == "tok")
         );
         assert_eq!(hello("c-1", None), r#"{"type":"hello","client_id":"c-1"}"#);
 
@@ -128,12 +104,12 @@ mod tests {
             r#"{"type":"join","room":"chat:lobby","kind":"stream","since":{"epoch":"e1","seq":41}}"#
         );
         match decode_client(&j).unwrap() {
-            ClientMsg::Join {
+            ClientMsg::Join(Join {
                 room,
                 since,
                 history,
                 ..
-            } => {
+            }) => {
                 assert_eq!(room, "chat:lobby");
                 assert_eq!(since.unwrap().seq, 41);
                 assert_eq!(history, None);
@@ -148,7 +124,7 @@ mod tests {
 
         let p = publish("r", "p-1", &json!({"text":"hi"})).unwrap();
         match decode_client(&p).unwrap() {
-            ClientMsg::Publish { id, data, .. } => {
+            ClientMsg::Publish(Publish { id, data, .. }) => {
                 assert_eq!(id, "p-1");
                 assert_eq!(data.get(), r#"{"text":"hi"}"#);
             }
@@ -169,13 +145,13 @@ mod tests {
             r#"{"type":"op","room":"doc:1","id":"d-1","base":7,"ops":[{"op":"text","path":["body"],"pos":2,"insert":"hé"},{"op":"add","path":["n"],"value":1}]}"#
         );
         match decode_client(&f).unwrap() {
-            ClientMsg::Op {
+            ClientMsg::Op(inbound::Op {
                 room,
                 id,
                 base,
                 ops: raw,
-            } => {
-                assert_eq!((room.as_str(), id.as_str(), base), ("doc:1", "d-1", 7));
+            }) => {
+                assert_eq!((&*room, &*id, base), ("doc:1", "d-1", 7));
                 let back: Vec<Op> = serde_json::from_str(raw.get()).unwrap();
                 assert_eq!(back, ops);
             }
@@ -185,7 +161,7 @@ mod tests {
         assert_eq!(d, r#"{"type":"drift","room":"doc:1","seq":9,"hash":"abc"}"#);
         assert!(matches!(
             decode_client(&d).unwrap(),
-            ClientMsg::Drift { seq: 9, hash, .. } if hash == "abc"
+            ClientMsg::Drift(Drift { seq: 9, hash, .. }) if hash == "abc"
         ));
     }
 

@@ -1,71 +1,142 @@
-//! Client → server messages and their decoding, with precise `bad_request` messages.
+//! Client → server messages: one type per message, encoded by clients (`ClientMsg::encode`)
+//! and decoded by the server (`decode_client`) with precise `bad_request` messages.
+//!
+//! Decoding takes two passes — the `type`, then the message itself — so that `data` and `ops`
+//! stay borrowed raw JSON slices of the frame, never parsed into a tree nor copied here.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// A client's position in a room's history, sent on (re)join.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Since {
     pub epoch: String,
     pub seq: u64,
 }
 
-/// A decoded client message. Field values are not validated here beyond their JSON types.
-#[derive(Debug)]
-pub enum ClientMsg {
-    Hello {
-        client_id: String,
-        token: Option<String>,
-    },
-    Join {
-        room: String,
-        kind: Option<String>,
-        since: Option<Since>,
-        history: Option<u64>,
-    },
-    Leave {
-        room: String,
-    },
-    Publish {
-        room: String,
-        id: String,
-        data: Box<RawValue>,
-    },
+/// A client message. Field values are not validated here beyond their JSON types.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg<'a> {
+    Hello(Hello<'a>),
+    Join(Join<'a>),
+    Leave(Leave<'a>),
+    Publish(Publish<'a>),
     /// A doc op list made against the state at `base`.
-    Op {
-        room: String,
-        id: String,
-        base: u64,
-        ops: Box<RawValue>,
-    },
-    Presence {
-        room: String,
-        data: Box<RawValue>,
-    },
+    Op(Op<'a>),
+    Presence(Presence<'a>),
     /// A client found that its doc state hash differs from the server's at `seq`.
-    Drift {
-        room: String,
-        seq: u64,
-        hash: String,
-    },
+    Drift(Drift<'a>),
     /// A fresh token for a connection whose token expires.
-    Auth {
-        token: String,
-    },
+    Auth(Auth<'a>),
 }
 
-impl ClientMsg {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello<'a> {
+    #[serde(borrow)]
+    pub client_id: Cow<'a, str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Cow<'a, str>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Join<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leave<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Publish<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Op<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    pub base: u64,
+    #[serde(borrow)]
+    pub ops: &'a RawValue,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Presence<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Drift<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    pub seq: u64,
+    #[serde(borrow)]
+    pub hash: Cow<'a, str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Auth<'a> {
+    #[serde(borrow)]
+    pub token: Cow<'a, str>,
+}
+
+// `RawValue` has no `PartialEq`: raw JSON compares by its text.
+impl PartialEq for Publish<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.room, &self.id, self.data.get()) == (&o.room, &o.id, o.data.get())
+    }
+}
+impl PartialEq for Op<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.room, &self.id, self.base, self.ops.get()) == (&o.room, &o.id, o.base, o.ops.get())
+    }
+}
+impl PartialEq for Presence<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.room, self.data.get()) == (&o.room, o.data.get())
+    }
+}
+
+impl ClientMsg<'_> {
     pub fn type_name(&self) -> &'static str {
         match self {
-            ClientMsg::Hello { .. } => "hello",
-            ClientMsg::Join { .. } => "join",
-            ClientMsg::Leave { .. } => "leave",
-            ClientMsg::Publish { .. } => "publish",
-            ClientMsg::Op { .. } => "op",
-            ClientMsg::Drift { .. } => "drift",
-            ClientMsg::Presence { .. } => "presence",
-            ClientMsg::Auth { .. } => "auth",
+            ClientMsg::Hello(_) => "hello",
+            ClientMsg::Join(_) => "join",
+            ClientMsg::Leave(_) => "leave",
+            ClientMsg::Publish(_) => "publish",
+            ClientMsg::Op(_) => "op",
+            ClientMsg::Drift(_) => "drift",
+            ClientMsg::Presence(_) => "presence",
+            ClientMsg::Auth(_) => "auth",
         }
+    }
+
+    /// The text frame of this message.
+    pub fn encode(&self) -> String {
+        // Strings, integers and raw JSON that is valid by construction: cannot fail.
+        serde_json::to_string(self).expect("client messages always serialize")
     }
 }
 
@@ -90,52 +161,6 @@ struct Head<'a> {
 struct Loose {
     id: Option<serde_json::Value>,
     room: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct HelloBody {
-    client_id: String,
-    token: Option<String>,
-}
-#[derive(Deserialize)]
-struct JoinBody {
-    room: String,
-    kind: Option<String>,
-    since: Option<Since>,
-    history: Option<u64>,
-}
-#[derive(Deserialize)]
-struct LeaveBody {
-    room: String,
-}
-#[derive(Deserialize)]
-struct PublishBody {
-    room: String,
-    id: String,
-    data: Box<RawValue>,
-}
-
-#[derive(Deserialize)]
-struct OpBody {
-    room: String,
-    id: String,
-    base: u64,
-    ops: Box<RawValue>,
-}
-#[derive(Deserialize)]
-struct DriftBody {
-    room: String,
-    seq: u64,
-    hash: String,
-}
-#[derive(Deserialize)]
-struct PresenceBody {
-    room: String,
-    data: Box<RawValue>,
-}
-#[derive(Deserialize)]
-struct AuthBody {
-    token: String,
 }
 
 fn fail(text: &str, message: String) -> DecodeError {
@@ -187,7 +212,7 @@ fn readable_data(text: &str, ty: &str, data: &RawValue) -> Result<(), DecodeErro
 }
 
 /// Decodes one text frame.
-pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
+pub fn decode_client(text: &str) -> Result<ClientMsg<'_>, DecodeError> {
     if !text.trim_start().starts_with('{') {
         return Err(DecodeError {
             message: "expected a JSON object with a \"type\" field".to_string(),
@@ -208,64 +233,22 @@ pub fn decode_client(text: &str) -> Result<ClientMsg, DecodeError> {
         .ty
         .ok_or_else(|| fail(text, "missing \"type\" field".to_string()))?;
     Ok(match &*ty {
-        "hello" => {
-            let b: HelloBody = body(text, "hello")?;
-            ClientMsg::Hello {
-                client_id: b.client_id,
-                token: b.token,
-            }
-        }
-        "join" => {
-            let b: JoinBody = body(text, "join")?;
-            ClientMsg::Join {
-                room: b.room,
-                kind: b.kind,
-                since: b.since,
-                history: b.history,
-            }
-        }
-        "leave" => {
-            let b: LeaveBody = body(text, "leave")?;
-            ClientMsg::Leave { room: b.room }
-        }
+        "hello" => ClientMsg::Hello(body(text, "hello")?),
+        "join" => ClientMsg::Join(body(text, "join")?),
+        "leave" => ClientMsg::Leave(body(text, "leave")?),
         "publish" => {
-            let b: PublishBody = body(text, "publish")?;
-            readable_data(text, "publish", &b.data)?;
-            ClientMsg::Publish {
-                room: b.room,
-                id: b.id,
-                data: b.data,
-            }
+            let m: Publish = body(text, "publish")?;
+            readable_data(text, "publish", m.data)?;
+            ClientMsg::Publish(m)
         }
-        "op" => {
-            let b: OpBody = body(text, "op")?;
-            ClientMsg::Op {
-                room: b.room,
-                id: b.id,
-                base: b.base,
-                ops: b.ops,
-            }
-        }
-        "drift" => {
-            let b: DriftBody = body(text, "drift")?;
-            ClientMsg::Drift {
-                room: b.room,
-                seq: b.seq,
-                hash: b.hash,
-            }
-        }
+        "op" => ClientMsg::Op(body(text, "op")?),
+        "drift" => ClientMsg::Drift(body(text, "drift")?),
         "presence" => {
-            let b: PresenceBody = body(text, "presence")?;
-            readable_data(text, "presence", &b.data)?;
-            ClientMsg::Presence {
-                room: b.room,
-                data: b.data,
-            }
+            let m: Presence = body(text, "presence")?;
+            readable_data(text, "presence", m.data)?;
+            ClientMsg::Presence(m)
         }
-        "auth" => {
-            let b: AuthBody = body(text, "auth")?;
-            ClientMsg::Auth { token: b.token }
-        }
+        "auth" => ClientMsg::Auth(body(text, "auth")?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(fail(text, format!("unknown message type {shown:?}")));
@@ -281,24 +264,40 @@ mod tests {
     #[test]
     fn decodes_every_type() {
         let m = decode_client(r#"{"type":"hello","client_id":"c1","extra":1}"#).unwrap();
-        assert!(matches!(m, ClientMsg::Hello { client_id, token: None } if client_id == "c1"));
+        assert!(
+            matches!(m, ClientMsg::Hello(Hello { client_id, token: None }) if client_id == "c1")
+        );
         let m = decode_client(
             r#"{"type":"join","room":"r","kind":"stream","since":{"epoch":"e","seq":4}}"#,
         )
         .unwrap();
         assert!(matches!(
             m,
-            ClientMsg::Join {
+            ClientMsg::Join(Join {
                 since: Some(Since { seq: 4, .. }),
                 ..
-            }
+            })
         ));
         let m =
             decode_client(r#"{"type":"publish","room":"r","id":"m1","data":{"a":[1,2]}}"#).unwrap();
         match m {
-            ClientMsg::Publish { data, .. } => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
+            ClientMsg::Publish(p) => assert_eq!(p.data.get(), r#"{"a":[1,2]}"#),
             _ => panic!("not a publish"),
         }
+    }
+
+    /// The server reads `data` (and names without escapes) in place: nothing is copied.
+    #[test]
+    fn decoding_borrows_from_the_frame() {
+        let frame = r#"{"type":"publish","room":"r","id":"m\u0031","data":{"a":[1,2]}}"#;
+        let ClientMsg::Publish(p) = decode_client(frame).unwrap() else {
+            panic!("not a publish")
+        };
+        let inside = |s: &str| frame.as_bytes().as_ptr_range().contains(&s.as_ptr());
+        assert!(matches!(p.room, Cow::Borrowed(_)));
+        assert!(inside(&p.room));
+        assert!(inside(p.data.get()));
+        assert_eq!(p.id, "m1"); // an escape: decoded into an owned string
     }
 
     #[test]

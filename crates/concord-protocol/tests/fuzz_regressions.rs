@@ -1,6 +1,7 @@
 //! Inputs found by the `protocol_decode` fuzz target (fuzz/README.md), kept as regression tests.
 
-use concord_protocol::{decode_client, decode_server, outbound, ClientMsg, ServerMsg};
+use concord_protocol::outbound::Event;
+use concord_protocol::{decode_client, decode_server, ClientMsg, ServerMsg};
 
 /// fuzz/artifacts/protocol_decode/crash-2b683ce…, minimized (57 bytes).
 const DATA_OUT_OF_RANGE: &[u8] = br#"{"type":"publish","room":"","id":"m","data":{"":[1e401]}}"#;
@@ -41,10 +42,20 @@ fn accepted_data_is_readable_by_clients() {
         ));
     }
     for frame in frames {
-        let Ok(ClientMsg::Publish { room, id, data }) = decode_client(&frame) else {
+        let Ok(ClientMsg::Publish(p)) = decode_client(&frame) else {
             continue; // refused: fine
         };
-        let ev = outbound::event(&room, 1, "h", "c", Some(&id), &data);
+        let ev = ServerMsg::Event(Event {
+            room: p.room,
+            seq: 1,
+            hlc: "h".into(),
+            from: "c".into(),
+            id: Some(p.id),
+            data: Some(p.data.into()),
+            ops: None,
+            hash: None,
+        })
+        .encode();
         assert!(
             matches!(decode_server(&ev), Ok(ServerMsg::Event(_))),
             "{frame} was accepted, but its event {ev} cannot be decoded"

@@ -15,7 +15,7 @@ use crate::doc::{DocDelivery, DocEnd, DocParts, DocShared, DocUpdate, ResyncReas
 use crate::error::ClientError;
 use crate::replica::{Replica, Trouble};
 use crate::wire;
-use concord_protocol::outbound::EventMsg;
+use crate::EventMsg;
 use concord_protocol::ErrorCode;
 
 /// The kind of doc rooms.
@@ -143,7 +143,7 @@ impl Task {
 
     /// A live event of a doc room.
     pub(super) fn on_doc_event(&mut self, ev: EventMsg, out: &mut Vec<Message>) -> Step {
-        let Some(doc) = self.docs.get(&ev.room) else {
+        let Some(doc) = self.docs.get(&*ev.room) else {
             return Step::Continue;
         };
         let result = doc.shared.lock().replica.on_event(&ev);

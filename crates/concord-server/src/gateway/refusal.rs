@@ -7,8 +7,8 @@ use crate::metrics::Metrics;
 use crate::room::RoomError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use concord_protocol::outbound as wire;
-use concord_protocol::ErrorCode;
+use concord_protocol::outbound::ErrorMsg;
+use concord_protocol::{ErrorCode, ServerMsg};
 
 /// What a refusal counts besides `concord_errors_total{code}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,13 +105,13 @@ impl Refusal {
 
     /// The `error` frame of the refusal.
     pub fn frame(&self) -> String {
-        wire::error(
-            self.id.as_deref(),
-            self.room.as_deref(),
-            self.code,
-            &self.message,
-            self.retry_after_ms,
-        )
+        ServerMsg::Error(ErrorMsg {
+            id: self.id.as_deref().map(Into::into),
+            room: self.room.as_deref().map(Into::into),
+            retry_after_ms: self.retry_after_ms,
+            ..ErrorMsg::new(self.code, &*self.message)
+        })
+        .encode()
     }
 
     /// Counts the refusal and makes it an HTTP answer.

@@ -10,8 +10,8 @@ use crate::outbound::{ConnHandle, Outbound};
 use crate::room::{Creator, OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind};
-use concord_protocol::outbound::{self as wire, MemberInfo};
-use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, Since};
+use concord_protocol::outbound::{AuthOk, Left, MemberInfo, Welcome};
+use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, ServerMsg, Since};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -121,44 +121,34 @@ impl Session {
         })?;
         let Some((client, _)) = self.client.clone() else {
             return match msg {
-                ClientMsg::Hello { client_id, token } => self.hello(&client_id, token).await,
+                ClientMsg::Hello(h) => self.hello(&h.client_id, h.token.map(|t| t.into())).await,
                 other => Err(Refusal::bad_request(format!(
                     "{} before hello: send hello first",
                     other.type_name()
                 ))),
             };
         };
-        if let ClientMsg::Auth { token } = msg {
-            return self.auth(&token);
+        if let ClientMsg::Auth(a) = msg {
+            return self.auth(&a.token);
         }
         if self.expired {
             let msg = "token expired: send {\"type\":\"auth\",\"token\":…} with a fresh token";
             return Err(Refusal::new(ErrorCode::Unauthorized, msg));
         }
         match msg {
-            ClientMsg::Hello { .. } => Err(Refusal::bad_request(
+            ClientMsg::Hello(_) => Err(Refusal::bad_request(
                 "hello was already sent on this connection",
             )),
-            ClientMsg::Join {
-                room,
-                kind,
-                since,
-                history,
-            } => {
-                self.join(client, &room, kind.as_deref(), since, history)
+            ClientMsg::Join(j) => {
+                self.join(client, &j.room, j.kind.as_deref(), j.since, j.history)
                     .await
             }
-            ClientMsg::Leave { room } => self.leave(&room),
-            ClientMsg::Publish { room, id, data } => self.publish(client, &room, &id, data).await,
-            ClientMsg::Presence { room, data } => self.presence(&room, data),
-            ClientMsg::Op {
-                room,
-                id,
-                base,
-                ops,
-            } => self.op(client, &room, &id, base, ops).await,
-            ClientMsg::Drift { room, seq, hash } => self.drift(&client, &room, seq, &hash),
-            ClientMsg::Auth { .. } => unreachable!("handled above"),
+            ClientMsg::Leave(l) => self.leave(&l.room),
+            ClientMsg::Publish(p) => self.publish(client, &p.room, &p.id, p.data).await,
+            ClientMsg::Presence(p) => self.presence(&p.room, p.data),
+            ClientMsg::Op(op) => self.op(client, &op.room, &op.id, op.base, op.ops).await,
+            ClientMsg::Drift(d) => self.drift(&client, &d.room, d.seq, &d.hash),
+            ClientMsg::Auth(_) => unreachable!("handled above"),
         }
     }
 
@@ -218,11 +208,12 @@ impl Session {
             }
         }
         let shared = &self.app.shared;
-        self.out.send(Utf8Bytes::from(wire::welcome(
-            client.as_str(),
-            &shared.config.node_id,
-            shared.clock.now_ms(),
-        )));
+        let welcome = ServerMsg::Welcome(Welcome {
+            client_id: client.as_str().into(),
+            node: shared.config.node_id.as_str().into(),
+            server_time: shared.clock.now_ms(),
+        });
+        self.out.send(Utf8Bytes::from(welcome.encode()));
         let member = Arc::new(MemberInfo {
             client_id: client.to_string(),
             user: identity.user.clone(),
@@ -268,8 +259,11 @@ impl Session {
                     .room(room.as_str()),
             );
         }
-        self.out
-            .send(Utf8Bytes::from(wire::auth_ok(&identity.user, identity.exp)));
+        let ok = ServerMsg::AuthOk(AuthOk {
+            user: identity.user.as_str().into(),
+            exp: identity.exp,
+        });
+        self.out.send(Utf8Bytes::from(ok.encode()));
         self.schedule_expiry(&identity);
         self.identity = Some(identity);
         Ok(())
@@ -422,7 +416,8 @@ impl Session {
             notify: Some(self.out.clone()),
         };
         if self.app.registry.send(&room, msg).is_err() {
-            self.out.send(Utf8Bytes::from(wire::left(name)));
+            let left = ServerMsg::Left(Left { room: name.into() });
+            self.out.send(Utf8Bytes::from(left.encode()));
         }
         Ok(())
     }
@@ -495,7 +490,7 @@ impl Session {
         client: ClientId,
         name: &str,
         id: &str,
-        data: Box<RawValue>,
+        data: &RawValue,
     ) -> Result<(), Refusal> {
         let received = Instant::now();
         let (room, op_id) = self.check_write(name, id, data.get().len())?;
@@ -504,7 +499,7 @@ impl Session {
         };
         let msg = RoomMsg::Publish(Publish {
             client,
-            data,
+            data: data.to_owned(),
             create: None,
             waiter,
         });
@@ -517,7 +512,7 @@ impl Session {
         name: &str,
         id: &str,
         base: u64,
-        ops: Box<RawValue>,
+        ops: &RawValue,
     ) -> Result<(), Refusal> {
         let received = Instant::now();
         let (room, op_id) = self.check_write(name, id, ops.get().len())?;
@@ -578,7 +573,7 @@ impl Session {
         Ok(room)
     }
 
-    fn presence(&mut self, name: &str, data: Box<RawValue>) -> Result<(), Refusal> {
+    fn presence(&mut self, name: &str, data: &RawValue) -> Result<(), Refusal> {
         let room = self.joined_room(name, "join the room before sending presence")?;
         let max = self.app.shared.config.max_presence_bytes;
         if data.get().len() > max {
@@ -597,7 +592,7 @@ impl Session {
         self.app.shared.metrics.presence_in.inc();
         let msg = RoomMsg::Presence {
             conn_id: self.conn_id,
-            data,
+            data: data.to_owned(),
         };
         let _ = self.app.registry.send(&room, msg);
         Ok(())

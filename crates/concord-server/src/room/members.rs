@@ -4,7 +4,8 @@ use crate::metrics::Metrics;
 use crate::outbound::ConnHandle;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, RoomId};
-use concord_protocol::outbound::{self as wire, MemberInfo};
+use concord_protocol::outbound::{Member, MemberInfo, Presence};
+use concord_protocol::{Json, ServerMsg};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,7 +84,8 @@ impl Members {
             .or_insert_with(|| (0, conn.member.clone()));
         entry.0 += 1;
         if entry.0 == 1 {
-            let frame = Utf8Bytes::from(wire::member("member_joined", room.as_str(), &conn.member));
+            let frame = ServerMsg::MemberJoined(member(room, &conn.member));
+            let frame = Utf8Bytes::from(frame.encode());
             let others: Vec<u64> = self
                 .conns
                 .keys()
@@ -126,7 +128,7 @@ impl Members {
         if self.presence.remove(&conn.client).is_some() {
             self.mark_dirty(conn.client.clone(), None);
         }
-        let frame = Utf8Bytes::from(wire::member("member_left", room.as_str(), &info));
+        let frame = Utf8Bytes::from(ServerMsg::MemberLeft(member(room, &info)).encode());
         let all: Vec<u64> = self.conns.keys().copied().collect();
         self.send_to(room, &all, &frame, metrics);
     }
@@ -166,11 +168,7 @@ impl Members {
     pub fn flush_presence(&mut self, room: &RoomId) {
         self.flush_at = None;
         for (client, value) in self.dirty.drain() {
-            let frame = Utf8Bytes::from(wire::presence(
-                room.as_str(),
-                client.as_str(),
-                value.as_deref(),
-            ));
+            let frame = Utf8Bytes::from(presence_frame(room, &client, value.as_deref()));
             for c in self.conns.values() {
                 c.out.presence(room, &client, frame.clone());
             }
@@ -195,7 +193,7 @@ impl Members {
                 .to_string();
             let entry = key.len() + 1 + data.len() + 1;
             if out.len() + entry + 1 > budget {
-                let frame = wire::presence(room.as_str(), client.as_str(), Some(value));
+                let frame = presence_frame(room, client, Some(value));
                 rest.push((client.clone(), Utf8Bytes::from(frame)));
                 continue;
             }
@@ -218,4 +216,21 @@ impl Members {
         }
         serde_json::to_string(&list).expect("member info serializes")
     }
+}
+
+fn member<'a>(room: &'a RoomId, info: &'a MemberInfo) -> Member<'a> {
+    Member {
+        room: room.as_str().into(),
+        member: std::borrow::Cow::Borrowed(info),
+    }
+}
+
+/// A `presence` frame; `data` None is `null` (the client left or cleared its presence).
+fn presence_frame(room: &RoomId, client: &ClientId, data: Option<&RawValue>) -> String {
+    ServerMsg::Presence(Presence {
+        room: room.as_str().into(),
+        client_id: client.as_str().into(),
+        data: data.map_or_else(Json::null, Json::from),
+    })
+    .encode()
 }

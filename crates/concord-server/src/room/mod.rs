@@ -17,14 +17,26 @@ pub use registry::Registry;
 
 use crate::store::StoredEvent;
 use concord_core::{RoomId, RoomKind};
-use concord_protocol::outbound as wire;
+use concord_protocol::outbound::Event;
+use concord_protocol::{Json, ServerMsg};
 
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
 /// for doc rooms. The one encoding of events, for sockets and for the HTTP API.
 pub fn event_frame(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> String {
-    let (seq, hlc, from, id) = (e.seq.0, e.hlc.as_str(), e.from.as_str(), e.op_id.as_deref());
-    match kind {
-        RoomKind::Stream => wire::event(room.as_str(), seq, hlc, from, id, &e.data),
-        RoomKind::Doc => wire::op_event(room.as_str(), seq, hlc, from, id, &e.data, hash),
-    }
+    let payload = Some(Json::from(&*e.data));
+    let (data, ops) = match kind {
+        RoomKind::Stream => (payload, None),
+        RoomKind::Doc => (None, payload),
+    };
+    ServerMsg::Event(Event {
+        room: room.as_str().into(),
+        seq: e.seq.0,
+        hlc: e.hlc.as_str().into(),
+        from: e.from.as_str().into(),
+        id: e.op_id.as_deref().map(Into::into),
+        data,
+        ops,
+        hash: hash.map(Into::into),
+    })
+    .encode()
 }

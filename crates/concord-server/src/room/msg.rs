@@ -4,7 +4,8 @@ use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind, Seq};
-use concord_protocol::{outbound as wire, Since};
+use concord_protocol::outbound::{Ack, ErrorMsg};
+use concord_protocol::{ServerMsg, Since};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,13 +107,14 @@ impl Waiter {
         match self.reply {
             Reply::Ws { out, .. } => {
                 let id = self.id.as_ref().map(|i| i.as_str()).unwrap_or("");
-                out.send(Utf8Bytes::from(wire::ack_dropped(
-                    room.as_str(),
-                    id,
-                    acked.seq.0,
-                    &acked.hlc,
-                    &acked.dropped,
-                )));
+                let ack = ServerMsg::Ack(Ack {
+                    room: room.as_str().into(),
+                    id: id.into(),
+                    seq: acked.seq.0,
+                    hlc: acked.hlc.as_ref().into(),
+                    dropped: acked.dropped.as_slice().into(),
+                });
+                out.send(Utf8Bytes::from(ack.encode()));
             }
             Reply::Http(tx) => {
                 let _ = tx.send(Ok(acked));
@@ -123,13 +125,13 @@ impl Waiter {
     pub fn fail(self, room: &RoomId, err: RoomError) {
         match self.reply {
             Reply::Ws { out, .. } => {
-                out.send(Utf8Bytes::from(wire::error(
-                    self.id.as_ref().map(|i| i.as_str()),
-                    Some(room.as_str()),
-                    err.code,
-                    &err.message,
-                    err.retry_after_ms,
-                )));
+                let error = ServerMsg::Error(ErrorMsg {
+                    id: self.id.as_ref().map(|i| i.as_str().into()),
+                    room: Some(room.as_str().into()),
+                    retry_after_ms: err.retry_after_ms,
+                    ..ErrorMsg::new(err.code, err.message.as_str())
+                });
+                out.send(Utf8Bytes::from(error.encode()));
             }
             Reply::Http(tx) => {
                 let _ = tx.send(Err(err));

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod client;
+mod client_tls;
 mod doc_client;
 mod docs;
 mod durability;

@@ -7,7 +7,8 @@ use crate::outbound::ConnHandle;
 use crate::room::msg::Creator;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq};
-use concord_protocol::{outbound as wire, ErrorCode, Since};
+use concord_protocol::outbound::{ErrorMsg, Joined};
+use concord_protocol::{ErrorCode, Part, ServerMsg, Since};
 use std::sync::atomic::Ordering;
 
 impl RoomActor {
@@ -22,8 +23,11 @@ impl RoomActor {
     ) -> bool {
         let fail = |s: &Self, code: ErrorCode, msg: &str| {
             s.shared.metrics.error(code);
-            let frame = wire::error(None, Some(s.room.as_str()), code, msg, None);
-            conn.out.send(Utf8Bytes::from(frame));
+            let frame = ServerMsg::Error(ErrorMsg {
+                room: Some(s.room.as_str().into()),
+                ..ErrorMsg::new(code, msg)
+            });
+            conn.out.send(Utf8Bytes::from(frame.encode()));
             false
         };
         let fixed = self.shared.config.kind_for(self.room.as_str());
@@ -48,14 +52,12 @@ impl RoomActor {
                 Some(k) => {
                     if let Err(e) = self.create(k, &creator).await {
                         self.shared.metrics.error(e.code);
-                        let frame = wire::error(
-                            None,
-                            Some(self.room.as_str()),
-                            e.code,
-                            &e.message,
-                            e.retry_after_ms,
-                        );
-                        conn.out.send(Utf8Bytes::from(frame));
+                        let frame = ServerMsg::Error(ErrorMsg {
+                            room: Some(self.room.as_str().into()),
+                            retry_after_ms: e.retry_after_ms,
+                            ..ErrorMsg::new(e.code, e.message.as_str())
+                        });
+                        conn.out.send(Utf8Bytes::from(frame.encode()));
                         return false;
                     }
                 }
@@ -131,26 +133,23 @@ impl RoomActor {
         if !presence_rest.is_empty() {
             self.shared.metrics.limit("max_catch_up_bytes");
         }
-        let mut extra: Vec<(&str, String)> = Vec::new();
-        if let (Some(doc), false) = (self.core.doc(), recovered) {
-            // The state of a doc at `committed` (its ops in flight were drained before the join).
-            extra.push(("state", doc.state.to_string()));
-            extra.push(("hash", serde_json::Value::String(doc.hash()).to_string()));
-        }
-        extra.push(("presence", presence));
-        extra.push(("members", members));
-        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let frame = wire::joined(
-            self.room.as_str(),
-            plan.kind.as_str(),
-            self.core.epoch().map_or("", |e| e.as_str()),
-            committed.0,
+        // The state of a doc at `committed` (its ops in flight were drained before the join).
+        let doc = self.core.doc().filter(|_| !recovered);
+        let frame = ServerMsg::Joined(Joined {
+            room: self.room.as_str().into(),
+            kind: plan.kind.as_str().into(),
+            epoch: self.core.epoch().map_or("", |e| e.as_str()).into(),
+            seq: committed.0,
             recovered,
-            frames.iter().map(|f| f.as_str()),
-            &extra,
-        );
+            // Already encoded (shared with the members' queues): copied, not encoded again.
+            events: frames.iter().map(|f| Part::Encoded(f.as_str())).collect(),
+            state: doc.map(|d| std::borrow::Cow::Borrowed(&d.state)),
+            hash: doc.map(|d| d.hash().into()),
+            presence: Part::Encoded(&presence),
+            members: Part::Encoded(&members),
+        });
         self.shared.metrics.join(outcome);
-        if conn.out.send(Utf8Bytes::from(frame)) {
+        if conn.out.send(Utf8Bytes::from(frame.encode())) {
             for (client, frame) in presence_rest {
                 conn.out.presence(&self.room, &client, frame);
             }

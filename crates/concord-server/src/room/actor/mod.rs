@@ -19,7 +19,8 @@ use crate::limiter::Bucket;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{HlcTimestamp, RoomId};
-use concord_protocol::{outbound as wire, ErrorCode};
+use concord_protocol::outbound::{ErrorMsg, Left};
+use concord_protocol::{ErrorCode, ServerMsg};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::sync::atomic::Ordering;
@@ -358,7 +359,7 @@ impl RoomActor {
                         .members
                         .store(self.members.len() as u64, Ordering::Relaxed);
                     if let Some(out) = notify {
-                        out.send(Utf8Bytes::from(wire::left(self.room.as_str())));
+                        out.send(Utf8Bytes::from(left_frame(&self.room)));
                     }
                 }
                 RoomMsg::Presence { conn_id, data } => {
@@ -450,6 +451,21 @@ impl RoomActor {
     }
 }
 
+fn left_frame(room: &RoomId) -> String {
+    ServerMsg::Left(Left {
+        room: room.as_str().into(),
+    })
+    .encode()
+}
+
+fn unavailable_frame(room: &RoomId, message: &str) -> String {
+    ServerMsg::Error(ErrorMsg {
+        room: Some(room.as_str().into()),
+        ..ErrorMsg::new(ErrorCode::Unavailable, message)
+    })
+    .encode()
+}
+
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
 /// for doc rooms.
 fn encode_event(
@@ -509,17 +525,14 @@ impl Drop for RoomActor {
                 RoomMsg::Join { conn, .. } => {
                     // `joined` is dropped: the connection does not count itself a member.
                     metrics.error(ErrorCode::Unavailable);
-                    conn.out.send(Utf8Bytes::from(wire::error(
-                        None,
-                        Some(self.room.as_str()),
-                        ErrorCode::Unavailable,
+                    conn.out.send(Utf8Bytes::from(unavailable_frame(
+                        &self.room,
                         "the room failed; join again",
-                        None,
                     )));
                 }
                 RoomMsg::Leave { notify, .. } => {
                     if let Some(out) = notify {
-                        out.send(Utf8Bytes::from(wire::left(self.room.as_str())));
+                        out.send(Utf8Bytes::from(left_frame(&self.room)));
                     }
                 }
                 RoomMsg::Presence { .. } => {}
@@ -534,12 +547,9 @@ impl Drop for RoomActor {
             // (with `since`, to get what they missed).
             for out in self.members.outs() {
                 metrics.error(ErrorCode::Unavailable);
-                out.send(Utf8Bytes::from(wire::error(
-                    None,
-                    Some(self.room.as_str()),
-                    ErrorCode::Unavailable,
+                out.send(Utf8Bytes::from(unavailable_frame(
+                    &self.room,
                     "the room failed; join again with since to resume",
-                    None,
                 )));
             }
         }
