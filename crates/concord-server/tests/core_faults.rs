@@ -22,9 +22,9 @@
 //! A failure names its seed.
 
 use concord_core::doc::{Op, PathSeg};
-use concord_core::{ClientId, Epoch, HlcClock, HlcTimestamp, OpId, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
-use concord_server::room::core::{CoreConfig, Effect, Env, Loaded, RoomCore, Waiting};
+use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv, Waiting};
 use concord_server::room::doc::state_at;
 use concord_server::room::load::load;
 use concord_server::store::{MemoryStore, Store, StoredEvent};
@@ -34,7 +34,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 type SimResult<T> = Result<T, String>;
@@ -59,23 +58,6 @@ impl Waiting for Tok {
     }
 }
 
-struct TestEnv(RefCell<(HlcClock, u64)>);
-
-impl Env for TestEnv {
-    fn hlc_now(&self) -> HlcTimestamp {
-        let mut c = self.0.borrow_mut();
-        c.1 += 1;
-        let now = c.1;
-        c.0.now(now)
-    }
-    fn room_rate(&self) -> Result<(), u64> {
-        Ok(())
-    }
-    fn heavy(&self, work: &mut dyn FnMut()) {
-        work()
-    }
-}
-
 /// A write the clients made (retried with the same content).
 #[derive(Clone)]
 struct Write {
@@ -94,7 +76,7 @@ struct Sim {
     cfg: Config,
     kind: RoomKind,
     core: RoomCore<Tok>,
-    env: TestEnv,
+    env: StepEnv,
     /// Appends handed to the store whose outcome is not delivered yet, oldest first.
     appends: VecDeque<Pending>,
     reload_wanted: bool,
@@ -501,7 +483,7 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
         cfg,
         kind,
         core,
-        env: TestEnv(RefCell::new((HlcClock::new("sim"), 1_000))),
+        env: StepEnv::new("sim", 1_000),
         appends: VecDeque::new(),
         reload_wanted: false,
         next_token: 0,

@@ -30,11 +30,11 @@
 
 use concord_core::doc::sim::{Committed, SimClient};
 use concord_core::doc::{self, Op, PathSeg, TextEdit};
-use concord_core::{ClientId, HlcClock, HlcTimestamp, OpId};
+use concord_core::{ClientId, OpId};
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use concord_protocol::ErrorCode;
 use concord_server::metrics::Metrics;
-use concord_server::room::core::{CoreConfig, Effect, Env, RoomCore, Waiting};
+use concord_server::room::core::{CoreConfig, Effect, RoomCore, StepEnv, Waiting};
 use concord_server::room::doc::{state_at, stored_ops, DocLimits, DocState};
 use concord_server::room::load::load;
 use concord_server::store::{MemoryStore, Store, StoredEvent};
@@ -43,7 +43,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,28 +107,10 @@ impl Waiting for SimWaiter {
     }
 }
 
-/// The server's hybrid logical clock, on a counter instead of the wall clock.
-struct SimEnv(RefCell<(HlcClock, u64)>);
-
-impl Env for SimEnv {
-    fn hlc_now(&self) -> HlcTimestamp {
-        let mut c = self.0.borrow_mut();
-        c.1 += 1;
-        let now = c.1;
-        c.0.now(now)
-    }
-    fn room_rate(&self) -> Result<(), u64> {
-        Ok(())
-    }
-    fn heavy(&self, work: &mut dyn FnMut()) {
-        work()
-    }
-}
-
 struct Server {
     /// The real room core: idempotency, rebasing, sequencing, acks after commits.
     core: RoomCore<SimWaiter>,
-    env: SimEnv,
+    env: StepEnv,
     store: MemoryStore,
     room: RoomId,
     window: usize,
@@ -650,7 +631,7 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
     ensure!(core.doc().is_some(), "the doc room did not load");
     let mut server = Server {
         core,
-        env: SimEnv(RefCell::new((HlcClock::new("sim"), 1_000))),
+        env: StepEnv::new("sim", 1_000),
         store,
         room,
         window,

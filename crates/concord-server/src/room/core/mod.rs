@@ -21,6 +21,8 @@ mod effect;
 mod join;
 mod load;
 mod state;
+#[cfg(any(test, feature = "testing"))]
+mod step_env;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -29,6 +31,8 @@ mod write;
 pub use answer::{Acked, RoomError};
 pub use effect::Effect;
 pub use load::{Loaded, LoadedRoom};
+#[cfg(any(test, feature = "testing"))]
+pub use step_env::StepEnv;
 pub use write::FoundOps;
 
 use crate::metrics::Metrics;

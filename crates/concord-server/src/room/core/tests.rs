@@ -1,12 +1,11 @@
 //! Unit tests of the room core: it stays free of the async runtime, and a failed commit
 //! answers everyone, reloads, and lets a retry find its original seq.
 
-use super::{CoreConfig, Effect, Env, Loaded, LoadedRoom, RoomCore, Waiting};
+use super::{CoreConfig, Effect, Loaded, LoadedRoom, RoomCore, StepEnv, Waiting};
 use crate::metrics::Metrics;
 use crate::store::{EventKey, RoomRecord, StoredEvent};
-use concord_core::{ClientId, Epoch, HlcClock, HlcTimestamp, OpId, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
 use serde_json::value::RawValue;
-use std::cell::RefCell;
 
 /// Every source file of the core, so that none of them can bring in the runtime.
 const SOURCES: &[(&str, &str)] = &[
@@ -18,6 +17,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("load.rs", include_str!("load.rs")),
     ("mod.rs", include_str!("mod.rs")),
     ("state.rs", include_str!("state.rs")),
+    ("step_env.rs", include_str!("step_env.rs")),
     ("tests.rs", include_str!("tests.rs")),
     ("window.rs", include_str!("window.rs")),
     ("write.rs", include_str!("write.rs")),
@@ -46,20 +46,6 @@ fn the_core_does_not_use_the_async_runtime() {
     files.sort();
     let listed: Vec<&str> = SOURCES.iter().map(|(f, _)| *f).collect();
     assert_eq!(files, listed);
-}
-
-struct TestEnv(RefCell<HlcClock>);
-
-impl Env for TestEnv {
-    fn hlc_now(&self) -> HlcTimestamp {
-        self.0.borrow_mut().now(1_000)
-    }
-    fn room_rate(&self) -> Result<(), u64> {
-        Ok(())
-    }
-    fn heavy(&self, work: &mut dyn FnMut()) {
-        work()
-    }
 }
 
 /// A waiter: a number and an op id.
@@ -120,7 +106,7 @@ fn data() -> Box<RawValue> {
 #[test]
 fn a_failed_commit_answers_everyone_and_a_retry_after_the_reload_gets_its_original_seq() {
     let room = RoomId::new("r").unwrap();
-    let env = TestEnv(RefCell::new(HlcClock::new("n")));
+    let env = StepEnv::new("n", 1_000);
     let mut core: RoomCore<W> = RoomCore::new(room, config(), Metrics::new());
     let mut out = Out::default();
     drain(&mut core, &mut out);
