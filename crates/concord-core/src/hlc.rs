@@ -81,6 +81,41 @@ impl fmt::Display for HlcTimestamp {
     }
 }
 
+/// An HLC reading in its text form (as `Display` renders it, as events carry it on the wire and
+/// in storage), checked once to parse. Cheap to clone; its order is the string order.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HlcText(Arc<str>);
+
+impl HlcText {
+    /// Checks that `s` is an HLC reading; `None` if [`HlcTimestamp::parse`] refuses it.
+    pub fn parse(s: &str) -> Option<HlcText> {
+        HlcTimestamp::parse(s).map(|_| HlcText(Arc::from(s)))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The reading it renders.
+    pub fn timestamp(&self) -> HlcTimestamp {
+        HlcTimestamp::parse(&self.0).expect("checked when built")
+    }
+}
+
+impl From<&HlcTimestamp> for HlcText {
+    fn from(ts: &HlcTimestamp) -> Self {
+        HlcText(Arc::from(ts.to_string()))
+    }
+}
+impl fmt::Debug for HlcText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+impl fmt::Display for HlcText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The state machine of a hybrid logical clock for one node.
 ///
 /// Every reading is strictly greater than the previous one, whatever the physical clock does
@@ -160,6 +195,17 @@ mod tests {
         assert_eq!(HlcTimestamp::parse(&b.to_string()), Some(b.clone()));
         assert!(a.to_string() < b.to_string());
         assert_eq!(HlcTimestamp::parse("12-000000-x"), None);
+    }
+
+    #[test]
+    fn text_form_keeps_the_text_and_refuses_what_does_not_parse() {
+        let ts = HlcClock::new("gw-1").now(1_763_812_345_678);
+        let t = HlcText::from(&ts);
+        assert_eq!(t.as_str(), "1763812345678-000000-gw-1");
+        assert_eq!(HlcText::parse(t.as_str()), Some(t.clone()));
+        assert_eq!(t.timestamp(), ts);
+        assert_eq!(HlcText::parse("1763812345678-000000-"), None);
+        assert_eq!(HlcText::parse("not an hlc"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod sequencer;
 
-pub use hlc::{Clock, HlcClock, HlcTimestamp, ManualClock};
+pub use hlc::{Clock, HlcClock, HlcText, HlcTimestamp, ManualClock};
 pub use idempotency::{IdemKey, IdempotencyTable, Lookup};
 pub use ids::{ClientId, Epoch, IdError, OpId, RoomId, RoomKind, Seq};
 pub use sequencer::{Sequencer, SinceCheck};

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::limiter::KeyedBucket;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use concord_core::{Clock, Epoch, HlcClock, HlcTimestamp, RoomId};
+use concord_core::{Clock, Epoch, HlcClock, HlcText, HlcTimestamp, RoomId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,11 +104,9 @@ impl Shared {
     }
 
     /// Makes every later reading greater than `seen` (e.g. the last stored hlc of a room).
-    pub fn hlc_observe(&self, seen: &str) {
-        if let Some(ts) = HlcTimestamp::parse(seen) {
-            let now = self.clock.now_ms();
-            self.hlc.lock().observe(&ts, now);
-        }
+    pub fn hlc_observe(&self, seen: &HlcText) {
+        let now = self.clock.now_ms();
+        self.hlc.lock().observe(&seen.timestamp(), now);
     }
 
     pub fn new_epoch(&self) -> Epoch {

@@ -101,11 +101,7 @@ async fn trim_point(
     }
     if let Some(age) = policy.max_age {
         let cutoff_ms = shared.clock.now_ms().saturating_sub(age.as_millis() as u64);
-        // hlcs start with 13 digits of milliseconds: the prefix sorts before every hlc of that
-        // millisecond and after every older one.
-        let first_young = store
-            .seq_at_or_after(room, &format!("{cutoff_ms:013}"))
-            .await?;
+        let first_young = store.seq_at_or_after(room, cutoff_ms).await?;
         before = before.max(first_young.map(|s| s.0).unwrap_or(head));
     }
     before = before.min(head);
@@ -134,9 +130,9 @@ mod tests {
         StoredEvent {
             seq: Seq(seq),
             // One event per second of wall time.
-            hlc: format!("{:013}-000000-n", seq * 1000),
-            from: "c".into(),
-            op_id: Some(format!("m{seq}")),
+            hlc: concord_core::HlcText::parse(&format!("{:013}-000000-n", seq * 1000)).unwrap(),
+            from: concord_core::ClientId::new("c").unwrap(),
+            op_id: Some(concord_core::OpId::new(&format!("m{seq}")).unwrap()),
             data: RawValue::from_string("[]".into()).unwrap(),
         }
     }

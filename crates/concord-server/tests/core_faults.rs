@@ -22,7 +22,7 @@
 //! A failure names its seed.
 
 use concord_core::doc::{Op, PathSeg};
-use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
 use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv, Waiting};
 use concord_server::room::doc::state_at;
@@ -151,7 +151,7 @@ impl Sim {
 
     /// A key the store holds, or that an append in flight holds, is never sequenced again.
     fn sequenced_once(&self, events: &[StoredEvent]) -> SimResult<()> {
-        let keys: Vec<(String, String)> = events
+        let keys: Vec<(ClientId, OpId)> = events
             .iter()
             .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
             .collect();
@@ -164,7 +164,7 @@ impl Sim {
             stored[0].op_id,
             stored[0].seq
         );
-        let in_flight: HashSet<(String, String)> = self
+        let in_flight: HashSet<(ClientId, OpId)> = self
             .appends
             .iter()
             .flat_map(|(evs, _)| {
@@ -207,12 +207,13 @@ impl Sim {
             if self.rng.random_bool(0.1) {
                 Err(())
             } else {
-                let keys = vec![(client.to_string(), write.id.clone().unwrap_or_default())];
+                let id = tok.id.clone().ok_or("a lookup of a write without an id")?;
+                let keys = vec![(client.clone(), id)];
                 let found =
                     block_on(self.store.find_ops(&self.room, keys)).map_err(|e| e.to_string())?;
                 Ok(found
                     .into_iter()
-                    .map(|f| ((f.from, f.op_id), (f.seq, f.hlc.as_str().into())))
+                    .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
                     .collect())
             }
         } else {
@@ -414,7 +415,7 @@ impl Sim {
         let mut keys: HashMap<(String, String), u64> = HashMap::new();
         for e in &events {
             if let Some(id) = &e.op_id {
-                let key = (e.from.clone(), id.clone());
+                let key = (e.from.to_string(), id.to_string());
                 ensure!(
                     keys.insert(key.clone(), e.seq.0).is_none(),
                     "{key:?} stored twice"
@@ -458,8 +459,8 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
         }]);
         let first = StoredEvent {
             seq: Seq(1),
-            hlc: "0000000000000-000000-init".into(),
-            from: "http".into(),
+            hlc: HlcText::parse("0000000000000-000000-init").ok_or("an hlc")?,
+            from: ClientId::new("http").map_err(|e| e.to_string())?,
             op_id: None,
             data: RawValue::from_string(init.to_string()).expect("JSON"),
         };

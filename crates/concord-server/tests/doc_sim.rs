@@ -30,7 +30,7 @@
 
 use concord_core::doc::sim::{Committed, SimClient};
 use concord_core::doc::{self, Op, PathSeg, TextEdit};
-use concord_core::{ClientId, OpId};
+use concord_core::{ClientId, HlcText, OpId};
 use concord_core::{Epoch, RoomId, RoomKind, Seq};
 use concord_protocol::ErrorCode;
 use concord_server::metrics::Metrics;
@@ -224,13 +224,13 @@ impl Server {
             self.log.len()
         );
         let ops = stored_ops(ev)?;
-        let from: usize = ev.from[1..]
+        let from: usize = ev.from.as_str()[1..]
             .parse()
             .map_err(|_| "a client id".to_string())?;
         let id: u64 = ev
             .op_id
-            .as_deref()
-            .and_then(|i| i[2..].parse().ok())
+            .as_ref()
+            .and_then(|i| i.as_str()[2..].parse().ok())
             .ok_or("an op id")?;
         let sent = self.sent_adds.remove(&seq).ok_or("a list never sent")?;
         ensure!(
@@ -260,12 +260,12 @@ impl Server {
         };
         // The table is small: a retry of an old list is found in the store.
         let found = if self.core.needs_lookup(&client, &waiter) {
-            let key = (client.to_string(), waiter.op_id.to_string());
+            let key = (client.clone(), waiter.op_id.clone());
             let found = self.store.find_ops(&self.room, vec![key]).await;
             Ok(found
                 .map_err(|e| format!("find_ops: {e}"))?
                 .into_iter()
-                .map(|f| ((f.from, f.op_id), (f.seq, f.hlc.as_str().into())))
+                .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
                 .collect())
         } else {
             Ok(HashMap::new())
@@ -324,8 +324,8 @@ impl Server {
                 ensure!(
                     e.seq.0 == at + 1
                         && ops == logged.ops
-                        && e.from == format!("c{from}")
-                        && e.op_id == Some(format!("l-{id}")),
+                        && e.from.as_str() == format!("c{from}")
+                        && e.op_id.as_ref().map(|i| i.as_str()) == Some(&*format!("l-{id}")),
                     "stored event {} differs from the sequenced list",
                     e.seq
                 );
@@ -602,8 +602,8 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
             &room,
             vec![StoredEvent {
                 seq: Seq(1),
-                hlc: format!("{:016}", 1),
-                from: "http".into(),
+                hlc: HlcText::parse("0000000000001-000000-init").ok_or("an hlc")?,
+                from: ClientId::new("http").map_err(|e| e.to_string())?,
                 op_id: None,
                 data: RawValue::from_string(doc::encode_ops(&init_ops).to_string()).expect("JSON"),
             }],

@@ -367,7 +367,7 @@ async fn submit(
     }
     match rx.await {
         Ok(Ok(acked)) => Ok(json(
-            serde_json::json!({"seq": acked.seq.0, "epoch": acked.epoch.as_str(), "hlc": &*acked.hlc})
+            serde_json::json!({"seq": acked.seq.0, "epoch": acked.epoch.as_str(), "hlc": acked.hlc.as_str()})
                 .to_string(),
         )),
         Ok(Err(e)) => Err(HttpError(e)),

@@ -188,7 +188,7 @@ impl Session {
                 .app
                 .shared
                 .store
-                .claim_client(client.as_str(), &identity.user)
+                .claim_client(&client, &identity.user)
                 .await
             {
                 Ok(owner) if owner == identity.user => {}

@@ -550,8 +550,8 @@ mod tests {
     fn event(seq: u64, ops: &str) -> StoredEvent {
         StoredEvent {
             seq: Seq(seq),
-            hlc: format!("{seq:013}-000000-n"),
-            from: "c".into(),
+            hlc: concord_core::HlcText::parse(&format!("{seq:013}-000000-n")).unwrap(),
+            from: concord_core::ClientId::new("c").unwrap(),
             op_id: None,
             data: RawValue::from_string(ops.into()).unwrap(),
         }

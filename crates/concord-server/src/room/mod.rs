@@ -33,7 +33,7 @@ pub fn event_frame(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<
         seq: e.seq.0,
         hlc: e.hlc.as_str().into(),
         from: e.from.as_str().into(),
-        id: e.op_id.as_deref().map(Into::into),
+        id: e.op_id.as_ref().map(|i| i.as_str().into()),
         data,
         ops,
         hash: hash.map(Into::into),

@@ -111,7 +111,7 @@ impl Waiter {
                     room: room.as_str().into(),
                     id: id.into(),
                     seq: acked.seq.0,
-                    hlc: acked.hlc.as_ref().into(),
+                    hlc: acked.hlc.as_str().into(),
                     dropped: acked.dropped.as_slice().into(),
                 });
                 out.send(Utf8Bytes::from(ack.encode()));

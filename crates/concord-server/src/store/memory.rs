@@ -1,8 +1,10 @@
 //! `MemoryStore`: the store contract held in process memory, for tests of the logic above it.
 
-use super::{EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{
+    hlc_floor, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 
@@ -14,7 +16,7 @@ struct MemRoom {
     events: Vec<StoredEvent>,
     /// Events removed by `trim` before the first retained one.
     floor: u64,
-    keys: HashSet<(String, String)>,
+    keys: HashSet<(ClientId, OpId)>,
     snapshots: std::collections::BTreeMap<Seq, String>,
 }
 
@@ -22,7 +24,7 @@ struct MemRoom {
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<RoomId, MemRoom>>,
-    clients: Mutex<HashMap<String, String>>,
+    clients: Mutex<HashMap<ClientId, String>>,
 }
 
 impl MemRoom {
@@ -173,7 +175,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>> {
+    async fn seq_at_or_after(&self, room: &RoomId, wall_ms: u64) -> StoreResult<Option<Seq>> {
+        let hlc = hlc_floor(wall_ms);
+        let hlc = hlc.as_str();
         let rooms = self.rooms.lock();
         Ok(rooms.get(room).and_then(|r| {
             r.events
@@ -186,7 +190,7 @@ impl Store for MemoryStore {
     async fn find_ops(
         &self,
         room: &RoomId,
-        keys: Vec<(String, String)>,
+        keys: Vec<(ClientId, OpId)>,
     ) -> StoreResult<Vec<FoundOp>> {
         let rooms = self.rooms.lock();
         let Some(r) = rooms.get(room) else {
@@ -249,10 +253,10 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String> {
+    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String> {
         let mut clients = self.clients.lock();
         Ok(clients
-            .entry(client.to_string())
+            .entry(client.clone())
             .or_insert_with(|| user.to_string())
             .clone())
     }

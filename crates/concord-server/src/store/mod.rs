@@ -5,7 +5,7 @@
 //! the fencing that keeps a log gap-free even when an earlier commit failed.
 
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use serde_json::value::RawValue;
 
 mod lock;
@@ -22,11 +22,11 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub seq: Seq,
-    pub hlc: String,
+    pub hlc: HlcText,
     /// The client that sent it (`http` for the HTTP API).
-    pub from: String,
+    pub from: ClientId,
     /// The client's op id, if it gave one (idempotency key with `from`).
-    pub op_id: Option<String>,
+    pub op_id: Option<OpId>,
     pub data: Box<RawValue>,
 }
 
@@ -35,9 +35,9 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventKey {
     pub seq: Seq,
-    pub from: String,
-    pub op_id: Option<String>,
-    pub hlc: String,
+    pub from: ClientId,
+    pub op_id: Option<OpId>,
+    pub hlc: HlcText,
 }
 
 /// What the store knows about a room.
@@ -48,16 +48,16 @@ pub struct RoomRecord {
     /// The last committed seq (0 for an empty room).
     pub head: Seq,
     /// The hlc of the event at `head`, if any.
-    pub head_hlc: Option<String>,
+    pub head_hlc: Option<HlcText>,
 }
 
 /// An op found by its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundOp {
-    pub from: String,
-    pub op_id: String,
+    pub from: ClientId,
+    pub op_id: OpId,
     pub seq: Seq,
-    pub hlc: String,
+    pub hlc: HlcText,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,12 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The smallest hlc text of the millisecond `wall_ms`: every hlc of that time or later sorts at
+/// or after it (the 13-digit wall time leads the text).
+fn hlc_floor(wall_ms: u64) -> String {
+    format!("{wall_ms:013}")
+}
 
 /// The durable record. Implementations: [`SqliteStore`] (embedded), [`MemoryStore`] (tests).
 #[async_trait]
@@ -122,14 +128,14 @@ pub trait Store: Send + Sync + 'static {
     /// idempotency keys of deleted events are forgotten (a retry of one is a new event). Durable
     /// on return.
     async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()>;
-    /// The first seq of the room whose hlc sorts at or after `hlc` (hlcs grow with seqs; a
-    /// 13-digit millisecond prefix finds the first event of that time), if any.
-    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>>;
+    /// The first seq of the room whose hlc's wall time is at or after `wall_ms` (hlcs grow with
+    /// seqs), if any.
+    async fn seq_at_or_after(&self, room: &RoomId, wall_ms: u64) -> StoreResult<Option<Seq>>;
     /// The committed ops among `keys` (from, op_id).
     async fn find_ops(
         &self,
         room: &RoomId,
-        keys: Vec<(String, String)>,
+        keys: Vec<(ClientId, OpId)>,
     ) -> StoreResult<Vec<FoundOp>>;
     /// Saves a snapshot of a doc room's state at `seq` (a JSON document), replacing one at the
     /// same seq. Durable on return. Refused if `seq` is beyond the room's head (a snapshot
@@ -145,7 +151,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<(Seq, String)>>;
     /// Binds `client` to `user` if it is not bound yet; returns the user it is bound to (with
     /// authentication on, a client id — the scope of op ids — belongs to one user for good).
-    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String>;
+    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Cheap check for `/readyz` that the store can still commit (a full disk, a read-only

@@ -7,10 +7,12 @@
 //! never takes others down. Reads use a small pool of separate connections, which see committed
 //! data only.
 
-use super::{DirLock, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent};
+use super::{
+    hlc_floor, DirLock, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
@@ -213,6 +215,21 @@ impl SqliteStore {
     }
 }
 
+/// An hlc read back from the database; text that is not one is a store error.
+fn stored_hlc(s: &str) -> StoreResult<HlcText> {
+    HlcText::parse(s).ok_or_else(|| StoreError::Backend(format!("stored hlc {s:?} is not an hlc")))
+}
+
+/// A client id read back from the database.
+fn stored_client(s: &str) -> StoreResult<ClientId> {
+    ClientId::new(s).map_err(|e| StoreError::Backend(format!("stored client {s:?}: {e}")))
+}
+
+/// An op id read back from the database.
+fn stored_op_id(s: &str) -> StoreResult<OpId> {
+    OpId::new(s).map_err(|e| StoreError::Backend(format!("stored op id {s:?}: {e}")))
+}
+
 fn row_to_event(
     row: &rusqlite::Row<'_>,
 ) -> rusqlite::Result<(u64, String, String, Option<String>, String)> {
@@ -254,7 +271,7 @@ impl Store for SqliteStore {
                 kind,
                 epoch: Epoch(epoch),
                 head: Seq(head.as_ref().map(|h| h.0).unwrap_or(0)),
-                head_hlc: head.map(|h| h.1),
+                head_hlc: head.map(|h| stored_hlc(&h.1)).transpose()?,
             }))
         })
         .await
@@ -297,9 +314,9 @@ impl Store for SqliteStore {
                 let (seq, hlc, from, op_id, data) = row?;
                 out.push(StoredEvent {
                     seq: Seq(seq),
-                    hlc,
-                    from,
-                    op_id,
+                    hlc: stored_hlc(&hlc)?,
+                    from: stored_client(&from)?,
+                    op_id: op_id.as_deref().map(stored_op_id).transpose()?,
                     data: RawValue::from_string(data)
                         .map_err(|e| StoreError::Backend(format!("stored data is not JSON: {e}")))?,
                 });
@@ -319,14 +336,23 @@ impl Store for SqliteStore {
                  WHERE e.room = (SELECT id FROM rooms WHERE name = ?1) ORDER BY e.seq DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![name, last as i64], |r| {
-                Ok(EventKey {
-                    seq: Seq(r.get::<_, u64>(0)?),
-                    from: r.get(1)?,
-                    op_id: r.get(2)?,
-                    hlc: r.get(3)?,
-                })
+                Ok((
+                    r.get::<_, u64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
-            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(last.min(4096));
+            for row in rows {
+                let (seq, from, op_id, hlc) = row?;
+                out.push(EventKey {
+                    seq: Seq(seq),
+                    from: stored_client(&from)?,
+                    op_id: op_id.as_deref().map(stored_op_id).transpose()?,
+                    hlc: stored_hlc(&hlc)?,
+                });
+            }
             out.reverse();
             Ok(out)
         })
@@ -373,8 +399,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn seq_at_or_after(&self, room: &RoomId, hlc: &str) -> StoreResult<Option<Seq>> {
-        let (name, hlc) = (room.to_string(), hlc.to_string());
+    async fn seq_at_or_after(&self, room: &RoomId, wall_ms: u64) -> StoreResult<Option<Seq>> {
+        let (name, hlc) = (room.to_string(), hlc_floor(wall_ms));
         self.read(move |c| {
             // The covering index `events_keys` holds the hlcs: no body is read.
             Ok(c.prepare_cached(
@@ -392,7 +418,7 @@ impl Store for SqliteStore {
     async fn find_ops(
         &self,
         room: &RoomId,
-        keys: Vec<(String, String)>,
+        keys: Vec<(ClientId, OpId)>,
     ) -> StoreResult<Vec<FoundOp>> {
         let name = room.to_string();
         self.read(move |c| {
@@ -403,7 +429,7 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for (from, op_id) in keys {
                 let found = stmt
-                    .query_row(params![name, from, op_id], |r| {
+                    .query_row(params![name, from.as_str(), op_id.as_str()], |r| {
                         Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
                     })
                     .optional()?;
@@ -412,7 +438,7 @@ impl Store for SqliteStore {
                         from,
                         op_id,
                         seq: Seq(seq),
-                        hlc,
+                        hlc: stored_hlc(&hlc)?,
                     });
                 }
             }
@@ -460,10 +486,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_client(&self, client: &str, user: &str) -> StoreResult<String> {
+    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String> {
         // Most hellos come from a client id that is already bound: a read answers them, and
         // only a first claim goes through the writer.
-        if let Some(owner) = self.client_owner(client).await? {
+        if let Some(owner) = self.client_owner(client.as_str()).await? {
             return Ok(owner);
         }
         self.write(|reply| WriteReq::Claim {
@@ -472,7 +498,7 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        self.client_owner(client)
+        self.client_owner(client.as_str())
             .await?
             .ok_or_else(|| StoreError::Backend(format!("client {client} was not bound")))
     }
@@ -708,7 +734,14 @@ impl Writer {
                             got: e.seq.0,
                         });
                     }
-                    stmt.execute(params![id, e.seq.0, e.hlc, e.from, e.op_id, e.data.get()])?;
+                    stmt.execute(params![
+                        id,
+                        e.seq.0,
+                        e.hlc.as_str(),
+                        e.from.as_str(),
+                        e.op_id.as_ref().map(OpId::as_str),
+                        e.data.get()
+                    ])?;
                     expected += 1;
                 }
                 Ok(Some((room.clone(), id, expected - 1)))

@@ -55,11 +55,31 @@ pub fn run<F: Future<Output = ()>>(threads: usize, contract: F) {
 pub fn ev(seq: u64, from: &str, op: Option<&str>) -> StoredEvent {
     StoredEvent {
         seq: Seq(seq),
-        hlc: format!("{:013}-000000-n", seq),
-        from: from.to_string(),
-        op_id: op.map(str::to_string),
+        hlc: hlc(seq),
+        from: client(from),
+        op_id: op.map(op_id),
         data: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
     }
+}
+
+/// The hlc of [`ev`]'s event at `seq` (its wall time is `seq` ms).
+pub fn hlc(seq: u64) -> HlcText {
+    HlcText::parse(&format!("{seq:013}-000000-n")).expect("an hlc")
+}
+
+/// A client id (panics if `id` is not one).
+pub fn client(id: &str) -> ClientId {
+    ClientId::new(id).expect("a client id")
+}
+
+/// An op id (panics if `id` is not one).
+pub fn op_id(id: &str) -> OpId {
+    OpId::new(id).expect("an op id")
+}
+
+/// The idempotency key (client, op id) that `find_ops` takes.
+pub fn key(from: &str, op: &str) -> (ClientId, OpId) {
+    (client(from), op_id(op))
 }
 
 /// Room counts and `recent_keys`: the last keys in seq order, without bodies.
@@ -95,9 +115,9 @@ pub async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
         keys[1],
         EventKey {
             seq: Seq(3),
-            from: "d".into(),
-            op_id: Some("m3".into()),
-            hlc: format!("{:013}-000000-n", 3),
+            from: client("d"),
+            op_id: Some(op_id("m3")),
+            hlc: hlc(3),
         }
     );
     assert_eq!(keys[0].op_id, None);
@@ -115,14 +135,8 @@ pub async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
         .map(|n| ev(n, "c", Some(&format!("m{n}"))))
         .collect();
     s.append(&r, evs).await.unwrap();
-    assert_eq!(
-        s.seq_at_or_after(&r, &format!("{:013}", 4)).await.unwrap(),
-        Some(Seq(4))
-    );
-    assert_eq!(
-        s.seq_at_or_after(&r, &format!("{:013}", 11)).await.unwrap(),
-        None
-    );
+    assert_eq!(s.seq_at_or_after(&r, 4).await.unwrap(), Some(Seq(4)));
+    assert_eq!(s.seq_at_or_after(&r, 11).await.unwrap(), None);
     s.trim(&r, Seq(5)).await.unwrap();
     let seqs = |evs: Vec<StoredEvent>| evs.iter().map(|e| e.seq.0).collect::<Vec<_>>();
     assert_eq!(
@@ -131,12 +145,9 @@ pub async fn trim_keeps_the_head_and_forgets_trimmed_keys(s: Arc<dyn Store>) {
     );
     assert_eq!(seqs(s.read_events(&r, Seq(2), 3).await.unwrap()), [5, 6, 7]);
     assert_eq!(seqs(s.read_events(&r, Seq(6), 2).await.unwrap()), [7, 8]);
-    assert_eq!(s.seq_at_or_after(&r, "").await.unwrap(), Some(Seq(5)));
+    assert_eq!(s.seq_at_or_after(&r, 0).await.unwrap(), Some(Seq(5)));
     // Trimmed keys are forgotten; retained ones are still found.
-    let keys = vec![
-        ("c".to_string(), "m2".to_string()),
-        ("c".to_string(), "m6".to_string()),
-    ];
+    let keys = vec![key("c", "m2"), key("c", "m6")];
     let found = s.find_ops(&r, keys).await.unwrap();
     assert_eq!(found.iter().map(|f| f.seq.0).collect::<Vec<_>>(), [6]);
     let recent = s.recent_keys(&r, 100).await.unwrap();
@@ -247,14 +258,17 @@ pub async fn append_is_contiguous(s: Arc<dyn Store>) {
     s.append(&r, vec![ev(3, "c", None)]).await.unwrap();
     let rec = s.load_room(&r).await.unwrap().unwrap();
     assert_eq!(rec.head, Seq(3));
-    assert_eq!(rec.head_hlc.as_deref(), Some("0000000000003-000000-n"));
+    assert_eq!(
+        rec.head_hlc.as_ref().map(HlcText::as_str),
+        Some("0000000000003-000000-n")
+    );
     let all = s.read_events(&r, Seq(0), 100).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     assert_eq!(all[0].data.get(), "{\"n\":1}");
-    assert_eq!(all[0].op_id.as_deref(), Some("m1"));
+    assert_eq!(all[0].op_id.as_ref().map(OpId::as_str), Some("m1"));
 }
 
 /// An op id is unique per client within a room; `find_ops` finds committed ones.
@@ -268,19 +282,12 @@ pub async fn duplicate_op_ids_are_refused(s: Arc<dyn Store>) {
     // same id from another client is another op
     s.append(&r, vec![ev(2, "c2", Some("m1"))]).await.unwrap();
     let found = s
-        .find_ops(
-            &r,
-            vec![
-                ("c1".into(), "m1".into()),
-                ("c2".into(), "m1".into()),
-                ("c3".into(), "m1".into()),
-            ],
-        )
+        .find_ops(&r, vec![key("c1", "m1"), key("c2", "m1"), key("c3", "m1")])
         .await
         .unwrap();
-    let mut seqs: Vec<_> = found.iter().map(|f| (f.from.clone(), f.seq.0)).collect();
+    let mut seqs: Vec<_> = found.iter().map(|f| (f.from.as_str(), f.seq.0)).collect();
     seqs.sort();
-    assert_eq!(seqs, vec![("c1".to_string(), 1), ("c2".to_string(), 2)]);
+    assert_eq!(seqs, vec![("c1", 1), ("c2", 2)]);
 }
 
 /// `read_events` pages through a log in seq order.
@@ -410,13 +417,19 @@ pub async fn snapshots_pruned(s: Arc<dyn Store>) {
 
 /// `claim_client`: the first claim wins.
 pub async fn client_claims(s: Arc<dyn Store>) {
-    assert_eq!(s.claim_client("c-1", "alice").await.unwrap(), "alice");
     assert_eq!(
-        s.claim_client("c-1", "mallory").await.unwrap(),
+        s.claim_client(&client("c-1"), "alice").await.unwrap(),
+        "alice"
+    );
+    assert_eq!(
+        s.claim_client(&client("c-1"), "mallory").await.unwrap(),
         "alice",
         "first claim wins"
     );
-    assert_eq!(s.claim_client("c-2", "mallory").await.unwrap(), "mallory");
+    assert_eq!(
+        s.claim_client(&client("c-2"), "mallory").await.unwrap(),
+        "mallory"
+    );
 }
 
 /// The seqs of `evs`, in the order read.
@@ -457,16 +470,16 @@ pub async fn racing_appenders_one_wins(s: Arc<dyn Store>) {
         );
         let at = s.read_events(&r, Seq(head), 10).await.unwrap();
         assert_eq!(seqs(&at), [head + 1], "round {round}");
-        assert_eq!(at[0].from, winner);
-        assert_eq!(at[0].op_id.as_deref(), Some(&*format!("{winner}-{round}")));
+        assert_eq!(at[0].from.as_str(), winner);
+        assert_eq!(
+            at[0].op_id.as_ref().map(OpId::as_str),
+            Some(&*format!("{winner}-{round}"))
+        );
         let rec = s.load_room(&r).await.unwrap().unwrap();
         assert_eq!(rec.head, Seq(head + 1));
-        assert_eq!(rec.head_hlc.as_deref(), Some(&*at[0].hlc));
+        assert_eq!(rec.head_hlc.as_ref(), Some(&at[0].hlc));
         let loser_op = format!("{}-{round}", if winner == "a" { "b" } else { "a" });
-        let lost = [
-            ("a".to_string(), loser_op.clone()),
-            ("b".to_string(), loser_op),
-        ];
+        let lost = [key("a", &loser_op), key("b", &loser_op)];
         assert!(s.find_ops(&r, lost.to_vec()).await.unwrap().is_empty());
     }
     assert_eq!(
@@ -514,25 +527,26 @@ pub async fn zombie_writer_is_fenced(s: Arc<dyn Store>) {
     let froms: Vec<&str> = all.iter().map(|e| e.from.as_str()).collect();
     assert_eq!(froms, ["a", "a", "a", "b", "b", "b"]);
     for e in &all[3..] {
-        assert_eq!(e.op_id.as_deref(), Some(&*format!("b{}", e.seq.0)));
+        assert_eq!(
+            e.op_id.as_ref().map(OpId::as_str),
+            Some(&*format!("b{}", e.seq.0))
+        );
         assert_eq!(e.data.get(), format!("{{\"n\":{}}}", e.seq.0));
     }
     let rec = s.load_room(&r).await.unwrap().unwrap();
     assert_eq!(rec.head, Seq(6));
     assert_eq!(rec.head_hlc, Some(all[5].hlc.clone()));
-    let zombie_ops: Vec<(String, String)> = (4..=9)
-        .map(|n| ("a".to_string(), format!("a{n}")))
-        .collect();
+    let zombie_ops: Vec<(ClientId, OpId)> = (4..=9).map(|n| key("a", &format!("a{n}"))).collect();
     assert!(s.find_ops(&r, zombie_ops).await.unwrap().is_empty());
     let keys = s.recent_keys(&r, 3).await.unwrap();
-    assert!(keys.iter().all(|k| k.from == "b"), "{keys:?}");
+    assert!(keys.iter().all(|k| k.from.as_str() == "b"), "{keys:?}");
     // After reloading, A continues from the real head (its op ids were never committed).
     let head = s.load_room(&r).await.unwrap().unwrap().head;
     s.append(&r, vec![ev(head.0 + 1, "a", Some("a4"))])
         .await
         .unwrap();
     assert_eq!(
-        s.find_ops(&r, vec![("a".into(), "a4".into())])
+        s.find_ops(&r, vec![key("a", "a4")])
             .await
             .unwrap()
             .iter()
@@ -574,7 +588,7 @@ pub async fn retried_append_lands_once(s: Arc<dyn Store>) {
     assert_eq!(seqs(&all), [1, 2, 3, 4]);
     let ops: Vec<(&str, Option<&str>)> = all
         .iter()
-        .map(|e| (e.from.as_str(), e.op_id.as_deref()))
+        .map(|e| (e.from.as_str(), e.op_id.as_ref().map(OpId::as_str)))
         .collect();
     assert_eq!(
         ops,
@@ -590,10 +604,10 @@ pub async fn retried_append_lands_once(s: Arc<dyn Store>) {
         .find_ops(
             &r,
             vec![
-                ("c".into(), "r1".into()),
-                ("c".into(), "r2".into()),
-                ("d".into(), "r4".into()),
-                ("c".into(), "r4".into()),
+                key("c", "r1"),
+                key("c", "r2"),
+                key("d", "r4"),
+                key("c", "r4"),
             ],
         )
         .await
@@ -628,11 +642,8 @@ pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    let all_ops = || -> Vec<(String, String)> {
-        (1..=25)
-            .map(|n| ("c".to_string(), format!("m{n}")))
-            .collect()
-    };
+    let all_ops =
+        || -> Vec<(ClientId, OpId)> { (1..=25).map(|n| key("c", &format!("m{n}"))).collect() };
     // (trim before, the retained floor it leaves): a floor only ever rises, the head survives.
     for (before, floor) in [(8, 8), (8, 8), (5, 8), (15, 15), (1000, 20)] {
         s.trim(&r, Seq(before)).await.unwrap();
@@ -662,7 +673,10 @@ pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
         assert_eq!(seen, retained, "trim {before}: paging");
         let rec = s.load_room(&r).await.unwrap().unwrap();
         assert_eq!(rec.head, Seq(20));
-        assert_eq!(rec.head_hlc.as_deref(), Some("0000000000020-000000-n"));
+        assert_eq!(
+            rec.head_hlc.as_ref().map(HlcText::as_str),
+            Some("0000000000020-000000-n")
+        );
         let keys = s.recent_keys(&r, 100).await.unwrap();
         assert_eq!(keys.iter().map(|k| k.seq.0).collect::<Vec<_>>(), retained);
         let keys = s.recent_keys(&r, 3).await.unwrap();
@@ -677,7 +691,7 @@ pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
             .collect();
         found.sort();
         assert_eq!(found, retained, "trim {before}: find_ops");
-        assert_eq!(s.seq_at_or_after(&r, "").await.unwrap(), Some(Seq(floor)));
+        assert_eq!(s.seq_at_or_after(&r, 0).await.unwrap(), Some(Seq(floor)));
     }
     // The log continues after the head that survived.
     s.append(&r, vec![ev(21, "c", Some("m21"))]).await.unwrap();
@@ -686,6 +700,88 @@ pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
         [20, 21]
     );
     assert_eq!(seqs(&s.read_events(&r, Seq(20), 100).await.unwrap()), [21]);
+}
+
+/// Every field of an event comes back exactly as appended, through every read (`read_events`,
+/// `recent_keys`, `find_ops`, `load_room`'s head hlc): ids at their length bound and with
+/// every kind of printable character, an hlc whose node holds dashes, a missing op id.
+pub async fn fields_round_trip(s: Arc<dyn Store>) {
+    let r = room("fields");
+    s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
+        .await
+        .unwrap();
+    let odd: String = (0x21u8..=0x7e).map(char::from).collect();
+    let long = "x".repeat(128);
+    let mut first = ev(1, &odd[..64], Some(&odd[64..]));
+    first.hlc = HlcText::parse("1763812345678-000042-gw-1-eu").unwrap();
+    let mut second = ev(2, &long, Some(&long));
+    second.hlc = HlcText::parse("1763812345678-000043-gw-1-eu").unwrap();
+    let mut third = ev(3, "http:alice", None);
+    third.hlc = HlcText::parse("1763812345679-000000-n").unwrap();
+    let sent = vec![first, second, third];
+    s.append(&r, sent.clone()).await.unwrap();
+    let fields = |e: &StoredEvent| {
+        (
+            e.seq,
+            e.hlc.clone(),
+            e.from.clone(),
+            e.op_id.clone(),
+            e.data.get().to_string(),
+        )
+    };
+    let read = s.read_events(&r, Seq(0), 10).await.unwrap();
+    assert_eq!(
+        read.iter().map(fields).collect::<Vec<_>>(),
+        sent.iter().map(fields).collect::<Vec<_>>()
+    );
+    let keys = s.recent_keys(&r, 10).await.unwrap();
+    let expected: Vec<EventKey> = sent
+        .iter()
+        .map(|e| EventKey {
+            seq: e.seq,
+            from: e.from.clone(),
+            op_id: e.op_id.clone(),
+            hlc: e.hlc.clone(),
+        })
+        .collect();
+    assert_eq!(keys, expected);
+    let mut found = s
+        .find_ops(
+            &r,
+            vec![
+                key(&odd[..64], &odd[64..]),
+                key(&long, &long),
+                key("http:alice", "x"),
+            ],
+        )
+        .await
+        .unwrap();
+    found.sort_by_key(|f| f.seq);
+    let expected: Vec<FoundOp> = sent[..2]
+        .iter()
+        .map(|e| FoundOp {
+            from: e.from.clone(),
+            op_id: e.op_id.clone().unwrap(),
+            seq: e.seq,
+            hlc: e.hlc.clone(),
+        })
+        .collect();
+    assert_eq!(found, expected);
+    let rec = s.load_room(&r).await.unwrap().unwrap();
+    assert_eq!(rec.head_hlc, Some(sent[2].hlc.clone()));
+    // The wall time of an hlc finds its first event, whatever the node and counter.
+    assert_eq!(
+        s.seq_at_or_after(&r, 1_763_812_345_678).await.unwrap(),
+        Some(Seq(1))
+    );
+    assert_eq!(
+        s.seq_at_or_after(&r, 1_763_812_345_679).await.unwrap(),
+        Some(Seq(3))
+    );
+    assert_eq!(
+        s.seq_at_or_after(&r, 1_763_812_345_680).await.unwrap(),
+        None
+    );
 }
 
 /// `store_suite!(name, make)`: a module `name` with one `#[test]` per contract of this suite,
@@ -711,7 +807,8 @@ macro_rules! store_suite {
                 racing_appenders_one_wins 2,
                 zombie_writer_is_fenced 1,
                 retried_append_lands_once 1,
-                reads_across_a_trim_boundary 1
+                reads_across_a_trim_boundary 1,
+                fields_round_trip 1
             );
         }
     };
@@ -750,6 +847,135 @@ mod tests {
 
     crate::store_suite!(memory_store, memory());
     crate::store_suite!(sqlite_store, sqlite());
+
+    fn open(path: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(path, true, 1000, crate::metrics::Metrics::new()).unwrap()
+    }
+
+    /// The stored text of every id and hlc is what it always was: rows written as earlier
+    /// versions wrote them read back field by field, and what this version appends is stored
+    /// as the same text.
+    #[tokio::test]
+    async fn sqlite_format_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let r = room("old");
+        let s = open(&path);
+        s.create_room(&r, RoomKind::Stream, &Epoch("e1".into()))
+            .await
+            .unwrap();
+        s.close().await;
+        drop(s);
+        // Rows as an earlier version wrote them: plain text columns.
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES \
+                   ((SELECT id FROM rooms WHERE name = 'old'), 1, '1763812345678-000000-gw-1', 'c-1', 'm1', '{\"a\":1}'), \
+                   ((SELECT id FROM rooms WHERE name = 'old'), 2, '1763812345678-000001-gw-1', 'http:bob', NULL, '2'); \
+                 INSERT INTO clients (client, user) VALUES ('c-1', 'alice');",
+            )
+            .unwrap();
+        }
+        let s = open(&path);
+        let read = s.read_events(&r, Seq(0), 10).await.unwrap();
+        let fields: Vec<_> = read
+            .iter()
+            .map(|e| {
+                (
+                    e.seq.0,
+                    e.hlc.as_str(),
+                    e.from.as_str(),
+                    e.op_id.as_ref().map(OpId::as_str),
+                    e.data.get(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    1,
+                    "1763812345678-000000-gw-1",
+                    "c-1",
+                    Some("m1"),
+                    "{\"a\":1}"
+                ),
+                (2, "1763812345678-000001-gw-1", "http:bob", None, "2"),
+            ]
+        );
+        let rec = s.load_room(&r).await.unwrap().unwrap();
+        assert_eq!(
+            rec.head_hlc.as_ref().map(HlcText::as_str),
+            Some("1763812345678-000001-gw-1")
+        );
+        let found = s.find_ops(&r, vec![key("c-1", "m1")]).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].hlc.as_str(), "1763812345678-000000-gw-1");
+        assert_eq!(
+            s.claim_client(&client("c-1"), "mallory").await.unwrap(),
+            "alice"
+        );
+        // What this version appends is stored as the same text.
+        let mut e = ev(3, "c-2", Some("m3"));
+        e.hlc = HlcText::parse("1763812345679-000000-gw-1").unwrap();
+        s.append(&r, vec![e]).await.unwrap();
+        s.close().await;
+        drop(s);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let row: (String, String, Option<String>) = c
+            .query_row(
+                "SELECT hlc, client, op_id FROM events WHERE seq = 3",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                "1763812345679-000000-gw-1".to_string(),
+                "c-2".to_string(),
+                Some("m3".to_string())
+            )
+        );
+    }
+
+    /// A stored id or hlc that does not validate is a store error on every read of it, never a
+    /// panic.
+    #[tokio::test]
+    async fn sqlite_invalid_stored_values_are_errors() {
+        for (column, bad) in [("hlc", "not an hlc"), ("client", "a b"), ("op_id", "")] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let r = room("bad");
+            let s = open(&path);
+            s.create_room(&r, RoomKind::Stream, &Epoch("e1".into()))
+                .await
+                .unwrap();
+            s.append(&r, vec![ev(1, "c", Some("m1"))]).await.unwrap();
+            s.close().await;
+            drop(s);
+            {
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.execute(&format!("UPDATE events SET {column} = ?1"), [bad])
+                    .unwrap();
+            }
+            let s = open(&path);
+            let bad_err = |what: &str, e: Option<StoreError>| {
+                assert!(
+                    matches!(e, Some(StoreError::Backend(_))),
+                    "{column} = {bad:?}: {what} must fail: {e:?}"
+                );
+            };
+            bad_err("read_events", s.read_events(&r, Seq(0), 10).await.err());
+            bad_err("recent_keys", s.recent_keys(&r, 10).await.err());
+            if column == "hlc" {
+                bad_err("load_room", s.load_room(&r).await.err());
+                bad_err("find_ops", s.find_ops(&r, vec![key("c", "m1")]).await.err());
+            }
+            s.close().await;
+        }
+    }
 
     #[tokio::test]
     async fn sqlite_survives_reopen() {

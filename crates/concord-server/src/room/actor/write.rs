@@ -6,11 +6,10 @@ use super::RoomActor;
 use crate::room::core::FoundOps;
 use crate::room::doc;
 use crate::room::msg::{OpMsg, Publish, RoomError, RoomMsg, Waiter};
-use concord_core::{ClientId, RoomKind, Seq};
+use concord_core::{ClientId, OpId, RoomKind, Seq};
 use concord_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 fn idem_key(msg: &RoomMsg) -> Option<(&ClientId, &Waiter)> {
     match msg {
@@ -24,13 +23,13 @@ impl RoomActor {
     /// Asks the store, in one query, about retried op ids older than the in-memory table.
     /// `Err` means the store could not answer: those ops are refused as unavailable.
     pub(super) async fn lookup_unknown_keys(&mut self, buf: &[RoomMsg]) -> FoundOps {
-        let keys: Vec<(String, String)> = buf
+        let keys: Vec<(ClientId, OpId)> = buf
             .iter()
             .filter_map(idem_key)
             .filter(|(client, waiter)| self.core.needs_lookup(client, waiter))
             .filter_map(|(client, waiter)| {
                 let id = waiter.id.as_ref()?;
-                Some((client.to_string(), id.to_string()))
+                Some((client.clone(), id.clone()))
             })
             .collect();
         if keys.is_empty() {
@@ -39,7 +38,7 @@ impl RoomActor {
         match self.shared.store.find_ops(&self.room, keys).await {
             Ok(found) => Ok(found
                 .into_iter()
-                .map(|f| ((f.from, f.op_id), (f.seq, Arc::from(f.hlc.as_str()))))
+                .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
                 .collect()),
             Err(e) => {
                 tracing::error!(room = %self.room, error = %e, "idempotency lookup failed");

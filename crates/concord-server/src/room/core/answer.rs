@@ -1,14 +1,13 @@
 //! What a waiter is finally told: an ack (`Acked`) or an error (`RoomError`).
 
-use concord_core::{Epoch, Seq};
+use concord_core::{Epoch, HlcText, Seq};
 use concord_protocol::ErrorCode;
-use std::sync::Arc;
 
 /// A committed publish.
 #[derive(Debug, Clone)]
 pub struct Acked {
     pub seq: Seq,
-    pub hlc: Arc<str>,
+    pub hlc: HlcText,
     pub epoch: Epoch,
     /// Doc ops that had no effect after rebasing (their target was concurrently removed).
     pub dropped: Vec<usize>,

@@ -8,7 +8,7 @@ use super::{Effect, RoomCore, Waiting};
 use crate::room::doc::DocState;
 use crate::store::{EventKey, RoomRecord, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{ClientId, IdemKey, IdempotencyTable, OpId, RoomKind, Seq, Sequencer};
+use concord_core::{IdemKey, IdempotencyTable, RoomKind, Seq, Sequencer};
 use concord_protocol::ErrorCode;
 use std::sync::Arc;
 
@@ -69,13 +69,11 @@ impl<W: Waiting> RoomCore<W> {
         let mut idem = IdempotencyTable::with_committed(cfg.idempotency_cache, after, head);
         for k in &r.keys {
             let Some(op) = &k.op_id else { continue };
-            if let (Ok(client), Ok(id)) = (ClientId::new(&k.from), OpId::new(op)) {
-                idem.insert(
-                    IdemKey { client, id },
-                    k.seq,
-                    (k.seq, Arc::from(k.hlc.as_str())),
-                );
-            }
+            let key = IdemKey {
+                client: k.from.clone(),
+                id: op.clone(),
+            };
+            idem.insert(key, k.seq, (k.seq, k.hlc.clone()));
         }
         let mut live = Box::new(Live {
             seqr: Sequencer::new(r.record.epoch, head),

@@ -4,7 +4,7 @@
 use super::window::{Committed, Window};
 use crate::room::doc::DocState;
 use crate::store::StoredEvent;
-use concord_core::{IdempotencyTable, Seq, Sequencer};
+use concord_core::{HlcText, IdempotencyTable, Seq, Sequencer};
 use std::sync::Arc;
 
 /// The sequencing state common to both kinds of live room.
@@ -12,9 +12,9 @@ pub(super) struct Live<W> {
     pub seqr: Sequencer,
     pub window: Window,
     /// (client, op id) → (seq, hlc) of recent and in-flight keyed writes.
-    pub idem: IdempotencyTable<(Seq, Arc<str>)>,
+    pub idem: IdempotencyTable<(Seq, HlcText)>,
     /// Retries of writes still in flight: answered once their seq commits.
-    pub waiting: Vec<(Seq, Arc<str>, W)>,
+    pub waiting: Vec<(Seq, HlcText, W)>,
 }
 
 pub(super) enum State<W> {
@@ -51,7 +51,7 @@ impl<W> State<W> {
 /// One acknowledgement to send once its seq is durable.
 pub(super) struct PendingAck<W> {
     pub seq: Seq,
-    pub hlc: Arc<str>,
+    pub hlc: HlcText,
     pub dropped: Vec<usize>,
     pub waiter: W,
 }

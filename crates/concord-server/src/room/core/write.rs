@@ -11,7 +11,7 @@ use crate::room::doc::{self, DocRefusal, DocState};
 use crate::store::StoredEvent;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::doc::Op;
-use concord_core::{ClientId, IdemKey, Lookup, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, HlcText, IdemKey, Lookup, OpId, RoomId, RoomKind, Seq};
 use concord_protocol::ErrorCode;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// Writes found in the store by idempotency key: (from, op id) → (seq, hlc). `Err`: the store
 /// could not answer.
-pub type FoundOps = Result<HashMap<(String, String), (Seq, Arc<str>)>, ()>;
+pub type FoundOps = Result<HashMap<(ClientId, OpId), (Seq, HlcText)>, ()>;
 
 /// Lists with more ops than this are rebased and applied through [`Env::heavy`].
 const HEAVY_LIST_OPS: usize = 32;
@@ -79,7 +79,7 @@ impl<W: Waiting> RoomCore<W> {
                 Lookup::Hit((seq, hlc)) => Some((*seq, hlc.clone())),
                 Lookup::New => None,
                 Lookup::Unknown => match found {
-                    Ok(found) => found.get(&(client.to_string(), id.to_string())).cloned(),
+                    Ok(found) => found.get(&(client.clone(), id.clone())).cloned(),
                     Err(()) => {
                         let e = RoomError::new(
                             ErrorCode::Unavailable,
@@ -304,17 +304,17 @@ fn sequence<W: Waiting>(
     env: &dyn Env,
 ) {
     let seq = live.seqr.assign();
-    let hlc: Arc<str> = Arc::from(env.hlc_now().to_string());
+    let hlc = HlcText::from(&env.hlc_now());
     let ev = StoredEvent {
         seq,
-        hlc: hlc.to_string(),
-        from: client.to_string(),
-        op_id: w.op_id().map(|i| i.to_string()),
+        hlc: hlc.clone(),
+        from: client,
+        op_id: w.op_id().cloned(),
         data,
     };
-    if let Some(id) = w.op_id() {
+    if let Some(id) = &ev.op_id {
         let key = IdemKey {
-            client,
+            client: ev.from.clone(),
             id: id.clone(),
         };
         live.idem.insert(key, seq, (seq, hlc.clone()));
