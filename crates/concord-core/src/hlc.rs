@@ -87,16 +87,32 @@ impl fmt::Display for HlcTimestamp {
 pub struct HlcText(Arc<str>);
 
 impl HlcText {
-    /// Checks that `s` is an HLC reading; `None` if [`HlcTimestamp::parse`] refuses it.
+    /// Checks that `s` is an HLC reading as `Display` renders it: 13 digits of wall time, `-`,
+    /// 6 digits of logical counter, `-`, the node (any text, even empty: the node id is not
+    /// validated, and what a node wrote must read back).
     pub fn parse(s: &str) -> Option<HlcText> {
-        HlcTimestamp::parse(s).map(|_| HlcText(Arc::from(s)))
+        Self::parts(s).map(|_| HlcText(Arc::from(s)))
     }
     pub fn as_str(&self) -> &str {
         &self.0
     }
     /// The reading it renders.
     pub fn timestamp(&self) -> HlcTimestamp {
-        HlcTimestamp::parse(&self.0).expect("checked when built")
+        let (wall_ms, logical, node) = Self::parts(&self.0).expect("checked when built");
+        HlcTimestamp {
+            wall_ms,
+            logical,
+            node: Arc::from(node),
+        }
+    }
+
+    fn parts(s: &str) -> Option<(u64, u32, &str)> {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() < 21 || !digits(0..13) || b[13] != b'-' || !digits(14..20) || b[20] != b'-' {
+            return None;
+        }
+        Some((s[..13].parse().ok()?, s[14..20].parse().ok()?, &s[21..]))
     }
 }
 
@@ -204,8 +220,24 @@ mod tests {
         assert_eq!(t.as_str(), "1763812345678-000000-gw-1");
         assert_eq!(HlcText::parse(t.as_str()), Some(t.clone()));
         assert_eq!(t.timestamp(), ts);
-        assert_eq!(HlcText::parse("1763812345678-000000-"), None);
-        assert_eq!(HlcText::parse("not an hlc"), None);
+        // A node id is not validated: an empty one still reads back.
+        let empty = HlcText::parse("1763812345678-000001-").expect("an empty node");
+        let ts = HlcTimestamp {
+            wall_ms: 1_763_812_345_678,
+            logical: 1,
+            node: Arc::from(""),
+        };
+        assert_eq!(empty.timestamp(), ts);
+        assert_eq!(HlcText::from(&ts), empty);
+        assert_eq!(empty.to_string(), "1763812345678-000001-");
+        for bad in [
+            "not an hlc",
+            "1763812345678-000000",
+            "176381234567-0000000-n",
+            "+763812345678-000000-n",
+        ] {
+            assert_eq!(HlcText::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
