@@ -1,4 +1,13 @@
 //! Prometheus metrics of one server instance (a registry per instance, so tests stay isolated).
+//!
+//! The labelled counters take typed label values ([`Limit`], [`RateScope`], [`AuthFailure`],
+//! [`JoinOutcome`]: see `labels.rs`). A series appears with its first sample, not at start:
+//! docs/protocol.md §19 says so ("Counters with labels appear once the first sample of a label
+//! value exists"); each enum's `VARIANTS` would make touching them all at start a loop.
+
+mod labels;
+
+pub use labels::{AuthFailure, JoinOutcome, Limit, RateScope};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,22 +23,22 @@ pub struct CodeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    pub outcome: String,
+    pub outcome: JoinOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
-    pub limit: String,
+    pub limit: Limit,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    pub reason: String,
+    pub reason: AuthFailure,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabel {
-    pub scope: String,
+    pub scope: RateScope,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,12 +246,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn limit(&self, limit: &str) {
-        self.limit_hits
-            .get_or_create(&LimitLabel {
-                limit: limit.to_string(),
-            })
-            .inc();
+    pub fn limit(&self, limit: Limit) {
+        self.limit_hits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     pub fn disconnect(&self, close_code: u16) {
@@ -253,29 +258,19 @@ impl Metrics {
             .inc();
     }
 
-    pub fn auth_failure(&self, reason: &str) {
+    pub fn auth_failure(&self, reason: AuthFailure) {
         self.auth_failures
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
     /// Counts a rate-limit refusal (the error reply itself is counted by `error`).
-    pub fn rate_limit(&self, scope: &str) {
-        self.rate_limited
-            .get_or_create(&ScopeLabel {
-                scope: scope.to_string(),
-            })
-            .inc();
+    pub fn rate_limit(&self, scope: RateScope) {
+        self.rate_limited.get_or_create(&ScopeLabel { scope }).inc();
     }
 
-    pub fn join(&self, outcome: &str) {
-        self.joins
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.to_string(),
-            })
-            .inc();
+    pub fn join(&self, outcome: JoinOutcome) {
+        self.joins.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// The current value of one sample (see [`crate::exposition::sample`]); panics on a name
@@ -296,5 +291,37 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typed_label_is_exported_as_its_documented_value() {
+        let m = Metrics::new();
+        m.limit(Limit::DocMaxRebaseWork);
+        m.limit(Limit::DocMaxRebaseWork);
+        m.rate_limit(RateScope::RoomCreateConn);
+        m.auth_failure(AuthFailure::NotYetValid);
+        m.join(JoinOutcome::Recovered);
+        let limit = [("limit", "doc_max_rebase_work")];
+        assert_eq!(m.value("concord_limit_hits_total", &limit), 2.0);
+        let scope = [("scope", "room_create_conn")];
+        assert_eq!(m.value("concord_rate_limited_total", &scope), 1.0);
+        let reason = [("reason", "not_yet_valid")];
+        assert_eq!(m.value("concord_auth_failures_total", &reason), 1.0);
+        let outcome = [("outcome", "recovered")];
+        assert_eq!(m.value("concord_joins_total", &outcome), 1.0);
+    }
+
+    #[test]
+    fn a_label_value_appears_with_its_first_sample() {
+        let m = Metrics::new();
+        m.join(JoinOutcome::Fresh);
+        let text = m.render();
+        assert!(text.contains("outcome=\"fresh\""), "{text}");
+        assert!(!text.contains("outcome=\"reset\""), "{text}");
     }
 }

@@ -12,7 +12,7 @@
 //! latest frame per (room, client). The writer sends it after every queued frame, so presence
 //! never delays or displaces durable events and a slow connection gets only the latest values.
 
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::ClientId;
 use concord_core::RoomId;
@@ -92,7 +92,7 @@ impl Outbound {
         if before + n > self.shared.max && before > 0 {
             self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             if !self.shared.lagging.swap(true, Ordering::Relaxed) {
-                self.shared.metrics.limit("max_queue_bytes");
+                self.shared.metrics.limit(Limit::MaxQueueBytes);
                 self.shared.lagged.cancel();
             }
             return false;

@@ -4,6 +4,7 @@
 
 use crate::config::RetentionPolicy;
 use crate::context::Shared;
+use crate::metrics::Limit;
 use crate::store::StoreResult;
 use concord_core::{RoomId, RoomKind, Seq};
 use std::sync::Arc;
@@ -74,7 +75,7 @@ pub async fn sweep(shared: &Shared, shutdown: &CancellationToken) -> StoreResult
                 upto = (upto + TRIM_STEP).min(before.0);
                 store.trim(&room, Seq(upto)).await?;
             }
-            shared.metrics.limit("retention");
+            shared.metrics.limit(Limit::Retention);
             tracing::debug!(room = %room, before = before.0, "retention trimmed");
             trimmed += 1;
         }

@@ -5,7 +5,9 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-/// Why a token was refused (also the `reason` label of `concord_auth_failures_total`).
+use crate::metrics::AuthFailure;
+
+/// Why a token was refused (its [`AuthError::reason`] labels `concord_auth_failures_total`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("a token is required")]
@@ -27,16 +29,16 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> AuthFailure {
         match self {
-            AuthError::Missing => "missing",
-            AuthError::Malformed(_) => "malformed",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::MissingClaim(_) => "missing_claim",
-            AuthError::BadClaim(_) => "bad_claim",
-            AuthError::WrongAlgorithm => "wrong_algorithm",
+            AuthError::Missing => AuthFailure::Missing,
+            AuthError::Malformed(_) => AuthFailure::Malformed,
+            AuthError::BadSignature => AuthFailure::BadSignature,
+            AuthError::Expired => AuthFailure::Expired,
+            AuthError::NotYetValid => AuthFailure::NotYetValid,
+            AuthError::MissingClaim(_) => AuthFailure::MissingClaim,
+            AuthError::BadClaim(_) => AuthFailure::BadClaim,
+            AuthError::WrongAlgorithm => AuthFailure::WrongAlgorithm,
         }
     }
 }
@@ -257,7 +259,7 @@ mod tests {
         ];
         for (t, reason) in cases {
             assert_eq!(
-                v.verify(&t, now * 1000).unwrap_err().reason(),
+                v.verify(&t, now * 1000).unwrap_err().reason().as_str(),
                 reason,
                 "{t}"
             );
@@ -269,7 +271,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&other, now * 1000).unwrap_err().reason(),
+            v.verify(&other, now * 1000).unwrap_err().reason().as_str(),
             "bad_signature"
         );
         let hs384 = encode(
@@ -279,7 +281,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&hs384, now * 1000).unwrap_err().reason(),
+            v.verify(&hs384, now * 1000).unwrap_err().reason().as_str(),
             "wrong_algorithm"
         );
     }
@@ -346,11 +348,11 @@ mod public_key_tests {
         assert_eq!(ev.verify(&es, now * 1000).unwrap().user, "u");
         assert_eq!(rv.verify(&rs, now * 1000).unwrap().user, "u");
         assert_eq!(
-            ev.verify(&rs, now * 1000).unwrap_err().reason(),
+            ev.verify(&rs, now * 1000).unwrap_err().reason().as_str(),
             "wrong_algorithm"
         );
         assert_eq!(
-            rv.verify(&es, now * 1000).unwrap_err().reason(),
+            rv.verify(&es, now * 1000).unwrap_err().reason().as_str(),
             "wrong_algorithm"
         );
         // An HS256 token signed with the public key as secret (key confusion) is refused.
@@ -361,7 +363,10 @@ mod public_key_tests {
         )
         .unwrap();
         assert_eq!(
-            rv.verify(&confused, now * 1000).unwrap_err().reason(),
+            rv.verify(&confused, now * 1000)
+                .unwrap_err()
+                .reason()
+                .as_str(),
             "wrong_algorithm"
         );
         assert!(JwtVerifier::new(JwtKeys::PublicPem(b"not a key".to_vec()), 0).is_err());

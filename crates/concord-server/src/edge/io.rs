@@ -3,7 +3,7 @@
 //! connection's limit slots are released only when the socket itself is dropped.
 
 use super::limits::ConnGuard;
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -50,7 +50,7 @@ impl EdgeIo {
         }
         match self.stall.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                self.metrics.limit("write_timeout");
+                self.metrics.limit(Limit::WriteTimeout);
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client read nothing within the write timeout",

@@ -8,7 +8,7 @@ mod limits;
 
 pub use limits::ConnLimits;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics, RateScope};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, Response, StatusCode};
@@ -72,7 +72,7 @@ impl Edge {
             match admission {
                 Admission::Full | Admission::Evicting => {
                     // Closing at once keeps the descriptors for the clients already served.
-                    self.metrics.limit("max_conns");
+                    self.metrics.limit(Limit::MaxConns);
                     drop(tcp);
                 }
                 Admission::Serve(slots) => {
@@ -81,8 +81,8 @@ impl Edge {
                         .spawn(edge.connection(tcp, peer, slots, Mode::Serve));
                 }
                 Admission::TooManyFromIp(slots) => {
-                    self.metrics.limit("max_conns_per_ip");
-                    self.metrics.rate_limit("ip");
+                    self.metrics.limit(Limit::MaxConnsPerIp);
+                    self.metrics.rate_limit(RateScope::Ip);
                     let edge = self.clone();
                     self.tasks
                         .spawn(edge.connection(tcp, peer, slots, Mode::Refuse));
@@ -124,7 +124,7 @@ impl Edge {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = mark.evicted.cancelled() => {
-                self.metrics.limit("max_conns");
+                self.metrics.limit(Limit::MaxConns);
                 return;
             }
             _ = self.shutdown.cancelled() => {
@@ -137,7 +137,7 @@ impl Edge {
         };
         if let Err(e) = result {
             if e.is_timeout() {
-                self.metrics.limit("http_header_timeout");
+                self.metrics.limit(Limit::HttpHeaderTimeout);
             }
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }

@@ -5,6 +5,7 @@
 use super::refusal::Refusal;
 use super::App;
 use crate::config::Config;
+use crate::metrics::Limit;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -23,7 +24,7 @@ pub async fn host_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
             if !host_allowed(cfg, host) {
                 let msg = "this Host is not served without authentication (--auth none accepts \
                            only loopback names and the hosts of --allowed-origins)";
-                let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit("host");
+                let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit(Limit::Host);
                 return with_status(
                     refusal.http(&app.shared.metrics).into_response(),
                     StatusCode::MISDIRECTED_REQUEST,
@@ -75,7 +76,7 @@ pub async fn body_guard(State(app): State<Arc<App>>, req: Request, next: Next) -
                 "the request body did not arrive within {:?}",
                 cfg.http_body_timeout
             );
-            let refusal = Refusal::bad_request(msg).limit("http_body_timeout");
+            let refusal = Refusal::bad_request(msg).limit(Limit::HttpBodyTimeout);
             let resp = refusal.http(&app.shared.metrics).into_response();
             closing(with_status(resp, StatusCode::REQUEST_TIMEOUT))
         }

@@ -3,6 +3,7 @@
 //! one event), so a reader that stalls pins one small chunk, not the page.
 
 use super::App;
+use crate::metrics::Limit;
 use crate::room::event_frame;
 use axum::body::{Body, Bytes};
 use concord_core::{RoomId, RoomKind, Seq};
@@ -118,7 +119,7 @@ impl Page {
             }
             let frame = event_frame(&self.spec.room, self.spec.kind, e, None);
             if self.sent > 0 && self.bytes + frame.len() > cfg.max_page_bytes {
-                self.app.shared.metrics.limit("max_page_bytes");
+                self.app.shared.metrics.limit(Limit::MaxPageBytes);
                 self.phase = Phase::Tail;
                 break;
             }

@@ -3,7 +3,7 @@
 //! refusal becomes metrics ([`Refusal::count`]), an `error` frame ([`Refusal::frame`]) or an
 //! HTTP response ([`HttpError`]).
 
-use crate::metrics::Metrics;
+use crate::metrics::{AuthFailure, Limit, Metrics, RateScope};
 use crate::room::RoomError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,11 +14,11 @@ use concord_protocol::{ErrorCode, ServerMsg};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hit {
     /// A configured limit (`metrics.limit(name)`).
-    Limit(&'static str),
+    Limit(Limit),
     /// A token bucket (`metrics.rate_limit(scope)`).
-    Rate(&'static str),
+    Rate(RateScope),
     /// A failed authentication (`metrics.auth_failure(reason)`).
-    Auth(&'static str),
+    Auth(AuthFailure),
 }
 
 /// Strings are boxed (`Box<str>`) to keep `Result<_, Refusal>` small on the paths that succeed.
@@ -70,19 +70,19 @@ impl Refusal {
         self
     }
 
-    pub fn limit(mut self, name: &'static str) -> Self {
+    pub fn limit(mut self, name: Limit) -> Self {
         self.hit = Some(Hit::Limit(name));
         self
     }
 
     /// A rate limit of `scope` refused it; a retry may succeed after `retry_after_ms`.
-    pub fn rate(mut self, scope: &'static str, retry_after_ms: u64) -> Self {
+    pub fn rate(mut self, scope: RateScope, retry_after_ms: u64) -> Self {
         self.hit = Some(Hit::Rate(scope));
         self.retry_after_ms = Some(retry_after_ms);
         self
     }
 
-    pub fn auth(mut self, reason: &'static str) -> Self {
+    pub fn auth(mut self, reason: AuthFailure) -> Self {
         self.hit = Some(Hit::Auth(reason));
         self
     }
@@ -154,7 +154,7 @@ mod tests {
     fn a_refusal_counts_its_code_and_its_limit_once() {
         let m = Metrics::new();
         Refusal::new(ErrorCode::TooLarge, "big")
-            .limit("max_data_bytes")
+            .limit(Limit::MaxDataBytes)
             .count(&m);
         assert_eq!(
             m.value("concord_errors_total", &[("code", "too_large")]),
@@ -171,7 +171,7 @@ mod tests {
         let r = Refusal::new(ErrorCode::RateLimited, "slow down")
             .id(Some("op-1"))
             .room("r1")
-            .rate("connection", 250);
+            .rate(RateScope::Connection, 250);
         let v: serde_json::Value = serde_json::from_str(&r.frame()).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["id"], "op-1");

@@ -6,6 +6,7 @@ use super::refusal::Refusal;
 use super::App;
 use crate::auth::{Identity, Right};
 use crate::limiter::Bucket;
+use crate::metrics::{AuthFailure, Limit, RateScope};
 use crate::outbound::{ConnHandle, Outbound};
 use crate::room::{Creator, OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
@@ -195,7 +196,7 @@ impl Session {
                 Ok(_) => {
                     let msg = "this client_id belongs to another user: choose a random client_id";
                     return Err(Refusal::new(ErrorCode::Unauthorized, msg)
-                        .auth("client_id_taken")
+                        .auth(AuthFailure::ClientIdTaken)
                         .close(close::POLICY, "client_id belongs to another user"));
                 }
                 Err(e) => {
@@ -238,7 +239,7 @@ impl Session {
                 ErrorCode::Unauthorized,
                 "a refreshed token must be for the same user",
             )
-            .auth("other_user")
+            .auth(AuthFailure::OtherUser)
             .close(close::POLICY, "unauthorized"));
         }
         let revoked: Vec<RoomId> = self
@@ -272,7 +273,7 @@ impl Session {
     /// The token expired: warn once, then close 1008 when the grace ends without `auth`.
     pub fn on_auth_deadline(&mut self) -> Result<(), End> {
         if self.expired {
-            self.app.shared.metrics.auth_failure("expired");
+            self.app.shared.metrics.auth_failure(AuthFailure::Expired);
             return Err(End::Close(close::POLICY, "token expired"));
         }
         self.expired = true;
@@ -343,7 +344,9 @@ impl Session {
         let history = history.unwrap_or(0);
         if history > cfg.max_history {
             let msg = format!("history must be at most {}", cfg.max_history);
-            return Err(Refusal::bad_request(msg).room(name).limit("max_history"));
+            return Err(Refusal::bad_request(msg)
+                .room(name)
+                .limit(Limit::MaxHistory));
         }
         self.prune_failed_joins();
         if !self.rooms.contains_key(&room) && self.rooms.len() >= cfg.max_rooms_per_conn {
@@ -353,7 +356,7 @@ impl Session {
             );
             return Err(Refusal::bad_request(msg)
                 .room(name)
-                .limit("max_rooms_per_conn"));
+                .limit(Limit::MaxRoomsPerConn));
         }
         let Some(slot) = self.slot().await else {
             return Ok(());
@@ -438,7 +441,7 @@ impl Session {
             return Err(Refusal::new(ErrorCode::TooLarge, msg)
                 .id(Some(id))
                 .room(name)
-                .limit("max_data_bytes"));
+                .limit(Limit::MaxDataBytes));
         }
         self.allowed(&room, Right::Write, Some(id))?;
         if let Err(retry) = self.publish_rate.check() {
@@ -446,7 +449,7 @@ impl Session {
             return Err(Refusal::new(ErrorCode::RateLimited, msg)
                 .id(Some(id))
                 .room(name)
-                .rate("connection", retry));
+                .rate(RateScope::Connection, retry));
         }
         Ok((room, op_id))
     }
@@ -458,7 +461,7 @@ impl Session {
         match self.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                self.app.shared.metrics.limit("max_inflight_per_conn");
+                self.app.shared.metrics.limit(Limit::MaxInflightPerConn);
                 self.permits.clone().acquire_owned().await.ok()
             }
         }
@@ -553,7 +556,7 @@ impl Session {
             let msg = "this connection reports drift faster than its limit";
             return Err(Refusal::new(ErrorCode::RateLimited, msg)
                 .room(name)
-                .rate("drift", retry));
+                .rate(RateScope::Drift, retry));
         }
         self.app.shared.metrics.doc_hash_mismatch.inc();
         let shown: String = hash.chars().take(MAX_LOGGED_HASH).collect();
@@ -580,14 +583,14 @@ impl Session {
             let msg = format!("presence data is larger than {max} bytes");
             return Err(Refusal::new(ErrorCode::TooLarge, msg)
                 .room(name)
-                .limit("max_presence_bytes"));
+                .limit(Limit::MaxPresenceBytes));
         }
         self.allowed(&room, Right::Presence, None)?;
         if let Err(retry) = self.presence_rate.check() {
             let msg = "this connection sends presence faster than its limit";
             return Err(Refusal::new(ErrorCode::RateLimited, msg)
                 .room(name)
-                .rate("presence", retry));
+                .rate(RateScope::Presence, retry));
         }
         self.app.shared.metrics.presence_in.inc();
         let msg = RoomMsg::Presence {

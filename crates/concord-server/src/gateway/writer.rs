@@ -7,7 +7,7 @@
 //! therefore needs no timer of its own (one per frame cost a fifth of the fan-out latency); only
 //! the final close frame is bounded here.
 
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::outbound::{Frame, OutboundRx};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::SplitSink;
@@ -58,7 +58,7 @@ pub async fn writer(
             let _ = tokio::time::timeout(wait, sink.send(close(code, reason))).await;
         }
         Some(Stop::Stalled) => {
-            metrics.limit("write_timeout");
+            metrics.limit(Limit::WriteTimeout);
             tracing::debug!("a socket write made no progress within the write timeout");
         }
         Some(Stop::Gone | Stop::Closed) => {}

@@ -8,6 +8,7 @@ use super::refusal::Refusal;
 use super::session::{End, Session};
 use super::writer::{writer, LAG_CLOSE_WAIT};
 use super::App;
+use crate::metrics::Limit;
 use crate::outbound::{self, Frame};
 use crate::room::RoomMsg;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -42,7 +43,7 @@ pub async fn upgrade(
         let host = headers.get(axum::http::header::HOST);
         if !super::guard::origin_allowed(cfg, origin, host) {
             let msg = "this Origin may not open a WebSocket here (see --allowed-origins)";
-            let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit("origin");
+            let refusal = Refusal::new(ErrorCode::Forbidden, msg).limit(Limit::Origin);
             return refusal.http(&app.shared.metrics).into_response();
         }
     }
@@ -154,7 +155,7 @@ fn read_error_end(e: &axum::Error, metrics: &crate::metrics::Metrics) -> End {
     use tungstenite::error::ProtocolError;
     match ws_error(e) {
         Some(tungstenite::Error::Capacity(_)) => {
-            metrics.limit("max_frame_bytes");
+            metrics.limit(Limit::MaxFrameBytes);
             End::Close(close::TOO_BIG, "frame larger than the limit")
         }
         Some(tungstenite::Error::Utf8(_)) => {
@@ -209,7 +210,7 @@ async fn read_frames(
             _ = lagged.cancelled() => return End::Lagging,
             _ = writer_done.cancelled() => return End::Gone,
             _ = tokio::time::sleep_until(hello_deadline), if !s.greeted() => {
-                s.app.shared.metrics.limit("handshake_timeout");
+                s.app.shared.metrics.limit(Limit::HandshakeTimeout);
                 return End::Close(close::POLICY, "no hello within the handshake timeout");
             }
             _ = time.sleep_until_ms(auth_deadline.unwrap_or(0)), if auth_deadline.is_some() => {
@@ -219,7 +220,7 @@ async fn read_frames(
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > idle_timeout {
-                    s.app.shared.metrics.limit("idle_timeout");
+                    s.app.shared.metrics.limit(Limit::IdleTimeout);
                     return End::Close(close::GOING_AWAY, "idle timeout");
                 }
                 s.out.control(Frame::Ping);

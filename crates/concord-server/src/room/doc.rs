@@ -12,6 +12,7 @@
 //! anything the store does not have.
 
 pub use crate::config::DocSchema;
+use crate::metrics::Limit;
 use crate::store::{Store, StoreError, StoredEvent};
 use concord_core::doc::{self, Op, PathSeg, Transformed};
 use concord_core::{RoomId, Seq};
@@ -30,10 +31,7 @@ pub enum DocRefusal {
     Rejected(String),
     /// A doc limit (`doc_max_rebase_work` → `conflict`; `doc_max_apply_work` → `too_large`;
     /// `doc_max_depth`, `doc_max_bytes` → `rejected`), named for the metrics.
-    Limit {
-        limit: &'static str,
-        message: String,
-    },
+    Limit { limit: Limit, message: String },
 }
 
 /// The limits of one doc room's document and of the work one op list may cost.
@@ -428,7 +426,7 @@ impl DocState {
         let work = (ops.len() as u64).saturating_mul(since);
         let too_much = || {
             DocRefusal::Limit {
-            limit: "doc_max_rebase_work",
+            limit: Limit::DocMaxRebaseWork,
             message: format!(
                 "rebasing {} ops over the {since} ops committed since base {base} is more work than \
                  allowed ({max_work} op pairs): resync and send the list again",
@@ -450,7 +448,7 @@ impl DocState {
         let depth = doc::op_list_depth(&rebased.ops);
         if depth > self.limits.max_depth {
             return Err(DocRefusal::Limit {
-                limit: "doc_max_depth",
+                limit: Limit::DocMaxDepth,
                 message: format!(
                     "the document would be nested {depth} levels deep (more than {})",
                     self.limits.max_depth
@@ -460,7 +458,7 @@ impl DocState {
         let scan = doc::text_scan_bytes(&self.state, &rebased.ops);
         if scan > self.limits.max_apply_work {
             return Err(DocRefusal::Limit {
-                limit: "doc_max_apply_work",
+                limit: Limit::DocMaxApplyWork,
                 message: format!(
                     "the text ops of this list edit {scan} bytes of strings (more than {}): send \
                      fewer text ops per list",
@@ -474,7 +472,7 @@ impl DocState {
         if grew > 0 && bytes > self.limits.max_bytes {
             doc::apply_in_place(&mut self.state, &inverse).expect("an inverse always applies");
             return Err(DocRefusal::Limit {
-                limit: "doc_max_bytes",
+                limit: Limit::DocMaxBytes,
                 message: format!(
                     "the document would be {bytes} bytes (more than {})",
                     self.limits.max_bytes
@@ -641,22 +639,22 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let deep = ops(json!([{"op":"set","path":["x"],"value":{"y":{"z":{}}}}]));
-        assert_eq!(refused(doc.submit(Seq(3), &deep)), "doc_max_depth");
+        assert_eq!(refused(doc.submit(Seq(3), &deep)), Limit::DocMaxDepth);
         let big = ops(json!([{"op":"set","path":["s"],"value":"0123456789012345678901234"}]));
-        assert_eq!(refused(doc.submit(Seq(3), &big)), "doc_max_bytes");
+        assert_eq!(refused(doc.submit(Seq(3), &big)), Limit::DocMaxBytes);
         let s = ops(json!([{"op":"set","path":["s"],"value":"12345"}]));
         doc.submit(Seq(3), &s).unwrap();
         let edits = ops(json!([
             {"op":"text","path":["s"],"pos":0,"insert":"a"},
             {"op":"text","path":["s"],"pos":0,"insert":"b"}
         ]));
-        assert_eq!(refused(doc.submit(Seq(4), &edits)), "doc_max_apply_work");
+        assert_eq!(refused(doc.submit(Seq(4), &edits)), Limit::DocMaxApplyWork);
         let del = ops(json!([{"op":"del","path":["s"]}]));
         doc.submit(Seq(4), &del).unwrap();
         assert_eq!(doc.state, json!({"a":1,"b":2,"c":3}), "nothing applied");
         let two =
             ops(json!([{"op":"add","path":["a"],"value":1},{"op":"add","path":["c"],"value":1}]));
-        assert_eq!(refused(doc.submit(Seq(2), &two)), "doc_max_rebase_work");
+        assert_eq!(refused(doc.submit(Seq(2), &two)), Limit::DocMaxRebaseWork);
         assert!(doc.submit(Seq(3), &two).is_ok(), "2 ops × 2 committed = 4");
         assert_eq!(doc.bytes, doc::canonical_len(&doc.state));
     }

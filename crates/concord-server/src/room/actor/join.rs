@@ -3,6 +3,7 @@
 //! presence and members under one byte budget (`max_catch_up_bytes`).
 
 use super::{encode_event, RoomActor};
+use crate::metrics::{JoinOutcome, Limit};
 use crate::outbound::ConnHandle;
 use crate::room::msg::Creator;
 use axum::extract::ws::Utf8Bytes;
@@ -76,7 +77,7 @@ impl RoomActor {
         };
         let max_members = self.shared.config.max_members_per_room;
         if !self.members.contains(conn.conn_id) && self.members.len() >= max_members {
-            self.shared.metrics.limit("max_members_per_room");
+            self.shared.metrics.limit(Limit::MaxMembersPerRoom);
             return fail(
                 self,
                 ErrorCode::Unavailable,
@@ -106,9 +107,9 @@ impl RoomActor {
             // Too much to replay in one frame, or events removed by retention: all or nothing,
             // so this becomes a reset.
             if too_big {
-                self.shared.metrics.limit("max_catch_up_bytes");
+                self.shared.metrics.limit(Limit::MaxCatchUpBytes);
             }
-            (recovered, outcome) = (false, "reset");
+            (recovered, outcome) = (false, JoinOutcome::Reset);
             let Ok((latest_frames, _)) = self.catch_up(plan.latest, committed).await else {
                 return fail(
                     self,
@@ -131,7 +132,7 @@ impl RoomActor {
         let left = cap.saturating_sub(size(&frames));
         let (presence, presence_rest) = self.members.presence_within(&self.room, left);
         if !presence_rest.is_empty() {
-            self.shared.metrics.limit("max_catch_up_bytes");
+            self.shared.metrics.limit(Limit::MaxCatchUpBytes);
         }
         // The state of a doc at `committed` (its ops in flight were drained before the join).
         let doc = self.core.doc().filter(|_| !recovered);

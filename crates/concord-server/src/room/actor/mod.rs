@@ -16,6 +16,7 @@ use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
+use crate::metrics::{Limit, RateScope};
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{HlcTimestamp, RoomId};
@@ -394,7 +395,7 @@ impl RoomActor {
         let shared = &self.shared;
         let max = shared.config.max_rooms;
         if shared.rooms_stored.load(Ordering::Relaxed) >= max {
-            shared.metrics.limit("max_rooms");
+            shared.metrics.limit(Limit::MaxRooms);
             return Err(RoomError::new(
                 ErrorCode::Unavailable,
                 format!("the server holds its maximum number of rooms ({max})"),
@@ -406,8 +407,8 @@ impl RoomActor {
             .as_ref()
             .map(|u| shared.room_create_per_user.check(u));
         let limited = [
-            (per_conn, "room_create_conn"),
-            (per_user, "room_create_user"),
+            (per_conn, RateScope::RoomCreateConn),
+            (per_user, RateScope::RoomCreateUser),
         ]
         .into_iter()
         .find_map(|(r, which)| match r {

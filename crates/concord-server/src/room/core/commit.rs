@@ -7,6 +7,7 @@ use super::answer::{Acked, RoomError};
 use super::effect::Effect;
 use super::state::State;
 use super::{RoomCore, Waiting};
+use crate::metrics::Limit;
 use concord_protocol::ErrorCode;
 
 impl<W: Waiting> RoomCore<W> {
@@ -80,7 +81,7 @@ impl<W: Waiting> RoomCore<W> {
         for ev in done.events {
             self.effects.push(Effect::Broadcast(ev.frame.clone()));
             if live.window.push(ev) {
-                self.metrics.limit("room_window_bytes");
+                self.metrics.limit(Limit::RoomWindowBytes);
             }
         }
         if !live.waiting.is_empty() {

@@ -4,6 +4,7 @@
 use super::answer::RoomError;
 use super::state::State;
 use super::{RoomCore, Waiting};
+use crate::metrics::JoinOutcome;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq, SinceCheck};
 use concord_protocol::{ErrorCode, Since};
@@ -20,8 +21,8 @@ pub struct JoinPlan {
     pub after: Seq,
     /// Where a reset starts (the newest `history` events; none for a doc room).
     pub latest: Seq,
-    /// `recovered`, `reset` or `fresh` (for the metrics).
-    pub outcome: &'static str,
+    /// Recovered, reset or fresh (for the metrics).
+    pub outcome: JoinOutcome,
 }
 
 impl<W: Waiting> RoomCore<W> {
@@ -59,13 +60,13 @@ impl<W: Waiting> RoomCore<W> {
         let window = self.config.recovery_window;
         let (recovered, after, outcome) = match since {
             Some(s) => match live.seqr.check_since(&s.epoch, Seq(s.seq), window) {
-                SinceCheck::Recover { after } => (true, after, "recovered"),
+                SinceCheck::Recover { after } => (true, after, JoinOutcome::Recovered),
                 SinceCheck::Reset { reason } => {
                     tracing::debug!(room = %self.room, reason, "rejoin cannot recover by events");
-                    (false, latest, "reset")
+                    (false, latest, JoinOutcome::Reset)
                 }
             },
-            None => (false, latest, "fresh"),
+            None => (false, latest, JoinOutcome::Fresh),
         };
         Ok(JoinPlan {
             kind: room_kind,

@@ -7,6 +7,7 @@ use super::effect::{Append, Effect};
 use super::state::{Batch, Live, PendingAck, State};
 use super::window::Committed;
 use super::{Env, RoomCore, Waiting};
+use crate::metrics::{Limit, RateScope};
 use crate::room::doc::{self, DocRefusal, DocState};
 use crate::store::StoredEvent;
 use axum::extract::ws::Utf8Bytes;
@@ -111,7 +112,7 @@ impl<W: Waiting> RoomCore<W> {
             }
         }
         if let Err(retry) = env.room_rate() {
-            self.metrics.rate_limit("room");
+            self.metrics.rate_limit(RateScope::Room);
             let err = RoomError {
                 retry_after_ms: Some(retry),
                 ..RoomError::new(
@@ -181,8 +182,8 @@ impl<W: Waiting> RoomCore<W> {
                     DocRefusal::Limit { limit, message } => {
                         self.metrics.limit(limit);
                         let code = match limit {
-                            "doc_max_rebase_work" => ErrorCode::Conflict,
-                            "doc_max_apply_work" => ErrorCode::TooLarge,
+                            Limit::DocMaxRebaseWork => ErrorCode::Conflict,
+                            Limit::DocMaxApplyWork => ErrorCode::TooLarge,
                             _ => ErrorCode::Rejected,
                         };
                         (code, message)
