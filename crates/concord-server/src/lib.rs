@@ -1,4 +1,4 @@
-//! The Concord server as a library: `run(config, listener, shutdown)`.
+//! The Concord server as a library: `run(config, listener, shutdown, env)` (`env`: the injected clock and the metrics).
 //!
 //! See ARCHITECTURE.md for the crate map and the data flow of a publish.
 
