@@ -4,7 +4,7 @@ use crate::limiter::Bucket;
 use crate::outbound::{ConnHandle, Outbound};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind, Seq};
-use concord_protocol::outbound::{Ack, ErrorMsg};
+use concord_protocol::outbound::Ack;
 use concord_protocol::{ServerMsg, Since};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -125,13 +125,8 @@ impl Waiter {
     pub fn fail(self, room: &RoomId, err: RoomError) {
         match self.reply {
             Reply::Ws { out, .. } => {
-                let error = ServerMsg::Error(ErrorMsg {
-                    id: self.id.as_ref().map(|i| i.as_str().into()),
-                    room: Some(room.as_str().into()),
-                    retry_after_ms: err.retry_after_ms,
-                    ..ErrorMsg::new(err.code, err.message.as_str())
-                });
-                out.send(Utf8Bytes::from(error.encode()));
+                let id = self.id.as_ref().map(|i| i.as_str());
+                out.send(Utf8Bytes::from(err.frame(room, id)));
             }
             Reply::Http(tx) => {
                 let _ = tx.send(Err(err));

@@ -5,10 +5,10 @@
 use super::{encode_event, RoomActor};
 use crate::metrics::{JoinOutcome, Limit};
 use crate::outbound::ConnHandle;
-use crate::room::msg::Creator;
+use crate::room::msg::{Creator, RoomError};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq};
-use concord_protocol::outbound::{ErrorMsg, Joined};
+use concord_protocol::outbound::Joined;
 use concord_protocol::{ErrorCode, Part, ServerMsg, Since};
 use std::sync::atomic::Ordering;
 
@@ -24,11 +24,8 @@ impl RoomActor {
     ) -> bool {
         let fail = |s: &Self, code: ErrorCode, msg: &str| {
             s.shared.metrics.error(code);
-            let frame = ServerMsg::Error(ErrorMsg {
-                room: Some(s.room.as_str().into()),
-                ..ErrorMsg::new(code, msg)
-            });
-            conn.out.send(Utf8Bytes::from(frame.encode()));
+            let frame = RoomError::new(code, msg).frame(&s.room, None);
+            conn.out.send(Utf8Bytes::from(frame));
             false
         };
         let fixed = self.shared.config.kind_for(self.room.as_str());
@@ -53,12 +50,7 @@ impl RoomActor {
                 Some(k) => {
                     if let Err(e) = self.create(k, &creator).await {
                         self.shared.metrics.error(e.code);
-                        let frame = ServerMsg::Error(ErrorMsg {
-                            room: Some(self.room.as_str().into()),
-                            retry_after_ms: e.retry_after_ms,
-                            ..ErrorMsg::new(e.code, e.message.as_str())
-                        });
-                        conn.out.send(Utf8Bytes::from(frame.encode()));
+                        conn.out.send(Utf8Bytes::from(e.frame(&self.room, None)));
                         return false;
                     }
                 }

@@ -20,7 +20,7 @@ use crate::metrics::{Limit, RateScope};
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{HlcTimestamp, RoomId};
-use concord_protocol::outbound::{ErrorMsg, Left};
+use concord_protocol::outbound::Left;
 use concord_protocol::{ErrorCode, ServerMsg};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -460,11 +460,7 @@ fn left_frame(room: &RoomId) -> String {
 }
 
 fn unavailable_frame(room: &RoomId, message: &str) -> String {
-    ServerMsg::Error(ErrorMsg {
-        room: Some(room.as_str().into()),
-        ..ErrorMsg::new(ErrorCode::Unavailable, message)
-    })
-    .encode()
+    RoomError::new(ErrorCode::Unavailable, message).frame(room, None)
 }
 
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)

@@ -1,7 +1,8 @@
 //! What a waiter is finally told: an ack (`Acked`) or an error (`RoomError`).
 
-use concord_core::{Epoch, HlcText, Seq};
-use concord_protocol::ErrorCode;
+use concord_core::{Epoch, HlcText, RoomId, Seq};
+use concord_protocol::outbound::ErrorMsg;
+use concord_protocol::{ErrorCode, ServerMsg};
 
 /// A committed publish.
 #[derive(Debug, Clone)]
@@ -29,5 +30,16 @@ impl RoomError {
             message: message.into(),
             retry_after_ms: None,
         }
+    }
+
+    /// The `error` frame of this error in `room`, echoing the op `id` when there is one.
+    pub fn frame(&self, room: &RoomId, id: Option<&str>) -> String {
+        ServerMsg::Error(ErrorMsg {
+            id: id.map(Into::into),
+            room: Some(room.as_str().into()),
+            retry_after_ms: self.retry_after_ms,
+            ..ErrorMsg::new(self.code, self.message.as_str())
+        })
+        .encode()
     }
 }
