@@ -8,7 +8,6 @@ pub mod core;
 pub(crate) mod core;
 pub mod doc;
 pub mod load;
-mod members;
 mod msg;
 mod registry;
 

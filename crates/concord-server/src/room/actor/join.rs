@@ -1,15 +1,16 @@
 //! Joining a room: creation on first join, kind and capacity checks, recovery from `since`
-//! (all or nothing), `history`, the doc state, presence and members in `joined` — events,
-//! presence and members under one byte budget (`max_catch_up_bytes`).
+//! (all or nothing), `history`, the doc state, presence and members in `joined`. The shell
+//! reads what the window lacks from the store; the core plans the join, fits it in its byte
+//! budget (`max_catch_up_bytes`) and builds the frame.
 
 use super::{encode_event, RoomActor};
 use crate::metrics::{JoinOutcome, Limit};
 use crate::outbound::ConnHandle;
+use crate::room::core::{JoinBudget, NoRecovery};
 use crate::room::msg::{Creator, RoomError};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq};
-use concord_protocol::outbound::Joined;
-use concord_protocol::{ErrorCode, Part, ServerMsg, Since};
+use concord_protocol::{ErrorCode, Since};
 use std::sync::atomic::Ordering;
 
 impl RoomActor {
@@ -85,68 +86,42 @@ impl RoomActor {
                 "history is not readable right now; retry",
             );
         };
-        // The budget covers the members list, the events, then presence (what does not fit
-        // follows `joined` as ordinary presence frames).
         let members = self.members.members_json(&conn);
-        let cap = self
-            .shared
-            .config
-            .max_catch_up_bytes
-            .saturating_sub(members.len());
-        let size = |f: &[Utf8Bytes]| f.iter().map(|e| e.len() + 1).sum::<usize>();
-        let too_big = size(&frames) > cap;
-        if recovered && (too_big || !complete) {
-            // Too much to replay in one frame, or events removed by retention: all or nothing,
-            // so this becomes a reset.
-            if too_big {
-                self.shared.metrics.limit(Limit::MaxCatchUpBytes);
+        let budget = JoinBudget::new(self.shared.config.max_catch_up_bytes, &members);
+        if recovered {
+            if let Err(why) = budget.recovery(&frames, complete) {
+                // All or nothing: this becomes a reset.
+                if why == NoRecovery::TooBig {
+                    self.shared.metrics.limit(Limit::MaxCatchUpBytes);
+                }
+                (recovered, outcome) = (false, JoinOutcome::Reset);
+                let Ok((latest_frames, _)) = self.catch_up(plan.latest, committed).await else {
+                    return fail(
+                        self,
+                        ErrorCode::Unavailable,
+                        "history is not readable right now; retry",
+                    );
+                };
+                frames = latest_frames;
             }
-            (recovered, outcome) = (false, JoinOutcome::Reset);
-            let Ok((latest_frames, _)) = self.catch_up(plan.latest, committed).await else {
-                return fail(
-                    self,
-                    ErrorCode::Unavailable,
-                    "history is not readable right now; retry",
-                );
-            };
-            frames = latest_frames;
         }
         if !recovered {
-            // `history` gives the newest events that fit in the byte budget.
-            let mut total = size(&frames);
-            let mut drop = 0;
-            while total > cap && drop < frames.len() {
-                total -= frames[drop].len() + 1;
-                drop += 1;
-            }
-            frames.drain(..drop);
+            budget.keep_newest(&mut frames);
         }
-        let left = cap.saturating_sub(size(&frames));
-        let (presence, presence_rest) = self.members.presence_within(&self.room, left);
+        let (presence, presence_rest) = self.members.presence_within(budget.left_after(&frames));
         if !presence_rest.is_empty() {
             self.shared.metrics.limit(Limit::MaxCatchUpBytes);
         }
-        // The state of a doc at `committed` (its ops in flight were drained before the join).
-        let doc = self.core.doc().filter(|_| !recovered);
-        let frame = ServerMsg::Joined(Joined {
-            room: self.room.as_str().into(),
-            kind: plan.kind.as_str().into(),
-            epoch: self.core.epoch().map_or("", |e| e.as_str()).into(),
-            seq: committed.0,
-            recovered,
-            // Already encoded (shared with the members' queues): copied, not encoded again.
-            events: frames.iter().map(|f| Part::Encoded(f.as_str())).collect(),
-            state: doc.map(|d| std::borrow::Cow::Borrowed(&d.state)),
-            hash: doc.map(|d| d.hash().into()),
-            presence: Part::Encoded(&presence),
-            members: Part::Encoded(&members),
-        });
+        let frame = self
+            .core
+            .joined_frame(&plan, recovered, &frames, &presence, &members);
         self.shared.metrics.join(outcome);
-        if conn.out.send(Utf8Bytes::from(frame.encode())) {
+        if conn.out.send(Utf8Bytes::from(frame)) {
             for (client, frame) in presence_rest {
                 conn.out.presence(&self.room, &client, frame);
             }
-            self.members.add(&self.room, conn, &self.shared.metrics);
+            let now = self.shared.clock.now_ms();
+            self.members.add(conn, now);
             self.stats
                 .members
                 .store(self.members.len() as u64, Ordering::Relaxed);

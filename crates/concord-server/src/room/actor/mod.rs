@@ -10,13 +10,13 @@
 mod join;
 mod write;
 
-use super::core::{CoreConfig, Effect, Env, Loaded, RoomCore};
-use super::members::Members;
+use super::core::{CoreConfig, Effect, Env, Loaded, MemberConn, Members, RoomCore};
 use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
 use crate::metrics::{Limit, RateScope};
+use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{HlcTimestamp, RoomId};
@@ -65,7 +65,7 @@ pub(crate) struct RoomActor {
     /// the drop guard answers them if the actor panics).
     buf: Vec<RoomMsg>,
     core: RoomCore<Waiter>,
-    members: Members,
+    members: Members<ConnHandle>,
     /// Publishes into this room from all senders together.
     rate: Bucket,
     stats: Arc<RoomStats>,
@@ -88,7 +88,11 @@ impl RoomActor {
         // Paired with the decrement in `Drop`, which runs however the actor ends.
         shared.metrics.rooms_active.inc();
         RoomActor {
-            members: Members::new(shared.config.presence_interval, shared.clock.clone()),
+            members: Members::new(
+                room.clone(),
+                shared.config.presence_interval,
+                shared.metrics.clone(),
+            ),
             rate: Bucket::new(shared.config.rate_publish_per_room, &shared.clock),
             stats,
             core: RoomCore::new(
@@ -117,14 +121,14 @@ impl RoomActor {
         tokio::pin!(sleep);
         loop {
             let idle_now = self.is_idle();
-            let flush_at = self.members.flush_at;
+            let flush_at = self.members.flush_at();
             tokio::select! {
                 biased;
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
                 }
                 _ = self.shared.time.sleep_until_ms(flush_at.unwrap_or(0)), if flush_at.is_some() => {
-                    self.members.flush_presence(&self.room);
+                    self.members.flush_presence();
                 }
                 n = self.rx.recv_many(&mut self.buf, MAILBOX_BATCH) => {
                     if n == 0 {
@@ -230,7 +234,7 @@ impl RoomActor {
                     waiter.fail(&self.room, error);
                 }
                 Effect::Broadcast(frame) => {
-                    self.members.broadcast(&self.room, &frame, metrics);
+                    self.members.broadcast(&frame, self.shared.clock.now_ms());
                     broadcast = true;
                 }
                 Effect::Reload => reload = true,
@@ -354,8 +358,7 @@ impl RoomActor {
                     drop(slot);
                 }
                 RoomMsg::Leave { conn_id, notify } => {
-                    self.members
-                        .remove(&self.room, conn_id, &self.shared.metrics);
+                    self.members.remove(conn_id, self.shared.clock.now_ms());
                     self.stats
                         .members
                         .store(self.members.len() as u64, Ordering::Relaxed);
@@ -364,13 +367,11 @@ impl RoomActor {
                     }
                 }
                 RoomMsg::Presence { conn_id, data } => {
-                    let Some(client) = self.members.client_of(conn_id).cloned() else {
-                        // The join was refused or the member left meanwhile.
-                        continue;
-                    };
-                    self.stats.presence.fetch_add(1, Ordering::Relaxed);
-                    self.members
-                        .set_presence(&client, data, &self.shared.metrics);
+                    // Ignored when the join was refused or the member left meanwhile.
+                    let now = self.shared.clock.now_ms();
+                    if self.members.set_presence(conn_id, data, now) {
+                        self.stats.presence.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             // Refusals and answers from the table go out at once, in message order.
@@ -449,6 +450,26 @@ impl RoomActor {
                 "the store is unavailable",
             ))
         }
+    }
+}
+
+/// A member is a connection's handle: frames go to its outbound queue, presence to its
+/// latest-value slot.
+impl MemberConn for ConnHandle {
+    fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+    fn client(&self) -> &concord_core::ClientId {
+        &self.client
+    }
+    fn info(&self) -> &Arc<concord_protocol::outbound::MemberInfo> {
+        &self.member
+    }
+    fn send(&self, frame: Utf8Bytes) -> bool {
+        self.out.send(frame)
+    }
+    fn presence(&self, room: &RoomId, client: &concord_core::ClientId, frame: Utf8Bytes) {
+        self.out.presence(room, client, frame)
     }
 }
 
@@ -542,9 +563,9 @@ impl Drop for RoomActor {
         if panicked {
             // The members are not members of the next actor: they are told to join again
             // (with `since`, to get what they missed).
-            for out in self.members.outs() {
+            for member in self.members.conns() {
                 metrics.error(ErrorCode::Unavailable);
-                out.send(Utf8Bytes::from(unavailable_frame(
+                member.send(Utf8Bytes::from(unavailable_frame(
                     &self.room,
                     "the room failed; join again with since to resume",
                 )));

@@ -1,7 +1,9 @@
 //! The room core: everything a room decides, without IO and without an async runtime —
 //! idempotency (with the retries waiting for their seq), seq + hlc assignment, the recent
-//! window, doc rebasing, catch-up selection, and what to do when a commit succeeds or fails
-//! (ack, broadcast, or reload).
+//! window, doc rebasing, catch-up selection and the `joined` budget, what to do when a commit
+//! succeeds or fails (ack, broadcast, or reload), and the members with their presence
+//! ([`Members`]: membership events and coalesced presence, over member handles that queue
+//! frames without waiting).
 //!
 //! Inputs are messages ([`RoomCore::publish`], [`RoomCore::op`], …) and store outcomes
 //! ([`RoomCore::loaded`], [`RoomCore::append_done`]); outputs are [`Effect`]s, queued in order
@@ -19,7 +21,9 @@ mod check;
 mod commit;
 mod effect;
 mod join;
+mod joined;
 mod load;
+mod members;
 mod state;
 #[cfg(any(test, feature = "testing"))]
 mod step_env;
@@ -30,7 +34,9 @@ mod write;
 
 pub use answer::{Acked, RoomError};
 pub use effect::Effect;
+pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
+pub use members::{MemberConn, Members};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;
 pub use write::FoundOps;

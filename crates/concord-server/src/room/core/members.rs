@@ -1,0 +1,526 @@
+//! A room's members: their connections, membership events (`member_joined` when a client's
+//! first connection joins, `member_left` when its last one leaves, each exactly once), and
+//! presence coalesced per client and sent at most once per interval.
+//!
+//! Sans-IO like the rest of the core: a member is a [`MemberConn`] — a handle that queues frames
+//! without waiting (the shell's outbound queue; a recorder in tests) — and time comes in as
+//! milliseconds on the server's clock. A connection whose queue refuses a frame (gone, or
+//! lagging past its bound) stops being a member at once, announced like any other departure.
+
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{ClientId, RoomId};
+use concord_protocol::outbound::{Member, MemberInfo, Presence};
+use concord_protocol::{Json, ServerMsg};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One member connection, as the room sees it.
+pub trait MemberConn {
+    /// The connection (unique on this server).
+    fn conn_id(&self) -> u64;
+    /// The client it speaks for (a client may be joined from several connections).
+    fn client(&self) -> &ClientId;
+    /// Who it is, as other members see it.
+    fn info(&self) -> &Arc<MemberInfo>;
+    /// Queues a frame; false when the connection is gone or lagging (it is then removed).
+    fn send(&self, frame: Utf8Bytes) -> bool;
+    /// Replaces the latest presence frame of (`room`, `client`) waiting for this connection.
+    fn presence(&self, room: &RoomId, client: &ClientId, frame: Utf8Bytes);
+}
+
+pub struct Members<C> {
+    room: RoomId,
+    metrics: Metrics,
+    /// Presence of a room goes out at most this often (milliseconds).
+    interval_ms: u64,
+    conns: HashMap<u64, C>,
+    /// Connections per client id (a client may be joined from several connections).
+    clients: HashMap<ClientId, (usize, Arc<MemberInfo>)>,
+    /// The latest presence of each client that set one.
+    presence: HashMap<ClientId, Arc<RawValue>>,
+    /// Presence changes not yet sent (None = cleared).
+    dirty: HashMap<ClientId, Option<Arc<RawValue>>>,
+    /// When the pending presence changes go out (milliseconds on the server's clock).
+    flush_at: Option<u64>,
+}
+
+impl<C: MemberConn> Members<C> {
+    pub fn new(room: RoomId, interval: std::time::Duration, metrics: Metrics) -> Self {
+        Members {
+            room,
+            metrics,
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            conns: HashMap::new(),
+            clients: HashMap::new(),
+            presence: HashMap::new(),
+            dirty: HashMap::new(),
+            flush_at: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The member connections.
+    pub fn conns(&self) -> impl Iterator<Item = &C> {
+        self.conns.values()
+    }
+
+    /// When the pending presence changes are due ([`Members::flush_presence`]), if any.
+    pub fn flush_at(&self) -> Option<u64> {
+        self.flush_at
+    }
+
+    pub fn contains(&self, conn_id: u64) -> bool {
+        self.conns.contains_key(&conn_id)
+    }
+
+    /// Sends `frame` to every member; members whose connection is gone or lagging are removed.
+    pub fn broadcast(&mut self, frame: &Utf8Bytes, now_ms: u64) {
+        let mut gone = Vec::new();
+        for (id, c) in &self.conns {
+            if !c.send(frame.clone()) {
+                gone.push(*id);
+            }
+        }
+        let delivered = self.conns.len() - gone.len();
+        self.metrics.deliveries.inc_by(delivered as u64);
+        for id in gone {
+            self.remove(id, now_ms);
+        }
+    }
+
+    /// Adds (or re-adds) a connection; the first connection of a client announces it to the
+    /// others.
+    pub fn add(&mut self, conn: C, now_ms: u64) {
+        let (conn_id, client, info) = (conn.conn_id(), conn.client().clone(), conn.info().clone());
+        if self.conns.insert(conn_id, conn).is_some() {
+            // A rejoin on the same connection: nothing changes for the others.
+            return;
+        }
+        let entry = self.clients.entry(client).or_insert_with(|| (0, info));
+        entry.0 += 1;
+        if entry.0 == 1 {
+            let frame = ServerMsg::MemberJoined(member(&self.room, &entry.1));
+            let frame = Utf8Bytes::from(frame.encode());
+            let others: Vec<u64> = self
+                .conns
+                .keys()
+                .copied()
+                .filter(|id| *id != conn_id)
+                .collect();
+            self.send_to(&others, &frame, now_ms);
+        }
+    }
+
+    fn send_to(&mut self, ids: &[u64], frame: &Utf8Bytes, now_ms: u64) {
+        let gone: Vec<u64> = ids
+            .iter()
+            .filter(|id| self.conns.get(id).is_some_and(|c| !c.send(frame.clone())))
+            .copied()
+            .collect();
+        for id in gone {
+            self.remove(id, now_ms);
+        }
+    }
+
+    /// Removes a connection; the last connection of a client announces its departure and
+    /// clears its presence (`data: null`, exactly once).
+    pub fn remove(&mut self, conn_id: u64, now_ms: u64) {
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        let client = conn.client();
+        let Some(entry) = self.clients.get_mut(client) else {
+            return;
+        };
+        entry.0 -= 1;
+        if entry.0 > 0 {
+            return;
+        }
+        let (_, info) = self.clients.remove(client).expect("entry exists");
+        if self.presence.remove(client).is_some() {
+            self.mark_dirty(client.clone(), None, now_ms);
+        }
+        let frame = ServerMsg::MemberLeft(member(&self.room, &info));
+        let frame = Utf8Bytes::from(frame.encode());
+        let all: Vec<u64> = self.conns.keys().copied().collect();
+        self.send_to(&all, &frame, now_ms);
+    }
+
+    /// Queues a presence change; it goes out at the next flush (`interval` after the first
+    /// pending change). Returns true if it replaced a change not yet sent.
+    fn mark_dirty(&mut self, client: ClientId, value: Option<Arc<RawValue>>, now_ms: u64) -> bool {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now_ms.saturating_add(self.interval_ms));
+        }
+        self.dirty.insert(client, value).is_some()
+    }
+
+    /// Records a presence update of the member connection `conn_id`, coalesced with any later
+    /// update of the same client. `null` clears the client's presence (announced once;
+    /// clearing nothing sends nothing). False when `conn_id` is not a member (its join was
+    /// refused, or it left meanwhile): presence is only for members.
+    pub fn set_presence(&mut self, conn_id: u64, data: Box<RawValue>, now_ms: u64) -> bool {
+        let Some(client) = self.conns.get(&conn_id).map(|c| c.client().clone()) else {
+            return false;
+        };
+        let replaced = if data.get() == "null" {
+            self.presence.remove(&client).is_some() && self.mark_dirty(client, None, now_ms)
+        } else {
+            let data: Arc<RawValue> = Arc::from(data);
+            self.presence.insert(client.clone(), data.clone());
+            self.mark_dirty(client, Some(data), now_ms)
+        };
+        if replaced {
+            self.metrics.presence_coalesced.inc();
+        }
+        true
+    }
+
+    /// Sends the pending presence changes to every member's presence slot.
+    pub fn flush_presence(&mut self) {
+        self.flush_at = None;
+        for (client, value) in self.dirty.drain() {
+            let frame = Utf8Bytes::from(presence_frame(&self.room, &client, value.as_deref()));
+            for c in self.conns.values() {
+                c.presence(&self.room, &client, frame.clone());
+            }
+        }
+    }
+
+    /// The `presence` field of `joined` (client id → current data) within `budget` bytes: as
+    /// many entries as fit. The frames of the others are returned, to be sent after `joined`
+    /// as ordinary `presence` frames.
+    pub fn presence_within(&self, budget: usize) -> (String, Vec<(ClientId, Utf8Bytes)>) {
+        let mut out = String::from("{");
+        let mut rest = Vec::new();
+        for (client, value) in &self.presence {
+            let key = serde_json::to_string(client.as_str()).expect("a string serializes");
+            // Re-encoded (compact, keys sorted), as the snapshot always was.
+            let data = serde_json::from_str::<serde_json::Value>(value.get())
+                .unwrap_or(serde_json::Value::Null)
+                .to_string();
+            let entry = key.len() + 1 + data.len() + 1;
+            if out.len() + entry + 1 > budget {
+                let frame = presence_frame(&self.room, client, Some(value));
+                rest.push((client.clone(), Utf8Bytes::from(frame)));
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&key);
+            out.push(':');
+            out.push_str(&data);
+        }
+        out.push('}');
+        (out, rest)
+    }
+
+    /// The `members` field of `joined` for `joining`: one entry per client, itself included.
+    pub fn members_json(&self, joining: &C) -> String {
+        let mut list: Vec<&MemberInfo> = self.clients.values().map(|(_, m)| m.as_ref()).collect();
+        if !self.clients.contains_key(joining.client()) {
+            list.push(joining.info());
+        }
+        serde_json::to_string(&list).expect("member info serializes")
+    }
+
+    /// Checks the bookkeeping: each client counts exactly its member connections; presence is
+    /// only held for members; a pending change has its flush time.
+    pub fn check(&self) -> Result<(), String> {
+        let mut counts: HashMap<&ClientId, usize> = HashMap::new();
+        for c in self.conns.values() {
+            *counts.entry(c.client()).or_default() += 1;
+        }
+        if counts.len() != self.clients.len() {
+            return Err(format!(
+                "{} clients have connections, {} are counted",
+                counts.len(),
+                self.clients.len()
+            ));
+        }
+        for (client, (n, _)) in &self.clients {
+            if counts.get(client) != Some(n) {
+                return Err(format!(
+                    "client {client} is counted {n} times, has {:?}",
+                    counts.get(client)
+                ));
+            }
+        }
+        if let Some(c) = self
+            .presence
+            .keys()
+            .find(|c| !self.clients.contains_key(*c))
+        {
+            return Err(format!("presence is held for {c}, not a member"));
+        }
+        if !self.dirty.is_empty() && self.flush_at.is_none() {
+            return Err("presence changes are pending with no flush time".into());
+        }
+        Ok(())
+    }
+}
+
+fn member<'a>(room: &'a RoomId, info: &'a MemberInfo) -> Member<'a> {
+    Member {
+        room: room.as_str().into(),
+        member: std::borrow::Cow::Borrowed(info),
+    }
+}
+
+/// A `presence` frame; `data` None is `null` (the client left or cleared its presence).
+fn presence_frame(room: &RoomId, client: &ClientId, data: Option<&RawValue>) -> String {
+    ServerMsg::Presence(Presence {
+        room: room.as_str().into(),
+        client_id: client.as_str().into(),
+        data: data.map_or_else(Json::null, Json::from),
+    })
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    /// A member that records what it is sent; `open` false makes it refuse frames (gone or
+    /// lagging).
+    #[derive(Clone)]
+    struct Rec {
+        id: u64,
+        client: ClientId,
+        info: Arc<MemberInfo>,
+        open: Rc<Cell<bool>>,
+        frames: Rc<RefCell<Vec<serde_json::Value>>>,
+        presence: Rc<RefCell<Vec<serde_json::Value>>>,
+    }
+
+    impl Rec {
+        fn new(id: u64, client: &str) -> Self {
+            Rec {
+                id,
+                client: ClientId::new(client).expect("a client id"),
+                info: Arc::new(MemberInfo {
+                    client_id: client.into(),
+                    user: format!("user-{client}"),
+                    meta: Default::default(),
+                }),
+                open: Rc::new(Cell::new(true)),
+                frames: Rc::default(),
+                presence: Rc::default(),
+            }
+        }
+        /// The `type` of each frame received, with the client it is about.
+        fn got(&self) -> Vec<String> {
+            self.frames.borrow().iter().map(describe).collect()
+        }
+        fn got_presence(&self) -> Vec<String> {
+            self.presence.borrow().iter().map(describe).collect()
+        }
+    }
+
+    fn describe(v: &serde_json::Value) -> String {
+        let about = v["member"]["client_id"]
+            .as_str()
+            .or(v["client_id"].as_str())
+            .unwrap_or("-");
+        match v["type"].as_str() {
+            Some("presence") => format!("presence {about}={}", v["data"]),
+            Some(t) => format!("{t} {about}"),
+            None => "?".into(),
+        }
+    }
+
+    impl MemberConn for Rec {
+        fn conn_id(&self) -> u64 {
+            self.id
+        }
+        fn client(&self) -> &ClientId {
+            &self.client
+        }
+        fn info(&self) -> &Arc<MemberInfo> {
+            &self.info
+        }
+        fn send(&self, frame: Utf8Bytes) -> bool {
+            if !self.open.get() {
+                return false;
+            }
+            let v = serde_json::from_str(&frame).expect("frames are JSON");
+            self.frames.borrow_mut().push(v);
+            true
+        }
+        fn presence(&self, room: &RoomId, client: &ClientId, frame: Utf8Bytes) {
+            let v: serde_json::Value = serde_json::from_str(&frame).expect("frames are JSON");
+            assert_eq!(v["room"], room.as_str());
+            assert_eq!(v["client_id"], client.as_str());
+            self.presence.borrow_mut().push(v);
+        }
+    }
+
+    fn members() -> Members<Rec> {
+        let room = RoomId::new("room").expect("a room id");
+        Members::new(room, std::time::Duration::from_millis(50), Metrics::new())
+    }
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.into()).expect("JSON")
+    }
+
+    /// Runs a step, then the bookkeeping check.
+    fn step(m: &mut Members<Rec>, f: impl FnOnce(&mut Members<Rec>)) {
+        f(m);
+        m.check().expect("members bookkeeping");
+    }
+
+    #[test]
+    fn a_client_is_announced_once_to_the_others() {
+        let mut m = members();
+        let (a, b, b2) = (Rec::new(1, "a"), Rec::new(2, "b"), Rec::new(3, "b"));
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| m.add(b.clone(), 0));
+        // A second connection of the same client announces nothing.
+        step(&mut m, |m| m.add(b2.clone(), 0));
+        // A rejoin on the same connection neither.
+        step(&mut m, |m| m.add(b.clone(), 0));
+        assert_eq!(a.got(), vec!["member_joined b"]);
+        assert!(b.got().is_empty(), "nobody joined after b: {:?}", b.got());
+        assert_eq!(m.len(), 3);
+        let list: serde_json::Value =
+            serde_json::from_str(&m.members_json(&Rec::new(9, "c"))).expect("JSON");
+        assert_eq!(
+            list.as_array().map(Vec::len),
+            Some(3),
+            "a, b and the joining c: {list}"
+        );
+    }
+
+    #[test]
+    fn a_client_leaves_with_its_last_connection_and_its_presence_is_cleared_once() {
+        let mut m = members();
+        let (a, b, b2) = (Rec::new(1, "a"), Rec::new(2, "b"), Rec::new(3, "b"));
+        for c in [&a, &b, &b2] {
+            step(&mut m, |m| m.add(c.clone(), 0));
+        }
+        step(&mut m, |m| assert!(m.set_presence(2, raw(r#"{"x":1}"#), 0)));
+        step(&mut m, |m| m.flush_presence());
+        step(&mut m, |m| m.remove(2, 10));
+        assert_eq!(a.got(), vec!["member_joined b"], "b still has a connection");
+        step(&mut m, |m| m.remove(3, 10));
+        step(&mut m, |m| m.remove(3, 10));
+        assert_eq!(a.got(), vec!["member_joined b", "member_left b"]);
+        assert_eq!(
+            m.flush_at(),
+            Some(60),
+            "the clearing is due one interval later"
+        );
+        step(&mut m, |m| m.flush_presence());
+        assert_eq!(
+            a.got_presence(),
+            vec![r#"presence b={"x":1}"#, "presence b=null"]
+        );
+        // A client that never set presence leaves without a `null`.
+        step(&mut m, |m| m.remove(1, 20));
+        assert_eq!(m.flush_at(), None);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn presence_is_coalesced_per_client_until_the_flush() {
+        let mut m = members();
+        let (a, b) = (Rec::new(1, "a"), Rec::new(2, "b"));
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| m.add(b.clone(), 0));
+        step(&mut m, |m| assert!(m.set_presence(1, raw("1"), 100)));
+        step(&mut m, |m| assert!(m.set_presence(1, raw("2"), 120)));
+        step(&mut m, |m| assert!(m.set_presence(2, raw("3"), 130)));
+        assert_eq!(
+            m.flush_at(),
+            Some(150),
+            "the first pending change sets the time"
+        );
+        assert_eq!(
+            m.metrics.value("concord_presence_coalesced_total", &[]),
+            1.0
+        );
+        step(&mut m, |m| m.flush_presence());
+        let mut got = b.got_presence();
+        got.sort();
+        assert_eq!(got, vec!["presence a=2", "presence b=3"]);
+        assert_eq!(
+            a.got_presence().len(),
+            2,
+            "the sender gets its own presence too"
+        );
+        // Clearing twice announces once; clearing what was never set announces nothing.
+        step(&mut m, |m| assert!(m.set_presence(1, raw("null"), 200)));
+        step(&mut m, |m| assert!(m.set_presence(1, raw("null"), 200)));
+        step(&mut m, |m| m.flush_presence());
+        step(&mut m, |m| assert!(m.set_presence(1, raw("null"), 300)));
+        assert_eq!(m.flush_at(), None, "nothing to send");
+        assert_eq!(
+            b.got_presence()
+                .iter()
+                .filter(|p| *p == "presence a=null")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn presence_of_a_connection_that_is_not_a_member_is_ignored() {
+        let mut m = members();
+        step(&mut m, |m| assert!(!m.set_presence(7, raw("1"), 0)));
+        assert_eq!(m.flush_at(), None);
+    }
+
+    #[test]
+    fn a_member_that_refuses_a_frame_is_removed_and_announced() {
+        let mut m = members();
+        let (a, b) = (Rec::new(1, "a"), Rec::new(2, "b"));
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| m.add(b.clone(), 0));
+        step(&mut m, |m| assert!(m.set_presence(2, raw("5"), 0)));
+        b.open.set(false);
+        step(&mut m, |m| {
+            m.broadcast(&Utf8Bytes::from(r#"{"type":"event"}"#), 10)
+        });
+        assert!(!m.contains(2));
+        assert_eq!(a.got(), vec!["member_joined b", "event -", "member_left b"]);
+        assert_eq!(m.metrics.value("concord_deliveries_total", &[]), 1.0);
+        // Its presence is cleared at the next flush.
+        step(&mut m, |m| m.flush_presence());
+        assert_eq!(a.got_presence(), vec!["presence b=null"]);
+    }
+
+    #[test]
+    fn joined_presence_takes_what_fits_and_the_rest_follows() {
+        let mut m = members();
+        for (id, c) in [(1, "a"), (2, "b"), (3, "c")] {
+            step(&mut m, |m| m.add(Rec::new(id, c), 0));
+            step(&mut m, |m| {
+                assert!(m.set_presence(id, raw(r#"{"k": 1}"#), 0))
+            });
+        }
+        // Each entry is `"x":{"k":1}` (11 bytes) plus a separator; the braces take 2.
+        let (all, rest) = m.presence_within(1000);
+        assert!(rest.is_empty());
+        assert_eq!(all.len(), 2 + 3 * 11 + 2, "{all}");
+        let (some, rest) = m.presence_within(2 + 2 * 12);
+        let fitted: serde_json::Value = serde_json::from_str(&some).expect("JSON");
+        assert_eq!(fitted.as_object().map(|o| o.len()), Some(2), "{some}");
+        assert_eq!(rest.len(), 1);
+        let (none, rest) = m.presence_within(0);
+        assert_eq!(none, "{}");
+        assert_eq!(rest.len(), 3);
+    }
+}
