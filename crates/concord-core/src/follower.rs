@@ -137,13 +137,11 @@ impl<E> Follower<E> {
     pub fn filled(&mut self, after: Seq, entries: Vec<(Seq, E)>) -> Vec<E> {
         self.filling = None;
         let mut out = Vec::new();
-        let mut expect = after.0 + 1;
-        for (seq, e) in entries {
+        for (expect, (seq, e)) in (after.0 + 1..).zip(entries) {
             if seq.0 != expect {
                 // Not contiguous: keep what was contiguous, ask again for the rest.
                 break;
             }
-            expect += 1;
             self.known = self.known.max(seq);
             if seq.0 == self.delivered.0 + 1 {
                 self.delivered = seq;
