@@ -27,7 +27,8 @@ pub struct Follower<E> {
     max_buffer: usize,
     /// The highest seq known to exist.
     known: Seq,
-    /// A fill is being read: up to this seq.
+    /// A fill is being read: up to this seq. At most one at a time: set until its result (or
+    /// failure) is handed back, even when the feed delivered the range meanwhile.
     filling: Option<Seq>,
 }
 
@@ -100,9 +101,6 @@ impl<E> Follower<E> {
         while let Some(e) = self.buffer.remove(&(self.delivered.0 + 1)) {
             self.delivered = Seq(self.delivered.0 + 1);
             out.push(e);
-        }
-        if self.filling.is_some_and(|f| f <= self.delivered) {
-            self.filling = None;
         }
     }
 

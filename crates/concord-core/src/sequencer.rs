@@ -64,6 +64,16 @@ impl Sequencer {
         self.committed = upto;
     }
 
+    /// Moves the head to `upto` for a room sequenced elsewhere (the distributed mode's shared
+    /// stream rooms: the commit point assigns the seqs, this sequencer follows the log as it is
+    /// delivered). Never moves back, and never while seqs are assigned here.
+    pub fn follow(&mut self, upto: Seq) {
+        assert!(!self.in_flight(), "follow with seqs assigned here");
+        assert!(upto >= self.committed, "follow went backwards");
+        self.assigned = upto;
+        self.committed = upto;
+    }
+
     /// Forgets in-flight seqs after a failed commit: the next op gets `committed + 1` again.
     pub fn abort_in_flight(&mut self) {
         self.assigned = self.committed;

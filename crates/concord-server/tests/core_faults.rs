@@ -144,6 +144,9 @@ impl Sim {
                     self.broadcast = seq;
                 }
                 Effect::Reload => self.reload_wanted = true,
+                Effect::Commit(_) | Effect::Fill(_) => {
+                    return Err("a room of the embedded mode asked for a commit point".into())
+                }
             }
         }
         self.core.check()

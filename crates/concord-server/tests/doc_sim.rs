@@ -210,6 +210,9 @@ impl Server {
                         }
                     }
                     Effect::Reload => return Err("the core asked for a reload".into()),
+                    Effect::Commit(_) | Effect::Fill(_) => {
+                        return Err("a doc room asked for a commit point".into())
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@
 mod join;
 mod write;
 
-use super::core::{CoreConfig, Effect, Env, Loaded, MemberConn, Members, RoomCore};
+use super::core::{CommitFailure, CoreConfig, Effect, Env, Loaded, MemberConn, Members, RoomCore};
 use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
 use crate::context::{RoomStats, Shared};
@@ -192,6 +192,9 @@ impl RoomActor {
     fn route(&mut self) -> bool {
         let mut reload = false;
         let mut broadcast = false;
+        // This shell has no shared commit point (the core only asks for one when
+        // `shared_streams` is set): such requests are answered at once, so no waiter hangs.
+        let (mut commits, mut fills) = (0, 0);
         let metrics = &self.shared.metrics;
         for effect in self.core.drain() {
             match effect {
@@ -238,7 +241,21 @@ impl RoomActor {
                     broadcast = true;
                 }
                 Effect::Reload => reload = true,
+                Effect::Commit(_) => commits += 1,
+                Effect::Fill(_) => fills += 1,
             }
+        }
+        if commits + fills > 0 {
+            tracing::error!(room = %self.room, "a shared-room effect without a commit point");
+            for _ in 0..commits {
+                let e = RoomError::new(ErrorCode::Internal, "no commit point for this room");
+                self.core.commit_done(Err(CommitFailure::Refused(e)));
+            }
+            for _ in 0..fills {
+                self.core.fill_failed();
+            }
+            // Carry out the answers (failures only: nothing new is asked of a commit point).
+            return self.route() || reload;
         }
         if broadcast {
             self.stats

@@ -19,6 +19,10 @@ impl<W: Waiting> RoomCore<W> {
         let committed = live.seqr.committed();
         let assigned = live.seqr.assigned();
         live.window.check(committed)?;
+        if matches!(self.state, State::Shared { .. }) {
+            self.shared_check()?;
+            return live.idem.check();
+        }
         if let State::Doc { doc, .. } = &self.state {
             if doc.seq != assigned {
                 return Err(format!(

@@ -21,6 +21,11 @@ impl<W: Waiting> RoomCore<W> {
         let unavailable = || RoomError::new(ErrorCode::Unavailable, "commit failed; retry");
         let live = match (&mut self.state, &outcome) {
             (State::Stream(live) | State::Doc { live, .. }, Ok(())) => live,
+            (State::Shared { .. }, _) => {
+                debug_assert!(false, "a store append for a shared room");
+                self.inflight.push_front(done);
+                return;
+            }
             (State::Stream(_) | State::Doc { .. }, Err(e)) => {
                 tracing::error!(room = %self.room, error = %e, "commit failed; reloading room");
                 let (State::Stream(mut live) | State::Doc { mut live, .. }) =

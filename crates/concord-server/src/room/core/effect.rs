@@ -2,9 +2,10 @@
 //! members and reloads. The shell drains them in order after every input.
 
 use super::answer::{Acked, RoomError};
+use super::shared::NewEvent;
 use crate::store::StoredEvent;
 use axum::extract::ws::Utf8Bytes;
-use concord_core::Seq;
+use concord_core::{Fill, Seq};
 
 /// One thing for the shell to do, in the order given.
 pub enum Effect<W> {
@@ -22,6 +23,13 @@ pub enum Effect<W> {
     Fail { waiter: W, error: RoomError },
     /// A committed event for every member (encoded once, shared).
     Broadcast(Utf8Bytes),
+    /// Shared stream rooms: hand these writes to the commit point, in order; report the
+    /// outcome with [`super::RoomCore::commit_done`], in the order the commits were asked for.
+    Commit(Vec<NewEvent>),
+    /// Shared stream rooms: read the log's events in `(after, until]` (as many as can be read
+    /// at once) and hand them to [`super::RoomCore::filled`] (or report
+    /// [`super::RoomCore::fill_failed`]).
+    Fill(Fill),
     /// The room must be rebuilt from the store: load it and hand the result to
     /// [`super::RoomCore::loaded`].
     Reload,

@@ -34,7 +34,7 @@ impl<W: Waiting> RoomCore<W> {
         history: u64,
     ) -> Result<JoinPlan, RoomError> {
         let (live, room_kind) = match &self.state {
-            State::Stream(live) => (live, RoomKind::Stream),
+            State::Stream(live) | State::Shared { live, .. } => (live, RoomKind::Stream),
             State::Doc { live, .. } => (live, RoomKind::Doc),
             State::Missing => {
                 return Err(RoomError::new(ErrorCode::NotFound, "room does not exist"))

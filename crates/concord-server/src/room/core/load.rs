@@ -48,7 +48,10 @@ impl<W: Waiting> RoomCore<W> {
         debug_assert!(self.inflight.is_empty(), "loaded with batches in flight");
         // Nothing waits across a reload without an answer.
         let old = std::mem::replace(&mut self.state, State::Stale { broken: false });
-        if let State::Stream(mut live) | State::Doc { mut live, .. } = old {
+        if let State::Stream(mut live)
+        | State::Doc { mut live, .. }
+        | State::Shared { mut live, .. } = old
+        {
             for (_, _, w) in live.waiting.drain(..) {
                 let error = RoomError::new(ErrorCode::Unavailable, "commit failed; retry");
                 self.effects.push(Effect::Fail { waiter: w, error });
@@ -92,6 +95,10 @@ impl<W: Waiting> RoomCore<W> {
                 doc: Box::new(doc),
             },
             (RoomKind::Doc, None) => State::Stale { broken: true },
+            (RoomKind::Stream, _) if cfg.shared_streams => State::Shared {
+                live,
+                log: Box::new(super::shared::shared_log(head, cfg.follow_buffer)),
+            },
             (RoomKind::Stream, _) => State::Stream(live),
         }
     }

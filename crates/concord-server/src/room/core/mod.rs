@@ -24,6 +24,7 @@ mod join;
 mod joined;
 mod load;
 mod members;
+mod shared;
 mod state;
 #[cfg(any(test, feature = "testing"))]
 mod step_env;
@@ -37,6 +38,7 @@ pub use effect::Effect;
 pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
 pub use members::{MemberConn, Members};
+pub use shared::{CommitFailure, CommitResult, NewEvent, MAX_COMMIT_ATTEMPTS};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;
 pub use write::FoundOps;
@@ -61,6 +63,11 @@ pub struct CoreConfig {
     pub doc_hash_every: u64,
     /// A doc snapshot every this many seqs.
     pub doc_snapshot_every: u64,
+    /// Stream rooms are sequenced by a shared commit point (the distributed mode) instead of
+    /// here: they load as shared rooms that follow the committed log.
+    pub shared_streams: bool,
+    /// Events a shared room buffers behind a gap in its log while the gap is read.
+    pub follow_buffer: usize,
 }
 
 impl CoreConfig {
@@ -72,6 +79,8 @@ impl CoreConfig {
             recovery_window: c.recovery_window,
             doc_hash_every: c.doc_hash_every,
             doc_snapshot_every: c.doc_snapshot_every,
+            shared_streams: false,
+            follow_buffer: c.room_window,
         }
     }
 }
@@ -136,17 +145,17 @@ impl<W: Waiting> RoomCore<W> {
 
     /// The room must be loaded before it can serve, and nothing is in flight any more.
     pub fn needs_reload(&self) -> bool {
-        matches!(self.state, State::Stale { .. }) && self.inflight.is_empty()
+        matches!(self.state, State::Stale { .. }) && !self.has_inflight()
     }
 
-    /// Whether batches are in the store's hands.
+    /// Whether batches are in the store's (or the commit point's) hands.
     pub fn has_inflight(&self) -> bool {
-        !self.inflight.is_empty()
+        !self.inflight.is_empty() || self.shared_inflight()
     }
 
     pub fn kind(&self) -> Option<RoomKind> {
         match &self.state {
-            State::Stream(_) => Some(RoomKind::Stream),
+            State::Stream(_) | State::Shared { .. } => Some(RoomKind::Stream),
             State::Doc { .. } => Some(RoomKind::Doc),
             _ => None,
         }
@@ -201,6 +210,7 @@ impl<W: Waiting> RoomCore<W> {
         for b in batches {
             out.extend(b.acks.into_iter().map(|a| a.waiter));
         }
+        self.shared_waiters(&mut out);
         if let Some(live) = self.state.live_mut() {
             out.extend(live.waiting.drain(..).map(|w| w.2));
         }
@@ -213,9 +223,9 @@ impl<W: Waiting> RoomCore<W> {
         out
     }
 
-    /// How many writes are sequenced and not yet handed to the store.
+    /// How many writes are sequenced (or gathered) and not yet handed over.
     pub fn sequencing(&self) -> usize {
-        self.batch.acks.len()
+        self.batch.acks.len() + self.shared_gathering()
     }
 
     fn fail(&mut self, waiter: W, error: RoomError) {

@@ -1,10 +1,12 @@
-//! The states of a room (missing, stale, a live stream room, a live doc room) and the batches
-//! of sequenced writes with their waiters.
+//! The states of a room (missing, stale, a live stream room, a live doc room, a live stream
+//! room sequenced by a shared commit point) and the batches of writes with their waiters.
 
+use super::shared::NewEvent;
 use super::window::{Committed, Window};
 use crate::room::doc::DocState;
 use crate::store::StoredEvent;
-use concord_core::{HlcText, IdempotencyTable, Seq, Sequencer};
+use concord_core::{Follower, HlcText, IdemKey, IdempotencyTable, Seq, Sequencer};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// The sequencing state common to both kinds of live room.
@@ -30,19 +32,65 @@ pub(super) enum State<W> {
         live: Box<Live<W>>,
         doc: Box<DocState>,
     },
+    /// A stream room of the distributed mode: a shared commit point (the Redis function)
+    /// assigns the seqs of every gateway's writes, and this room follows the committed log
+    /// (`live.seqr` is the head delivered here; nothing is sequenced locally).
+    Shared {
+        live: Box<Live<W>>,
+        log: Box<SharedLog<W>>,
+    },
+}
+
+/// The writes of a shared stream room and the delivery of its log.
+pub(super) struct SharedLog<W> {
+    /// Orders the committed log for delivery (notifications, with gaps filled).
+    pub follower: Follower<StoredEvent>,
+    /// The writes gathered for the next commit.
+    pub batch: SharedBatch<W>,
+    /// Commits handed to the commit point, oldest first: their outcomes come back in order.
+    pub inflight: VecDeque<SharedBatch<W>>,
+    /// Retries of writes in flight here, answered with their original's outcome.
+    pub retries: Vec<(IdemKey, W)>,
+    /// The highest seq this room's own commits were given.
+    pub acked: Seq,
+    /// The log moved under the room (new epoch, room gone): nothing new is accepted, and the
+    /// room reloads once its commits in flight have their outcomes.
+    pub moved: bool,
+}
+
+/// Writes committed together: the events in order, each with its waiter.
+pub(super) struct SharedBatch<W> {
+    pub events: Vec<NewEvent>,
+    pub waiters: Vec<W>,
+    /// Times the batch was handed over without a known outcome.
+    pub attempts: u32,
+}
+
+impl<W> Default for SharedBatch<W> {
+    fn default() -> Self {
+        SharedBatch {
+            events: Vec::new(),
+            waiters: Vec::new(),
+            attempts: 0,
+        }
+    }
 }
 
 impl<W> State<W> {
     pub fn live(&self) -> Option<&Live<W>> {
         match self {
-            State::Stream(live) | State::Doc { live, .. } => Some(live),
+            State::Stream(live) | State::Doc { live, .. } | State::Shared { live, .. } => {
+                Some(live)
+            }
             _ => None,
         }
     }
 
     pub fn live_mut(&mut self) -> Option<&mut Live<W>> {
         match self {
-            State::Stream(live) | State::Doc { live, .. } => Some(live),
+            State::Stream(live) | State::Doc { live, .. } | State::Shared { live, .. } => {
+                Some(live)
+            }
             _ => None,
         }
     }

@@ -18,6 +18,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("load.rs", include_str!("load.rs")),
     ("members.rs", include_str!("members.rs")),
     ("mod.rs", include_str!("mod.rs")),
+    ("shared.rs", include_str!("shared.rs")),
     ("state.rs", include_str!("state.rs")),
     ("step_env.rs", include_str!("step_env.rs")),
     ("tests.rs", include_str!("tests.rs")),
@@ -96,6 +97,9 @@ fn drain(core: &mut RoomCore<W>, out: &mut Out) {
             }
             Effect::Broadcast(_) => out.broadcasts += 1,
             Effect::Reload => out.reloads += 1,
+            Effect::Commit(_) | Effect::Fill(_) => {
+                panic!("an embedded room asked for a commit point")
+            }
         }
     }
     core.check().expect("the core's invariants hold");

@@ -30,6 +30,10 @@ impl<W: Waiting> RoomCore<W> {
     /// Whether the key of a write is older than the in-memory table: the store must be asked
     /// (one lookup for the whole mailbox batch).
     pub fn needs_lookup(&self, client: &ClientId, w: &W) -> bool {
+        // A shared room's commit point checks every key itself.
+        if matches!(self.state, State::Shared { .. }) {
+            return false;
+        }
         let (Some(live), Some(id)) = (self.state.live(), w.op_id()) else {
             return false;
         };
@@ -60,16 +64,20 @@ impl<W: Waiting> RoomCore<W> {
                 ErrorCode::KindMismatch,
                 "publish is for stream rooms; doc rooms take op",
             )),
-            (State::Stream(_), RoomKind::Doc) => Some((
+            (State::Stream(_) | State::Shared { .. }, RoomKind::Doc) => Some((
                 ErrorCode::KindMismatch,
                 "op is for doc rooms; stream rooms take publish",
             )),
+            (State::Shared { log, .. }, _) if log.moved => {
+                Some((ErrorCode::Unavailable, "room is reloading; retry"))
+            }
             _ => None,
         };
         if let Some((code, message)) = refusal {
             self.fail(w, RoomError::new(code, message));
             return None;
         }
+        let shared = matches!(self.state, State::Shared { .. });
         let live = self.state.live_mut().expect("a live room");
         if let Some(id) = w.op_id() {
             let key = IdemKey {
@@ -79,6 +87,8 @@ impl<W: Waiting> RoomCore<W> {
             let known = match live.idem.lookup(&key) {
                 Lookup::Hit((seq, hlc)) => Some((*seq, hlc.clone())),
                 Lookup::New => None,
+                // The commit point answers for keys older than the table.
+                Lookup::Unknown if shared => None,
                 Lookup::Unknown => match found {
                     Ok(found) => found.get(&(client.clone(), id.clone())).cloned(),
                     Err(()) => {
@@ -138,6 +148,9 @@ impl<W: Waiting> RoomCore<W> {
         let Some(w) = self.admit(RoomKind::Stream, &client, w, found, env) else {
             return;
         };
+        if matches!(self.state, State::Shared { .. }) {
+            return self.shared_publish(client, data, w, env);
+        }
         let State::Stream(live) = &mut self.state else {
             unreachable!("admitted as a stream room")
         };
@@ -231,7 +244,7 @@ impl<W: Waiting> RoomCore<W> {
             State::Stale { .. } => {
                 return Err(RoomError::new(ErrorCode::Unavailable, self.stale_message()))
             }
-            State::Stream(_) => {
+            State::Stream(_) | State::Shared { .. } => {
                 return Err(RoomError::new(
                     ErrorCode::KindMismatch,
                     "restore is for doc rooms",
@@ -264,6 +277,7 @@ impl<W: Waiting> RoomCore<W> {
     /// Hands the batch being sequenced to the store ([`Effect::Append`]); its acks and
     /// broadcasts wait for the outcome.
     pub fn submit(&mut self) {
+        self.shared_submit();
         if self.batch.stored.is_empty() {
             return;
         }

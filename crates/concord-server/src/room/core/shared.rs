@@ -1,0 +1,439 @@
+//! Shared stream rooms (the distributed mode): every gateway writes through one commit point
+//! (the Redis function) that checks idempotency keys and assigns the seqs; every gateway
+//! follows the committed log and delivers it to its members in seq order, with no gap.
+//!
+//! Writes: a publish is admitted here (kind, rate, a retry of a key delivered or in flight
+//! here is answered without a new commit), gathered into a batch, and handed over as one
+//! [`Effect::Commit`]. Its outcome ([`RoomCore::commit_done`]) acks each waiter with the seq
+//! the commit point gave it — a duplicate gets the original seq — or, when the outcome is
+//! unknown (a timeout may hide a commit that landed), the same batch is handed over again: the
+//! commit point answers what had landed as duplicates, so nothing is written twice and nothing
+//! is answered `unavailable` because of an ambiguity. Only a definite refusal fails the
+//! waiters; a changed epoch or a vanished room reloads the room.
+//!
+//! Delivery: notifications ([`RoomCore::notified`]) feed a [`Follower`]; a gap asks for the
+//! missing range ([`Effect::Fill`] → [`RoomCore::filled`]). Delivered events enter the window,
+//! the idempotency table and go to the members ([`Effect::Broadcast`]). A room whose own acked
+//! commits are not delivered after a while (its notification was lost and nothing followed)
+//! is caught up by [`RoomCore::fill_acked`]; after a lost subscription the shell reads the head
+//! and calls [`RoomCore::feed_resumed`].
+//!
+//! [`Follower`]: concord_core::Follower
+
+use super::answer::{Acked, RoomError};
+use super::effect::Effect;
+use super::state::{SharedBatch, SharedLog, State};
+use super::window::Committed;
+use super::{Env, RoomCore, Waiting};
+use crate::metrics::Limit;
+use crate::store::StoredEvent;
+use axum::extract::ws::Utf8Bytes;
+use concord_core::{ClientId, Epoch, HlcText, IdemKey, OpId, RoomKind, Seq};
+use concord_protocol::ErrorCode;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+/// Outcomes of one commit that are not known after this many hand-overs are answered
+/// `unavailable` (a retry with the same id is still exactly once).
+pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
+
+/// One write for the commit point.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub from: ClientId,
+    pub op_id: Option<OpId>,
+    /// This gateway's HLC reading when the write was admitted: the hlc it proposes, and a
+    /// cluster-unique key for a write without an op id (node ids are unique), so that handing
+    /// a batch over again cannot commit it twice.
+    pub proposed: HlcText,
+    pub data: Box<RawValue>,
+}
+
+/// What the commit point did with one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitResult {
+    pub seq: Seq,
+    pub hlc: HlcText,
+    /// The write had been committed before (this is its original seq and hlc).
+    pub duplicate: bool,
+}
+
+/// Why a commit has no result.
+#[derive(Debug, Clone)]
+pub enum CommitFailure {
+    /// It may or may not have landed (timeout, connection lost): hand it over again.
+    Unknown(String),
+    /// The room's epoch changed or the room is gone from the commit point: nothing was
+    /// written; the room must be reloaded.
+    Moved(String),
+    /// Refused before any write (nothing landed): the waiters get this error.
+    Refused(RoomError),
+}
+
+impl<W: Waiting> RoomCore<W> {
+    /// A publish into a shared stream room (admitted by `publish`).
+    pub(super) fn shared_publish(
+        &mut self,
+        client: ClientId,
+        data: Box<RawValue>,
+        w: W,
+        env: &dyn Env,
+    ) {
+        let State::Shared { log, .. } = &mut self.state else {
+            unreachable!("called for shared rooms")
+        };
+        if let Some(id) = w.op_id() {
+            let key = IdemKey {
+                client: client.clone(),
+                id: id.clone(),
+            };
+            let in_flight = std::iter::once(&log.batch)
+                .chain(log.inflight.iter())
+                .flat_map(|b| &b.events)
+                .any(|e| e.from == key.client && e.op_id.as_ref() == Some(&key.id));
+            if in_flight {
+                self.metrics.duplicate_ops.inc();
+                log.retries.push((key, w));
+                return;
+            }
+        }
+        log.batch.events.push(NewEvent {
+            from: client,
+            op_id: w.op_id().cloned(),
+            proposed: HlcText::from(&env.hlc_now()),
+            data,
+        });
+        log.batch.waiters.push(w);
+    }
+
+    /// Hands the gathered writes of a shared room to the commit point.
+    pub(super) fn shared_submit(&mut self) {
+        let State::Shared { log, .. } = &mut self.state else {
+            return;
+        };
+        if log.batch.events.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut log.batch);
+        self.effects.push(Effect::Commit(batch.events.clone()));
+        log.inflight.push_back(batch);
+    }
+
+    /// The commit point's answer to the oldest commit in flight.
+    pub fn commit_done(&mut self, outcome: Result<Vec<CommitResult>, CommitFailure>) {
+        let state = std::mem::replace(&mut self.state, State::Stale { broken: false });
+        let State::Shared { live, mut log } = state else {
+            self.state = state;
+            debug_assert!(false, "a commit outcome for a room that is not shared");
+            return;
+        };
+        let Some(mut done) = log.inflight.pop_front() else {
+            self.state = State::Shared { live, log };
+            debug_assert!(false, "a commit outcome with nothing in flight");
+            return;
+        };
+        let outcome = match outcome {
+            Ok(r) if r.len() != done.waiters.len() => Err(CommitFailure::Refused(RoomError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the commit point answered {} results for {} writes",
+                    r.len(),
+                    done.waiters.len()
+                ),
+            ))),
+            other => other,
+        };
+        match outcome {
+            Ok(results) => {
+                let epoch = live.seqr.epoch().clone();
+                let fresh = results.iter().filter(|r| !r.duplicate).count();
+                self.metrics.events_committed.inc_by(fresh as u64);
+                for ((w, ev), r) in done.waiters.into_iter().zip(&done.events).zip(results) {
+                    log.acked = log.acked.max(r.seq);
+                    if r.duplicate {
+                        self.metrics.duplicate_ops.inc();
+                    }
+                    let acked = Acked {
+                        seq: r.seq,
+                        hlc: r.hlc,
+                        epoch: epoch.clone(),
+                        dropped: Vec::new(),
+                    };
+                    answer_retries(&mut log, ev, &acked, &mut self.effects);
+                    self.effects.push(Effect::Ack {
+                        waiter: w,
+                        acked,
+                        fresh: !r.duplicate,
+                    });
+                }
+                self.state = State::Shared { live, log };
+            }
+            Err(CommitFailure::Unknown(why)) if done.attempts + 1 < MAX_COMMIT_ATTEMPTS => {
+                tracing::warn!(room = %self.room, error = %why, "commit outcome unknown; handing it over again");
+                done.attempts += 1;
+                self.effects.push(Effect::Commit(done.events.clone()));
+                log.inflight.push_back(done);
+                self.state = State::Shared { live, log };
+            }
+            Err(failure) => {
+                let (error, moved) = match failure {
+                    CommitFailure::Refused(e) => (e, false),
+                    CommitFailure::Unknown(why) => {
+                        tracing::error!(room = %self.room, error = %why, "commit outcome still unknown; giving up");
+                        let e = RoomError::new(
+                            ErrorCode::Unavailable,
+                            "the commit's outcome is unknown; retry with the same id",
+                        );
+                        (e, false)
+                    }
+                    CommitFailure::Moved(why) => {
+                        tracing::warn!(room = %self.room, reason = %why, "the room moved; reloading");
+                        let e = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
+                        (e, true)
+                    }
+                };
+                let keys: Vec<NewEvent> = done.events;
+                for w in done.waiters {
+                    self.fail(w, error.clone());
+                }
+                for ev in &keys {
+                    let mut i = 0;
+                    while i < log.retries.len() {
+                        if same_key(&log.retries[i].0, ev) {
+                            let (_, w) = log.retries.remove(i);
+                            self.fail(w, error.clone());
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                log.moved |= moved;
+                self.state = State::Shared { live, log };
+            }
+        }
+        // A room that moved reloads once the last outcome is in.
+        if matches!(&self.state, State::Shared { log, .. } if log.moved) {
+            self.shared_stale();
+        }
+    }
+
+    /// A shared room whose log moved under it (new epoch, room gone): it accepts nothing new,
+    /// and once the outcomes of its commits in flight are in, it answers what is left and
+    /// reloads.
+    fn shared_stale(&mut self) {
+        let State::Shared { log, .. } = &mut self.state else {
+            return;
+        };
+        log.moved = true;
+        if !log.inflight.is_empty() {
+            return;
+        }
+        let old = std::mem::replace(&mut self.state, State::Stale { broken: false });
+        if let State::Shared { mut log, .. } = old {
+            let error = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
+            let unsent = std::mem::take(&mut log.batch);
+            let waiters = unsent
+                .waiters
+                .into_iter()
+                .chain(log.retries.drain(..).map(|r| r.1));
+            for w in waiters {
+                self.fail(w, error.clone());
+            }
+        }
+        if self.needs_reload() {
+            self.effects.push(Effect::Reload);
+        }
+    }
+
+    /// Committed events of `epoch` from the room's notifications, in any order, possibly
+    /// repeated or with some lost.
+    pub fn notified(&mut self, epoch: &Epoch, events: Vec<StoredEvent>) {
+        let State::Shared { live, log } = &mut self.state else {
+            return;
+        };
+        if live.seqr.epoch() != epoch {
+            // The log was rebuilt under a new epoch: reload.
+            tracing::warn!(room = %self.room, "notification of another epoch; reloading");
+            self.shared_stale();
+            return;
+        }
+        let mut ready = Vec::new();
+        for e in events {
+            let seq = e.seq;
+            ready.extend(log.follower.offer(seq, e));
+        }
+        self.deliver(ready);
+        self.request_fill();
+    }
+
+    /// The events read for a fill: contiguous from `after + 1` (possibly fewer than asked).
+    pub fn filled(&mut self, after: Seq, events: Vec<StoredEvent>) {
+        let State::Shared { log, .. } = &mut self.state else {
+            return;
+        };
+        let ready = log
+            .follower
+            .filled(after, events.into_iter().map(|e| (e.seq, e)).collect());
+        self.deliver(ready);
+        self.request_fill();
+    }
+
+    /// A fill could not be read: asked again at the next [`RoomCore::fill_acked`] or gap.
+    pub fn fill_failed(&mut self) {
+        if let State::Shared { log, .. } = &mut self.state {
+            log.follower.fill_failed();
+        }
+    }
+
+    /// The subscription was lost and is back: the log's head is `head` (read after
+    /// resubscribing), so whatever was published meanwhile is filled.
+    pub fn feed_resumed(&mut self, head: Seq) {
+        if let State::Shared { log, .. } = &mut self.state {
+            log.follower.head_at_least(head);
+        }
+        self.request_fill();
+    }
+
+    /// Whether commits acked here are not delivered yet (their notification may be lost: the
+    /// shell calls [`RoomCore::fill_acked`] if this stays true for a while).
+    pub fn behind_acked(&self) -> bool {
+        matches!(&self.state, State::Shared { log, .. } if log.acked > log.follower.delivered())
+    }
+
+    /// Fills up to the highest seq acked here.
+    pub fn fill_acked(&mut self) {
+        if let State::Shared { log, .. } = &mut self.state {
+            log.follower.head_at_least(log.acked);
+        }
+        self.request_fill();
+    }
+
+    fn request_fill(&mut self) {
+        if let State::Shared { log, .. } = &mut self.state {
+            if let Some(fill) = log.follower.fill_request() {
+                self.effects.push(Effect::Fill(fill));
+            }
+        }
+    }
+
+    /// Delivers events of the log, in seq order, right after the head delivered so far.
+    fn deliver(&mut self, events: Vec<StoredEvent>) {
+        let State::Shared { live, .. } = &mut self.state else {
+            return;
+        };
+        for e in events {
+            live.seqr.follow(e.seq);
+            if let Some(id) = &e.op_id {
+                let key = IdemKey {
+                    client: e.from.clone(),
+                    id: id.clone(),
+                };
+                live.idem.insert(key, e.seq, (e.seq, e.hlc.clone()));
+            }
+            live.idem.commit(e.seq);
+            let frame = crate::room::event_frame(&self.room, RoomKind::Stream, &e, None);
+            let frame = Utf8Bytes::from(frame);
+            self.effects.push(Effect::Broadcast(frame.clone()));
+            if live.window.push(Arc::new(Committed { seq: e.seq, frame })) {
+                self.metrics.limit(Limit::RoomWindowBytes);
+            }
+        }
+    }
+
+    /// The waiters a shared room holds (for a shell that ends abnormally).
+    pub(super) fn shared_waiters(&mut self, out: &mut Vec<W>) {
+        if let State::Shared { log, .. } = &mut self.state {
+            let batches =
+                std::iter::once(std::mem::take(&mut log.batch)).chain(log.inflight.drain(..));
+            for b in batches {
+                out.extend(b.waiters);
+            }
+            out.extend(log.retries.drain(..).map(|(_, w)| w));
+        }
+    }
+
+    /// Whether commits of a shared room are in the commit point's hands.
+    pub(super) fn shared_inflight(&self) -> bool {
+        matches!(&self.state, State::Shared { log, .. } if !log.inflight.is_empty())
+    }
+
+    /// How many writes of a shared room are gathered and not yet handed over.
+    pub(super) fn shared_gathering(&self) -> usize {
+        match &self.state {
+            State::Shared { log, .. } => log.batch.waiters.len(),
+            _ => 0,
+        }
+    }
+
+    /// Checks a shared room: nothing is sequenced locally, each batch has one waiter per
+    /// write, every retry waits for a write in flight here, the follower is sound.
+    pub(super) fn shared_check(&self) -> Result<(), String> {
+        let State::Shared { live, log } = &self.state else {
+            return Ok(());
+        };
+        if live.seqr.assigned() != live.seqr.committed() {
+            return Err("a shared room assigned seqs itself".into());
+        }
+        if live.seqr.committed() != log.follower.delivered() {
+            return Err(format!(
+                "the head is {}, the follower delivered {}",
+                live.seqr.committed(),
+                log.follower.delivered()
+            ));
+        }
+        if !self.batch.acks.is_empty() || !self.inflight.is_empty() {
+            return Err("a shared room has local batches".into());
+        }
+        let batches = || std::iter::once(&log.batch).chain(log.inflight.iter());
+        if batches().any(|b| b.events.len() != b.waiters.len()) {
+            return Err("a shared batch has a write without its waiter".into());
+        }
+        for (key, _) in &log.retries {
+            if !batches().flat_map(|b| &b.events).any(|e| same_key(key, e)) {
+                return Err(format!("retry {key:?} waits for nothing in flight"));
+            }
+        }
+        log.follower.check()
+    }
+}
+
+/// A shared room's state once loaded at `head`.
+pub(super) fn shared_log<W>(head: Seq, max_buffer: usize) -> SharedLog<W> {
+    SharedLog {
+        follower: concord_core::Follower::new(head, max_buffer),
+        batch: SharedBatch::default(),
+        inflight: Default::default(),
+        retries: Vec::new(),
+        acked: head,
+        moved: false,
+    }
+}
+
+fn same_key(key: &IdemKey, ev: &NewEvent) -> bool {
+    ev.from == key.client && ev.op_id.as_ref() == Some(&key.id)
+}
+
+/// Answers the retries waiting for `ev`'s outcome with its ack.
+fn answer_retries<W>(
+    log: &mut SharedLog<W>,
+    ev: &NewEvent,
+    acked: &Acked,
+    effects: &mut Vec<Effect<W>>,
+) {
+    if ev.op_id.is_none() {
+        return;
+    }
+    let mut i = 0;
+    while i < log.retries.len() {
+        if same_key(&log.retries[i].0, ev) {
+            let (_, waiter) = log.retries.remove(i);
+            effects.push(Effect::Ack {
+                waiter,
+                acked: acked.clone(),
+                fresh: false,
+            });
+        } else {
+            i += 1;
+        }
+    }
+}
