@@ -44,6 +44,8 @@ pub struct Shared {
     pub rooms_stored: AtomicU64,
     /// Room creations per user (`rate_room_create_per_user`).
     pub room_create_per_user: KeyedBucket,
+    /// The distributed mode's commit point of shared stream rooms (None: embedded mode).
+    pub commit_point: Option<Arc<dyn crate::cluster::CommitPoint>>,
 }
 
 impl Shared {
@@ -61,6 +63,7 @@ impl Shared {
             time,
             hlc,
             room_stats: Mutex::new(HashMap::new()),
+            commit_point: None,
         }
     }
 

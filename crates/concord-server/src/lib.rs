@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod context;
 mod edge;
@@ -50,12 +51,15 @@ pub struct Ready {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// What a server is given besides its config: the clock it reads (and its timers follow) and
-/// the metrics it records into. Keep a clone of `metrics` to read them while it runs.
+/// What a server is given besides its config: the clock it reads (and its timers follow), the
+/// metrics it records into, and — in the distributed mode — the backend it shares with the
+/// other gateways (None: the store its config names, rooms sequenced here). Keep a clone of
+/// `metrics` to read them while it runs.
 #[derive(Clone)]
 pub struct Env {
     pub time: Time,
     pub metrics: Metrics,
+    pub backend: Option<cluster::Backend>,
 }
 
 impl Env {
@@ -69,6 +73,7 @@ impl Env {
         Env {
             time: time.into(),
             metrics: Metrics::new(),
+            backend: None,
         }
     }
 }
@@ -93,15 +98,23 @@ pub async fn run_with_ready(
     env: Env,
     ready: impl FnOnce(Ready) + Send,
 ) -> Result<(), ServerError> {
-    let Env { time, metrics } = env;
-    let store: Arc<dyn Store> = match &config.store {
-        StoreConfig::Sqlite { path, sync_full } => Arc::new(SqliteStore::open(
-            path,
-            *sync_full,
-            config.max_commit_batch,
-            metrics.clone(),
-        )?),
-        StoreConfig::Memory => Arc::new(MemoryStore::new()),
+    let Env {
+        time,
+        metrics,
+        backend,
+    } = env;
+    let (store, commit_point): (Arc<dyn Store>, _) = match (backend, &config.store) {
+        (Some(b), _) => (b.store, Some(b.commit_point)),
+        (None, StoreConfig::Sqlite { path, sync_full }) => (
+            Arc::new(SqliteStore::open(
+                path,
+                *sync_full,
+                config.max_commit_batch,
+                metrics.clone(),
+            )?),
+            None,
+        ),
+        (None, StoreConfig::Memory) => (Arc::new(MemoryStore::new()), None),
     };
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -109,7 +122,9 @@ pub async fn run_with_ready(
     };
     let shutdown_timeout = config.shutdown_timeout;
     let rooms_stored = store.room_count().await?;
-    let shared = Arc::new(Shared::new(config, store.clone(), metrics.clone(), time));
+    let mut shared = Shared::new(config, store.clone(), metrics.clone(), time);
+    shared.commit_point = commit_point;
+    let shared = Arc::new(shared);
     shared
         .rooms_stored
         .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);

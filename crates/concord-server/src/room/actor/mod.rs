@@ -8,6 +8,7 @@
 //! catch-up in `join.rs`.
 
 mod join;
+mod shared;
 mod write;
 
 use super::core::{CommitFailure, CoreConfig, Effect, Env, Loaded, MemberConn, Members, RoomCore};
@@ -73,6 +74,8 @@ pub(crate) struct RoomActor {
     /// Set while the room's document cannot be loaded (not a passing store error): when to
     /// try loading again.
     broken: Option<tokio::time::Instant>,
+    /// The distributed mode's commits, fills and feed (None: embedded mode).
+    cluster: Option<shared::SharedShell>,
 }
 
 impl RoomActor {
@@ -97,7 +100,10 @@ impl RoomActor {
             stats,
             core: RoomCore::new(
                 room.clone(),
-                CoreConfig::of(&shared.config),
+                CoreConfig {
+                    shared_streams: shared.commit_point.is_some(),
+                    ..CoreConfig::of(&shared.config)
+                },
                 shared.metrics.clone(),
             ),
             room,
@@ -110,10 +116,15 @@ impl RoomActor {
             buf: Vec::new(),
             commits: FuturesOrdered::new(),
             broken: None,
+            cluster: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        if let Some(point) = self.shared.commit_point.clone() {
+            let store = self.shared.store.clone();
+            self.cluster = Some(shared::SharedShell::start(self.room.clone(), point, store).await);
+        }
         // The core asks for its first load.
         self.settle().await;
         let idle = self.shared.config.room_idle_unload;
@@ -126,6 +137,9 @@ impl RoomActor {
                 biased;
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
+                }
+                ev = async { self.cluster.as_mut().expect("checked").next().await }, if self.cluster.is_some() => {
+                    self.on_shared(ev).await;
                 }
                 _ = self.shared.time.sleep_until_ms(flush_at.unwrap_or(0)), if flush_at.is_some() => {
                     self.members.flush_presence();
@@ -172,6 +186,33 @@ impl RoomActor {
         while let Some(result) = self.commits.next().await {
             self.on_commit(result).await;
         }
+        while let Some(outcome) = match self.cluster.as_mut() {
+            Some(c) => c.next_commit().await,
+            None => None,
+        } {
+            self.core.commit_done(outcome);
+            self.settle().await;
+        }
+    }
+
+    /// What happened to a shared room's commits, fill or feed.
+    async fn on_shared(&mut self, ev: shared::SharedEvent) {
+        use shared::SharedEvent as E;
+        match ev {
+            E::Committed(outcome) => self.core.commit_done(outcome),
+            E::Filled(after, Ok(events)) => self.core.filled(after, events),
+            E::Filled(_, Err(e)) => {
+                tracing::warn!(room = %self.room, error = %e, "reading the log failed");
+                self.core.fill_failed();
+            }
+            E::Notified(epoch, events) => self.core.notified(&epoch, events),
+            E::Resumed(Ok(head)) => self.core.feed_resumed(head),
+            E::Resumed(Err(e)) => {
+                tracing::warn!(room = %self.room, error = %e, "reading the head failed");
+            }
+            E::Behind => self.core.fill_acked(),
+        }
+        self.settle().await;
     }
 
     /// The store's answer to the oldest append in flight.
@@ -185,6 +226,9 @@ impl RoomActor {
         while self.route() {
             self.reload().await;
         }
+        if let Some(c) = self.cluster.as_mut() {
+            c.behind(self.core.behind_acked());
+        }
     }
 
     /// Carries out the effects queued by the core, in order; true when it asks for a reload
@@ -192,9 +236,10 @@ impl RoomActor {
     fn route(&mut self) -> bool {
         let mut reload = false;
         let mut broadcast = false;
-        // This shell has no shared commit point (the core only asks for one when
-        // `shared_streams` is set): such requests are answered at once, so no waiter hangs.
+        // Without a shared commit point (the core only asks for one when `shared_streams` is
+        // set) such requests are answered at once, so no waiter hangs.
         let (mut commits, mut fills) = (0, 0);
+        let epoch = self.core.epoch().cloned();
         let metrics = &self.shared.metrics;
         for effect in self.core.drain() {
             match effect {
@@ -241,8 +286,14 @@ impl RoomActor {
                     broadcast = true;
                 }
                 Effect::Reload => reload = true,
-                Effect::Commit(_) => commits += 1,
-                Effect::Fill(_) => fills += 1,
+                Effect::Commit(events) => match (self.cluster.as_mut(), epoch.clone()) {
+                    (Some(c), Some(epoch)) => c.commit(epoch, events),
+                    _ => commits += 1,
+                },
+                Effect::Fill(fill) => match self.cluster.as_mut() {
+                    Some(c) => c.fill(fill),
+                    None => fills += 1,
+                },
             }
         }
         if commits + fills > 0 {
@@ -286,8 +337,17 @@ impl RoomActor {
     async fn reload(&mut self) {
         let shared = &self.shared;
         let schema = shared.schema_for(&self.room);
-        let loaded =
+        let mut loaded =
             super::load::load(shared.store.as_ref(), &self.room, &shared.config, schema).await;
+        if shared.commit_point.is_some()
+            && matches!(&loaded, Loaded::Room(r) if r.record.kind == concord_core::RoomKind::Doc)
+        {
+            // A doc room needs one owner running its OT (a lease); until gateways elect one,
+            // the distributed mode serves stream rooms only.
+            loaded = Loaded::Failed(
+                "doc rooms are not served by gateways of the distributed mode yet".into(),
+            );
+        }
         match &loaded {
             Loaded::Room(r) => {
                 if let Some(h) = &r.record.head_hlc {

@@ -1,0 +1,62 @@
+//! What the gateways of the distributed mode share: the commit point of shared stream rooms
+//! and the feed of each room's committed log ([`CommitPoint`]), next to the [`Store`] the
+//! gateways read history and room records from. The Redis implementation lives in
+//! `concord-dist`; [`MemoryCommitPoint`] runs several servers of one process against one
+//! in-memory log (for tests of the logic above it, never a deployment).
+//!
+//! A server given a [`Backend`] ([`crate::Env::backend`]) uses its store instead of the one its
+//! config names, and serves stream rooms as shared rooms (`room/core/shared.rs`).
+
+mod memory;
+
+pub use memory::MemoryCommitPoint;
+
+use crate::room::core::{CommitFailure, CommitResult, NewEvent};
+use crate::store::{Store, StoredEvent};
+use async_trait::async_trait;
+use concord_core::{Epoch, RoomId};
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+/// One item of a room's feed.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// Events one commit added to the log (in seq order) in `epoch`.
+    Events {
+        epoch: Epoch,
+        events: Vec<StoredEvent>,
+    },
+    /// Notifications may have been lost (the subscription dropped or lagged): read the head
+    /// again and fill up to it.
+    Lost,
+}
+
+/// A room's feed: at most once, in commit order while it lasts; it may end (resubscribe).
+pub type Feed = BoxStream<'static, FeedItem>;
+
+/// The commit point of shared stream rooms and the feed of every room's log.
+#[async_trait]
+pub trait CommitPoint: Send + Sync + 'static {
+    /// Commits `events` to the log of the stream room `room`, in order, if the room is in
+    /// `epoch`: each gets the next seq and an hlc after the log's last (at least its proposed
+    /// one); a write whose key (op id, or proposed hlc when it has none) was committed before
+    /// gets its original seq and hlc and is not written again. Checks come before any write.
+    async fn commit(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure>;
+
+    /// Follows `room`'s committed log from now on. Subscribe before reading the head, so that
+    /// nothing committed in between is missed.
+    async fn subscribe(&self, room: &RoomId) -> Feed;
+}
+
+/// The parts of a server of the distributed mode: the store its reads go to and the commit
+/// point its shared rooms write through.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub commit_point: Arc<dyn CommitPoint>,
+}

@@ -1,0 +1,119 @@
+//! The shell of a shared stream room (the distributed mode): the commits handed to the commit
+//! point (pipelined, their outcomes taken in order), the one fill being read, the room's feed,
+//! and the grace after which acked commits that were not delivered are filled.
+
+use crate::cluster::{CommitPoint, Feed, FeedItem};
+use crate::room::core::{CommitFailure, CommitResult, NewEvent};
+use crate::store::{Store, StoreResult, StoredEvent};
+use concord_core::{Epoch, Fill, RoomId, Seq};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long acked commits may stay undelivered (their notification lost, nothing after it)
+/// before they are read from the log.
+const FILL_GRACE: Duration = Duration::from_millis(250);
+
+type CommitOutcome = Result<Vec<CommitResult>, CommitFailure>;
+
+/// What happened to a shared room's IO.
+pub(super) enum SharedEvent {
+    /// The outcome of the oldest commit in flight.
+    Committed(CommitOutcome),
+    /// The fill read after `after`.
+    Filled(Seq, StoreResult<Vec<StoredEvent>>),
+    /// Events from the feed.
+    Notified(Epoch, Vec<StoredEvent>),
+    /// The feed lost notifications (it was resubscribed): the head read again.
+    Resumed(StoreResult<Seq>),
+    /// Acked commits are still not delivered after the grace.
+    Behind,
+}
+
+pub(super) struct SharedShell {
+    room: RoomId,
+    point: Arc<dyn CommitPoint>,
+    store: Arc<dyn Store>,
+    feed: Feed,
+    commits: FuturesOrdered<BoxFuture<'static, CommitOutcome>>,
+    fill: Option<BoxFuture<'static, (Seq, StoreResult<Vec<StoredEvent>>)>>,
+    behind_since: Option<Instant>,
+}
+
+impl SharedShell {
+    /// Subscribes to the room's feed (before the room is loaded, so nothing is missed).
+    pub async fn start(room: RoomId, point: Arc<dyn CommitPoint>, store: Arc<dyn Store>) -> Self {
+        let feed = point.subscribe(&room).await;
+        SharedShell {
+            room,
+            point,
+            store,
+            feed,
+            commits: FuturesOrdered::new(),
+            fill: None,
+            behind_since: None,
+        }
+    }
+
+    /// Hands writes to the commit point; the outcome comes back through [`SharedShell::next`].
+    pub fn commit(&mut self, epoch: Epoch, events: Vec<NewEvent>) {
+        let (point, room) = (self.point.clone(), self.room.clone());
+        self.commits.push_back(Box::pin(async move {
+            point.commit(&room, &epoch, events).await
+        }));
+    }
+
+    /// Reads a range of the log for the follower.
+    pub fn fill(&mut self, fill: Fill) {
+        let (store, room) = (self.store.clone(), self.room.clone());
+        let n = (fill.until.0.saturating_sub(fill.after.0)) as usize;
+        self.fill = Some(Box::pin(async move {
+            (fill.after, store.read_events(&room, fill.after, n).await)
+        }));
+    }
+
+    /// Notes whether the core is behind its own acks (starting the grace when it becomes so).
+    pub fn behind(&mut self, behind: bool) {
+        match (behind, self.behind_since) {
+            (true, None) => self.behind_since = Some(Instant::now()),
+            (false, _) => self.behind_since = None,
+            _ => {}
+        }
+    }
+
+    /// The next thing that happened (pending while nothing does).
+    pub async fn next(&mut self) -> SharedEvent {
+        let grace_at = self.behind_since.map(|t| t + FILL_GRACE);
+        tokio::select! {
+            Some(outcome) = self.commits.next(), if !self.commits.is_empty() => {
+                SharedEvent::Committed(outcome)
+            }
+            done = async { self.fill.as_mut().expect("checked").await }, if self.fill.is_some() => {
+                self.fill = None;
+                SharedEvent::Filled(done.0, done.1)
+            }
+            item = self.feed.next() => match item {
+                Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
+                lost => {
+                    if lost.is_none() {
+                        // The feed ended: follow the room again.
+                        self.feed = self.point.subscribe(&self.room).await;
+                    }
+                    let head = self.store.load_room(&self.room).await;
+                    SharedEvent::Resumed(head.map(|r| r.map_or(Seq::ZERO, |r| r.head)))
+                }
+            },
+            _ = tokio::time::sleep_until(grace_at.unwrap_or_else(Instant::now)), if grace_at.is_some() => {
+                self.behind_since = None;
+                SharedEvent::Behind
+            }
+        }
+    }
+
+    /// Waits for every commit in flight (at shutdown).
+    pub async fn next_commit(&mut self) -> Option<CommitOutcome> {
+        self.commits.next().await
+    }
+}

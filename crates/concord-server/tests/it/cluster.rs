@@ -1,0 +1,162 @@
+//! Several gateways of one cluster (servers sharing a backend: an in-memory store and commit
+//! point — the logic of the distributed mode without Redis): a stream room written through
+//! every gateway has one gap-free order at every member, whichever gateway it is on, even when
+//! the feed loses notifications; a retry on another gateway gets its original ack.
+
+use crate::support::*;
+use concord_server::cluster::{Backend, MemoryCommitPoint};
+use concord_server::store::MemoryStore;
+use concord_server::{Config, Env};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// `n` servers sharing one store and commit point (which loses every `lose_every`-th
+/// notification; 0: none).
+async fn cluster(n: usize, lose_every: u64) -> Vec<TestServer> {
+    let store = Arc::new(MemoryStore::new());
+    let point = Arc::new(MemoryCommitPoint::lossy(store.clone(), lose_every));
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let env = Env {
+            backend: Some(Backend {
+                store: store.clone(),
+                commit_point: point.clone(),
+            }),
+            ..Env::system()
+        };
+        let config = Config {
+            node_id: format!("gw{i}"),
+            ..Config::default()
+        };
+        servers.push(TestServer::with_env(config, listener, env));
+    }
+    servers
+}
+
+/// Publishers on every gateway pipeline their publishes; observers on every gateway must see
+/// the same gap-free order, each publish once, at the seq its ack named.
+async fn one_order_across_gateways(lose_every: u64) {
+    let servers = cluster(3, lose_every).await;
+    const PUBLISHERS: usize = 9;
+    const EACH: usize = 40;
+    let room = "chat:cluster";
+    let mut observers = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let mut w = Ws::hello(s, &format!("obs{i}")).await;
+        let j = w.join(room, json!({})).await;
+        assert_eq!(j["seq"], 0, "{j}");
+        observers.push(w);
+    }
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let mut w = Ws::hello(&servers[p % servers.len()], &format!("pub{p}")).await;
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                w.feed(
+                    json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"p":p,"n":n}}),
+                )
+                .await;
+            }
+            w.flush().await;
+            let mut acks = Vec::new();
+            while acks.len() < EACH {
+                let m = w.recv().await;
+                assert_eq!(m["type"], "ack", "{m}");
+                acks.push((
+                    m["id"].as_str().unwrap().to_string(),
+                    m["seq"].as_u64().unwrap(),
+                ));
+            }
+            acks
+        }));
+    }
+    let mut acked: HashMap<(String, String), u64> = HashMap::new();
+    for (p, t) in tasks.into_iter().enumerate() {
+        let acks = t.await.unwrap();
+        let ids: Vec<_> = acks.iter().map(|a| a.0.clone()).collect();
+        assert_eq!(
+            ids,
+            (0..EACH).map(|n| format!("m{n}")).collect::<Vec<_>>(),
+            "acks out of send order"
+        );
+        let seqs: Vec<u64> = acks.iter().map(|a| a.1).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one connection's publishes commit in send order: {seqs:?}"
+        );
+        for (id, seq) in acks {
+            assert!(acked.insert((format!("pub{p}"), id), seq).is_none());
+        }
+    }
+    let total = PUBLISHERS * EACH;
+    let mut orders = Vec::new();
+    for (i, o) in observers.iter_mut().enumerate() {
+        let events = o.events(total).await;
+        assert_eq!(
+            seqs(&events),
+            (1..=total as u64).collect::<Vec<_>>(),
+            "observer {i} got a gap or a repeat"
+        );
+        for e in &events {
+            let key = (
+                e["from"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            );
+            assert_eq!(
+                acked.get(&key),
+                Some(&e["seq"].as_u64().unwrap()),
+                "event {e} is not at the seq its ack named"
+            );
+        }
+        let hlcs: Vec<&str> = events.iter().map(|e| e["hlc"].as_str().unwrap()).collect();
+        assert!(
+            hlcs.windows(2).all(|w| w[0] < w[1]),
+            "hlcs must grow with seqs across gateways"
+        );
+        orders.push(events);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every gateway delivers the same events in the same order"
+    );
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_share_one_order() {
+    one_order_across_gateways(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_notifications_are_filled_from_the_log() {
+    one_order_across_gateways(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_gateway_gets_its_original_ack() {
+    let servers = cluster(2, 0).await;
+    let room = "chat:retry";
+    let mut obs = Ws::hello(&servers[1], "obs").await;
+    obs.join(room, json!({})).await;
+    let mut a = Ws::hello(&servers[0], "writer").await;
+    a.join(room, json!({})).await;
+    let (first, _) = a.publish(room, "x", json!({"v": 1})).await;
+    drop(a);
+    // The client reconnects to the other gateway and sends the same publish again.
+    let mut b = Ws::hello(&servers[1], "writer").await;
+    b.join(room, json!({})).await;
+    let (again, _) = b.publish(room, "x", json!({"v": 1})).await;
+    assert_eq!(again["seq"], first["seq"], "{again} vs {first}");
+    assert_eq!(again["hlc"], first["hlc"]);
+    let (next, _) = b.publish(room, "y", json!({"v": 2})).await;
+    let events = obs.events(2).await;
+    assert_eq!(seqs(&events), vec![1, 2], "the retry was not written again");
+    assert_eq!(events[1]["seq"], next["seq"]);
+    for s in servers {
+        s.stop().await;
+    }
+}
