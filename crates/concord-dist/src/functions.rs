@@ -69,6 +69,47 @@ pub async fn versions(conn: &RedisConn) -> Result<Vec<(String, Option<u64>)>, Lo
         .collect()
 }
 
+/// The library's code on each master (`None`: not loaded there).
+pub async fn codes(conn: &RedisConn) -> Result<Vec<(String, Option<String>)>, LogError> {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LIST").arg("LIBRARYNAME").arg("concord").arg("WITHCODE");
+    let answers = conn.on_masters(cmd).await?;
+    Ok(answers
+        .into_iter()
+        .map(|(addr, value)| (addr, library_code(&value)))
+        .collect())
+}
+
+/// The `library_code` of the library named exactly `concord` in a FUNCTION LIST reply.
+fn library_code(v: &Value) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(libs) = v else {
+        return None;
+    };
+    libs.iter().find_map(|lib| {
+        let pairs: Vec<(String, &Value)> = match lib {
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((text(k)?, v)),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            _ => return None,
+        };
+        let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if field("library_name").and_then(text).as_deref() != Some("concord") {
+            return None;
+        }
+        field("library_code").and_then(text)
+    })
+}
+
 /// Loads `source` on every master, replacing any library of the same name.
 pub async fn load(conn: &RedisConn, source: &str) -> Result<(), LogError> {
     let mut cmd = redis::cmd("FUNCTION");
@@ -93,7 +134,21 @@ pub async fn ensure_loaded(conn: &RedisConn) -> Result<Loaded, LogError> {
     if let Some(newer) = found.iter().filter_map(|(_, v)| *v).find(|v| *v > ours) {
         return Err(LogError::LibraryNewer { found: newer, ours });
     }
-    let stale: Vec<_> = found.into_iter().filter(|(_, v)| *v != Some(ours)).collect();
+    let mut stale: Vec<_> = found
+        .iter()
+        .filter(|(_, v)| *v != Some(ours))
+        .cloned()
+        .collect();
+    if stale.is_empty() {
+        // Same version everywhere: replace it all the same where its code is not this build's
+        // (a library is exactly what a build runs; a version bump is for refusing).
+        stale = codes(conn)
+            .await?
+            .into_iter()
+            .filter(|(_, code)| code.as_deref() != Some(LIBRARY))
+            .map(|(addr, _)| (addr, Some(ours)))
+            .collect();
+    }
     if stale.is_empty() {
         return Ok(Loaded::Current);
     }

@@ -216,7 +216,7 @@ local function lease(keys, args)
   if id == nil or id == '' then return badarg('gateway id') end
   if ms == nil or ms <= 0 then return badarg('lease ms') end
   if not meta_exists(meta) then
-    return redis.error_reply('NOROOM')
+    return redis.error_reply('NOROOM ' .. meta)
   end
   local holder = redis.call('GET', owner)
   if holder == id then
@@ -246,7 +246,7 @@ local function persisted(keys, args)
   if seq == nil or seq < 0 or keep == nil or keep < 0 then return badarg('numbers') end
   local cur = redis.call('HMGET', meta, 'epoch', 'head', 'wm', 'floor')
   if cur[1] == false then
-    return redis.error_reply('NOROOM')
+    return redis.error_reply('NOROOM ' .. meta)
   end
   if cur[1] ~= epoch then
     return redis.error_reply('EPOCH ' .. tostring(cur[1]))

@@ -49,13 +49,26 @@ pub enum LogError {
 /// The error of `RedisLog::commit`.
 pub type CommitError = LogError;
 
+/// The first words of the function library's errors.
+const CODES: [&str; 5] = ["NOROOM", "EPOCH", "FENCED", "HEAD", "EXISTS"];
+
 impl From<RedisError> for LogError {
     fn from(e: RedisError) -> Self {
         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
             return LogError::Unknown(e.to_string());
         }
-        let detail = e.detail().unwrap_or("").trim().to_string();
-        match e.code() {
+        // A one-word error ("NOROOM") may come back as a generic response error whose detail
+        // is the word: read the code from the detail then.
+        let (code, detail) = match e.code() {
+            Some(c) if CODES.contains(&c) => (c.to_string(), e.detail().unwrap_or("").trim()),
+            _ => {
+                let text = e.detail().unwrap_or("").trim();
+                let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+                (word.to_string(), rest.trim())
+            }
+        };
+        let detail = detail.to_string();
+        match Some(code.as_str()) {
             Some("NOROOM") => LogError::NoRoom,
             Some("EPOCH") => LogError::EpochChanged {
                 current: Epoch(detail),
