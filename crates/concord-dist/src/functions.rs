@@ -43,7 +43,9 @@ pub enum Loaded {
     /// Every master already had this version.
     Current,
     /// The library was loaded where it was missing or older.
-    Loaded { replaced: Vec<(String, Option<u64>)> },
+    Loaded {
+        replaced: Vec<(String, Option<u64>)>,
+    },
 }
 
 /// The library's version on each master (`None`: not loaded there).
@@ -55,9 +57,10 @@ pub async fn versions(conn: &RedisConn) -> Result<Vec<(String, Option<u64>)>, Lo
         .into_iter()
         .map(|(addr, value)| {
             let v = match value {
-                Value::Int(n) => Some(u64::try_from(n).map_err(|_| {
-                    LogError::Reply(format!("concord_version answered {n}"))
-                })?),
+                Value::Int(n) => Some(
+                    u64::try_from(n)
+                        .map_err(|_| LogError::Reply(format!("concord_version answered {n}")))?,
+                ),
                 Value::ServerError(e) if e.details().unwrap_or("").contains("not found") => None,
                 Value::ServerError(e) => {
                     return Err(LogError::Redis(redis::RedisError::from(e)));
@@ -72,7 +75,10 @@ pub async fn versions(conn: &RedisConn) -> Result<Vec<(String, Option<u64>)>, Lo
 /// The library's code on each master (`None`: not loaded there).
 pub async fn codes(conn: &RedisConn) -> Result<Vec<(String, Option<String>)>, LogError> {
     let mut cmd = redis::cmd("FUNCTION");
-    cmd.arg("LIST").arg("LIBRARYNAME").arg("concord").arg("WITHCODE");
+    cmd.arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("concord")
+        .arg("WITHCODE");
     let answers = conn.on_masters(cmd).await?;
     Ok(answers
         .into_iter()
@@ -99,7 +105,10 @@ fn library_code(v: &Value) -> Option<String> {
                     _ => None,
                 })
                 .collect(),
-            Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            Value::Map(items) => items
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v)))
+                .collect(),
             _ => return None,
         };
         let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
@@ -163,7 +172,10 @@ mod tests {
     #[test]
     fn the_version_is_read_from_the_source() {
         assert!(version() >= 1, "the library declares `local VERSION = N`");
-        assert_eq!(version_of(&library_with_version(version() + 5)), Some(version() + 5));
+        assert_eq!(
+            version_of(&library_with_version(version() + 5)),
+            Some(version() + 5)
+        );
         assert!(LIBRARY.starts_with("#!lua name=concord\n"));
     }
 }

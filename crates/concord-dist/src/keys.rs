@@ -129,8 +129,19 @@ mod tests {
         assert_eq!(keys.work_owner(rk.partition), format!("concord:{tag}:wo"));
         assert_eq!(keys.dead(rk.partition), format!("concord:{tag}:dead"));
         let slot = key_slot(rk.meta.as_bytes());
-        for k in [&rk.log, &rk.work, &rk.owner, &rk.idem(7), &keys.dead(rk.partition)] {
-            assert_eq!(key_slot(k.as_bytes()), slot, "{k} is not in the slot of {}", rk.meta);
+        for k in [
+            &rk.log,
+            &rk.work,
+            &rk.owner,
+            &rk.idem(7),
+            &keys.dead(rk.partition),
+        ] {
+            assert_eq!(
+                key_slot(k.as_bytes()),
+                slot,
+                "{k} is not in the slot of {}",
+                rk.meta
+            );
         }
         assert_eq!(keys.cluster(), "concord:cluster");
         assert_eq!(keys.gateway("g1"), "concord:gw:g1");

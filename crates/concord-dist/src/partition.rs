@@ -217,8 +217,14 @@ mod tests {
 
     #[test]
     fn counts_outside_the_range_are_refused() {
-        assert_eq!(Partitions::new(1023).unwrap_err(), PartitionError::Count(1023));
-        assert_eq!(Partitions::new(4097).unwrap_err(), PartitionError::Count(4097));
+        assert_eq!(
+            Partitions::new(1023).unwrap_err(),
+            PartitionError::Count(1023)
+        );
+        assert_eq!(
+            Partitions::new(4097).unwrap_err(),
+            PartitionError::Count(4097)
+        );
         assert!(Partitions::new(1024).is_ok());
         assert!(Partitions::new(4096).is_ok());
     }
@@ -302,6 +308,9 @@ mod tests {
             .map(|&c| (f64::from(c) - 100.0).powi(2) / 100.0)
             .sum();
         // 1023 degrees of freedom: chi-square mean 1023, sd ~45.
-        assert!(chi2 < 1300.0, "chi-square {chi2} too high for a uniform spread");
+        assert!(
+            chi2 < 1300.0,
+            "chi-square {chi2} too high for a uniform spread"
+        );
     }
 }

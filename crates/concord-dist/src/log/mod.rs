@@ -166,7 +166,11 @@ impl RedisLog {
         }
         cmd.arg(req.epoch.as_str())
             .arg(req.fence.map(|f| f.to_string()).unwrap_or_default())
-            .arg(req.expected_head.map(|h| h.0.to_string()).unwrap_or_default())
+            .arg(
+                req.expected_head
+                    .map(|h| h.0.to_string())
+                    .unwrap_or_default(),
+            )
             .arg(req.hlc.as_str())
             .arg(&req.node)
             .arg(self.config.idem_ttl_ms())

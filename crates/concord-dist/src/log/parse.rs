@@ -30,9 +30,7 @@ fn hlc_or_none(s: &str) -> Result<Option<HlcText>, LogError> {
     if s.is_empty() {
         return Ok(None);
     }
-    HlcText::parse(s)
-        .map(Some)
-        .ok_or_else(|| bad("hlc", &s))
+    HlcText::parse(s).map(Some).ok_or_else(|| bad("hlc", &s))
 }
 
 fn kind(s: &str) -> Result<RoomKind, LogError> {

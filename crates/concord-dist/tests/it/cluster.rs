@@ -15,9 +15,14 @@ async fn commits_duplicates_and_leases_work_on_every_master() {
         .await
         .expect("start the cluster");
     let log = connect(&cluster.target(), "cl").await;
-    let versions = functions::versions(log.connection()).await.expect("versions");
+    let versions = functions::versions(log.connection())
+        .await
+        .expect("versions");
     assert_eq!(versions.len(), 3, "one answer per master: {versions:?}");
-    assert!(versions.iter().all(|v| v.1 == Some(functions::version())), "{versions:?}");
+    assert!(
+        versions.iter().all(|v| v.1 == Some(functions::version())),
+        "{versions:?}"
+    );
 
     // One room per master, found by where its partition's slot lives.
     let mut rooms = vec![None; 3];
@@ -30,8 +35,15 @@ async fn commits_duplicates_and_leases_work_on_every_master() {
             .arg(&rk.meta)
             .query(&mut cluster.nodes()[0].client())
             .expect("CLUSTER KEYSLOT");
-        assert_eq!(i64::from(slot), redis_slot, "our slot of {} is Redis's", rk.meta);
-        let node = cluster.node_of_slot(slot).expect("a node serves every slot");
+        assert_eq!(
+            i64::from(slot),
+            redis_slot,
+            "our slot of {} is Redis's",
+            rk.meta
+        );
+        let node = cluster
+            .node_of_slot(slot)
+            .expect("a node serves every slot");
         if rooms[node].is_none() {
             rooms[node] = Some(name);
         }
@@ -48,22 +60,48 @@ async fn commits_duplicates_and_leases_work_on_every_master() {
             .await
             .expect("lease")
             .expect("free");
-        assert_eq!(log.acquire_lease(&r, "gw-b", Duration::from_secs(30)).await.expect("b"), None);
-        let mut commit = req("e1", hlc(1_763_812_345_678, 0), vec![ev("c", Some("a"), "1"), ev("c", Some("b"), "2")]);
+        assert_eq!(
+            log.acquire_lease(&r, "gw-b", Duration::from_secs(30))
+                .await
+                .expect("b"),
+            None
+        );
+        let mut commit = req(
+            "e1",
+            hlc(1_763_812_345_678, 0),
+            vec![ev("c", Some("a"), "1"), ev("c", Some("b"), "2")],
+        );
         commit.fence = Some(fence);
         commit.expected_head = Some(Seq(0));
         let first = log.commit(&r, &commit).await.expect("commit");
-        assert_eq!(first.iter().map(|c| c.seq.0).collect::<Vec<_>>(), [1, 2], "{name}");
+        assert_eq!(
+            first.iter().map(|c| c.seq.0).collect::<Vec<_>>(),
+            [1, 2],
+            "{name}"
+        );
         let again = log.commit(&r, &commit).await.expect("resubmit");
         assert!(again.iter().all(|c| c.duplicate), "{name}: {again:?}");
         assert_eq!(again.iter().map(|c| c.seq.0).collect::<Vec<_>>(), [1, 2]);
-        let mut stale = req("e1", hlc(1_763_812_345_678, 0), vec![ev("c", Some("z"), "3")]);
+        let mut stale = req(
+            "e1",
+            hlc(1_763_812_345_678, 0),
+            vec![ev("c", Some("z"), "3")],
+        );
         stale.fence = Some(fence + 1);
         let got = log.commit(&r, &stale).await;
-        assert!(matches!(got, Err(CommitError::Fenced { .. })), "{name}: {got:?}");
-        assert_eq!(log.read_log(&r, Seq::ZERO, 10).await.expect("read").len(), 2);
+        assert!(
+            matches!(got, Err(CommitError::Fenced { .. })),
+            "{name}: {got:?}"
+        );
+        assert_eq!(
+            log.read_log(&r, Seq::ZERO, 10).await.expect("read").len(),
+            2
+        );
         assert!(log.release_lease(&r, "gw-a").await.expect("release"));
-        let wm = log.persisted(&r, &epoch("e1"), Seq(2), 0).await.expect("persisted");
+        let wm = log
+            .persisted(&r, &epoch("e1"), Seq(2), 0)
+            .await
+            .expect("persisted");
         assert_eq!(wm.wm, Seq(2));
     }
 }

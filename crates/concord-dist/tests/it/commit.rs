@@ -36,9 +36,12 @@ async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
         let prefix = prefix.prefix().to_string();
         let rooms = rooms.clone();
         tasks.push(tokio::spawn(async move {
-            let log = RedisLog::connect(&concord_dist::testing::redis::TestPrefix::target(), config(&prefix))
-                .await
-                .expect("a connection per committer");
+            let log = RedisLog::connect(
+                &concord_dist::testing::redis::TestPrefix::target(),
+                config(&prefix),
+            )
+            .await
+            .expect("a connection per committer");
             let mut rng = StdRng::seed_from_u64(seed ^ (t * 0x9E37_79B9));
             let from = format!("c{t}");
             let mut answers: Vec<(usize, String, Committed)> = Vec::new();
@@ -47,7 +50,10 @@ async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
             while sent < 500 {
                 // Now and then resubmit the previous batch: every answer must be a duplicate.
                 if let Some((ri, ops)) = previous.take().filter(|_| rng.random_bool(0.1)) {
-                    let events = ops.iter().map(|o| ev(&from, Some(o), "{\"again\":true}")).collect();
+                    let events = ops
+                        .iter()
+                        .map(|o| ev(&from, Some(o), "{\"again\":true}"))
+                        .collect();
                     let proposed = hlc(BASE_MS - 5_000, 0);
                     let got = log
                         .commit(&rooms[ri], &req("e1", proposed, events))
@@ -69,13 +75,20 @@ async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
                     .collect();
                 // Proposed hlcs wander ±2 s around a base, often behind the room's last one.
                 let wall = BASE_MS - 2_000 + rng.random_range(0..4_000);
-                let logical = if rng.random_bool(0.1) { 999_999 } else { rng.random_range(0..10) };
+                let logical = if rng.random_bool(0.1) {
+                    999_999
+                } else {
+                    rng.random_range(0..10)
+                };
                 let got = log
                     .commit(&rooms[ri], &req("e1", hlc(wall, logical), events))
                     .await
                     .expect("a commit");
                 for (o, c) in ops.iter().zip(got) {
-                    assert!(!c.duplicate, "a first commit of {o} was answered as a duplicate");
+                    assert!(
+                        !c.duplicate,
+                        "a first commit of {o} was answered as a duplicate"
+                    );
                     answers.push((ri, o.clone(), c));
                 }
                 previous = Some((ri, ops));
@@ -101,13 +114,28 @@ async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
     }
     assert_eq!(by_key.len(), 8 * 500, "every op answered");
     for (ri, r) in rooms.iter().enumerate() {
-        let logged = log.read_log(r, Seq::ZERO, 10_000).await.expect("read the log");
-        let meta = log.room_meta(r).await.expect("meta").expect("the room exists");
-        assert_eq!(meta.head, Seq(logged.len() as u64), "head = number of events of {r}");
+        let logged = log
+            .read_log(r, Seq::ZERO, 10_000)
+            .await
+            .expect("read the log");
+        let meta = log
+            .room_meta(r)
+            .await
+            .expect("meta")
+            .expect("the room exists");
+        assert_eq!(
+            meta.head,
+            Seq(logged.len() as u64),
+            "head = number of events of {r}"
+        );
         let mut prev_hlc: Option<String> = None;
         let mut ops_seen = HashSet::new();
         for (i, e) in logged.iter().enumerate() {
-            assert_eq!(e.seq, Seq(i as u64 + 1), "{r}: seqs are 1..=N, in order, no gap");
+            assert_eq!(
+                e.seq,
+                Seq(i as u64 + 1),
+                "{r}: seqs are 1..=N, in order, no gap"
+            );
             if let Some(p) = &prev_hlc {
                 assert!(
                     e.hlc.as_str()[..20] > *p.as_str(),
@@ -117,13 +145,27 @@ async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
                 );
             }
             prev_hlc = Some(e.hlc.as_str()[..20].to_string());
-            assert!(e.hlc.as_str().ends_with("-gw1"), "the node part is the caller's");
-            let key = (e.from.to_string(), e.op_id.clone().expect("op id").to_string());
+            assert!(
+                e.hlc.as_str().ends_with("-gw1"),
+                "the node part is the caller's"
+            );
+            let key = (
+                e.from.to_string(),
+                e.op_id.clone().expect("op id").to_string(),
+            );
             assert!(ops_seen.insert(key.clone()), "{r}: op {key:?} logged twice");
             let answer = &by_key[&(ri, key.0.clone(), key.1.clone())];
-            assert_eq!((answer.seq, &answer.hlc), (e.seq, &e.hlc), "{r}: answer matches the log");
+            assert_eq!(
+                (answer.seq, &answer.hlc),
+                (e.seq, &e.hlc),
+                "{r}: answer matches the log"
+            );
         }
-        assert_eq!(meta.hlc.as_ref(), logged.last().map(|e| &e.hlc), "meta hlc = head's hlc");
+        assert_eq!(
+            meta.hlc.as_ref(),
+            logged.last().map(|e| &e.hlc),
+            "meta hlc = head's hlc"
+        );
         // The work stream (shared by the partition) holds each of the room's seqs once, in order.
         let rk = log.keys().room(r.as_str());
         let work: Vec<_> = work_entries(&log, &rk)
@@ -155,18 +197,42 @@ async fn hlc_is_max_of_proposed_and_last_plus_one_with_logical_overflow() {
     let r = room("clock");
     create(&log, &r, RoomKind::Stream, "e1").await;
     let one = |op: &str| vec![ev("c", Some(op), "1")];
-    let a = log.commit(&r, &req("e1", hlc(BASE_MS, 999_998), one("a"))).await.expect("a");
-    assert_eq!(a[0].hlc.as_str(), format!("{BASE_MS}-999998-gw1"), "proposed ahead: taken");
+    let a = log
+        .commit(&r, &req("e1", hlc(BASE_MS, 999_998), one("a")))
+        .await
+        .expect("a");
+    assert_eq!(
+        a[0].hlc.as_str(),
+        format!("{BASE_MS}-999998-gw1"),
+        "proposed ahead: taken"
+    );
     // Proposed behind: last + 1; then the logical counter overflows into the next ms.
     let b = log
-        .commit(&r, &req("e1", hlc(BASE_MS - 10, 0), [one("b"), one("c")].concat()))
+        .commit(
+            &r,
+            &req("e1", hlc(BASE_MS - 10, 0), [one("b"), one("c")].concat()),
+        )
         .await
         .expect("b");
     assert_eq!(b[0].hlc.as_str(), format!("{BASE_MS}-999999-gw1"));
-    assert_eq!(b[1].hlc.as_str(), format!("{}-000000-gw1", BASE_MS + 1), "overflow");
-    let c = log.commit(&r, &req("e1", hlc(BASE_MS + 1, 0), one("d"))).await.expect("d");
-    assert_eq!(c[0].hlc.as_str(), format!("{}-000001-gw1", BASE_MS + 1), "equal: last + 1");
-    let d = log.commit(&r, &req("e1", hlc(BASE_MS + 50, 7), one("e"))).await.expect("e");
+    assert_eq!(
+        b[1].hlc.as_str(),
+        format!("{}-000000-gw1", BASE_MS + 1),
+        "overflow"
+    );
+    let c = log
+        .commit(&r, &req("e1", hlc(BASE_MS + 1, 0), one("d")))
+        .await
+        .expect("d");
+    assert_eq!(
+        c[0].hlc.as_str(),
+        format!("{}-000001-gw1", BASE_MS + 1),
+        "equal: last + 1"
+    );
+    let d = log
+        .commit(&r, &req("e1", hlc(BASE_MS + 50, 7), one("e")))
+        .await
+        .expect("e");
     assert_eq!(d[0].hlc.as_str(), format!("{}-000007-gw1", BASE_MS + 50));
 }
 
@@ -216,12 +282,26 @@ async fn duplicates_answer_the_original_and_write_nothing() {
         let again = log
             .commit(
                 &r,
-                &req("e1", hlc(BASE_MS + 99_999, 0), vec![ev("alice", Some("m1"), "{\"n\":1}")]),
+                &req(
+                    "e1",
+                    hlc(BASE_MS + 99_999, 0),
+                    vec![ev("alice", Some("m1"), "{\"n\":1}")],
+                ),
             )
             .await
             .expect("resubmission");
-        assert_eq!(again, vec![Committed { duplicate: true, ..first[0].clone() }]);
-        assert_eq!(before, snapshot(&log, &rk, &buckets).await, "a duplicate writes nothing");
+        assert_eq!(
+            again,
+            vec![Committed {
+                duplicate: true,
+                ..first[0].clone()
+            }]
+        );
+        assert_eq!(
+            before,
+            snapshot(&log, &rk, &buckets).await,
+            "a duplicate writes nothing"
+        );
     }
 
     // Five buckets later the key is outside the recent buckets: only a resend finds it.
@@ -232,9 +312,23 @@ async fn duplicates_answer_the_original_and_write_nothing() {
         .commit(&r, &req("e1", hlc(BASE_MS, 0), vec![resend]))
         .await
         .expect("a resend");
-    assert_eq!(found, vec![Committed { duplicate: true, ..first[2].clone() }], "found in an old bucket");
+    assert_eq!(
+        found,
+        vec![Committed {
+            duplicate: true,
+            ..first[2].clone()
+        }],
+        "found in an old bucket"
+    );
     let fresh = log
-        .commit(&r, &req("e1", hlc(BASE_MS, 0), vec![ev("bob", Some("m1"), "{\"n\":2}")]))
+        .commit(
+            &r,
+            &req(
+                "e1",
+                hlc(BASE_MS, 0),
+                vec![ev("bob", Some("m1"), "{\"n\":2}")],
+            ),
+        )
         .await
         .expect("not a resend");
     assert_eq!(
@@ -260,14 +354,19 @@ async fn refused_commits_leave_every_key_unchanged() {
     ok.expected_head = Some(Seq(0));
     log.commit(&r, &ok).await.expect("the owner commits");
 
-    let buckets = log.config().buckets(concord_core::Clock::now_ms(&concord_core::hlc::SystemClock));
+    let buckets = log
+        .config()
+        .buckets(concord_core::Clock::now_ms(&concord_core::hlc::SystemClock));
     let before = snapshot(&log, &rk, &buckets).await;
     let new_events = vec![ev("c", Some("o2"), "2"), ev("c", Some("o3"), "3")];
     let mut stale = req("e1", hlc(BASE_MS, 0), new_events.clone());
     stale.fence = Some(fence + 1);
     stale.expected_head = Some(Seq(1));
     let got = log.commit(&r, &stale).await;
-    assert!(matches!(got, Err(CommitError::Fenced { current }) if current == fence), "{got:?}");
+    assert!(
+        matches!(got, Err(CommitError::Fenced { current }) if current == fence),
+        "{got:?}"
+    );
 
     let mut wrong_epoch = req("e0", hlc(BASE_MS, 0), new_events.clone());
     wrong_epoch.fence = Some(fence);
@@ -281,10 +380,19 @@ async fn refused_commits_leave_every_key_unchanged() {
     behind.fence = Some(fence);
     behind.expected_head = Some(Seq(0));
     let got = log.commit(&r, &behind).await;
-    assert!(matches!(got, Err(CommitError::HeadMoved { head: Seq(1) })), "{got:?}");
-    assert_eq!(before, snapshot(&log, &rk, &buckets).await, "refusals wrote nothing");
+    assert!(
+        matches!(got, Err(CommitError::HeadMoved { head: Seq(1) })),
+        "{got:?}"
+    );
+    assert_eq!(
+        before,
+        snapshot(&log, &rk, &buckets).await,
+        "refusals wrote nothing"
+    );
 
-    let got = log.commit(&room("never-made"), &req("e1", hlc(BASE_MS, 0), new_events)).await;
+    let got = log
+        .commit(&room("never-made"), &req("e1", hlc(BASE_MS, 0), new_events))
+        .await;
     assert!(matches!(got, Err(CommitError::NoRoom)), "{got:?}");
 
     // A resubmission of a committed list with its old expected head is answered as duplicates.
@@ -296,15 +404,34 @@ async fn refused_commits_leave_every_key_unchanged() {
 async fn create_answers_the_existing_room_and_refuses_another_kind() {
     let (_p, log) = shared("create").await;
     let r = room("kinds");
-    let made = log.create_room(&r, RoomKind::Stream, &epoch("e1")).await.expect("create");
-    assert_eq!((made.head, made.hlc.clone(), made.epoch.as_str()), (Seq(0), None, "e1"));
-    log.commit(&r, &req("e1", hlc(BASE_MS, 0), vec![ev("c", Some("x"), "1")]))
+    let made = log
+        .create_room(&r, RoomKind::Stream, &epoch("e1"))
         .await
-        .expect("commit");
-    let again = log.create_room(&r, RoomKind::Stream, &epoch("e9")).await.expect("again");
-    assert_eq!((again.head, again.epoch.as_str()), (Seq(1), "e1"), "the existing room");
+        .expect("create");
+    assert_eq!(
+        (made.head, made.hlc.clone(), made.epoch.as_str()),
+        (Seq(0), None, "e1")
+    );
+    log.commit(
+        &r,
+        &req("e1", hlc(BASE_MS, 0), vec![ev("c", Some("x"), "1")]),
+    )
+    .await
+    .expect("commit");
+    let again = log
+        .create_room(&r, RoomKind::Stream, &epoch("e9"))
+        .await
+        .expect("again");
+    assert_eq!(
+        (again.head, again.epoch.as_str()),
+        (Seq(1), "e1"),
+        "the existing room"
+    );
     let other = log.create_room(&r, RoomKind::Doc, &epoch("e1")).await;
-    assert!(matches!(&other, Err(CommitError::Exists { kind }) if kind == "stream"), "{other:?}");
+    assert!(
+        matches!(&other, Err(CommitError::Exists { kind }) if kind == "stream"),
+        "{other:?}"
+    );
 }
 
 #[tokio::test]
@@ -318,20 +445,33 @@ async fn rebuild_recreates_only_a_missing_room() {
         .expect("rebuild");
     assert!(made.rebuilt);
     let meta = log.room_meta(&r).await.expect("meta").expect("exists");
-    assert_eq!((meta.head, meta.wm, meta.floor, meta.fence), (Seq(42), Seq(42), Seq(43), 0));
+    assert_eq!(
+        (meta.head, meta.wm, meta.floor, meta.fence),
+        (Seq(42), Seq(42), Seq(43), 0)
+    );
     assert_eq!(meta.hlc, Some(h.clone()));
     let next = log
-        .commit(&r, &req("e7", hlc(BASE_MS - 1, 0), vec![ev("c", Some("n"), "1")]))
+        .commit(
+            &r,
+            &req("e7", hlc(BASE_MS - 1, 0), vec![ev("c", Some("n"), "1")]),
+        )
         .await
         .expect("commit after a rebuild");
     assert_eq!(next[0].seq, Seq(43), "seqs resume after the rebuilt head");
-    assert!(next[0].hlc.as_str()[..20] > h.as_str()[..20], "hlc resumes after the rebuilt one");
+    assert!(
+        next[0].hlc.as_str()[..20] > h.as_str()[..20],
+        "hlc resumes after the rebuilt one"
+    );
     let again = log
         .rebuild(&r, RoomKind::Doc, &epoch("e8"), Seq(1), None)
         .await
         .expect("rebuild of an existing room");
     assert!(!again.rebuilt);
-    assert_eq!((again.head.head, again.head.epoch.as_str()), (Seq(43), "e7"), "left unchanged");
+    assert_eq!(
+        (again.head.head, again.head.epoch.as_str()),
+        (Seq(43), "e7"),
+        "left unchanged"
+    );
 }
 
 #[tokio::test]
@@ -339,8 +479,16 @@ async fn oversized_batches_are_refused_before_calling_redis() {
     let (_p, log) = shared_with("limits", |c| c.max_commit_events = 2).await;
     let r = room("limits");
     create(&log, &r, RoomKind::Stream, "e1").await;
-    let events = (0..3).map(|i| ev("c", Some(&format!("o{i}")), "1")).collect();
+    let events = (0..3)
+        .map(|i| ev("c", Some(&format!("o{i}")), "1"))
+        .collect();
     let got = log.commit(&r, &req("e1", hlc(BASE_MS, 0), events)).await;
-    assert!(matches!(got, Err(CommitError::BatchTooLarge { len: 3, max: 2 })), "{got:?}");
-    assert_eq!(log.room_meta(&r).await.expect("meta").expect("room").head, Seq(0));
+    assert!(
+        matches!(got, Err(CommitError::BatchTooLarge { len: 3, max: 2 })),
+        "{got:?}"
+    );
+    assert_eq!(
+        log.room_meta(&r).await.expect("meta").expect("room").head,
+        Seq(0)
+    );
 }

@@ -21,14 +21,21 @@ async fn each_commit_publishes_its_events_once() {
     let first = log
         .commit(
             &r,
-            &req("e1", hlc(1_763_812_345_678, 0), vec![ev("alice", Some("m1"), data), ev("bob", None, "\"x\"")]),
+            &req(
+                "e1",
+                hlc(1_763_812_345_678, 0),
+                vec![ev("alice", Some("m1"), data), ev("bob", None, "\"x\"")],
+            ),
         )
         .await
         .expect("commit");
     // A call that only repeats committed events publishes nothing; the next one publishes.
-    log.commit(&r, &req("e1", hlc(0, 0), vec![ev("alice", Some("m1"), data)]))
-        .await
-        .expect("duplicate");
+    log.commit(
+        &r,
+        &req("e1", hlc(0, 0), vec![ev("alice", Some("m1"), data)]),
+    )
+    .await
+    .expect("duplicate");
     log.commit(&r, &req("e1", hlc(0, 0), vec![ev("carol", Some("z"), "3")]))
         .await
         .expect("third");
@@ -53,7 +60,13 @@ async fn each_commit_publishes_its_events_once() {
     });
     assert_eq!(n1, expected, "the first commit's notification");
     let n2 = next(&mut messages).await;
-    assert_eq!(n2["events"][0]["seq"], 3, "the duplicate-only call published nothing: {n2}");
+    assert_eq!(
+        n2["events"][0]["seq"], 3,
+        "the duplicate-only call published nothing: {n2}"
+    );
     assert_eq!(n2["events"].as_array().map(Vec::len), Some(1));
-    assert_eq!(log.room_meta(&r).await.expect("meta").expect("room").head, Seq(3));
+    assert_eq!(
+        log.room_meta(&r).await.expect("meta").expect("room").head,
+        Seq(3)
+    );
 }
