@@ -52,6 +52,28 @@ async fn commits_duplicates_and_leases_work_on_every_master() {
         }
         assert!(i < 10_000, "no room found on some master");
     }
+    // A master that lost the library gets it back from the next process that connects.
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query::<()>(&mut cluster.nodes()[1].client())
+        .expect("flush one master");
+    let versions = functions::versions(log.connection())
+        .await
+        .expect("versions");
+    assert_eq!(
+        versions.iter().filter(|v| v.1.is_none()).count(),
+        1,
+        "{versions:?}"
+    );
+    let log = connect(&cluster.target(), "cl").await;
+    let versions = functions::versions(log.connection())
+        .await
+        .expect("versions");
+    assert!(
+        versions.iter().all(|v| v.1 == Some(functions::version())),
+        "reloaded: {versions:?}"
+    );
+
     for name in rooms.into_iter().flatten() {
         let r = room(&name);
         create(&log, &r, RoomKind::Doc, "e1").await;
@@ -103,5 +125,11 @@ async fn commits_duplicates_and_leases_work_on_every_master() {
             .await
             .expect("persisted");
         assert_eq!(wm.wm, Seq(2));
+        let lost = room(&format!("{name}.lost"));
+        let rebuilt = log
+            .rebuild(&lost, RoomKind::Stream, &epoch("e2"), Seq(9), None)
+            .await
+            .expect("rebuild");
+        assert!(rebuilt.rebuilt && rebuilt.head.head == Seq(9));
     }
 }

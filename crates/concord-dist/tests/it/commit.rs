@@ -26,6 +26,7 @@ fn seed() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_committers_get_gap_free_seqs_and_increasing_hlcs() {
     let (prefix, log) = shared("concurrent").await;
+    println!("CONCORD_DIST_SEED={} reproduces this run", seed());
     let rooms = [room("busy-a"), room("busy-b")];
     for r in &rooms {
         create(&log, r, RoomKind::Stream, "e1").await;
@@ -491,4 +492,89 @@ async fn oversized_batches_are_refused_before_calling_redis() {
         log.room_meta(&r).await.expect("meta").expect("room").head,
         Seq(0)
     );
+}
+
+/// A model of the rule over random proposals, batch sizes and overflows: each assigned hlc is
+/// max(proposed, previous + 1) on (wall ms, logical), with logical 999999 + 1 → next ms, 0.
+#[tokio::test]
+async fn assigned_hlcs_follow_the_rule_for_random_proposals() {
+    let (_p, log) = shared("hlc-model").await;
+    let r = room("hlc-model");
+    create(&log, &r, RoomKind::Stream, "e1").await;
+    let seed = seed();
+    println!("CONCORD_DIST_SEED={seed} reproduces this run");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut last: (u64, u32) = (0, 0);
+    let mut n = 0;
+    for call in 0..150 {
+        let wall = BASE_MS + rng.random_range(0..20);
+        let logical = match rng.random_range(0..4) {
+            0 => 999_999,
+            1 => 999_998,
+            _ => rng.random_range(0..5),
+        };
+        let size = rng.random_range(1..=4);
+        let events = (0..size)
+            .map(|_| {
+                n += 1;
+                ev("m", Some(&format!("o{n}")), "0")
+            })
+            .collect();
+        let got = log
+            .commit(&r, &req("e1", hlc(wall, logical), events))
+            .await
+            .expect("commit");
+        for c in got {
+            let next = if last.1 >= 999_999 {
+                (last.0 + 1, 0)
+            } else {
+                (last.0, last.1 + 1)
+            };
+            let want = next.max((wall, logical));
+            assert_eq!(
+                c.hlc.as_str(),
+                format!("{:013}-{:06}-gw1", want.0, want.1),
+                "call {call}: proposed {wall}/{logical} after {last:?} (seed {seed})"
+            );
+            last = want;
+        }
+    }
+}
+
+#[tokio::test]
+async fn read_log_pages_after_a_seq() {
+    let (_p, log) = shared("pages").await;
+    let r = room("pages");
+    create(&log, &r, RoomKind::Stream, "e1").await;
+    let events = (1..=7)
+        .map(|i| {
+            ev(
+                "c",
+                if i % 2 == 0 { None } else { Some("x") },
+                &format!("[{i}]"),
+            )
+        })
+        .collect();
+    let got = log
+        .commit(&r, &req("e1", hlc(BASE_MS, 0), events))
+        .await
+        .expect("commit");
+    // Odd events share one op key: the later ones are duplicates of seq 1.
+    let seqs: Vec<u64> = got.iter().map(|c| c.seq.0).collect();
+    assert_eq!(seqs, [1, 2, 1, 3, 1, 4, 1]);
+    let page = log.read_log(&r, Seq(1), 2).await.expect("page");
+    assert_eq!(page.iter().map(|e| e.seq.0).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(page[0].op_id, None, "no op id: none read back");
+    assert_eq!(page[0].data, "[2]");
+    assert_eq!(page[1].data, "[4]");
+    assert!(log
+        .read_log(&r, Seq(4), 10)
+        .await
+        .expect("past the head")
+        .is_empty());
+    assert!(log
+        .read_log(&room("nowhere"), Seq(0), 10)
+        .await
+        .expect("no room")
+        .is_empty());
 }
