@@ -13,9 +13,16 @@ pub const MIN_PARTITIONS: u32 = 1024;
 /// The most partitions a cluster may have.
 pub const MAX_PARTITIONS: u32 = 4096;
 
-/// A partition number, `0..P`.
+/// A partition number, `0..P`, as given by a `Partitions` (`of`, `get`, `iter`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct Partition(pub u32);
+pub struct Partition(u32);
+
+impl Partition {
+    /// Its number (`0..P`; PostgreSQL's shard is this mod K).
+    pub fn number(self) -> u32 {
+        self.0
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PartitionError {
@@ -51,11 +58,21 @@ impl Partitions {
         Partition((fnv1a_64(room.as_bytes()) % u64::from(self.count)) as u32)
     }
 
+    /// Partition number `n`, if this cluster has it.
+    pub fn get(&self, n: u32) -> Option<Partition> {
+        (n < self.count).then_some(Partition(n))
+    }
+
+    /// Every partition, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Partition> + use<> {
+        (0..self.count).map(Partition)
+    }
+
     /// The hash tag of a partition, braces included (`{p0042.17}`).
     ///
     /// # Panics
-    /// Never for a partition of this cluster (`of` returns only those); an out-of-range
-    /// partition is a bug of the caller.
+    /// Only for a partition of another, larger `Partitions` (a `Partition` is made by this
+    /// type only, and one process has one partition count).
     pub fn tag(&self, p: Partition) -> &str {
         &self.tags[p.0 as usize]
     }
@@ -216,6 +233,17 @@ mod tests {
     }
 
     #[test]
+    fn partitions_are_numbered_in_range() {
+        let parts = Partitions::new(1024).expect("a valid count");
+        assert_eq!(parts.get(1023).map(Partition::number), Some(1023));
+        assert_eq!(parts.get(1024), None);
+        assert_eq!(parts.iter().count(), 1024);
+        assert!(parts
+            .iter()
+            .all(|p| parts.of("x").number() < 1024 && p.number() < 1024));
+    }
+
+    #[test]
     fn counts_outside_the_range_are_refused() {
         assert_eq!(
             Partitions::new(1023).unwrap_err(),
@@ -234,8 +262,9 @@ mod tests {
         for count in [1024, 1500, 3000, 4096] {
             let parts = Partitions::new(count).expect("a valid count");
             for p in 0..count {
-                let tag = parts.tag(Partition(p));
-                let (lo, hi) = parts.slot_range(Partition(p));
+                let part = parts.get(p).expect("in range");
+                let tag = parts.tag(part);
+                let (lo, hi) = parts.slot_range(part);
                 let slot = key_slot(format!("concord:{tag}:m:room").as_bytes());
                 assert!(
                     (lo..hi).contains(&slot),
@@ -260,7 +289,10 @@ mod tests {
                         (lo..hi).contains(&s)
                     })
                     .expect("some k fits");
-                assert_eq!(parts.tag(Partition(p)), format!("{{p{p:04}.{k}}}"));
+                assert_eq!(
+                    parts.tag(parts.get(p).expect("in range")),
+                    format!("{{p{p:04}.{k}}}")
+                );
             }
         }
     }
