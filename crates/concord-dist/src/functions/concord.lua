@@ -132,10 +132,10 @@ local function commit(keys, args)
         seen[field] = i
       end
     end
-    if found ~= nil and type(found) == 'table' then
+    if found ~= nil then
+      -- {seq, hlc, 1} from a bucket, or the index of its first occurrence in this call
+      -- (resolved once seqs are assigned)
       results[i] = found
-    elseif found ~= nil then
-      results[i] = found -- an index into this call, resolved once seqs are assigned
     else
       fresh = fresh + 1
     end
@@ -281,8 +281,11 @@ local function rebuild(keys, args)
     local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc')
     return {0, cur[1], cur[2], tonumber(cur[3]), cur[4]}
   end
+  -- The fence restarts at now_ms: above every fence handed out before the loss (fences count
+  -- acquisitions, far fewer than milliseconds), so a zombie owner's fence never matches again.
+  local now_ms = tonumber(args[5]) or 0
   redis.call('HSET', meta, 'kind', kind, 'epoch', epoch, 'head', head, 'hlc', hlc,
-    'fence', 0, 'wm', head, 'floor', head + 1, 'created_ms', args[5] or '0')
+    'fence', now_ms, 'wm', head, 'floor', head + 1, 'created_ms', now_ms)
   return {1, kind, epoch, head, hlc}
 end
 

@@ -440,6 +440,7 @@ async fn rebuild_recreates_only_a_missing_room() {
     let (_p, log) = shared("rebuild").await;
     let r = room("lost");
     let h = hlc(BASE_MS, 3);
+    let before_ms = concord_core::Clock::now_ms(&concord_core::hlc::SystemClock);
     let made = log
         .rebuild(&r, RoomKind::Doc, &epoch("e7"), Seq(42), Some(&h))
         .await
@@ -447,15 +448,32 @@ async fn rebuild_recreates_only_a_missing_room() {
     assert!(made.rebuilt);
     let meta = log.room_meta(&r).await.expect("meta").expect("exists");
     assert_eq!(
-        (meta.head, meta.wm, meta.floor, meta.fence),
-        (Seq(42), Seq(42), Seq(43), 0)
+        (meta.head, meta.wm, meta.floor),
+        (Seq(42), Seq(42), Seq(43))
+    );
+    assert!(
+        meta.fence >= before_ms,
+        "the fence restarts at the rebuild's time ({} < {before_ms}): above any fence before the loss",
+        meta.fence
     );
     assert_eq!(meta.hlc, Some(h.clone()));
+    // A zombie owner from before the loss (fence 1) is fenced; the new owner is not.
+    let mut zombie = req("e7", hlc(BASE_MS, 0), vec![ev("z", Some("z"), "0")]);
+    zombie.fence = Some(1);
+    let got = log.commit(&r, &zombie).await;
+    assert!(matches!(got, Err(CommitError::Fenced { .. })), "{got:?}");
+    let owner = log
+        .acquire_lease(&r, "gw-new", Duration::from_secs(30))
+        .await
+        .expect("lease")
+        .expect("free");
+    assert_eq!(owner, meta.fence + 1);
     let next = log
-        .commit(
-            &r,
-            &req("e7", hlc(BASE_MS - 1, 0), vec![ev("c", Some("n"), "1")]),
-        )
+        .commit(&r, &{
+            let mut c = req("e7", hlc(BASE_MS - 1, 0), vec![ev("c", Some("n"), "1")]);
+            c.fence = Some(owner);
+            c
+        })
         .await
         .expect("commit after a rebuild");
     assert_eq!(next[0].seq, Seq(43), "seqs resume after the rebuilt head");
