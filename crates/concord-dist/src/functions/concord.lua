@@ -1,0 +1,302 @@
+#!lua name=concord
+-- The `concord` function library: the commit point of every room of the distributed mode.
+-- docs/distributed.md ("The function library") is its specification. Every function touches
+-- the keys of one partition only (one hash tag, one slot). Errors are Redis errors whose first
+-- word is the code: NOROOM, EPOCH, FENCED, HEAD, EXISTS, BADARG.
+
+local VERSION = 1
+
+local MAX_LOGICAL = 999999
+
+local function badarg(what)
+  return redis.error_reply('BADARG ' .. what)
+end
+
+-- An hlc's (wall ms, logical) from its text form `WWWWWWWWWWWWW-LLLLLL-node`; nil if malformed.
+local function hlc_parts(text)
+  if type(text) ~= 'string' or string.len(text) < 21 then
+    return nil
+  end
+  local wall = string.sub(text, 1, 13)
+  local logical = string.sub(text, 15, 20)
+  if not string.match(wall, '^%d+$') or not string.match(logical, '^%d+$')
+      or string.sub(text, 14, 14) ~= '-' or string.sub(text, 21, 21) ~= '-' then
+    return nil
+  end
+  return tonumber(wall), tonumber(logical)
+end
+
+local function hlc_text(wall, logical, node)
+  return string.format('%013d-%06d-%s', wall, logical, node)
+end
+
+-- The hlc following (wall, logical): the logical counter overflows into the next millisecond.
+local function hlc_next(wall, logical)
+  if logical >= MAX_LOGICAL then
+    return wall + 1, 0
+  end
+  return wall, logical + 1
+end
+
+local function later(aw, al, bw, bl)
+  return aw > bw or (aw == bw and al > bl)
+end
+
+local function meta_exists(meta)
+  return redis.call('EXISTS', meta) == 1
+end
+
+-- concord_create(KEYS: meta; ARGV: kind, epoch, now_ms) -> [kind, epoch, head, hlc]
+local function create(keys, args)
+  local meta = keys[1]
+  local kind, epoch, now_ms = args[1], args[2], args[3]
+  if kind ~= 'stream' and kind ~= 'doc' then
+    return badarg('kind')
+  end
+  if epoch == nil or epoch == '' then
+    return badarg('epoch')
+  end
+  if meta_exists(meta) then
+    local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc')
+    if cur[1] ~= kind then
+      return redis.error_reply('EXISTS ' .. tostring(cur[1]))
+    end
+    return {cur[1], cur[2], tonumber(cur[3]), cur[4]}
+  end
+  redis.call('HSET', meta, 'kind', kind, 'epoch', epoch, 'head', 0, 'hlc', '',
+    'fence', 0, 'wm', 0, 'floor', 1, 'created_ms', now_ms or '0')
+  return {kind, epoch, 0, ''}
+end
+
+-- concord_commit(KEYS: meta, log, work, idem buckets newest first...;
+--   ARGV: epoch, fence|"", expected head|"", proposed hlc, node, idem ttl ms, log max len,
+--         recent buckets, room, then per event: from, op id|"", data, resend flag)
+-- -> per event [seq, hlc, dup]
+local function commit(keys, args)
+  local meta, log, work = keys[1], keys[2], keys[3]
+  local nbuckets = #keys - 3
+  local epoch, fence, expected = args[1], args[2], args[3]
+  local pw, pl = hlc_parts(args[4])
+  local node = args[5]
+  local idem_ttl = tonumber(args[6])
+  local max_len = tonumber(args[7])
+  local recent = tonumber(args[8])
+  local room = args[9]
+  local fixed = 9
+  if pw == nil then return badarg('proposed hlc') end
+  if idem_ttl == nil or max_len == nil or recent == nil then return badarg('numbers') end
+  if (#args - fixed) % 4 ~= 0 then return badarg('event arity') end
+  local n = (#args - fixed) / 4
+
+  -- 1. Checks, before any write.
+  local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc', 'fence', 'floor')
+  if cur[1] == false then
+    return redis.error_reply('NOROOM ' .. room)
+  end
+  if cur[2] ~= epoch then
+    return redis.error_reply('EPOCH ' .. tostring(cur[2]))
+  end
+  if fence ~= '' and tostring(cur[5]) ~= fence then
+    return redis.error_reply('FENCED ' .. tostring(cur[5]))
+  end
+  local head = tonumber(cur[3])
+
+  -- 2. Idempotency lookups (reads only): in the recent buckets, in every bucket for resends,
+  -- and within the call.
+  local results = {}
+  local fields = {}
+  local seen = {}
+  local fresh = 0
+  for i = 1, n do
+    local base = fixed + (i - 1) * 4
+    local from, op = args[base + 1], args[base + 2]
+    local resend = args[base + 4] == '1'
+    local found = nil
+    if op ~= '' then
+      local field = string.len(from) .. ':' .. from .. op
+      fields[i] = field
+      if seen[field] ~= nil then
+        found = seen[field]
+      else
+        local limit = resend and nbuckets or math.min(recent, nbuckets)
+        for b = 1, limit do
+          local v = redis.call('HGET', keys[3 + b], field)
+          if v then
+            local sp = string.find(v, ' ', 1, true)
+            found = {tonumber(string.sub(v, 1, sp - 1)), string.sub(v, sp + 1), 1}
+            break
+          end
+        end
+      end
+      if found == nil then
+        seen[field] = i
+      end
+    end
+    if found ~= nil then
+      -- {seq, hlc, 1} from a bucket, or the index of its first occurrence in this call
+      -- (resolved once seqs are assigned)
+      results[i] = found
+    else
+      fresh = fresh + 1
+    end
+  end
+  if fresh > 0 and expected ~= '' and tostring(head) ~= expected then
+    return redis.error_reply('HEAD ' .. head)
+  end
+  if fresh == 0 then
+    -- Every event is a duplicate (of an earlier call: nothing in this call is new).
+    return results
+  end
+
+  -- 3. Writes: seqs, hlcs, log, work stream, op keys, meta, notification.
+  local lw, ll = hlc_parts(cur[4])
+  if lw == nil then lw, ll = 0, 0 end
+  local kind = cur[1]
+  local newest = nil
+  if nbuckets > 0 then newest = keys[4] end
+  local notes = {}
+  local seq = head
+  local last_hlc = cur[4]
+  for i = 1, n do
+    if results[i] == nil then
+      local base = fixed + (i - 1) * 4
+      local from, op, data = args[base + 1], args[base + 2], args[base + 3]
+      seq = seq + 1
+      local nw, nl = hlc_next(lw, ll)
+      if later(pw, pl, nw, nl) then nw, nl = pw, pl end
+      lw, ll = nw, nl
+      local hlc = hlc_text(nw, nl, node)
+      last_hlc = hlc
+      if op ~= '' then
+        redis.call('XADD', log, seq .. '-0', 'h', hlc, 'f', from, 'o', op, 'd', data)
+        redis.call('XADD', work, '*', 'r', room, 'k', kind, 'e', epoch, 's', seq, 'h', hlc,
+          'f', from, 'o', op, 'd', data)
+        if newest ~= nil then
+          redis.call('HSET', newest, fields[i], seq .. ' ' .. hlc)
+        end
+      else
+        redis.call('XADD', log, seq .. '-0', 'h', hlc, 'f', from, 'd', data)
+        redis.call('XADD', work, '*', 'r', room, 'k', kind, 'e', epoch, 's', seq, 'h', hlc,
+          'f', from, 'd', data)
+      end
+      results[i] = {seq, hlc, 0}
+      local opj = 'null'
+      if op ~= '' then opj = cjson.encode(op) end
+      notes[#notes + 1] = '{"seq":' .. seq .. ',"hlc":' .. cjson.encode(hlc) .. ',"from":'
+        .. cjson.encode(from) .. ',"op_id":' .. opj .. ',"data":' .. data .. '}'
+    end
+  end
+  -- Duplicates within the call answer the seq of their first occurrence.
+  for i = 1, n do
+    if type(results[i]) == 'number' then
+      local first = results[results[i]]
+      results[i] = {first[1], first[2], 1}
+    end
+  end
+  if newest ~= nil and idem_ttl > 0 then
+    redis.call('PEXPIRE', newest, idem_ttl)
+  end
+  if max_len > 0 and redis.call('XLEN', log) > max_len then
+    local floor = math.max(seq - max_len + 1, tonumber(cur[6]) or 1)
+    redis.call('XTRIM', log, 'MINID', floor .. '-0')
+    redis.call('HSET', meta, 'head', seq, 'hlc', last_hlc, 'floor', floor)
+  else
+    redis.call('HSET', meta, 'head', seq, 'hlc', last_hlc)
+  end
+  local channel = string.sub(meta, 1, string.len(meta) - string.len(room) - 2) .. 'n:' .. room
+  redis.call('PUBLISH', channel, '{"room":' .. cjson.encode(room) .. ',"epoch":'
+    .. cjson.encode(epoch) .. ',"events":[' .. table.concat(notes, ',') .. ']}')
+  return results
+end
+
+-- concord_lease(KEYS: meta, owner; ARGV: gateway id, lease ms) -> fence, 0 when held by another
+local function lease(keys, args)
+  local meta, owner = keys[1], keys[2]
+  local id, ms = args[1], tonumber(args[2])
+  if id == nil or id == '' then return badarg('gateway id') end
+  if ms == nil or ms <= 0 then return badarg('lease ms') end
+  if not meta_exists(meta) then
+    return redis.error_reply('NOROOM ' .. meta)
+  end
+  local holder = redis.call('GET', owner)
+  if holder == id then
+    redis.call('PEXPIRE', owner, ms)
+    return tonumber(redis.call('HGET', meta, 'fence'))
+  end
+  if holder then
+    return 0
+  end
+  redis.call('SET', owner, id, 'PX', ms)
+  return redis.call('HINCRBY', meta, 'fence', 1)
+end
+
+-- concord_release(KEYS: owner; ARGV: gateway id) -> 1 when dropped, 0 when not the holder
+local function release(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('DEL', keys[1])
+    return 1
+  end
+  return 0
+end
+
+-- concord_persisted(KEYS: meta, log; ARGV: epoch, seq, keep) -> [wm, floor]
+local function persisted(keys, args)
+  local meta, log = keys[1], keys[2]
+  local epoch, seq, keep = args[1], tonumber(args[2]), tonumber(args[3])
+  if seq == nil or seq < 0 or keep == nil or keep < 0 then return badarg('numbers') end
+  local cur = redis.call('HMGET', meta, 'epoch', 'head', 'wm', 'floor')
+  if cur[1] == false then
+    return redis.error_reply('NOROOM ' .. meta)
+  end
+  if cur[1] ~= epoch then
+    return redis.error_reply('EPOCH ' .. tostring(cur[1]))
+  end
+  local head = tonumber(cur[2])
+  local wm = tonumber(cur[3]) or 0
+  local floor = tonumber(cur[4]) or 1
+  if seq > wm then
+    wm = seq
+    redis.call('HSET', meta, 'wm', wm)
+  end
+  -- Keep every seq >= wm - keep, and always the head.
+  local target = math.min(wm - keep, head)
+  if target > floor then
+    floor = target
+    redis.call('XTRIM', log, 'MINID', floor .. '-0')
+    redis.call('HSET', meta, 'floor', floor)
+  end
+  return {wm, floor}
+end
+
+-- concord_rebuild(KEYS: meta; ARGV: kind, epoch, head, hlc, now_ms)
+-- -> [rebuilt 0|1, kind, epoch, head, hlc]
+local function rebuild(keys, args)
+  local meta = keys[1]
+  local kind, epoch, head, hlc = args[1], args[2], tonumber(args[3]), args[4]
+  if kind ~= 'stream' and kind ~= 'doc' then return badarg('kind') end
+  if epoch == nil or epoch == '' then return badarg('epoch') end
+  if head == nil or head < 0 then return badarg('head') end
+  if hlc ~= '' and hlc_parts(hlc) == nil then return badarg('hlc') end
+  if meta_exists(meta) then
+    local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc')
+    return {0, cur[1], cur[2], tonumber(cur[3]), cur[4]}
+  end
+  -- The fence restarts at now_ms: above every fence handed out before the loss (fences count
+  -- acquisitions, far fewer than milliseconds), so a zombie owner's fence never matches again.
+  local now_ms = tonumber(args[5]) or 0
+  redis.call('HSET', meta, 'kind', kind, 'epoch', epoch, 'head', head, 'hlc', hlc,
+    'fence', now_ms, 'wm', head, 'floor', head + 1, 'created_ms', now_ms)
+  return {1, kind, epoch, head, hlc}
+end
+
+local function version()
+  return VERSION
+end
+
+redis.register_function{function_name='concord_create', callback=create}
+redis.register_function{function_name='concord_commit', callback=commit}
+redis.register_function{function_name='concord_lease', callback=lease}
+redis.register_function{function_name='concord_release', callback=release}
+redis.register_function{function_name='concord_persisted', callback=persisted}
+redis.register_function{function_name='concord_rebuild', callback=rebuild}
+redis.register_function{function_name='concord_version', callback=version, flags={'no-writes'}}

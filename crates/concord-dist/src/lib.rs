@@ -1,0 +1,22 @@
+//! The distributed mode's building blocks: partitions and hash tags, Redis key names, the
+//! `concord` Redis function library and its Rust API (the commit log of every room, leases,
+//! watermarks), and test helpers for private Redis servers and clusters.
+//!
+//! docs/distributed.md is the design these modules implement.
+
+pub mod functions;
+pub mod keys;
+pub mod lease;
+pub mod log;
+pub mod partition;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// pg and worker modules: see docs/distributed.md
+
+pub use keys::Keys;
+pub use log::{
+    CommitError, CommitRequest, Committed, LogConfig, LogError, LoggedEvent, NewEvent, RedisLog,
+    RedisTarget, RoomMeta,
+};
+pub use partition::{Partition, PartitionError, Partitions};
