@@ -4,7 +4,7 @@
 -- the keys of one partition only (one hash tag, one slot). Errors are Redis errors whose first
 -- word is the code: NOROOM, EPOCH, FENCED, HEAD, EXISTS, BADARG.
 
-local VERSION = 1
+local VERSION = 2
 
 local MAX_LOGICAL = 999999
 
@@ -70,7 +70,10 @@ end
 
 -- concord_commit(KEYS: meta, log, work, idem buckets newest first...;
 --   ARGV: epoch, fence|"", expected head|"", proposed hlc, node, idem ttl ms, log max len,
---         recent buckets, room, then per event: from, op id|"", data, resend flag)
+--         recent buckets, room, then per event: from, op id|"", data, resend flag, key|"")
+-- An event without an op id may carry a key (the gateway's proposed hlc): it is looked up and
+-- recorded like an op id (in a field of its own shape, `#len:from key`, that no op id can
+-- take), so a call handed over again after an unknown outcome cannot commit it twice.
 -- -> per event [seq, hlc, dup]
 local function commit(keys, args)
   local meta, log, work = keys[1], keys[2], keys[3]
@@ -85,8 +88,8 @@ local function commit(keys, args)
   local fixed = 9
   if pw == nil then return badarg('proposed hlc') end
   if idem_ttl == nil or max_len == nil or recent == nil then return badarg('numbers') end
-  if (#args - fixed) % 4 ~= 0 then return badarg('event arity') end
-  local n = (#args - fixed) / 4
+  if (#args - fixed) % 5 ~= 0 then return badarg('event arity') end
+  local n = (#args - fixed) / 5
 
   -- 1. Checks, before any write.
   local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc', 'fence', 'floor')
@@ -108,12 +111,18 @@ local function commit(keys, args)
   local seen = {}
   local fresh = 0
   for i = 1, n do
-    local base = fixed + (i - 1) * 4
+    local base = fixed + (i - 1) * 5
     local from, op = args[base + 1], args[base + 2]
     local resend = args[base + 4] == '1'
+    local key = args[base + 5]
     local found = nil
+    local field = nil
     if op ~= '' then
-      local field = string.len(from) .. ':' .. from .. op
+      field = string.len(from) .. ':' .. from .. op
+    elseif key ~= '' then
+      field = '#' .. string.len(from) .. ':' .. from .. key
+    end
+    if field ~= nil then
       fields[i] = field
       if seen[field] ~= nil then
         found = seen[field]
@@ -159,7 +168,7 @@ local function commit(keys, args)
   local last_hlc = cur[4]
   for i = 1, n do
     if results[i] == nil then
-      local base = fixed + (i - 1) * 4
+      local base = fixed + (i - 1) * 5
       local from, op, data = args[base + 1], args[base + 2], args[base + 3]
       seq = seq + 1
       local nw, nl = hlc_next(lw, ll)
@@ -178,6 +187,9 @@ local function commit(keys, args)
         redis.call('XADD', log, seq .. '-0', 'h', hlc, 'f', from, 'd', data)
         redis.call('XADD', work, '*', 'r', room, 'k', kind, 'e', epoch, 's', seq, 'h', hlc,
           'f', from, 'd', data)
+        if newest ~= nil and fields[i] ~= nil then
+          redis.call('HSET', newest, fields[i], seq .. ' ' .. hlc)
+        end
       end
       results[i] = {seq, hlc, 0}
       local opj = 'null'

@@ -181,7 +181,8 @@ impl RedisLog {
             cmd.arg(e.from.as_str())
                 .arg(e.op_id.as_ref().map(|o| o.as_str()).unwrap_or(""))
                 .arg(e.data.get())
-                .arg(if e.resend { "1" } else { "0" });
+                .arg(if e.resend { "1" } else { "0" })
+                .arg(e.key.as_deref().unwrap_or(""));
         }
         let reply: Vec<(u64, String, u8)> = self.call_cmd(&cmd).await?;
         if reply.len() != req.events.len() {

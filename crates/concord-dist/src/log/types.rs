@@ -14,6 +14,9 @@ pub struct NewEvent {
     /// The client flagged it as a resend: its key is looked up in every idempotency bucket of
     /// the window, not only the recent ones.
     pub resend: bool,
+    /// For an event without an op id: a key unique in the cluster (the gateway's proposed hlc)
+    /// under which it is recognised when the same call is handed over again.
+    pub key: Option<String>,
 }
 
 /// One commit call.

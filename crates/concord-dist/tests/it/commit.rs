@@ -596,3 +596,65 @@ async fn read_log_pages_after_a_seq() {
         .expect("no room")
         .is_empty());
 }
+
+/// A write without an op id carries a key (the gateway's proposed hlc): a call handed over
+/// again answers it as a duplicate and writes nothing; the same key from another client, or a
+/// keyless write without a key, is a new event; an op id equal to a key text is another key.
+#[tokio::test]
+async fn a_key_makes_a_write_without_an_op_id_land_once() {
+    let (_p, log) = shared("keyed").await;
+    let r = room("keyed");
+    create(&log, &r, RoomKind::Stream, "e1").await;
+    let keyed = |from: &str, key: &str| concord_dist::NewEvent {
+        key: Some(key.to_string()),
+        ..ev(from, None, "{\"k\":1}")
+    };
+    let batch = vec![
+        keyed("alice", "0000000000001-000000-gw"),
+        ev("alice", None, "{\"plain\":1}"),
+    ];
+    let first = log
+        .commit(&r, &req("e1", hlc(BASE_MS, 0), batch.clone()))
+        .await
+        .expect("first commit");
+    let again = log
+        .commit(&r, &req("e1", hlc(BASE_MS, 1), batch))
+        .await
+        .expect("handed over again");
+    assert_eq!(
+        again[0],
+        Committed {
+            duplicate: true,
+            ..first[0].clone()
+        },
+        "the keyed write is answered with its original seq"
+    );
+    assert!(
+        !again[1].duplicate && again[1].seq.0 == 3,
+        "a write with neither op id nor key is new each time: {again:?}"
+    );
+    let others = log
+        .commit(
+            &r,
+            &req(
+                "e1",
+                hlc(BASE_MS, 2),
+                vec![
+                    keyed("bob", "0000000000001-000000-gw"),
+                    ev("alice", Some("0000000000001-000000-gw"), "{\"op\":1}"),
+                ],
+            ),
+        )
+        .await
+        .expect("other keys");
+    assert!(
+        others.iter().all(|c| !c.duplicate),
+        "another client's key and an op id that spells a key are new: {others:?}"
+    );
+    let logged = log.read_log(&r, Seq::ZERO, 100).await.expect("the log");
+    assert_eq!(logged.len(), 5, "{logged:?}");
+    assert!(
+        logged.iter().all(|e| e.op_id.is_none() || e.seq.0 == 5),
+        "a key is not an op id: it is not stored as one"
+    );
+}

@@ -54,6 +54,7 @@ pub fn ev(from: &str, op: Option<&str>, data: &str) -> NewEvent {
         op_id: op.map(|o| OpId::new(o).expect("op id")),
         data: serde_json::value::RawValue::from_string(data.to_string()).expect("JSON"),
         resend: false,
+        key: None,
     }
 }
 
