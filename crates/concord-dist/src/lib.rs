@@ -1,10 +1,12 @@
 //! The distributed mode's building blocks: partitions and hash tags, Redis key names, the
 //! `concord` Redis function library and its Rust API (the commit log of every room, leases,
-//! watermarks), and test helpers for private Redis servers and clusters.
+//! watermarks), a gateway's backend over it (`gateway`: the commit point and feeds of shared
+//! stream rooms, the store it reads), and test helpers for private Redis servers and clusters.
 //!
 //! docs/distributed.md is the design these modules implement.
 
 pub mod functions;
+pub mod gateway;
 pub mod keys;
 pub mod lease;
 pub mod log;

@@ -11,7 +11,7 @@ mod memory;
 
 pub use memory::MemoryCommitPoint;
 
-use crate::room::core::{CommitFailure, CommitResult, NewEvent};
+pub use crate::room::core::{CommitFailure, CommitResult, NewEvent};
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId};

@@ -38,7 +38,7 @@ pub use effect::Effect;
 pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
 pub use members::{MemberConn, Members};
-pub use shared::{CommitFailure, CommitResult, NewEvent, MAX_COMMIT_ATTEMPTS};
+pub use shared::{CommitFailure, CommitResult, NewEvent};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;
 pub use write::FoundOps;

@@ -1,0 +1,91 @@
+//! `RedisCommitPoint`: shared stream rooms commit through `concord_commit` (no fence, no
+//! expected head: any gateway writes) and follow their room's channel.
+
+use super::feed::Notifier;
+use crate::{CommitRequest, LogError, NewEvent, RedisLog};
+use async_trait::async_trait;
+use concord_core::{Epoch, RoomId};
+use concord_protocol::ErrorCode;
+use concord_server::cluster::{self as core, CommitFailure, CommitPoint, CommitResult, Feed};
+use concord_server::room::RoomError;
+use std::sync::Arc;
+
+pub struct RedisCommitPoint {
+    log: Arc<RedisLog>,
+    notifier: Notifier,
+    node: String,
+}
+
+impl RedisCommitPoint {
+    pub fn new(log: Arc<RedisLog>, notifier: Notifier, node: &str) -> Self {
+        RedisCommitPoint {
+            log,
+            notifier,
+            node: node.to_string(),
+        }
+    }
+}
+
+/// What a commit's error means for the writes: `Unknown` (it may have landed: hand it over
+/// again), `Moved` (the room's epoch or existence changed: reload) or a refusal.
+fn failure(e: LogError) -> CommitFailure {
+    match e {
+        LogError::Unknown(why) => CommitFailure::Unknown(why),
+        // A connection error may come after the call was sent: the outcome is unknown too.
+        LogError::Redis(e) => CommitFailure::Unknown(e.to_string()),
+        LogError::NoRoom => CommitFailure::Moved("the room is not in Redis".into()),
+        LogError::EpochChanged { current } => {
+            CommitFailure::Moved(format!("the room is in epoch {current}"))
+        }
+        LogError::BatchTooLarge { len, max } => CommitFailure::Refused(RoomError::new(
+            ErrorCode::TooLarge,
+            format!("a commit of {len} events (at most {max})"),
+        )),
+        other => CommitFailure::Refused(RoomError::new(ErrorCode::Internal, other.to_string())),
+    }
+}
+
+#[async_trait]
+impl CommitPoint for RedisCommitPoint {
+    async fn commit(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        events: Vec<core::NewEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let req = CommitRequest {
+            epoch: epoch.clone(),
+            fence: None,
+            expected_head: None,
+            hlc: first.proposed.clone(),
+            node: self.node.clone(),
+            events: events
+                .into_iter()
+                .map(|e| NewEvent {
+                    key: e.op_id.is_none().then(|| e.proposed.to_string()),
+                    from: e.from,
+                    op_id: e.op_id,
+                    data: e.data,
+                    resend: false,
+                })
+                .collect(),
+        };
+        let committed = self.log.commit(room, &req).await.map_err(failure)?;
+        Ok(committed
+            .into_iter()
+            .map(|c| CommitResult {
+                seq: c.seq,
+                hlc: c.hlc,
+                duplicate: c.duplicate,
+            })
+            .collect())
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> Feed {
+        let channel = self.log.keys().room(room.as_str()).channel;
+        self.notifier.subscribe(channel).await
+    }
+}

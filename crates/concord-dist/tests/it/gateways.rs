@@ -1,0 +1,295 @@
+//! Gateways of the distributed mode over a real Redis: `concord_server::run` servers whose
+//! backend is `concord_dist::gateway` (the Redis commit point, feeds and store). A stream room
+//! written through every gateway has one gap-free order at every member; a retry on another
+//! gateway gets its original ack; a feed whose connection was killed resubscribes and the
+//! rooms fill what they missed.
+
+use crate::support::config;
+use concord_dist::testing::redis::{Persistence, RedisServer, TestPrefix};
+use concord_dist::RedisTarget;
+use concord_server::{Config, Env};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Gateway {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+async fn gateway(target: &RedisTarget, prefix: &str, node: &str) -> Gateway {
+    let backend = concord_dist::gateway::connect(target, config(prefix), node)
+        .await
+        .expect("the gateway's backend connects");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let env = Env {
+        backend: Some(backend),
+        ..Env::system()
+    };
+    let config = Config {
+        node_id: node.to_string(),
+        ..Config::default()
+    };
+    let join = tokio::spawn(async move {
+        concord_server::run(config, listener, async move { drop(rx.await) }, env)
+            .await
+            .expect("the gateway runs");
+    });
+    Gateway { addr, stop, join }
+}
+
+impl Gateway {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.join)
+            .await
+            .expect("the gateway stops")
+            .unwrap();
+    }
+}
+
+struct Ws(WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+impl Ws {
+    async fn hello(g: &Gateway, client: &str) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", g.addr))
+            .await
+            .expect("connect");
+        let mut w = Ws(ws);
+        w.send(json!({"type":"hello","client_id":client})).await;
+        let m = w.recv().await;
+        assert_eq!(m["type"], "welcome", "{m}");
+        w
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.0.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    async fn feed(&mut self, v: Value) {
+        self.0.feed(Message::text(v.to_string())).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.0.next())
+                .await
+                .expect("a message in time")
+                .expect("the socket is open")
+                .expect("a frame");
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                // Membership and presence are not what these tests look at.
+                if matches!(
+                    v["type"].as_str(),
+                    Some("member_joined" | "member_left" | "presence")
+                ) {
+                    continue;
+                }
+                return v;
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type":"join","room":room,"kind":"stream"}))
+            .await;
+        let j = self.recv().await;
+        assert_eq!(j["type"], "joined", "{j}");
+        j
+    }
+
+    async fn publish(&mut self, room: &str, id: &str, data: Value) -> Value {
+        self.send(json!({"type":"publish","room":room,"id":id,"data":data}))
+            .await;
+        loop {
+            let m = self.recv().await;
+            if m["type"] == "ack" && m["id"] == id {
+                return m;
+            }
+            assert_eq!(m["type"], "event", "{m}");
+        }
+    }
+
+    async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let m = self.recv().await;
+            assert_eq!(m["type"], "event", "{m}");
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// Publishers on every gateway pipeline their publishes; observers on every gateway see one
+/// gap-free order, each publish once at the seq its ack named, hlcs increasing.
+async fn one_order(gws: &[Gateway], room: &str, publishers: usize, each: usize) {
+    let mut observers = Vec::new();
+    for (i, g) in gws.iter().enumerate() {
+        let mut w = Ws::hello(g, &format!("obs{i}")).await;
+        w.join(room).await;
+        observers.push(w);
+    }
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let mut w = Ws::hello(&gws[p % gws.len()], &format!("pub{p}")).await;
+        let room = room.to_string();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..each {
+                w.feed(
+                    json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"p":p,"n":n}}),
+                )
+                .await;
+            }
+            w.0.flush().await.unwrap();
+            let mut acks = Vec::new();
+            while acks.len() < each {
+                let m = w.recv().await;
+                assert_eq!(m["type"], "ack", "{m}");
+                acks.push((
+                    m["id"].as_str().unwrap().to_string(),
+                    m["seq"].as_u64().unwrap(),
+                ));
+            }
+            acks
+        }));
+    }
+    let mut acked = HashMap::new();
+    for (p, t) in tasks.into_iter().enumerate() {
+        let acks = t.await.unwrap();
+        let seqs: Vec<u64> = acks.iter().map(|a| a.1).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one connection's publishes commit in send order: {seqs:?}"
+        );
+        for (id, seq) in acks {
+            acked.insert((format!("pub{p}"), id), seq);
+        }
+    }
+    let total = publishers * each;
+    let mut orders = Vec::new();
+    for (i, o) in observers.iter_mut().enumerate() {
+        let events = o.events(total).await;
+        let got: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            got,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "observer {i}: a gap or a repeat"
+        );
+        for e in &events {
+            let key = (
+                e["from"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            );
+            assert_eq!(acked.get(&key), e["seq"].as_u64().as_ref(), "{e}");
+        }
+        let hlcs: Vec<&str> = events.iter().map(|e| e["hlc"].as_str().unwrap()).collect();
+        assert!(hlcs.windows(2).all(|w| w[0] < w[1]), "hlcs grow with seqs");
+        orders.push(events);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_over_redis_share_one_order() {
+    let prefix = TestPrefix::new("gateways");
+    let target = TestPrefix::target();
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(gateway(&target, prefix.prefix(), &format!("gw{i}")).await);
+    }
+    one_order(&gws, "chat:redis", 9, 40).await;
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_gateway_gets_its_original_ack() {
+    let prefix = TestPrefix::new("gw-retry");
+    let target = TestPrefix::target();
+    let a = gateway(&target, prefix.prefix(), "gwa").await;
+    let b = gateway(&target, prefix.prefix(), "gwb").await;
+    let room = "chat:retry";
+    let mut obs = Ws::hello(&b, "obs").await;
+    obs.join(room).await;
+    let mut w = Ws::hello(&a, "writer").await;
+    w.join(room).await;
+    let first = w.publish(room, "x", json!({"v": 1})).await;
+    drop(w);
+    let mut w = Ws::hello(&b, "writer").await;
+    w.join(room).await;
+    let again = w.publish(room, "x", json!({"v": 1})).await;
+    assert_eq!(
+        (&again["seq"], &again["hlc"]),
+        (&first["seq"], &first["hlc"])
+    );
+    let next = w.publish(room, "y", json!({"v": 2})).await;
+    let events = obs.events(2).await;
+    let got: Vec<&Value> = events.iter().map(|e| &e["seq"]).collect();
+    assert_eq!(
+        got,
+        vec![&json!(1), &next["seq"]],
+        "the retry was not written again"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The feeds' pub/sub connection is killed while publishers write: the notifier reconnects,
+/// every room is told it lost notifications, reads its head and fills; nobody misses an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_is_resumed_and_filled() {
+    let redis = RedisServer::start(Persistence::None);
+    let target = redis.target();
+    let prefix = "killsub";
+    let mut gws = Vec::new();
+    for i in 0..2 {
+        gws.push(gateway(&target, prefix, &format!("gw{i}")).await);
+    }
+    // Kill the subscriptions every few milliseconds for as long as the publishes run.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let url = redis.url();
+        let done = done.clone();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut killed = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let n: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                killed += n;
+            }
+            killed
+        }
+    });
+    one_order(&gws, "chat:killed", 6, 60).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = killer.await.unwrap();
+    assert!(
+        killed > 0,
+        "no subscription was killed: the test proved nothing"
+    );
+    for g in gws {
+        g.stop().await;
+    }
+}
