@@ -148,9 +148,16 @@ async fn serve(settings: layers::Settings) -> anyhow::Result<()> {
         );
     }
     let data_dir = deployment.data_dir.display().to_string();
-    let env = concord_server::Env::system();
+    let mut env = concord_server::Env::system();
+    let mode = match &deployment.redis {
+        Some(url) => {
+            env.backend = Some(runtime::gateway_backend(&settings, url, &config).await?);
+            "distributed mode (gateway)"
+        }
+        None => "embedded mode",
+    };
     concord_server::run_with_ready(config, listener, shutdown_signal(), env, move |ready| {
-        tracing::info!(addr = %ready.addr, data_dir, "embedded mode");
+        tracing::info!(addr = %ready.addr, data_dir, mode);
         if let Some(m) = ready.metrics_addr {
             println!("concord metrics listening on {m}");
         }

@@ -67,6 +67,36 @@ fn auth_mode(settings: &Settings) -> anyhow::Result<AuthMode> {
     }
 }
 
+/// The backend of a gateway of the distributed mode: Redis at `url` (comma-separated seed URLs
+/// for a Redis Cluster). Client ids cannot be bound to users there yet (the registry belongs in
+/// PostgreSQL), so a gateway refuses to start with authentication on.
+pub async fn gateway_backend(
+    settings: &Settings,
+    url: &str,
+    config: &Config,
+) -> anyhow::Result<concord_server::cluster::Backend> {
+    let d = &settings.deployment;
+    if config.auth.enabled() {
+        anyhow::bail!(
+            "--redis: gateways of the distributed mode do not bind client ids to users yet; \
+             run them with --auth none (on loopback) until the client registry is served"
+        );
+    }
+    let urls: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+    let target = match urls.as_slice() {
+        [one] => concord_dist::RedisTarget::Single(one.clone()),
+        _ => concord_dist::RedisTarget::Cluster(urls),
+    };
+    let log = concord_dist::LogConfig {
+        prefix: d.redis_prefix.clone(),
+        partitions: d.partitions,
+        ..concord_dist::LogConfig::default()
+    };
+    concord_dist::gateway::connect(&target, log, &config.node_id)
+        .await
+        .with_context(|| format!("connecting to Redis at {url}"))
+}
+
 /// A secret from a file, as bytes: a text file (valid UTF-8) has its surrounding whitespace
 /// trimmed (`echo secret > file` works); any other file is taken byte for byte.
 fn read_secret(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {

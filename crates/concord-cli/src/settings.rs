@@ -72,6 +72,19 @@ pub struct Deployment {
     /// Log format (on stderr; the level comes from `CONCORD_LOG`, e.g. `info,concord_server=debug`).
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum)]
     pub log_format: LogFormat,
+    /// Redis of the distributed mode (`redis://host:port`; several comma-separated seed URLs
+    /// for a Redis Cluster). With it this process is a gateway of a cluster: stream rooms are
+    /// sequenced by Redis and shared by every gateway (docs/distributed.md); without it, the
+    /// embedded mode.
+    #[arg(long, env = "CONCORD_REDIS_URL", value_name = "URL")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key of the cluster (no `{`).
+    #[arg(long, env = "CONCORD_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: String,
+    /// Virtual partitions of the cluster (1024–4096), fixed when the cluster is created: every
+    /// process of a cluster must give the same number.
+    #[arg(long, env = "CONCORD_PARTITIONS", value_name = "N")]
+    pub partitions: u32,
 }
 
 impl Default for Deployment {
@@ -88,6 +101,9 @@ impl Default for Deployment {
             admin_key_file: None,
             schema_file: None,
             log_format: LogFormat::Text,
+            redis: None,
+            redis_prefix: "concord".into(),
+            partitions: 1024,
         }
     }
 }

@@ -25,6 +25,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     concord_server::exposition::sample(text, name, labels).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+#[allow(dead_code)] // not every test binary that shares this module kills at delays
 /// `kills` delays in milliseconds within `range`, one from each equal slice of it (so every kill
 /// point differs), in a seeded random order.
 pub fn kill_delays(rng: &mut impl rand::Rng, range: (u64, u64), kills: usize) -> Vec<u64> {

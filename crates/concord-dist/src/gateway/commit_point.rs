@@ -14,6 +14,9 @@ pub struct RedisCommitPoint {
     log: Arc<RedisLog>,
     notifier: Notifier,
     node: String,
+    /// Drawn at start: the keys of writes without an op id are this process's own even if two
+    /// gateways were given the same node id.
+    boot: u64,
 }
 
 impl RedisCommitPoint {
@@ -22,6 +25,7 @@ impl RedisCommitPoint {
             log,
             notifier,
             node: node.to_string(),
+            boot: rand::random(),
         }
     }
 }
@@ -65,7 +69,10 @@ impl CommitPoint for RedisCommitPoint {
             events: events
                 .into_iter()
                 .map(|e| NewEvent {
-                    key: e.op_id.is_none().then(|| e.proposed.to_string()),
+                    key: e
+                        .op_id
+                        .is_none()
+                        .then(|| format!("{:016x}{}", self.boot, e.proposed)),
                     from: e.from,
                     op_id: e.op_id,
                     data: e.data,
