@@ -136,6 +136,8 @@ struct Sim {
     waiters: HashMap<u64, (usize, Option<Result<u64, String>>)>,
     /// Writes: (client, op id).
     writes: Vec<(usize, Option<String>)>,
+    /// Send (token) → the gateway it was sent on.
+    sent_on: HashMap<u64, usize>,
     /// (client, id) → the seq its acks name.
     acked: HashMap<(String, String), u64>,
     /// Send (token) → (write, the seq its ack named).
@@ -220,6 +222,19 @@ impl Sim {
                     let v: Value =
                         serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
                     let seq = v["seq"].as_u64().ok_or("an event without seq")?;
+                    // On the publisher's gateway the ack of a write goes out before its event.
+                    if let (Some(from), Some(id)) = (v["from"].as_str(), v["id"].as_str()) {
+                        let waiting = self.waiters.iter().find(|(t, (w, answer))| {
+                            answer.is_none()
+                                && self.sent_on.get(t) == Some(&g)
+                                && format!("c{}", self.writes[*w].0) == from
+                                && self.writes[*w].1.as_deref() == Some(id)
+                        });
+                        ensure!(
+                            waiting.is_none(),
+                            "gateway {g} broadcast {from}/{id} (seq {seq}) before acking it"
+                        );
+                    }
                     let gw = &mut self.gws[g];
                     ensure!(
                         seq == gw.broadcast + 1,
@@ -290,6 +305,7 @@ impl Sim {
         let token = self.next_token;
         self.next_token += 1;
         self.waiters.insert(token, (w, None));
+        self.sent_on.insert(token, g);
         let tok = Tok {
             n: token,
             id: id.as_deref().map(|i| OpId::new(i).expect("an op id")),
@@ -554,6 +570,7 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
         next_token: 0,
         waiters: HashMap::new(),
         writes: Vec::new(),
+        sent_on: HashMap::new(),
         acked: HashMap::new(),
         acked_sends: HashMap::new(),
         stats: Stats::default(),

@@ -13,7 +13,9 @@
 //!
 //! Delivery: notifications ([`RoomCore::notified`]) feed a [`Follower`]; a gap asks for the
 //! missing range ([`Effect::Fill`] → [`RoomCore::filled`]). Delivered events enter the window,
-//! the idempotency table and go to the members ([`Effect::Broadcast`]). A room whose own acked
+//! the idempotency table and go to the members ([`Effect::Broadcast`]) — except that an event
+//! which is a write in flight here waits (with everything after it) until its commit's answer
+//! acked it: on the publisher's connection the ack precedes the event, as in embedded mode. A room whose own acked
 //! commits are not delivered after a while (its notification was lost and nothing followed)
 //! is caught up by [`RoomCore::fill_acked`]; after a lost subscription the shell reads the head
 //! and calls [`RoomCore::feed_resumed`].
@@ -211,6 +213,8 @@ impl<W: Waiting> RoomCore<W> {
                 self.state = State::Shared { live, log };
             }
         }
+        // Events held for these acks go out now (after them).
+        self.deliver();
         // A room that moved reloads once the last outcome is in.
         if matches!(&self.state, State::Shared { log, .. } if log.moved) {
             self.shared_stale();
@@ -257,12 +261,12 @@ impl<W: Waiting> RoomCore<W> {
             self.shared_stale();
             return;
         }
-        let mut ready = Vec::new();
         for e in events {
             let seq = e.seq;
-            ready.extend(log.follower.offer(seq, e));
+            let ready = log.follower.offer(seq, e);
+            log.held.extend(ready);
         }
-        self.deliver(ready);
+        self.deliver();
         self.request_fill();
     }
 
@@ -274,7 +278,8 @@ impl<W: Waiting> RoomCore<W> {
         let ready = log
             .follower
             .filled(after, events.into_iter().map(|e| (e.seq, e)).collect());
-        self.deliver(ready);
+        log.held.extend(ready);
+        self.deliver();
         self.request_fill();
     }
 
@@ -294,7 +299,7 @@ impl<W: Waiting> RoomCore<W> {
         self.request_fill();
     }
 
-    /// Whether commits acked here are not delivered yet (their notification may be lost: the
+    /// Whether commits acked here are not received yet (their notification may be lost: the
     /// shell calls [`RoomCore::fill_acked`] if this stays true for a while).
     pub fn behind_acked(&self) -> bool {
         matches!(&self.state, State::Shared { log, .. } if log.acked > log.follower.delivered())
@@ -316,12 +321,23 @@ impl<W: Waiting> RoomCore<W> {
         }
     }
 
-    /// Delivers events of the log, in seq order, right after the head delivered so far.
-    fn deliver(&mut self, events: Vec<StoredEvent>) {
-        let State::Shared { live, .. } = &mut self.state else {
+    /// Delivers the events of the log that are ready, in seq order, up to the first one that
+    /// is a write gathered or in flight here (it waits for its ack to go out first).
+    fn deliver(&mut self) {
+        let State::Shared { live, log } = &mut self.state else {
             return;
         };
-        for e in events {
+        while let Some(e) = log.held.front() {
+            let ours = e.op_id.as_ref().is_some_and(|id| {
+                std::iter::once(&log.batch)
+                    .chain(log.inflight.iter())
+                    .flat_map(|b| &b.events)
+                    .any(|w| w.from == e.from && w.op_id.as_ref() == Some(id))
+            });
+            if ours {
+                break;
+            }
+            let e = log.held.pop_front().expect("a front event");
             live.seqr.follow(e.seq);
             if let Some(id) = &e.op_id {
                 let key = IdemKey {
@@ -374,12 +390,21 @@ impl<W: Waiting> RoomCore<W> {
         if live.seqr.assigned() != live.seqr.committed() {
             return Err("a shared room assigned seqs itself".into());
         }
-        if live.seqr.committed() != log.follower.delivered() {
+        let head = live.seqr.committed();
+        if head.0 + log.held.len() as u64 != log.follower.delivered().0 {
             return Err(format!(
-                "the head is {}, the follower delivered {}",
-                live.seqr.committed(),
+                "the head is {head} with {} events held, the follower delivered {}",
+                log.held.len(),
                 log.follower.delivered()
             ));
+        }
+        if log
+            .held
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.seq.0 != head.0 + 1 + i as u64)
+        {
+            return Err(format!("the held events do not follow the head {head}"));
         }
         if !self.batch.acks.is_empty() || !self.inflight.is_empty() {
             return Err("a shared room has local batches".into());
@@ -405,6 +430,7 @@ pub(super) fn shared_log<W>(head: Seq, max_buffer: usize) -> SharedLog<W> {
         inflight: Default::default(),
         retries: Vec::new(),
         acked: head,
+        held: Default::default(),
         moved: false,
     }
 }

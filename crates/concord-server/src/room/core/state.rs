@@ -53,6 +53,10 @@ pub(super) struct SharedLog<W> {
     pub retries: Vec<(IdemKey, W)>,
     /// The highest seq this room's own commits were given.
     pub acked: Seq,
+    /// Events of the log in order, not yet delivered to the members because the first one is a
+    /// write gathered or in flight here: its ack goes out first (on the publisher's connection the ack
+    /// precedes the event, as in the embedded mode).
+    pub held: VecDeque<StoredEvent>,
     /// The log moved under the room (new epoch, room gone): nothing new is accepted, and the
     /// room reloads once its commits in flight have their outcomes.
     pub moved: bool,
