@@ -72,6 +72,9 @@ pub struct Deployment {
     /// Log format (on stderr; the level comes from `CONCORD_LOG`, e.g. `info,concord_server=debug`).
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum)]
     pub log_format: LogFormat,
+    /// Do not serve the web demo at `/` (the same as `--demo off`).
+    #[arg(long, env = "CONCORD_NO_DEMO")]
+    pub no_demo: bool,
 }
 
 impl Default for Deployment {
@@ -88,6 +91,7 @@ impl Default for Deployment {
             admin_key_file: None,
             schema_file: None,
             log_format: LogFormat::Text,
+            no_demo: false,
         }
     }
 }

@@ -18,7 +18,9 @@ const SEED: u64 = 0x00c0_2c02_d7e5_7001;
 
 fn text(rng: &mut Rng) -> String {
     let n = rng.below(6);
-    (0..n).map(|_| ['a', 'b', 'é', '😀'][rng.below(4)]).collect()
+    (0..n)
+        .map(|_| ['a', 'b', 'é', '😀'][rng.below(4)])
+        .collect()
 }
 
 fn number(rng: &mut Rng) -> Value {
@@ -64,8 +66,25 @@ fn hash_cases() -> Vec<Value> {
         json!({"b": 1, "a": [true, false, null], "c": {"z": "", "y": -0.0}}),
         json!({"\u{e000}": 1, "😀": 2, "z": 3, "é": 4, "A": 5, "": 6}),
         json!("a😀b\u{1f}\u{7f}\u{2028}\"\\\n\t\r\u{8}\u{c}"),
-        json!([0.1, 0.5, 1.5, 123_456_789.125, 1e21, 1e-7, 1e-6, 5e-324, 1.797_693_134_862_315_7e308]),
-        json!([-1, 9_007_199_254_740_991_i64, -9_007_199_254_740_991_i64, 100, 4.0, 40e-1]),
+        json!([
+            0.1,
+            0.5,
+            1.5,
+            123_456_789.125,
+            1e21,
+            1e-7,
+            1e-6,
+            5e-324,
+            1.797_693_134_862_315_7e308
+        ]),
+        json!([
+            -1,
+            9_007_199_254_740_991_i64,
+            -9_007_199_254_740_991_i64,
+            100,
+            4.0,
+            40e-1
+        ]),
         json!({"nested": {"list": [{"t": "😀😀", "n": 2.25}], "deep": [[[]]]}}),
     ]
     .into_iter()
@@ -90,19 +109,46 @@ fn apply_cases(rng: &mut Rng) -> Vec<Value> {
         }));
     }
     let failing = [
-        (json!({"s": "a😀b"}), json!([{"op":"text","path":["s"],"pos":4,"insert":"x"}])),
-        (json!({"s": "a😀b"}), json!([{"op":"text","path":["s"],"pos":1,"delete":3}])),
-        (json!({"l": [1, 2]}), json!([{"op":"ins","path":["l",0],"value":0},{"op":"del","path":["l",3]}])),
-        (json!({"l": [1, 2]}), json!([{"op":"move","path":["l",0],"to":2}])),
-        (json!({"m": {}}), json!([{"op":"set","path":["m","k"],"value":1},{"op":"del","path":["m","x"]}])),
-        (json!({"n": "1"}), json!([{"op":"add","path":["n"],"value":1}])),
-        (json!({"n": 1}), json!([{"op":"set","path":["n","k"],"value":1}])),
-        (json!({"l": [1]}), json!([{"op":"set","path":["l","k"],"value":1}])),
+        (
+            json!({"s": "a😀b"}),
+            json!([{"op":"text","path":["s"],"pos":4,"insert":"x"}]),
+        ),
+        (
+            json!({"s": "a😀b"}),
+            json!([{"op":"text","path":["s"],"pos":1,"delete":3}]),
+        ),
+        (
+            json!({"l": [1, 2]}),
+            json!([{"op":"ins","path":["l",0],"value":0},{"op":"del","path":["l",3]}]),
+        ),
+        (
+            json!({"l": [1, 2]}),
+            json!([{"op":"move","path":["l",0],"to":2}]),
+        ),
+        (
+            json!({"m": {}}),
+            json!([{"op":"set","path":["m","k"],"value":1},{"op":"del","path":["m","x"]}]),
+        ),
+        (
+            json!({"n": "1"}),
+            json!([{"op":"add","path":["n"],"value":1}]),
+        ),
+        (
+            json!({"n": 1}),
+            json!([{"op":"set","path":["n","k"],"value":1}]),
+        ),
+        (
+            json!({"l": [1]}),
+            json!([{"op":"set","path":["l","k"],"value":1}]),
+        ),
     ];
     for (state, ops) in failing {
-        let decoded = crate::doc::decode_ops(&ops, &crate::doc::Limits::default()).expect("decodes");
+        let decoded =
+            crate::doc::decode_ops(&ops, &crate::doc::Limits::default()).expect("decodes");
         let err = apply(&state, &decoded).expect_err("the case fails");
-        out.push(json!({"state": state, "ops": ops, "error": err.to_string(), "error_index": err.index}));
+        out.push(
+            json!({"state": state, "ops": ops, "error": err.to_string(), "error_index": err.index}),
+        );
     }
     out
 }
