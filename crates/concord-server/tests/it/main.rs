@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod client;
 mod client_tls;
+mod demo;
 mod doc_client;
 mod docs;
 mod durability;
