@@ -33,12 +33,21 @@ async fn the_demo_is_served_at_the_root_when_auth_is_off() {
     let (status, ctype, csp, body) = get(&server, "/").await;
     assert_eq!(status, 200, "{body}");
     assert!(ctype.starts_with("text/html"), "{ctype}");
-    assert!(body.contains("/demo/app.js") && body.contains("Shared notes"), "the page: {body}");
-    assert!(csp.contains("connect-src 'self' ws: wss:"), "a CSP limits the page: {csp}");
+    assert!(
+        body.contains("/demo/app.js") && body.contains("Shared notes"),
+        "the page: {body}"
+    );
+    assert!(
+        csp.contains("connect-src 'self' ws: wss:"),
+        "a CSP limits the page: {csp}"
+    );
     let (status, ctype, _, js) = get(&server, "/demo/app.js").await;
     assert_eq!(status, 200);
     assert!(ctype.starts_with("text/javascript"), "{ctype}");
-    assert!(js.contains("/v1/ws"), "the script talks to the WebSocket endpoint");
+    assert!(
+        js.contains("/v1/ws"),
+        "the script talks to the WebSocket endpoint"
+    );
     let (status, ctype, _, _) = get(&server, "/demo/app.css").await;
     assert_eq!((status, ctype.starts_with("text/css")), (200, true));
     server.stop().await;
@@ -64,6 +73,10 @@ async fn with_jwt_auth_the_demo_is_off_unless_asked() {
         c.demo = Demo::On;
     })
     .await;
-    assert_eq!(get(&server, "/").await.0, 200, "on: served with auth on too");
+    assert_eq!(
+        get(&server, "/").await.0,
+        200,
+        "on: served with auth on too"
+    );
     server.stop().await;
 }
