@@ -219,7 +219,10 @@ export class Client extends Emitter<ClientEvents> {
   /** Sends `auth` with a fresh token (from the token function) on the open connection. */
   async refreshToken(): Promise<void> {
     const token = await this.token();
-    if (token && this.welcomed) this.send({ type: "auth", token });
+    if (token && this.welcomed) {
+      this.send({ type: "auth", token });
+      this.scheduleRefresh(token);
+    }
   }
 
   /** Closes the connection for good; pending publishes are rejected with `closed`. */
