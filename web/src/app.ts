@@ -248,13 +248,20 @@ function renderInternals(): void {
 
 // ---- presence ------------------------------------------------------------------------------
 let presenceTimer: ReturnType<typeof setTimeout> | undefined;
+let sentBrief = "";
 function setPresence(patch: Partial<Presence>): void {
   myPresence = { ...myPresence, ...patch };
   if (presenceTimer) return;
   presenceTimer = setTimeout(() => {
     presenceTimer = undefined;
     doc?.setPresence(myPresence as unknown as Json);
-    chat?.setPresence({ name: me.name, color: me.color, focus: myPresence.focus ?? null, typing: !!myPresence.typing });
+    // The chat room gets only who and what (not every pointer move): presence is rate limited
+    // per connection (30/s by default) and the doc room already carries the cursor.
+    const brief = { name: me.name, color: me.color, focus: myPresence.focus ?? null, typing: !!myPresence.typing };
+    if (JSON.stringify(brief) !== sentBrief) {
+      sentBrief = JSON.stringify(brief);
+      chat?.setPresence(brief);
+    }
   }, 50);
   render();
 }
