@@ -189,7 +189,8 @@ function renderPeople(): void {
       const av = el("span", "avatar", initials(p?.name ?? "?"));
       av.style.background = p?.color ?? "#9aa1b1";
       const what = p?.typing ? "typing…" : p?.focus ? `in ${p.focus}` : "";
-      li.append(av, el("span", "name", (p?.name ?? "anonymous") + (id === client.clientId ? " (you)" : "")), el("span", "what", what));
+      const name = p?.name ?? `guest ${id.slice(-4)}`;
+      li.append(av, el("span", "name", name + (id === client.clientId ? " (you)" : "")), el("span", "what", what));
       return li;
     }),
   );

@@ -141,6 +141,7 @@ test("two browsers edit, go offline, chat, move cursors and reload, and converge
     await until("Bob's chat is back after the reload", async () => (await view(bob)).chat.length === 5);
     assert.deepEqual((await view(bob)).chat, order, "the reloaded page shows the same history");
     await converged(server, room, people);
+    await until("Ann sees Bob again in who is here", async () => (await ann.page.textContent("#people")).includes("Bob"));
     await Promise.all(people.map((p) => shot(p, "4-after-reload")));
     for (const p of people) assert.deepEqual(p.errors, [], `${p.name}'s page threw no errors`);
   } finally {
