@@ -8,9 +8,22 @@
 import { apply, clone } from "./apply.js";
 import { ConcordError, type ErrorMsg } from "./errors.js";
 import { stateHash } from "./hash.js";
-import { decodeOps, type Json, type Op } from "./ops.js";
+import { decodeOps, type Json, type Op, type Path } from "./ops.js";
 import { BaseRoom, type EventMsg, type JoinedMsg, type Link, type RoomEvents } from "./room.js";
 import { transformPair } from "./transform.js";
+
+/** The size of an op list's JSON text in UTF-8 bytes. */
+const byteLength = (ops: Op[]) => new TextEncoder().encode(JSON.stringify(ops)).length;
+
+/** UTF-8 bytes of the string at `path` in `state` (0 if there is none). */
+function stringBytes(state: Json, path: Path): number {
+  let cur: Json | undefined = state;
+  for (const seg of path) {
+    if (cur === null || typeof cur !== "object") return 0;
+    cur = Array.isArray(cur) ? (typeof seg === "number" ? cur[seg] : undefined) : typeof seg === "string" ? cur[seg] : undefined;
+  }
+  return typeof cur === "string" ? new TextEncoder().encode(cur).length : 0;
+}
 
 export type ResyncReason = "drift" | "rejected" | "conflict" | "reset" | "protocol";
 
@@ -49,7 +62,17 @@ export class Doc extends BaseRoom<DocEvents> {
   /** Hash mismatches seen (each one reported with `drift` and resynced). */
   drifts = 0;
 
-  constructor(name: string, link: Link, private readonly maxOps = 1000) {
+  /** `maxOps` and `maxBytes` bound each op list sent (the server's `doc_max_ops` and
+   * `max_data_bytes`, defaults 1000 and 65 536; a little room is kept under the byte limit). */
+  /** `maxTextWork` bounds the bytes of the strings a list's text ops edit, summed per op (the
+   * server's `doc_max_apply_work`, 16 MiB by default; half of it leaves room for concurrent growth). */
+  constructor(
+    name: string,
+    link: Link,
+    private readonly maxOps = 1000,
+    private readonly maxBytes = 60_000,
+    private readonly maxTextWork = 8 * 1024 * 1024,
+  ) {
     super(name, "doc", link);
   }
 
@@ -83,6 +106,8 @@ export class Doc extends BaseRoom<DocEvents> {
    * or `ApplyError` (nothing applied) when the list is malformed or does not apply. */
   edit(ops: Op[]): void {
     const list = decodeOps(ops, this.maxOps);
+    const size = byteLength(list);
+    if (size > this.maxBytes) throw new ConcordError("too_large", `the edit is ${size} bytes of ops (more than ${this.maxBytes}): split it`, this.name);
     this.local = apply(this.local, list);
     this.buffer.push(list);
     this.emit("change", { seq: this.confirmedSeq, local: true });
@@ -117,9 +142,29 @@ export class Doc extends BaseRoom<DocEvents> {
   private trySend(): void {
     if (!this.joined || this.resyncing) return;
     if (!this.inFlight && this.buffer.length) {
+      // As many whole edits as fit in one list (an edit is never split: it is atomic).
       const ops: Op[] = [];
       let n = 0;
-      while (n < this.buffer.length && (ops.length === 0 || ops.length + this.buffer[n].length <= this.maxOps)) ops.push(...this.buffer[n++]);
+      let bytes = 2;
+      let work = 0;
+      const strings = new Map<string, number>();
+      const textWork = (edit: Op[]) =>
+        edit.reduce((sum, op) => {
+          if (op.op !== "text") return sum;
+          const key = JSON.stringify(op.path);
+          if (!strings.has(key)) strings.set(key, stringBytes(this.confirmed, op.path));
+          return sum + (strings.get(key) ?? 0);
+        }, 0);
+      while (n < this.buffer.length) {
+        const next = this.buffer[n];
+        const more = byteLength(next) - 1;
+        const moreWork = textWork(next);
+        if (ops.length && (ops.length + next.length > this.maxOps || bytes + more > this.maxBytes || work + moreWork > this.maxTextWork)) break;
+        ops.push(...next);
+        bytes += more;
+        work += moreWork;
+        n++;
+      }
       this.buffer.splice(0, n);
       this.inFlight = { id: this.link.newId(), ops, sent: false };
     }

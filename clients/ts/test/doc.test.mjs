@@ -90,3 +90,34 @@ test("a refused list is reported with its code and the doc rolls back to the ser
     await server.stop();
   }
 });
+
+test("a long offline session is sent in lists within the server's limits and commits whole", async () => {
+  const server = await startServer({ args: ARGS });
+  const a = connect({ url: server.url });
+  const b = connect({ url: server.url });
+  try {
+    const da = await a.joinDoc("doc:long");
+    const db = await b.joinDoc("doc:long");
+    da.edit([{ op: "set", path: ["body"], value: "" }]);
+    await da.flushed();
+    a.setOnline(false);
+    // 1200 keystrokes of 40 characters: more ops and more bytes than one list may carry.
+    for (let i = 0; i < 1200; i++) da.edit([{ op: "text", path: ["body"], pos: 40 * i, insert: "abcdefghijklmnopqrstuvwxyz0123456789abc\n" }]);
+    assert.throws(() => da.edit([{ op: "set", path: ["big"], value: "x".repeat(70_000) }]), (e) => e.code === "too_large", "one edit larger than a list may be is refused");
+    const rejected = [];
+    da.on("rejected", (e) => rejected.push(e));
+    a.setOnline(true);
+    await da.flushed();
+    const head = await getJson(`${server.http}/v1/rooms/doc:long`);
+    await until("B has everything", () => db.seq === head.seq);
+    assert.deepEqual(rejected, []);
+    assert.equal(head.state.body.length, 1200 * 40, "every keystroke committed");
+    assert.ok(head.seq >= 4, `sent as several lists (${head.seq - 1})`);
+    assert.deepEqual(db.state, head.state);
+    assert.deepEqual(da.state, head.state);
+  } finally {
+    a.close();
+    b.close();
+    await server.stop();
+  }
+});
