@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, stateHash } from "../dist/node.js";
-import { getJson, rng, seed, startServer, until } from "./support.mjs";
+import { getJson, rng, seed, startServer, tempDir, until } from "./support.mjs";
 
 const ARGS = ["--doc-hash-every", "1", "--rate-publish-per-conn", "100000:100000", "--rate-publish-per-room", "100000:100000"];
 
@@ -115,6 +115,48 @@ test("a long offline session is sent in lists within the server's limits and com
     assert.ok(head.seq >= 4, `sent as several lists (${head.seq - 1})`);
     assert.deepEqual(db.state, head.state);
     assert.deepEqual(da.state, head.state);
+  } finally {
+    a.close();
+    b.close();
+    await server.stop();
+  }
+});
+
+test("doc edits in flight across a server restart are committed exactly once", async () => {
+  const dir = tempDir();
+  let server = await startServer({ dataDir: dir, args: ARGS });
+  const port = server.addr.split(":")[1];
+  const opts = { url: server.url, backoff: { initialMs: 20, maxMs: 200 } };
+  const a = connect(opts);
+  const b = connect(opts);
+  try {
+    const da = await a.joinDoc("doc:restart");
+    const db = await b.joinDoc("doc:restart");
+    da.edit([{ op: "set", path: ["n"], value: 0 }, { op: "set", path: ["log"], value: [] }]);
+    await da.flushed();
+    const N = 300;
+    let made = 0;
+    const producer = (async () => {
+      for (let i = 0; i < N; i++, made++) {
+        da.edit([{ op: "add", path: ["n"], value: 1 }, { op: "ins", path: ["log", 0], value: i }]);
+        if (i % 2) db.edit([{ op: "add", path: ["n"], value: 1000 }]);
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })();
+    await until("some lists are committed", () => da.seq >= 20);
+    await server.kill();
+    assert.ok(made < N, `the server died in the middle of the edits (${made} of ${N} made)`);
+    await new Promise((r) => setTimeout(r, 100));
+    server = await startServer({ dataDir: dir, listen: `127.0.0.1:${port}`, args: ARGS });
+    await producer;
+    await Promise.all([da.flushed(), db.flushed()]);
+    const head = await getJson(`${server.http}/v1/rooms/doc:restart`);
+    await until("both replicas reached the head", () => da.seq === head.seq && db.seq === head.seq);
+    assert.equal(head.state.n, N + 1000 * (N / 2), "every add committed exactly once");
+    assert.deepEqual([...head.state.log].sort((x, y) => x - y), [...Array(N).keys()], "every insert committed exactly once");
+    assert.deepEqual(da.state, head.state);
+    assert.deepEqual(db.state, head.state);
+    assert.equal(da.drifts + db.drifts, 0);
   } finally {
     a.close();
     b.close();
