@@ -205,7 +205,7 @@ function renderCursors(): void {
   const layer = $("cursors");
   const live = new Set<string>();
   for (const [id, p] of doc?.joined ? doc.presence : []) {
-    const q = p as Presence;
+    const q = p as unknown as Presence;
     if (id === client.clientId || typeof q?.x !== "number" || typeof q?.y !== "number" || !CARDS.includes(q.card ?? "")) continue;
     const card = document.querySelector(`.card.${q.card}`)?.getBoundingClientRect();
     if (!card) continue;
