@@ -23,6 +23,9 @@ pub fn config(settings: &Settings) -> anyhow::Result<Config> {
         }
     };
     config.auth = auth_mode(settings)?;
+    if d.no_demo {
+        config.demo = concord_server::config::Demo::Off;
+    }
     config.admin_key = match &d.admin_key_file {
         Some(f) => Some(
             AdminKey::new(read_secret(f, "admin key")?)

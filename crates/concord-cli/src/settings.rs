@@ -85,6 +85,9 @@ pub struct Deployment {
     /// process of a cluster must give the same number.
     #[arg(long, env = "CONCORD_PARTITIONS", value_name = "N")]
     pub partitions: u32,
+    /// Do not serve the web demo at `/` (the same as `--demo off`).
+    #[arg(long, env = "CONCORD_NO_DEMO")]
+    pub no_demo: bool,
 }
 
 impl Default for Deployment {
@@ -104,6 +107,7 @@ impl Default for Deployment {
             redis: None,
             redis_prefix: "concord".into(),
             partitions: 1024,
+            no_demo: false,
         }
     }
 }

@@ -48,6 +48,20 @@ pub type RoomKinds = Vec<(String, concord_core::RoomKind)>;
 /// (empty: none), which this alias tells clap.
 pub type RetentionPolicies = Vec<RetentionPolicy>;
 
+/// Whether `GET /` serves the web demo (`--demo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Demo {
+    /// Served when authentication is off (`--auth none`), not with JWT auth.
+    #[default]
+    Auto,
+    /// Always served (with JWT auth the page reads its token from `?token=`).
+    On,
+    /// Never served.
+    Off,
+}
+
 /// Where committed events are kept.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -485,6 +499,13 @@ pub struct Config {
         arg(long, env = "CONCORD_DOC_SNAPSHOTS_KEPT", value_name = "SNAPSHOTS")
     )]
     pub doc_snapshots_kept: usize,
+    /// The web demo at `/` (chat, tasks, shared text, cursors; built from `web/` and embedded):
+    /// `auto` serves it only when authentication is off, `on` always, `off` never.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "CONCORD_DEMO", value_name = "WHEN", value_enum)
+    )]
+    pub demo: Demo,
     /// JSON Schemas by room-name pattern; the first matching one validates every doc state (the
     /// binary reads them from `--schema-file`).
     #[serde(skip)]
@@ -562,6 +583,7 @@ impl Default for Config {
             doc_max_rebase_work: 50_000,
             doc_max_apply_work: 16 * 1024 * 1024,
             doc_snapshots_kept: 2,
+            demo: Demo::Auto,
             doc_schemas: Vec::new(),
         }
     }
@@ -606,6 +628,15 @@ impl Config {
             .filter(|o| !o.is_empty())
             .collect();
         self
+    }
+
+    /// Whether `GET /` serves the web demo: `demo`, where `auto` means "when auth is off".
+    pub fn demo_enabled(&self) -> bool {
+        match self.demo {
+            Demo::Auto => matches!(self.auth, AuthMode::None),
+            Demo::On => true,
+            Demo::Off => false,
+        }
     }
 
     /// The kind fixed for `room` by `room_kinds`, if a pattern matches.

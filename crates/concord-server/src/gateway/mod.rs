@@ -1,6 +1,7 @@
 //! The network edge: the axum router with the WebSocket endpoint and the HTTP API.
 
 mod credentials;
+mod demo;
 mod guard;
 mod http;
 mod page;
@@ -41,6 +42,9 @@ pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new();
     if app.shared.config.metrics_listen.is_none() {
         router = router.route("/metrics", get(http::metrics));
+    }
+    if app.shared.config.demo_enabled() {
+        router = demo::routes(router);
     }
     router
         .route("/v1/ws", get(ws::upgrade))

@@ -5,6 +5,7 @@ mod bad_input;
 mod client;
 mod client_tls;
 mod cluster;
+mod demo;
 mod doc_client;
 mod docs;
 mod durability;

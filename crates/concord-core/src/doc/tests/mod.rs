@@ -8,3 +8,4 @@ mod fuzz;
 mod gen;
 mod simulation;
 mod tp1;
+mod vectors;
