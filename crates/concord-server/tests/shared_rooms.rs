@@ -113,10 +113,10 @@ impl CommitPoint {
 struct Gateway {
     core: RoomCore<Tok>,
     env: StepEnv,
-    /// Commits handed over, oldest first, not yet answered.
-    commits: VecDeque<Vec<NewEvent>>,
-    /// Notifications not yet delivered (ranges of the log).
-    feed: VecDeque<(usize, usize)>,
+    /// Commits handed over (in the epoch the room had then), oldest first, not yet answered.
+    commits: VecDeque<(Epoch, Vec<NewEvent>)>,
+    /// Notifications not yet delivered (ranges of the log, in the epoch of their commit).
+    feed: VecDeque<(Epoch, usize, usize)>,
     /// A fill asked for and not yet read.
     fill: Option<concord_core::Fill>,
     reload_wanted: bool,
@@ -128,6 +128,8 @@ struct Sim {
     rng: StdRng,
     room: RoomId,
     epoch: Epoch,
+    /// Epochs the room has had.
+    epochs: u64,
     cfg: Config,
     point: CommitPoint,
     gws: Vec<Gateway>,
@@ -154,6 +156,7 @@ struct Stats {
     notifications_lost: u64,
     fills: u64,
     reloads: u64,
+    moved: u64,
 }
 
 fn client_id(c: usize) -> ClientId {
@@ -165,7 +168,14 @@ impl Sim {
         let effects: Vec<Effect<Tok>> = self.gws[g].core.drain().collect();
         for e in effects {
             match e {
-                Effect::Commit(events) => self.gws[g].commits.push_back(events),
+                Effect::Commit(events) => {
+                    let epoch = self.gws[g]
+                        .core
+                        .epoch()
+                        .cloned()
+                        .ok_or("a commit of no epoch")?;
+                    self.gws[g].commits.push_back((epoch, events));
+                }
                 Effect::Fill(fill) => {
                     ensure!(
                         self.gws[g].fill.is_none(),
@@ -336,9 +346,17 @@ impl Sim {
 
     /// Delivers the outcome of gateway `g`'s oldest commit, with faults when `faults`.
     fn outcome(&mut self, g: usize, faults: bool) -> SimResult<()> {
-        let Some(events) = self.gws[g].commits.pop_front() else {
+        let Some((epoch, events)) = self.gws[g].commits.pop_front() else {
             return Ok(());
         };
+        if epoch != self.epoch {
+            // The commit point checks the epoch before anything else.
+            self.stats.moved += 1;
+            self.gws[g]
+                .core
+                .commit_done(Err(CommitFailure::Moved("injected: a new epoch".into())));
+            return self.effects(g);
+        }
         let roll = if faults {
             self.rng.random_range(0..100)
         } else {
@@ -367,7 +385,8 @@ impl Sim {
         if self.point.log.len() > before {
             // One notification per commit to every gateway.
             for gw in &mut self.gws {
-                gw.feed.push_back((before, self.point.log.len()));
+                gw.feed
+                    .push_back((self.epoch.clone(), before, self.point.log.len()));
             }
         }
         self.gws[g].core.commit_done(result);
@@ -376,7 +395,7 @@ impl Sim {
 
     /// Delivers gateway `g`'s next notification: lost, repeated or delivered.
     fn notify(&mut self, g: usize, faults: bool) -> SimResult<()> {
-        let Some((from, to)) = self.gws[g].feed.pop_front() else {
+        let Some((epoch, from, to)) = self.gws[g].feed.pop_front() else {
             return Ok(());
         };
         let roll = if faults {
@@ -389,10 +408,9 @@ impl Sim {
             return Ok(());
         }
         if roll < 25 {
-            self.gws[g].feed.push_back((from, to));
+            self.gws[g].feed.push_back((epoch.clone(), from, to));
         }
         let events = self.point.log[from..to].to_vec();
-        let epoch = self.epoch.clone();
         self.gws[g].core.notified(&epoch, events);
         self.effects(g)
     }
@@ -439,9 +457,15 @@ impl Sim {
                 self.gws[g].core.feed_resumed(head);
                 self.effects(g)?;
             }
-            96.. if self.gws[g].core.behind_acked() => {
+            96..99 if self.gws[g].core.behind_acked() => {
                 self.gws[g].core.fill_acked();
                 self.effects(g)?;
+            }
+            99.. if self.rng.random_bool(0.3) => {
+                // Redis lost the room and it was rebuilt under a new epoch (the log and the
+                // keys survive in the model: seqs go on).
+                self.epochs += 1;
+                self.epoch = Epoch(format!("e-shared-{}", self.epochs));
             }
             _ => {}
         }
@@ -564,6 +588,7 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
         rng,
         room,
         epoch: Epoch("e-shared".into()),
+        epochs: 0,
         cfg,
         point: CommitPoint::default(),
         gws,
@@ -611,6 +636,7 @@ fn gateways_deliver_one_order_and_answer_every_write_once() {
                 totals.notifications_lost += s.notifications_lost;
                 totals.fills += s.fills;
                 totals.reloads += s.reloads;
+                totals.moved += s.moved;
             }
             Err(e) => panic!("seed {seed}: {e} (rerun with CONCORD_SHARED_SEED={seed})"),
         }
@@ -621,5 +647,9 @@ fn gateways_deliver_one_order_and_answer_every_write_once() {
         "faults were not injected: {totals:?}"
     );
     assert!(totals.fills > 0 && totals.acks > 0, "{totals:?}");
+    assert!(
+        totals.moved > 0 && totals.reloads > 3 * seeds.len() as u64,
+        "no epoch change reloaded a room: {totals:?}"
+    );
     eprintln!("{} seeds × {steps} steps: {totals:?}", seeds.len());
 }
