@@ -21,6 +21,9 @@
 //! `CONCORD_CORE_SEED=S` runs seed `S` only; `CONCORD_HEAVY=1` runs many more seeds and steps.
 //! A failure names its seed.
 
+#[macro_use]
+mod sim;
+
 use concord_core::doc::{Op, PathSeg};
 use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
@@ -37,14 +40,6 @@ use serde_json::{json, Number, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 type SimResult<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
 
 /// One waiter: its number and op id.
 struct Tok {
@@ -521,18 +516,14 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
     Ok(sim.stats)
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn the_core_survives_failed_lost_and_late_commits() {
-    let heavy = std::env::var("CONCORD_HEAVY").is_ok_and(|v| v == "1");
-    let (seeds, steps) = if heavy { (2_000, 3_000) } else { (200, 400) };
-    let seeds: Vec<u64> = match env_u64("CONCORD_CORE_SEED") {
-        Some(s) => vec![s],
-        None => (0..seeds).collect(),
+    let (seeds, steps) = if sim::heavy() {
+        (2_000, 3_000)
+    } else {
+        (200, 400)
     };
+    let seeds = sim::seeds("CONCORD_CORE_SEED", seeds);
     let started = std::time::Instant::now();
     let mut totals = Stats::default();
     let mut keys_seen = HashSet::new();

@@ -28,6 +28,8 @@
 //! with `CONCORD_HEAVY=1`); `CONCORD_SIM_SEED=S` runs seed `S` only; `CONCORD_SIM_OPS=N` sets the
 //! ops per client (default 2,000). A failure names its seed.
 
+#[macro_use]
+mod sim;
 use concord_core::doc::sim::{Committed, SimClient};
 use concord_core::doc::{self, Op, PathSeg, TextEdit};
 use concord_core::{ClientId, HlcText, OpId};
@@ -43,6 +45,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
+use sim::env_u64;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,14 +62,6 @@ const HASH_EVERY: u64 = 32;
 const LAG_LIMIT: usize = 100;
 
 type SimResult<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
 
 /// A list sent by a client.
 struct Up {
@@ -885,21 +880,18 @@ async fn check_end(server: &Server, clients: &[Client]) -> SimResult<()> {
     Ok(())
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn doc_rooms_converge_under_random_delays_and_reconnects() {
     let ops = env_u64("CONCORD_SIM_OPS").map_or(DEFAULT_OPS, |n| n as usize);
-    let seeds: Vec<u64> = match env_u64("CONCORD_SIM_SEED") {
-        Some(s) => vec![s],
-        None => {
-            let heavy = env_u64("CONCORD_HEAVY") == Some(1);
-            let default = if heavy { HEAVY_SEEDS } else { DEFAULT_SEEDS };
-            (0..env_u64("CONCORD_SIM_SEEDS").unwrap_or(default)).collect()
-        }
+    let default = if sim::heavy() {
+        HEAVY_SEEDS
+    } else {
+        DEFAULT_SEEDS
     };
+    let seeds = sim::seeds(
+        "CONCORD_SIM_SEED",
+        env_u64("CONCORD_SIM_SEEDS").unwrap_or(default),
+    );
     let started = std::time::Instant::now();
     let next = AtomicU64::new(0);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());

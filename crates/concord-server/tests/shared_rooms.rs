@@ -19,6 +19,9 @@
 //! `CONCORD_SHARED_SEED=S` runs seed `S` only; `CONCORD_HEAVY=1` runs many more seeds and
 //! steps. A failure names its seed.
 
+#[macro_use]
+mod sim;
+
 use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
 use concord_server::room::core::{
@@ -34,14 +37,6 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 
 type SimResult<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
 
 const GATEWAYS: usize = 3;
 const CLIENTS: usize = 4;
@@ -613,18 +608,14 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
     Ok(sim.stats)
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn gateways_deliver_one_order_and_answer_every_write_once() {
-    let heavy = std::env::var("CONCORD_HEAVY").is_ok_and(|v| v == "1");
-    let (seeds, steps) = if heavy { (2_000, 3_000) } else { (200, 500) };
-    let seeds: Vec<u64> = match env_u64("CONCORD_SHARED_SEED") {
-        Some(s) => vec![s],
-        None => (0..seeds).collect(),
+    let (seeds, steps) = if sim::heavy() {
+        (2_000, 3_000)
+    } else {
+        (200, 500)
     };
+    let seeds = sim::seeds("CONCORD_SHARED_SEED", seeds);
     let mut totals = Stats::default();
     for &seed in &seeds {
         match run_seed(seed, steps) {

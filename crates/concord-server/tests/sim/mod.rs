@@ -1,0 +1,31 @@
+//! What the seeded simulations (doc_sim.rs, core_faults.rs, shared_rooms.rs) share: the
+//! `ensure!` check that fails a run with its message, the environment knobs, and the heavy
+//! switch (`CONCORD_HEAVY=1`).
+
+/// Fails the current run (`Err(message)`) unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(format!($($arg)+));
+        }
+    };
+}
+
+/// A number from the environment, if set and readable.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `CONCORD_HEAVY=1`: the long volumes (README, Tests).
+pub fn heavy() -> bool {
+    env_u64("CONCORD_HEAVY") == Some(1)
+}
+
+/// The seeds to run: only `var`'s when it is set, else `0..count`.
+pub fn seeds(var: &str, count: u64) -> Vec<u64> {
+    match env_u64(var) {
+        Some(s) => vec![s],
+        None => (0..count).collect(),
+    }
+}
