@@ -65,7 +65,9 @@ impl Store for RedisStore {
         Err(not_here("appending outside the commit point"))
     }
 
-    /// From the room's log stream; events below its floor were moved to PostgreSQL.
+    /// From the room's log stream. Below its floor (events moved to PostgreSQL and trimmed
+    /// from Redis) the read starts at the floor, as a store's read starts at its retained floor:
+    /// a short read that a join turns into a reset (`recovered: false`).
     async fn read_events(
         &self,
         room: &RoomId,
@@ -76,15 +78,11 @@ impl Store for RedisStore {
         let Some(meta) = meta else {
             return Err(StoreError::NoRoom(room.to_string()));
         };
-        if after.0 + 1 < meta.floor.0 && after < meta.head {
-            return Err(StoreError::Trimmed(format!(
-                "events of {room} before {} are in the archive, not in Redis",
-                meta.floor
-            )));
-        }
+        let from = after.max(Seq(meta.floor.0.saturating_sub(1)));
+        let limit = limit.saturating_sub((from.0 - after.0) as usize);
         let logged = self
             .log
-            .read_log(room, after, limit)
+            .read_log(room, from, limit)
             .await
             .map_err(backend)?;
         logged

@@ -27,7 +27,11 @@ struct Gateway {
 }
 
 async fn gateway(target: &RedisTarget, prefix: &str, node: &str) -> Gateway {
-    let backend = concord_dist::gateway::connect(target, config(prefix), node)
+    gateway_with(target, config(prefix), node).await
+}
+
+async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: &str) -> Gateway {
+    let backend = concord_dist::gateway::connect(target, log, node)
         .await
         .expect("the gateway's backend connects");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -292,4 +296,53 @@ async fn a_killed_subscription_is_resumed_and_filled() {
     for g in gws {
         g.stop().await;
     }
+}
+
+/// The Redis log keeps only its newest events (a cap here; the workers' trim in production): a
+/// rejoin whose `since` lies below what Redis holds is answered `recovered: false` with the
+/// newest history, like a store's retention — never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_below_the_redis_log_resets() {
+    let prefix = TestPrefix::new("gw-floor");
+    let log = concord_dist::LogConfig {
+        log_max_len: 5,
+        ..config(prefix.prefix())
+    };
+    let g = gateway_with(&TestPrefix::target(), log.clone(), "gwf").await;
+    // The late joiners come through another gateway: it loads the room from Redis (the first
+    // gateway's in-memory window would still recover them).
+    let g2 = gateway_with(&TestPrefix::target(), log, "gwf2").await;
+    let room = "chat:floor";
+    let mut w = Ws::hello(&g, "writer").await;
+    let joined = w.join(room).await;
+    let epoch = joined["epoch"].clone();
+    for n in 0..20 {
+        w.publish(room, &format!("m{n}"), json!({"n": n})).await;
+    }
+    drop(w);
+    let mut late = Ws::hello(&g2, "late").await;
+    late.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":3},"history":3}))
+        .await;
+    let j = late.recv().await;
+    assert_eq!(j["type"], "joined", "{j}");
+    assert_eq!(
+        j["recovered"], false,
+        "events 4..15 are gone from Redis: {j}"
+    );
+    let seqs: Vec<u64> = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![18, 19, 20], "the newest `history` events");
+    // A since within what Redis holds still recovers.
+    let mut near = Ws::hello(&g2, "near").await;
+    near.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":17}}))
+        .await;
+    let j = near.recv().await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(j["events"].as_array().map(Vec::len), Some(3));
+    g.stop().await;
+    g2.stop().await;
 }
