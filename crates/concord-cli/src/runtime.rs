@@ -2,7 +2,7 @@
 //! and the doc schemas, read from the files the settings name.
 
 use crate::layers::Settings;
-use crate::settings::{AuthKind, SqliteSync};
+use crate::settings::{AckLevel, AuthKind, SqliteSync};
 use anyhow::Context;
 use concord_server::auth::{AdminKey, AuthMode, JwtKeys, JwtVerifier};
 use concord_server::room::doc::DocSchema;
@@ -95,7 +95,15 @@ pub async fn gateway_backend(
         partitions: d.partitions,
         ..concord_dist::LogConfig::default()
     };
-    concord_dist::gateway::connect(&target, log, &config.node_id)
+    let ack = match d.ack_level {
+        AckLevel::Memory => concord_dist::gateway::AckLevel::Memory,
+        AckLevel::Redis => concord_dist::gateway::AckLevel::Redis,
+        AckLevel::Durable => anyhow::bail!(
+            "--ack-level durable (ack after the workers' PostgreSQL commit) is not served yet; \
+             use memory or redis"
+        ),
+    };
+    concord_dist::gateway::connect(&target, log, &config.node_id, ack)
         .await
         .with_context(|| format!("connecting to Redis at {url}"))
 }

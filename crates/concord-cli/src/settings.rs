@@ -85,6 +85,11 @@ pub struct Deployment {
     /// process of a cluster must give the same number.
     #[arg(long, env = "CONCORD_PARTITIONS", value_name = "N")]
     pub partitions: u32,
+    /// What a gateway's `ack` promises (with --redis): `memory` (in Redis's memory), `redis`
+    /// (fsynced in Redis's append-only file: Redis must run with appendonly yes and appendfsync
+    /// always, checked at start) or `durable` (in PostgreSQL: not served yet).
+    #[arg(long, env = "CONCORD_ACK_LEVEL", value_enum)]
+    pub ack_level: AckLevel,
     /// Do not serve the web demo at `/` (the same as `--demo off`).
     #[arg(long, env = "CONCORD_NO_DEMO")]
     pub no_demo: bool,
@@ -107,6 +112,7 @@ impl Default for Deployment {
             redis: None,
             redis_prefix: "concord".into(),
             partitions: 1024,
+            ack_level: AckLevel::Memory,
             no_demo: false,
         }
     }
@@ -120,6 +126,18 @@ pub enum SqliteSync {
     Full,
     /// No fsync per commit: survives kill -9, not power loss.
     Normal,
+}
+
+/// What a gateway's ack promises (`--ack-level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckLevel {
+    /// In Redis's memory.
+    Memory,
+    /// Fsynced in Redis's append-only file.
+    Redis,
+    /// Committed in PostgreSQL by a worker (not served yet).
+    Durable,
 }
 
 /// How clients authenticate (`--auth`).

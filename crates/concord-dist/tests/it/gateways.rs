@@ -5,6 +5,7 @@
 //! rooms fill what they missed.
 
 use crate::support::config;
+use concord_dist::gateway::AckLevel;
 use concord_dist::testing::redis::{Persistence, RedisServer, TestPrefix};
 use concord_dist::RedisTarget;
 use concord_server::{Config, Env};
@@ -31,7 +32,7 @@ async fn gateway(target: &RedisTarget, prefix: &str, node: &str) -> Gateway {
 }
 
 async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: &str) -> Gateway {
-    let backend = concord_dist::gateway::connect(target, log, node)
+    let backend = concord_dist::gateway::connect(target, log, node, AckLevel::Memory)
         .await
         .expect("the gateway's backend connects");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -345,4 +346,66 @@ async fn a_since_below_the_redis_log_resets() {
     assert_eq!(j["events"].as_array().map(Vec::len), Some(3));
     g.stop().await;
     g2.stop().await;
+}
+
+/// `--ack-level redis` is refused on a Redis that does not fsync its append-only file before
+/// answering, and accepted on one that does; there an acked publish survives a SIGKILL of Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_level_redis_needs_an_fsynced_aof_and_then_survives_a_redis_kill() {
+    let plain = RedisServer::start(Persistence::None);
+    let refused =
+        concord_dist::gateway::connect(&plain.target(), config("ack"), "gwx", AckLevel::Redis)
+            .await;
+    let Err(e) = refused else {
+        panic!("a Redis without AOF was accepted for --ack-level redis")
+    };
+    assert!(e.to_string().contains("appendfsync always"), "{e}");
+
+    let mut aof = RedisServer::start(Persistence::AofAlways);
+    let backend =
+        concord_dist::gateway::connect(&aof.target(), config("ack"), "gwa", AckLevel::Redis)
+            .await
+            .expect("an AOF Redis with appendfsync always is accepted");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let env = Env {
+        backend: Some(backend),
+        ..Env::system()
+    };
+    let server = tokio::spawn(async move {
+        concord_server::run(
+            Config::default(),
+            listener,
+            async move { drop(rx.await) },
+            env,
+        )
+        .await
+        .unwrap();
+    });
+    let g = Gateway {
+        addr,
+        stop,
+        join: server,
+    };
+    let mut w = Ws::hello(&g, "writer").await;
+    w.join("chat:aof").await;
+    let ack = w.publish("chat:aof", "kept", json!({"v": 1})).await;
+    g.stop().await;
+    aof.kill();
+    aof.restart();
+    let log = concord_dist::RedisLog::connect(&aof.target(), config("ack"))
+        .await
+        .expect("reconnect");
+    let room = concord_core::RoomId::new("chat:aof").unwrap();
+    let logged = log
+        .read_log(&room, concord_core::Seq::ZERO, 10)
+        .await
+        .expect("the log");
+    assert_eq!(
+        logged.len(),
+        1,
+        "the acked publish survived the kill: {logged:?}"
+    );
+    assert_eq!(Some(logged[0].seq.0), ack["seq"].as_u64());
 }
