@@ -4,6 +4,7 @@ use super::credentials::{bearer, HTTP_CLIENT, HTTP_CLIENT_PREFIX};
 use super::refusal::{HttpError, Refusal};
 use super::App;
 use crate::auth::{Identity, Right};
+use crate::metrics::Limit;
 use crate::room::doc;
 use crate::room::{Creator, Publish, Reply, RoomMsg, Waiter};
 use axum::body::Bytes;
@@ -116,15 +117,17 @@ fn authorize_caller(
     }
 }
 
-/// A request body, or `too_large` (413) / `bad_request` in our JSON error format.
+/// A request body, or `too_large` (413, counted as the `max_frame_bytes` limit: the body limit
+/// of HTTP requests) / `bad_request` in our JSON error format.
 fn body_bytes(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
     body.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::TooLarge
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::new(ErrorCode::TooLarge, e.body_text())
+                .limit(Limit::MaxFrameBytes)
+                .http(&app.shared.metrics)
         } else {
-            ErrorCode::BadRequest
-        };
-        err(app, code, e.body_text())
+            err(app, ErrorCode::BadRequest, e.body_text())
+        }
     })
 }
 
@@ -157,15 +160,14 @@ pub async fn post_event(
     {
         return Err(err(&app, ErrorCode::BadRequest, format!("data: {e}")));
     }
-    if body.data.get().len() > app.shared.config.max_data_bytes {
-        return Err(err(
-            &app,
+    let max = app.shared.config.max_data_bytes;
+    if body.data.get().len() > max {
+        return Err(Refusal::new(
             ErrorCode::TooLarge,
-            format!(
-                "data is larger than {} bytes",
-                app.shared.config.max_data_bytes
-            ),
-        ));
+            format!("data is larger than {max} bytes"),
+        )
+        .limit(Limit::MaxDataBytes)
+        .http(&app.shared.metrics));
     }
     submit(&app, &room, body.id, received, |waiter| {
         RoomMsg::Publish(Publish {

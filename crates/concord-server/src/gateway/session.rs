@@ -11,7 +11,7 @@ use crate::outbound::{ConnHandle, Outbound};
 use crate::room::{Creator, OpMsg, Publish, Reply, RoomMsg, Waiter};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{ClientId, OpId, RoomId, RoomKind};
-use concord_protocol::outbound::{AuthOk, Left, MemberInfo, Welcome};
+use concord_protocol::outbound::{AuthOk, MemberInfo, Welcome};
 use concord_protocol::{close, decode_client, ClientMsg, ErrorCode, ServerMsg, Since};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -419,8 +419,8 @@ impl Session {
             notify: Some(self.out.clone()),
         };
         if self.app.registry.send(&room, msg).is_err() {
-            let left = ServerMsg::Left(Left { room: name.into() });
-            self.out.send(Utf8Bytes::from(left.encode()));
+            self.out
+                .send(Utf8Bytes::from(crate::room::left_frame(&room)));
         }
         Ok(())
     }

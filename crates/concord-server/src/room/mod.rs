@@ -19,6 +19,15 @@ use concord_core::{RoomId, RoomKind};
 use concord_protocol::outbound::Event;
 use concord_protocol::{Json, ServerMsg};
 
+/// The `left` frame: the answer to `leave`, whoever gives it (the room, or the connection when
+/// the room's actor is gone).
+pub fn left_frame(room: &RoomId) -> String {
+    ServerMsg::Left(concord_protocol::outbound::Left {
+        room: room.as_str().into(),
+    })
+    .encode()
+}
+
 /// The `event` frame of a stored event: `data` for stream rooms, `ops` (and `hash` when given)
 /// for doc rooms. The one encoding of events, for sockets and for the HTTP API.
 pub fn event_frame(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<&str>) -> String {

@@ -89,6 +89,12 @@ async fn publish_read_and_inspect_over_http() {
     )
     .await;
     assert_eq!((s, e["code"].as_str()), (413, Some("too_large")));
+    // Counted like the same refusal over WebSocket.
+    assert_eq!(
+        server.metric("concord_limit_hits_total", &[("limit", "max_data_bytes")]),
+        1.0,
+        "an HTTP publish over max_data_bytes counts the limit"
+    );
     let (s, e) = http(
         &server,
         "POST",

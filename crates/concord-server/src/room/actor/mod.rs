@@ -21,8 +21,7 @@ use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{HlcTimestamp, RoomId};
-use concord_protocol::outbound::Left;
-use concord_protocol::{ErrorCode, ServerMsg};
+use concord_protocol::ErrorCode;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::sync::atomic::Ordering;
@@ -440,7 +439,7 @@ impl RoomActor {
                         .members
                         .store(self.members.len() as u64, Ordering::Relaxed);
                     if let Some(out) = notify {
-                        out.send(Utf8Bytes::from(left_frame(&self.room)));
+                        out.send(Utf8Bytes::from(super::left_frame(&self.room)));
                     }
                 }
                 RoomMsg::Presence { conn_id, data } => {
@@ -550,13 +549,6 @@ impl MemberConn for ConnHandle {
     }
 }
 
-fn left_frame(room: &RoomId) -> String {
-    ServerMsg::Left(Left {
-        room: room.as_str().into(),
-    })
-    .encode()
-}
-
 fn unavailable_frame(room: &RoomId, message: &str) -> String {
     RoomError::new(ErrorCode::Unavailable, message).frame(room, None)
 }
@@ -627,7 +619,7 @@ impl Drop for RoomActor {
                 }
                 RoomMsg::Leave { notify, .. } => {
                     if let Some(out) = notify {
-                        out.send(Utf8Bytes::from(left_frame(&self.room)));
+                        out.send(Utf8Bytes::from(super::left_frame(&self.room)));
                     }
                 }
                 RoomMsg::Presence { .. } => {}
