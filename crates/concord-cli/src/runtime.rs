@@ -103,7 +103,12 @@ pub async fn gateway_backend(
              use memory or redis"
         ),
     };
-    concord_dist::gateway::connect(&target, log, &config.node_id, ack)
+    let options = concord_dist::gateway::GatewayOptions {
+        ack,
+        lease: d.gateway_lease,
+        ..concord_dist::gateway::GatewayOptions::new(&config.node_id)
+    };
+    concord_dist::gateway::connect(&target, log, options)
         .await
         .with_context(|| format!("connecting to Redis at {url}"))
 }

@@ -90,6 +90,11 @@ pub struct Deployment {
     /// always, checked at start) or `durable` (in PostgreSQL: not served yet).
     #[arg(long, env = "CONCORD_ACK_LEVEL", value_enum)]
     pub ack_level: AckLevel,
+    /// A gateway's heartbeat lease (with --redis): a gateway silent for this long is taken for
+    /// dead, and the other gateways remove its clients from their rooms.
+    #[serde(with = "duration")]
+    #[arg(long, env = "CONCORD_GATEWAY_LEASE", value_name = "DURATION", value_parser = duration::parse)]
+    pub gateway_lease: Duration,
     /// Do not serve the web demo at `/` (the same as `--demo off`).
     #[arg(long, env = "CONCORD_NO_DEMO")]
     pub no_demo: bool,
@@ -113,6 +118,7 @@ impl Default for Deployment {
             redis_prefix: "concord".into(),
             partitions: 1024,
             ack_level: AckLevel::Memory,
+            gateway_lease: Duration::from_secs(10),
             no_demo: false,
         }
     }

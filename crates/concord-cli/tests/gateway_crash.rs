@@ -30,6 +30,10 @@ const EACH: u64 = 150;
 const WINDOW: usize = 16;
 
 async fn gateway(report: &mut Report, prefix: &str, node: &str) -> Server {
+    gateway_with(report, prefix, node, &[]).await
+}
+
+async fn gateway_with(report: &mut Report, prefix: &str, node: &str, extra: &[&str]) -> Server {
     let log = report.log_path(node);
     let dir = report.data_dir().join(node);
     std::fs::create_dir_all(&dir).expect("a data dir");
@@ -41,6 +45,7 @@ async fn gateway(report: &mut Report, prefix: &str, node: &str) -> Server {
         "--node-id",
         node,
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     Server::start(&dir, &args, &log).await
 }
 
@@ -234,5 +239,84 @@ async fn a_killed_gateway_loses_nothing_acked_and_doubles_nothing() {
         "seed {seed}: gateway killed with {acked_before} of {total} publishes acked, {resent} \
          resent; each once"
     );
+    drop(report);
+}
+
+/// Connects, says hello and joins `room`; returns the socket after `joined`.
+async fn member(addr: &str, client: &str, room: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .expect("connect");
+    for m in [
+        json!({"type":"hello","client_id":client}),
+        json!({"type":"join","room":room,"kind":"stream"}),
+    ] {
+        ws.send(Message::text(m.to_string())).await.unwrap();
+    }
+    ws
+}
+
+/// The next membership or presence notice, skipping everything else.
+async fn notice(rx: &mut futures::stream::SplitStream<Ws>) -> Value {
+    loop {
+        let m = next_json(rx, "a membership or presence notice").await;
+        if matches!(
+            m["type"].as_str(),
+            Some("member_joined" | "member_left" | "presence")
+        ) {
+            return m;
+        }
+    }
+}
+
+/// A gateway SIGKILLed with a member in a room: once its heartbeat lapses, the member is gone
+/// for the other gateways' members — presence `null` and `member_left`, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_members_leave_everywhere_once() {
+    let mut report = Report::new(0, "CONCORD_GW_CRASH_SEED");
+    let prefix = TestPrefix::new("gw-roster");
+    let lease = ["--gateway-lease", "1s"];
+    let mut doomed = gateway_with(&mut report, prefix.prefix(), "gw-a", &lease).await;
+    let survivor = gateway_with(&mut report, prefix.prefix(), "gw-b", &lease).await;
+    let room = "roster";
+    let (_atx, mut arx) = member(&survivor.addr, "alice", room).await.split();
+    loop {
+        if next_json(&mut arx, "alice's joined").await["type"] == "joined" {
+            break;
+        }
+    }
+    let (mut dtx, mut drx) = member(&doomed.addr, "dave", room).await.split();
+    loop {
+        if next_json(&mut drx, "dave's joined").await["type"] == "joined" {
+            break;
+        }
+    }
+    dtx.send(Message::text(
+        json!({"type":"presence","room":room,"data":{"at":1}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let m = notice(&mut arx).await;
+    assert_eq!((m["type"].as_str(), m["client_id"].as_str()), (Some("member_joined"), Some("dave")));
+    let m = notice(&mut arx).await;
+    assert_eq!((m["type"].as_str(), &m["data"]), (Some("presence"), &json!({"at":1})));
+    doomed.kill9();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = notice(&mut arx).await;
+        seen.push((m["type"].as_str().unwrap().to_string(), m["data"].clone()));
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("member_left".to_string(), Value::Null),
+            ("presence".to_string(), Value::Null)
+        ],
+        "dave leaves once, his presence cleared once"
+    );
+    // Nothing more about dave follows.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), notice(&mut arx)).await;
+    assert!(quiet.is_err(), "a second notice: {:?}", quiet.ok());
     drop(report);
 }

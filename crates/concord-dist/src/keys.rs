@@ -30,6 +30,9 @@ pub struct RoomKeys {
     pub owner: String,
     /// The notification channel.
     pub channel: String,
+    /// The room's roster: each gateway's present clients (`m|{gw}|{client}` → member info)
+    /// and their presence (`p|{gw}|{client}` → JSON).
+    pub roster: String,
     /// The idempotency buckets' common prefix: the bucket number follows.
     idem: String,
 }
@@ -76,6 +79,7 @@ impl Keys {
             work: format!("{base}:w"),
             owner: format!("{base}:o:{room}"),
             channel: format!("{base}:n:{room}"),
+            roster: format!("{base}:r:{room}"),
             idem: format!("{base}:i:{room}:"),
         }
     }

@@ -6,7 +6,9 @@ use crate::{CommitRequest, LogError, NewEvent, RedisLog};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId};
 use concord_protocol::ErrorCode;
-use concord_server::cluster::{self as core, CommitFailure, CommitPoint, CommitResult, Feed};
+use concord_server::cluster::{
+    self as core, CommitFailure, CommitPoint, CommitResult, Feed, RosterDelta,
+};
 use concord_server::room::RoomError;
 use std::sync::Arc;
 
@@ -17,16 +19,24 @@ pub struct RedisCommitPoint {
     /// Drawn at start: the keys of writes without an op id are this process's own even if two
     /// gateways were given the same node id.
     boot: u64,
+    /// `{node}-{boot}`: this process among the cluster's gateways.
+    id: String,
 }
 
 impl RedisCommitPoint {
     pub fn new(log: Arc<RedisLog>, notifier: Notifier, node: &str) -> Self {
+        let boot: u64 = rand::random();
         RedisCommitPoint {
             log,
             notifier,
             node: node.to_string(),
-            boot: rand::random(),
+            boot,
+            id: format!("{node}-{:08x}", boot as u32),
         }
+    }
+
+    pub(super) fn gateway_id_owned(&self) -> String {
+        self.id.clone()
     }
 }
 
@@ -94,5 +104,21 @@ impl CommitPoint for RedisCommitPoint {
     async fn subscribe(&self, room: &RoomId) -> Feed {
         let channel = self.log.keys().room(room.as_str()).channel;
         self.notifier.subscribe(channel).await
+    }
+
+    fn gateway_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn tell_roster(&self, room: &RoomId, delta: &RosterDelta) -> Result<(), String> {
+        super::roster::tell(&self.log, room, &self.id, delta).await
+    }
+
+    async fn load_roster(&self, room: &RoomId) -> Result<Vec<(String, RosterDelta)>, String> {
+        super::roster::load(&self.log, room, &self.id).await
+    }
+
+    async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
+        super::roster::gone(&self.log, room, gateways).await
     }
 }

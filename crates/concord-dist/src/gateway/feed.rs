@@ -75,6 +75,12 @@ struct NoteEvent {
 /// A notification as the feed's item (`None` when it does not parse: then the room is told
 /// it lost one, and reads the log).
 fn parse(payload: &[u8]) -> Option<FeedItem> {
+    if let Ok(r) = serde_json::from_slice::<super::roster::RosterNote>(payload) {
+        return Some(FeedItem::Roster {
+            gw: r.gw,
+            delta: r.roster.delta(),
+        });
+    }
     let note: Note = serde_json::from_slice(payload).ok()?;
     let events = note
         .events

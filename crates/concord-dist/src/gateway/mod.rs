@@ -6,6 +6,7 @@
 mod ack;
 mod commit_point;
 mod feed;
+mod roster;
 mod store;
 
 pub use ack::AckLevel;
@@ -17,20 +18,43 @@ use crate::{LogConfig, LogError, RedisLog, RedisTarget};
 use concord_server::cluster::Backend;
 use std::sync::Arc;
 
-/// Connects a gateway's backend: one `RedisLog` shared by the commit point and the store, and
-/// one subscriber connection for the feeds. `node` is the gateway's node id (the node part of
-/// the hlcs it proposes; unique in the cluster). Refuses an ack level Redis cannot keep.
+/// How a gateway joins its cluster.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// The gateway's node id (the node part of the hlcs it proposes).
+    pub node: String,
+    /// What its acks promise (refused when Redis cannot keep it).
+    pub ack: AckLevel,
+    /// Its heartbeat's lease: past it without a renewal, the other gateways remove its
+    /// clients from their rooms.
+    pub lease: std::time::Duration,
+}
+
+impl GatewayOptions {
+    pub fn new(node: &str) -> Self {
+        GatewayOptions {
+            node: node.to_string(),
+            ack: AckLevel::Memory,
+            lease: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects a gateway's backend: one `RedisLog` shared by the commit point and the store, one
+/// subscriber connection for the feeds, and the gateway's heartbeat. Refuses an ack level Redis
+/// cannot keep.
 pub async fn connect(
     target: &RedisTarget,
     config: LogConfig,
-    node: &str,
-    ack: AckLevel,
+    options: GatewayOptions,
 ) -> Result<Backend, LogError> {
     let log = Arc::new(RedisLog::connect(target, config).await?);
-    ack::check(&log, ack).await?;
+    ack::check(&log, options.ack).await?;
     let notifier = Notifier::start(target.clone());
+    let point = RedisCommitPoint::new(log.clone(), notifier, &options.node);
+    roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
-        store: Arc::new(RedisStore::new(log.clone())),
-        commit_point: Arc::new(RedisCommitPoint::new(log, notifier, node)),
+        store: Arc::new(RedisStore::new(log)),
+        commit_point: Arc::new(point),
     })
 }

@@ -5,7 +5,7 @@
 //! rooms fill what they missed.
 
 use crate::support::config;
-use concord_dist::gateway::AckLevel;
+use concord_dist::gateway::{AckLevel, GatewayOptions};
 use concord_dist::testing::redis::{Persistence, RedisServer, TestPrefix};
 use concord_dist::RedisTarget;
 use concord_server::{Config, Env};
@@ -32,7 +32,7 @@ async fn gateway(target: &RedisTarget, prefix: &str, node: &str) -> Gateway {
 }
 
 async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: &str) -> Gateway {
-    let backend = concord_dist::gateway::connect(target, log, node, AckLevel::Memory)
+    let backend = concord_dist::gateway::connect(target, log, GatewayOptions::new(node))
         .await
         .expect("the gateway's backend connects");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -353,19 +353,21 @@ async fn a_since_below_the_redis_log_resets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_level_redis_needs_an_fsynced_aof_and_then_survives_a_redis_kill() {
     let plain = RedisServer::start(Persistence::None);
+    let redis_ack = |node: &str| GatewayOptions {
+        ack: AckLevel::Redis,
+        ..GatewayOptions::new(node)
+    };
     let refused =
-        concord_dist::gateway::connect(&plain.target(), config("ack"), "gwx", AckLevel::Redis)
-            .await;
+        concord_dist::gateway::connect(&plain.target(), config("ack"), redis_ack("gwx")).await;
     let Err(e) = refused else {
         panic!("a Redis without AOF was accepted for --ack-level redis")
     };
     assert!(e.to_string().contains("appendfsync always"), "{e}");
 
     let mut aof = RedisServer::start(Persistence::AofAlways);
-    let backend =
-        concord_dist::gateway::connect(&aof.target(), config("ack"), "gwa", AckLevel::Redis)
-            .await
-            .expect("an AOF Redis with appendfsync always is accepted");
+    let backend = concord_dist::gateway::connect(&aof.target(), config("ack"), redis_ack("gwa"))
+        .await
+        .expect("an AOF Redis with appendfsync always is accepted");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();

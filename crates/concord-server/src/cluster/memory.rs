@@ -6,12 +6,12 @@
 //! it resubscribes).
 
 use super::{CommitPoint, Feed, FeedItem};
-use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError};
+use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError, RosterDelta};
 use crate::store::{MemoryStore, Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, Mutex};
@@ -33,6 +33,16 @@ struct Inner {
     /// Keys of writes without an op id: (room, client, proposed hlc) → (seq, hlc).
     nonces: HashMap<(RoomId, ClientId, HlcText), (Seq, HlcText)>,
     feeds: HashMap<RoomId, broadcast::Sender<FeedItem>>,
+    /// Each room's stored roster: per gateway, its present clients and their presence.
+    rosters: HashMap<RoomId, BTreeMap<String, RosterDelta>>,
+    /// Gateways whose heartbeat lapsed (`gateway_down`).
+    down: HashSet<String>,
+}
+
+/// One server's handle on a [`MemoryCommitPoint`]: its gateway id.
+pub struct MemoryGateway {
+    point: Arc<MemoryCommitPoint>,
+    id: String,
 }
 
 impl MemoryCommitPoint {
@@ -49,6 +59,19 @@ impl MemoryCommitPoint {
             lose_every: n,
             published: AtomicU64::new(0),
         }
+    }
+
+    /// The commit point as gateway `id` sees it (one per server).
+    pub fn gateway(self: &Arc<Self>, id: &str) -> Arc<MemoryGateway> {
+        Arc::new(MemoryGateway {
+            point: self.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Gateway `id` dies without a word: its heartbeat lapses.
+    pub async fn gateway_down(&self, id: &str) {
+        self.inner.lock().await.down.insert(id.to_string());
     }
 
     fn feed(inner: &mut Inner, room: &RoomId) -> broadcast::Sender<FeedItem> {
@@ -85,8 +108,96 @@ fn internal(e: impl std::fmt::Display) -> CommitFailure {
     CommitFailure::Refused(RoomError::new(ErrorCode::Internal, e.to_string()))
 }
 
+/// Folds a delta into a gateway's stored roster (present clients and their presence).
+fn fold(stored: &mut RosterDelta, delta: &RosterDelta) {
+    for (client, change) in &delta.members {
+        match change {
+            Some(info) => {
+                stored.members.insert(client.clone(), Some(info.clone()));
+            }
+            None => {
+                stored.members.remove(client);
+                stored.presence.remove(client);
+            }
+        }
+    }
+    for (client, value) in &delta.presence {
+        match value {
+            Some(v) => {
+                stored.presence.insert(client.clone(), Some(v.clone()));
+            }
+            None => {
+                stored.presence.remove(client);
+            }
+        }
+    }
+}
+
 #[async_trait]
-impl CommitPoint for MemoryCommitPoint {
+impl CommitPoint for MemoryGateway {
+    async fn commit(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        self.point.commit(room, epoch, events).await
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> Feed {
+        self.point.subscribe(room).await
+    }
+
+    fn gateway_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn tell_roster(&self, room: &RoomId, delta: &RosterDelta) -> Result<(), String> {
+        let mut inner = self.point.inner.lock().await;
+        let stored = inner
+            .rosters
+            .entry(room.clone())
+            .or_default()
+            .entry(self.id.clone())
+            .or_default();
+        fold(stored, delta);
+        let item = FeedItem::Roster {
+            gw: self.id.clone(),
+            delta: delta.clone(),
+        };
+        let _ = MemoryCommitPoint::feed(&mut inner, room).send(item);
+        Ok(())
+    }
+
+    async fn load_roster(&self, room: &RoomId) -> Result<Vec<(String, RosterDelta)>, String> {
+        let inner = self.point.inner.lock().await;
+        let Some(all) = inner.rosters.get(room) else {
+            return Ok(Vec::new());
+        };
+        Ok(all
+            .iter()
+            .filter(|(gw, _)| **gw != self.id && !inner.down.contains(*gw))
+            .map(|(gw, d)| (gw.clone(), d.clone()))
+            .collect())
+    }
+
+    async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
+        let mut inner = self.point.inner.lock().await;
+        let gone: Vec<String> = gateways
+            .iter()
+            .filter(|g| inner.down.contains(*g))
+            .cloned()
+            .collect();
+        if let Some(all) = inner.rosters.get_mut(room) {
+            for g in &gone {
+                all.remove(g);
+            }
+        }
+        gone
+    }
+}
+
+impl MemoryCommitPoint {
     async fn commit(
         &self,
         room: &RoomId,

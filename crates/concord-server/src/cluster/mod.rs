@@ -11,7 +11,7 @@ mod memory;
 
 pub use memory::MemoryCommitPoint;
 
-pub use crate::room::core::{CommitFailure, CommitResult, NewEvent};
+pub use crate::room::core::{CommitFailure, CommitResult, NewEvent, RosterDelta};
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId};
@@ -29,6 +29,8 @@ pub enum FeedItem {
     /// Notifications may have been lost (the subscription dropped or lagged): read the head
     /// again and fill up to it.
     Lost,
+    /// What gateway `gw` told about its own clients of the room (membership, presence).
+    Roster { gw: String, delta: RosterDelta },
 }
 
 /// A room's feed: at most once, in commit order while it lasts; it may end (resubscribe).
@@ -51,6 +53,22 @@ pub trait CommitPoint: Send + Sync + 'static {
     /// Follows `room`'s committed log from now on. Subscribe before reading the head, so that
     /// nothing committed in between is missed.
     async fn subscribe(&self, room: &RoomId) -> Feed;
+
+    /// This gateway's id among the cluster's gateways (unique per process): what its roster
+    /// deltas are tagged with and what its heartbeat is kept under.
+    fn gateway_id(&self) -> &str;
+
+    /// Tells the other gateways (and the room's stored roster) what changed among this
+    /// gateway's clients of `room`; deltas of one room are told in order.
+    async fn tell_roster(&self, room: &RoomId, delta: &RosterDelta) -> Result<(), String>;
+
+    /// The room's stored roster: what each gateway (this one excluded) last told, as one delta
+    /// per gateway whose heartbeat is alive.
+    async fn load_roster(&self, room: &RoomId) -> Result<Vec<(String, RosterDelta)>, String>;
+
+    /// Which of `gateways` have lapsed (their heartbeat is gone); their entries of the room's
+    /// stored roster are removed.
+    async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String>;
 }
 
 /// The parts of a server of the distributed mode: the store its reads go to and the commit

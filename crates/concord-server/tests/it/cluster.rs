@@ -11,9 +11,13 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// `n` servers sharing one store and commit point (which loses every `lose_every`-th
-/// notification; 0: none).
+/// `n` servers (gateways `gw0`, `gw1`, …) sharing one store and commit point (which loses
+/// every `lose_every`-th notification; 0: none).
 async fn cluster(n: usize, lose_every: u64) -> Vec<TestServer> {
+    cluster_with(n, lose_every).await.0
+}
+
+async fn cluster_with(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
     let store = Arc::new(MemoryStore::new());
     let point = Arc::new(MemoryCommitPoint::lossy(store.clone(), lose_every));
     let mut servers = Vec::new();
@@ -22,7 +26,7 @@ async fn cluster(n: usize, lose_every: u64) -> Vec<TestServer> {
         let env = Env {
             backend: Some(Backend {
                 store: store.clone(),
-                commit_point: point.clone(),
+                commit_point: point.gateway(&format!("gw{i}")),
             }),
             ..Env::system()
         };
@@ -32,7 +36,7 @@ async fn cluster(n: usize, lose_every: u64) -> Vec<TestServer> {
         };
         servers.push(TestServer::with_env(config, listener, env));
     }
-    servers
+    (servers, point)
 }
 
 /// Publishers on every gateway pipeline their publishes; observers on every gateway must see
@@ -156,6 +160,87 @@ async fn a_retry_on_another_gateway_gets_its_original_ack() {
     let events = obs.events(2).await;
     assert_eq!(seqs(&events), vec![1, 2], "the retry was not written again");
     assert_eq!(events[1]["seq"], next["seq"]);
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+/// The next message of one of `types`, skipping the others.
+async fn next_of(w: &mut Ws, types: &[&str]) -> serde_json::Value {
+    loop {
+        let m = w.recv().await;
+        if types.contains(&m["type"].as_str().unwrap_or("")) {
+            return m;
+        }
+    }
+}
+
+/// Members on other gateways are members: announced once when they join, listed in `joined`,
+/// their presence delivered, their departure (and presence `null`) announced once — also when
+/// their gateway dies without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_presence_cross_gateways() {
+    let (servers, point) = cluster_with(2, 0).await;
+    let room = "chat:roster";
+    let mut a = Ws::hello(&servers[0], "alice").await;
+    a.join(room, json!({})).await;
+    let mut b = Ws::hello(&servers[1], "bob").await;
+    let joined = b.join(room, json!({})).await;
+    let listed: Vec<&str> = joined["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"alice") && listed.contains(&"bob"),
+        "{joined}"
+    );
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_joined"), Some("bob"))
+    );
+
+    b.send(json!({"type":"presence","room":room,"data":{"cursor":7}}))
+        .await;
+    let p = next_of(&mut a, &["presence"]).await;
+    assert_eq!(p["client_id"], "bob");
+    assert_eq!(p["data"], json!({"cursor":7}));
+
+    // A late joiner on the first gateway gets bob in its snapshot (presence included).
+    let mut c = Ws::hello(&servers[0], "carol").await;
+    let joined = c.join(room, json!({})).await;
+    assert_eq!(joined["presence"]["bob"], json!({"cursor":7}), "{joined}");
+
+    b.send(json!({"type":"leave","room":room})).await;
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_joined"), Some("carol"))
+    );
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_left"), Some("bob"))
+    );
+    let p = next_of(&mut a, &["presence"]).await;
+    assert_eq!(
+        (p["client_id"].as_str(), &p["data"]),
+        (Some("bob"), &json!(null))
+    );
+
+    // Dave joins through the second gateway, which then dies: dave leaves everywhere.
+    let mut d = Ws::hello(&servers[1], "dave").await;
+    d.join(room, json!({})).await;
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(m["client_id"], "dave");
+    point.gateway_down("gw1").await;
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_left"), Some("dave"))
+    );
     for s in servers {
         s.stop().await;
     }

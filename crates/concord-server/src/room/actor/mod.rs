@@ -90,11 +90,18 @@ impl RoomActor {
         // Paired with the decrement in `Drop`, which runs however the actor ends.
         shared.metrics.rooms_active.inc();
         RoomActor {
-            members: Members::new(
-                room.clone(),
-                shared.config.presence_interval,
-                shared.metrics.clone(),
-            ),
+            members: {
+                let m = Members::new(
+                    room.clone(),
+                    shared.config.presence_interval,
+                    shared.metrics.clone(),
+                );
+                if shared.commit_point.is_some() {
+                    m.shared()
+                } else {
+                    m
+                }
+            },
             rate: Bucket::new(shared.config.rate_publish_per_room, &shared.clock),
             stats,
             core: RoomCore::new(
@@ -122,7 +129,14 @@ impl RoomActor {
     pub(crate) async fn run(mut self) {
         if let Some(point) = self.shared.commit_point.clone() {
             let store = self.shared.store.clone();
-            self.cluster = Some(shared::SharedShell::start(self.room.clone(), point, store).await);
+            let shell = shared::SharedShell::start(self.room.clone(), point, store).await;
+            // Subscribed first: a roster change told from now on reaches this room.
+            let roster = shell.load_roster().await;
+            let now = self.shared.clock.now_ms();
+            for (gw, delta) in roster {
+                self.members.apply_roster(&gw, delta, now);
+            }
+            self.cluster = Some(shell);
         }
         // The core asks for its first load.
         self.settle().await;
@@ -130,6 +144,7 @@ impl RoomActor {
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
         loop {
+            self.tell_roster();
             let idle_now = self.is_idle();
             let flush_at = self.members.flush_at();
             tokio::select! {
@@ -210,8 +225,39 @@ impl RoomActor {
                 tracing::warn!(room = %self.room, error = %e, "reading the head failed");
             }
             E::Behind => self.core.fill_acked(),
+            E::Roster(gw, delta) => {
+                let own = self.cluster.as_ref().map(|c| c.gateway_id() == gw);
+                if own == Some(false) {
+                    let now = self.shared.clock.now_ms();
+                    self.members.apply_roster(&gw, delta, now);
+                }
+            }
+            E::CheckGateways => {
+                let gateways: Vec<String> = self.members.remote_gateways().into_iter().collect();
+                let check = match (gateways.is_empty(), self.cluster.as_ref()) {
+                    (false, Some(c)) => Some(c.gone_gateways(gateways)),
+                    _ => None,
+                };
+                if let Some(check) = check {
+                    let now = self.shared.clock.now_ms();
+                    for gw in check.await {
+                        tracing::info!(room = %self.room, gateway = %gw, "a gateway is gone: its clients leave");
+                        self.members.gateway_gone(&gw, now);
+                    }
+                }
+            }
+            E::Told => {}
         }
         self.settle().await;
+    }
+
+    /// Tells the other gateways what changed among this gateway's clients of the room.
+    fn tell_roster(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            if let Some(delta) = self.members.take_roster() {
+                c.tell(delta);
+            }
+        }
     }
 
     /// The store's answer to the oldest append in flight.

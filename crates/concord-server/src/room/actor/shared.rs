@@ -3,11 +3,12 @@
 //! and the grace after which acked commits that were not delivered are filled.
 
 use crate::cluster::{CommitPoint, Feed, FeedItem};
-use crate::room::core::{CommitFailure, CommitResult, NewEvent};
+use crate::room::core::{CommitFailure, CommitResult, NewEvent, RosterDelta};
 use crate::store::{Store, StoreResult, StoredEvent};
 use concord_core::{Epoch, Fill, RoomId, Seq};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -15,6 +16,9 @@ use tokio::time::Instant;
 /// How long acked commits may stay undelivered (their notification lost, nothing after it)
 /// before they are read from the log.
 const FILL_GRACE: Duration = Duration::from_millis(250);
+
+/// How often a room with members on other gateways checks that those gateways live.
+const CHECK_GATEWAYS: Duration = Duration::from_secs(1);
 
 type CommitOutcome = Result<Vec<CommitResult>, CommitFailure>;
 
@@ -30,6 +34,12 @@ pub(super) enum SharedEvent {
     Resumed(StoreResult<Seq>),
     /// Acked commits are still not delivered after the grace.
     Behind,
+    /// What another gateway told about its clients of the room.
+    Roster(String, RosterDelta),
+    /// Time to check that the gateways with clients here live.
+    CheckGateways,
+    /// A roster delta of this gateway was told (the next one goes out).
+    Told,
 }
 
 pub(super) struct SharedShell {
@@ -40,6 +50,10 @@ pub(super) struct SharedShell {
     commits: FuturesOrdered<BoxFuture<'static, CommitOutcome>>,
     fill: Option<BoxFuture<'static, (Seq, StoreResult<Vec<StoredEvent>>)>>,
     behind_since: Option<Instant>,
+    /// This gateway's roster deltas, told one at a time, in order.
+    to_tell: VecDeque<RosterDelta>,
+    telling: Option<BoxFuture<'static, Result<(), String>>>,
+    check: tokio::time::Interval,
 }
 
 impl SharedShell {
@@ -54,7 +68,55 @@ impl SharedShell {
             commits: FuturesOrdered::new(),
             fill: None,
             behind_since: None,
+            to_tell: VecDeque::new(),
+            telling: None,
+            check: tokio::time::interval(CHECK_GATEWAYS),
         }
+    }
+
+    /// This gateway's id in the cluster.
+    pub fn gateway_id(&self) -> &str {
+        self.point.gateway_id()
+    }
+
+    /// What the other gateways last told about their clients of the room (a future that does
+    /// not borrow the shell).
+    pub fn load_roster(&self) -> BoxFuture<'static, Vec<(String, RosterDelta)>> {
+        let (point, room) = (self.point.clone(), self.room.clone());
+        Box::pin(async move {
+            match point.load_roster(&room).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "reading the room's roster failed");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    /// Which of `gateways` are gone (a future that does not borrow the shell).
+    pub fn gone_gateways(&self, gateways: Vec<String>) -> BoxFuture<'static, Vec<String>> {
+        let (point, room) = (self.point.clone(), self.room.clone());
+        Box::pin(async move { point.gone_gateways(&room, &gateways).await })
+    }
+
+    /// Tells the other gateways what changed among this gateway's clients (in order).
+    pub fn tell(&mut self, delta: RosterDelta) {
+        self.to_tell.push_back(delta);
+        self.tell_next();
+    }
+
+    fn tell_next(&mut self) {
+        if self.telling.is_some() {
+            return;
+        }
+        let Some(delta) = self.to_tell.pop_front() else {
+            return;
+        };
+        let (point, room) = (self.point.clone(), self.room.clone());
+        self.telling = Some(Box::pin(
+            async move { point.tell_roster(&room, &delta).await },
+        ));
     }
 
     /// Hands writes to the commit point; the outcome comes back through [`SharedShell::next`].
@@ -94,8 +156,18 @@ impl SharedShell {
                 self.fill = None;
                 SharedEvent::Filled(done.0, done.1)
             }
+            told = async { self.telling.as_mut().expect("checked").await }, if self.telling.is_some() => {
+                self.telling = None;
+                if let Err(e) = told {
+                    tracing::warn!(room = %self.room, error = %e, "telling the room's roster failed");
+                }
+                self.tell_next();
+                SharedEvent::Told
+            }
+            _ = self.check.tick() => SharedEvent::CheckGateways,
             item = self.feed.next() => match item {
                 Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
+                Some(FeedItem::Roster { gw, delta }) => SharedEvent::Roster(gw, delta),
                 lost => {
                     if lost.is_none() {
                         // The feed ended: follow the room again.

@@ -44,6 +44,9 @@ pub struct Members<C> {
     dirty: HashMap<ClientId, Option<Arc<RawValue>>>,
     /// When the pending presence changes go out (milliseconds on the server's clock).
     flush_at: Option<u64>,
+    /// The distributed mode: the room's members on other gateways, and what this gateway must
+    /// tell them (`roster.rs`). `None` in the embedded mode.
+    pub(super) roster: Option<super::roster::Roster>,
 }
 
 impl<C: MemberConn> Members<C> {
@@ -57,7 +60,14 @@ impl<C: MemberConn> Members<C> {
             presence: HashMap::new(),
             dirty: HashMap::new(),
             flush_at: None,
+            roster: None,
         }
+    }
+
+    /// Members on other gateways too (the distributed mode): see `roster.rs`.
+    pub fn shared(mut self) -> Self {
+        self.roster = Some(super::roster::Roster::default());
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -105,9 +115,17 @@ impl<C: MemberConn> Members<C> {
             // A rejoin on the same connection: nothing changes for the others.
             return;
         }
+        let elsewhere = self.remote_present(&client);
         let entry = self.clients.entry(client).or_insert_with(|| (0, info));
         entry.0 += 1;
         if entry.0 == 1 {
+            if let Some(r) = &mut self.roster {
+                r.joined_here(entry.1.clone());
+            }
+            if elsewhere {
+                // Present through another gateway already: nothing changes for the others.
+                return;
+            }
             let frame = ServerMsg::MemberJoined(member(&self.room, &entry.1));
             let frame = Utf8Bytes::from(frame.encode());
             let others: Vec<u64> = self
@@ -146,18 +164,70 @@ impl<C: MemberConn> Members<C> {
             return;
         }
         let (_, info) = self.clients.remove(client).expect("entry exists");
-        if self.presence.remove(client).is_some() {
-            self.mark_dirty(client.clone(), None, now_ms);
+        if let Some(r) = &mut self.roster {
+            r.left_here(client.clone());
         }
-        let frame = ServerMsg::MemberLeft(member(&self.room, &info));
+        if self.remote_present(client) {
+            // Still present through another gateway.
+            return;
+        }
+        self.gone(client.clone(), &info, now_ms);
+    }
+
+    /// A client is no longer present anywhere: its presence is cleared (`null`, once) and
+    /// its departure announced.
+    pub(super) fn gone(&mut self, client: ClientId, info: &MemberInfo, now_ms: u64) {
+        if self.presence.remove(&client).is_some() {
+            self.mark_dirty(client, None, now_ms);
+        }
+        let frame = ServerMsg::MemberLeft(member(&self.room, info));
         let frame = Utf8Bytes::from(frame.encode());
         let all: Vec<u64> = self.conns.keys().copied().collect();
         self.send_to(&all, &frame, now_ms);
     }
 
+    /// Announces a client that became present (through another gateway) to every member.
+    pub(super) fn arrived(&mut self, info: &MemberInfo, now_ms: u64) {
+        let frame = ServerMsg::MemberJoined(member(&self.room, info));
+        let frame = Utf8Bytes::from(frame.encode());
+        let all: Vec<u64> = self.conns.keys().copied().collect();
+        self.send_to(&all, &frame, now_ms);
+    }
+
+    /// Whether `client` has a connection to this room on this gateway.
+    pub(super) fn local_present(&self, client: &ClientId) -> bool {
+        self.clients.contains_key(client)
+    }
+
+    /// Sets or clears (None) a client's presence as another gateway reported it; false when
+    /// nothing changed.
+    pub(super) fn put_presence(
+        &mut self,
+        client: ClientId,
+        value: Option<Arc<RawValue>>,
+        now_ms: u64,
+    ) -> bool {
+        let changed = match &value {
+            Some(v) => self
+                .presence
+                .insert(client.clone(), v.clone())
+                .is_none_or(|old| old.get() != v.get()),
+            None => self.presence.remove(&client).is_some(),
+        };
+        if changed && self.mark_dirty(client, value, now_ms) {
+            self.metrics.presence_coalesced.inc();
+        }
+        changed
+    }
+
     /// Queues a presence change; it goes out at the next flush (`interval` after the first
     /// pending change). Returns true if it replaced a change not yet sent.
-    fn mark_dirty(&mut self, client: ClientId, value: Option<Arc<RawValue>>, now_ms: u64) -> bool {
+    pub(super) fn mark_dirty(
+        &mut self,
+        client: ClientId,
+        value: Option<Arc<RawValue>>,
+        now_ms: u64,
+    ) -> bool {
         if self.flush_at.is_none() {
             self.flush_at = Some(now_ms.saturating_add(self.interval_ms));
         }
@@ -172,6 +242,9 @@ impl<C: MemberConn> Members<C> {
         let Some(client) = self.conns.get(&conn_id).map(|c| c.client().clone()) else {
             return false;
         };
+        if let Some(r) = &mut self.roster {
+            r.presence_here(client.clone());
+        }
         let replaced = if data.get() == "null" {
             self.presence.remove(&client).is_some() && self.mark_dirty(client, None, now_ms)
         } else {
@@ -185,9 +258,13 @@ impl<C: MemberConn> Members<C> {
         true
     }
 
-    /// Sends the pending presence changes to every member's presence slot.
+    /// Sends the pending presence changes to every member's presence slot (and, in the
+    /// distributed mode, readies this gateway's own changes for the other gateways).
     pub fn flush_presence(&mut self) {
         self.flush_at = None;
+        if let Some(r) = &mut self.roster {
+            r.flush(&self.presence);
+        }
         for (client, value) in self.dirty.drain() {
             let frame = Utf8Bytes::from(presence_frame(&self.room, &client, value.as_deref()));
             for c in self.conns.values() {
@@ -225,10 +302,14 @@ impl<C: MemberConn> Members<C> {
         (out, rest)
     }
 
-    /// The `members` field of `joined` for `joining`: one entry per client, itself included.
+    /// The `members` field of `joined` for `joining`: one entry per client, itself included
+    /// (clients on other gateways too).
     pub fn members_json(&self, joining: &C) -> String {
         let mut list: Vec<&MemberInfo> = self.clients.values().map(|(_, m)| m.as_ref()).collect();
-        if !self.clients.contains_key(joining.client()) {
+        if let Some(r) = &self.roster {
+            list.extend(r.remote_only(&self.clients).map(|m| m.as_ref()));
+        }
+        if !self.clients.contains_key(joining.client()) && !self.remote_present(joining.client()) {
             list.push(joining.info());
         }
         serde_json::to_string(&list).expect("member info serializes")
@@ -259,7 +340,7 @@ impl<C: MemberConn> Members<C> {
         if let Some(c) = self
             .presence
             .keys()
-            .find(|c| !self.clients.contains_key(*c))
+            .find(|c| !self.clients.contains_key(*c) && !self.remote_present(c))
         {
             return Err(format!("presence is held for {c}, not a member"));
         }
@@ -289,6 +370,7 @@ fn presence_frame(room: &RoomId, client: &ClientId, data: Option<&RawValue>) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::roster::RosterDelta;
     use super::*;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
@@ -522,5 +604,138 @@ mod tests {
         let (none, rest) = m.presence_within(0);
         assert_eq!(none, "{}");
         assert_eq!(rest.len(), 3);
+    }
+
+    fn shared_members() -> Members<Rec> {
+        members().shared()
+    }
+
+    fn info(client: &str) -> Arc<MemberInfo> {
+        Rec::new(0, client).info
+    }
+
+    fn delta(joined: &[&str], left: &[&str], presence: &[(&str, Option<&str>)]) -> RosterDelta {
+        let mut d = RosterDelta::default();
+        for c in joined {
+            d.members.insert(ClientId::new(c).unwrap(), Some(info(c)));
+        }
+        for c in left {
+            d.members.insert(ClientId::new(c).unwrap(), None);
+        }
+        for (c, v) in presence {
+            d.presence
+                .insert(ClientId::new(c).unwrap(), v.map(|v| Arc::from(raw(v))));
+        }
+        d
+    }
+
+    #[test]
+    fn a_client_on_another_gateway_is_one_member_with_its_local_connections() {
+        let mut m = shared_members();
+        let a = Rec::new(1, "a");
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["b"], &[], &[]), 0)
+        });
+        // The same client through a third gateway, and locally: no second announcement.
+        step(&mut m, |m| {
+            m.apply_roster("gw3", delta(&["b"], &[], &[]), 0)
+        });
+        let b_here = Rec::new(2, "b");
+        step(&mut m, |m| m.add(b_here.clone(), 0));
+        assert_eq!(a.got(), vec!["member_joined b"]);
+        let list: serde_json::Value =
+            serde_json::from_str(&m.members_json(&Rec::new(9, "c"))).expect("JSON");
+        assert_eq!(list.as_array().map(Vec::len), Some(3), "a, b, c: {list}");
+        // b leaves two gateways and then this one: one departure, at the end.
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&[], &["b"], &[]), 0)
+        });
+        step(&mut m, |m| {
+            m.apply_roster("gw3", delta(&[], &["b"], &[]), 0)
+        });
+        assert_eq!(a.got(), vec!["member_joined b"], "still here locally");
+        step(&mut m, |m| m.remove(2, 0));
+        assert_eq!(a.got(), vec!["member_joined b", "member_left b"]);
+    }
+
+    #[test]
+    fn presence_from_another_gateway_reaches_the_members_and_is_cleared_once() {
+        let mut m = shared_members();
+        let a = Rec::new(1, "a");
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["b"], &[], &[("b", Some("1"))]), 0)
+        });
+        // Presence of a client that is not present anywhere is ignored.
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&[], &[], &[("z", Some("9"))]), 0)
+        });
+        step(&mut m, |m| m.flush_presence());
+        assert_eq!(a.got_presence(), vec!["presence b=1"]);
+        let (snapshot, _) = m.presence_within(1000);
+        assert_eq!(snapshot, r#"{"b":1}"#);
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&[], &["b"], &[]), 10)
+        });
+        step(&mut m, |m| m.flush_presence());
+        assert_eq!(a.got_presence(), vec!["presence b=1", "presence b=null"]);
+        assert_eq!(a.got(), vec!["member_joined b", "member_left b"]);
+    }
+
+    #[test]
+    fn a_gateway_gone_takes_its_clients_once() {
+        let mut m = shared_members();
+        let a = Rec::new(1, "a");
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["b", "c"], &[], &[("b", Some("2"))]), 0)
+        });
+        step(&mut m, |m| {
+            m.apply_roster("gw3", delta(&["c"], &[], &[]), 0)
+        });
+        assert_eq!(
+            m.remote_gateways().into_iter().collect::<Vec<_>>(),
+            vec!["gw2".to_string(), "gw3".to_string()]
+        );
+        step(&mut m, |m| m.gateway_gone("gw2", 0));
+        step(&mut m, |m| m.gateway_gone("gw2", 0));
+        step(&mut m, |m| m.flush_presence());
+        let mut got = a.got();
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["member_joined b", "member_joined c", "member_left b"],
+            "c is still present through gw3"
+        );
+        assert_eq!(a.got_presence(), vec!["presence b=null"]);
+    }
+
+    #[test]
+    fn this_gateways_changes_are_told_once_presence_at_the_flush() {
+        let mut m = shared_members();
+        assert!(m.take_roster().is_none());
+        step(&mut m, |m| m.add(Rec::new(1, "a"), 0));
+        step(&mut m, |m| assert!(m.set_presence(1, raw("5"), 0)));
+        let told = m.take_roster().expect("a join to tell");
+        assert_eq!(told.members.len(), 1);
+        assert!(told.presence.is_empty(), "presence goes out at the flush");
+        step(&mut m, |m| m.flush_presence());
+        let told = m.take_roster().expect("the presence");
+        let value = told.presence.values().next().cloned().flatten();
+        assert_eq!(value.map(|v| v.get().to_string()), Some("5".to_string()));
+        assert!(m.take_roster().is_none(), "told once");
+        step(&mut m, |m| assert!(m.set_presence(1, raw("6"), 0)));
+        step(&mut m, |m| m.remove(1, 0));
+        let told = m.take_roster().expect("the departure");
+        assert_eq!(told.members.values().next(), Some(&None));
+        assert!(
+            told.presence.is_empty(),
+            "a departed client's presence is not told"
+        );
+        // The embedded mode tells nobody.
+        let mut alone = members();
+        step(&mut alone, |m| m.add(Rec::new(1, "a"), 0));
+        assert!(alone.take_roster().is_none());
     }
 }

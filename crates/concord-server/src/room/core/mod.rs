@@ -24,6 +24,7 @@ mod join;
 mod joined;
 mod load;
 mod members;
+mod roster;
 mod shared;
 mod state;
 #[cfg(any(test, feature = "testing"))]
@@ -38,6 +39,7 @@ pub use effect::Effect;
 pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
 pub use members::{MemberConn, Members};
+pub use roster::RosterDelta;
 pub use shared::{CommitFailure, CommitResult, NewEvent};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;

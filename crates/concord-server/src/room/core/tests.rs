@@ -18,6 +18,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("load.rs", include_str!("load.rs")),
     ("members.rs", include_str!("members.rs")),
     ("mod.rs", include_str!("mod.rs")),
+    ("roster.rs", include_str!("roster.rs")),
     ("shared.rs", include_str!("shared.rs")),
     ("state.rs", include_str!("state.rs")),
     ("step_env.rs", include_str!("step_env.rs")),
