@@ -1,0 +1,3 @@
+//! Test helpers (feature `testing`).
+
+pub mod pg;
