@@ -37,10 +37,18 @@ async fn batch_insert_is_idempotent_with(method: InsertMethod) {
     a.insert_batch(&batch).await.expect("same batch again");
     // An overlapping batch too.
     a.insert_batch(&batch[20..]).await.expect("overlap");
-    assert_eq!(a.event_count().await.unwrap(), 50, "{method:?}: rows written once");
+    assert_eq!(
+        a.event_count().await.unwrap(),
+        50,
+        "{method:?}: rows written once"
+    );
     let rows = a.read_events("r1", 0, 1000).await.unwrap();
     let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "{method:?}: every seq once");
+    assert_eq!(
+        seqs,
+        (1..=50).collect::<Vec<_>>(),
+        "{method:?}: every seq once"
+    );
     assert_eq!(a.watermark("r1").await.unwrap(), Some(("e1".into(), 50)));
 }
 
@@ -107,7 +115,10 @@ async fn nul_escape_in_data_round_trips() {
         let data = r#"{"s":"a\u0000b","t":"é\n"}"#;
         a.insert_batch(&[event(2, &room, 1, data)]).await.unwrap();
         let rows = a.read_events(&room, 0, 10).await.unwrap();
-        assert_eq!(rows[0].data, data, "{method:?}: data must come back byte for byte");
+        assert_eq!(
+            rows[0].data, data,
+            "{method:?}: data must come back byte for byte"
+        );
     }
 }
 

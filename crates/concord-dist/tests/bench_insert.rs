@@ -10,7 +10,10 @@ use concord_dist::pg::{ArchivedEvent, InsertMethod, PgArchive, PgOptions};
 use concord_dist::testing::pg::TestDb;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn events(n: usize) -> Vec<ArchivedEvent> {
@@ -51,7 +54,8 @@ async fn run(method: InsertMethod, all: &[ArchivedEvent], batch: usize, tasks: u
     let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
-        let mine: Vec<Vec<ArchivedEvent>> = batches.iter().skip(t).step_by(tasks).cloned().collect();
+        let mine: Vec<Vec<ArchivedEvent>> =
+            batches.iter().skip(t).step_by(tasks).cloned().collect();
         let a = archive.clone();
         handles.push(tokio::spawn(async move {
             for b in mine {

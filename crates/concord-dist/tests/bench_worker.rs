@@ -24,10 +24,28 @@ async fn fill(prefix: &str, n: usize) {
         pipe.cmd("XADD")
             .arg(keys.work(p))
             .arg("*")
-            .arg(&["r", &format!("bench-{room}"), "k", "stream", "e", "e1", "s", &seq])
-            .arg(&["h", &hlc(i as u64), "f", "client-1", "o", &format!("op-{i}")])
+            .arg(&[
+                "r",
+                &format!("bench-{room}"),
+                "k",
+                "stream",
+                "e",
+                "e1",
+                "s",
+                &seq,
+            ])
+            .arg(&[
+                "h",
+                &hlc(i as u64),
+                "f",
+                "client-1",
+                "o",
+                &format!("op-{i}"),
+            ])
             .arg("d")
-            .arg(format!("{{\"text\":\"message number {i} with some payload\",\"n\":{i}}}"))
+            .arg(format!(
+                "{{\"text\":\"message number {i} with some payload\",\"n\":{i}}}"
+            ))
             .ignore();
         if i % 5000 == 4999 {
             let _: () = pipe.query_async(&mut conn).await.unwrap();
@@ -40,7 +58,10 @@ async fn fill(prefix: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run by hand (docs/benchmarks.md)"]
 async fn bench_workers() {
-    let n: usize = std::env::var("CONCORD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("CONCORD_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     for workers in [1usize, 2] {
         let db = TestDb::migrated().await;
         let prefix = prefix();
@@ -64,7 +85,10 @@ async fn bench_workers() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("{workers} worker(s): {:.0} events/s persisted ({n} events, 64 partitions, 1000 rooms)", n as f64 / secs);
+        println!(
+            "{workers} worker(s): {:.0} events/s persisted ({n} events, 64 partitions, 1000 rooms)",
+            n as f64 / secs
+        );
         for s in stops {
             let _ = s.send(());
         }

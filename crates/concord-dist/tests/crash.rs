@@ -53,8 +53,12 @@ impl Proc {
 
     async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.metrics).await.expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(&self.metrics)
+            .await
+            .expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -72,13 +76,19 @@ impl Drop for Proc {
 /// itself), else once it serves.
 fn start(prefix: &str, pg: &str, id: &str, failpoint: Option<&str>, concurrency: usize) -> Proc {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["child_worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("CONCORD_CHILD_WORKER", id)
-        .env("CHILD_PREFIX", prefix)
-        .env("CHILD_PG", pg)
-        .env("CHILD_CONCURRENCY", concurrency.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "child_worker",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CONCORD_CHILD_WORKER", id)
+    .env("CHILD_PREFIX", prefix)
+    .env("CHILD_PG", pg)
+    .env("CHILD_CONCURRENCY", concurrency.to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     match failpoint {
         Some(f) => cmd.env("CONCORD_WORKER_FAILPOINT", f),
         None => cmd.env_remove("CONCORD_WORKER_FAILPOINT"),
@@ -104,13 +114,31 @@ fn start(prefix: &str, pg: &str, id: &str, failpoint: Option<&str>, concurrency:
 /// Each room's events in PostgreSQL are exactly 1..=head, and its watermark is head.
 async fn check_exact(archive: &PgArchive, rooms: &[(String, u64)]) {
     for (room, head) in rooms {
-        let seqs: Vec<u64> = archive.read_events(room, 0, 100_000).await.unwrap().iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=*head).collect::<Vec<_>>(), "{room}: lost or doubled events");
-        assert_eq!(archive.watermark(room).await.unwrap(), Some(("e1".into(), *head)), "{room}: watermark");
+        let seqs: Vec<u64> = archive
+            .read_events(room, 0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=*head).collect::<Vec<_>>(),
+            "{room}: lost or doubled events"
+        );
+        assert_eq!(
+            archive.watermark(room).await.unwrap(),
+            Some(("e1".into(), *head)),
+            "{room}: watermark"
+        );
     }
 }
 
-async fn drained(conn: &redis::aio::MultiplexedConnection, keys: &Keys, parts: &[Partition]) -> bool {
+async fn drained(
+    conn: &redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    parts: &[Partition],
+) -> bool {
     let mut c = conn.clone();
     for p in parts {
         if pending(&mut c, &keys.work(p)).await != 0 || xlen(&mut c, &keys.work(p)).await != 0 {
@@ -135,26 +163,43 @@ async fn crash_at(failpoint: &str) {
     }
     let archive = PgArchive::connect(db.url()).await.unwrap();
     let mut first = start(&prefix, db.url(), "crashing", Some(failpoint), 1);
-    let status = tokio::task::spawn_blocking(move || first.child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || first.child.wait().unwrap())
+        .await
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "{failpoint}: the worker must die by SIGKILL at the failpoint");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{failpoint}: the worker must die by SIGKILL at the failpoint"
+    );
     let at_kill = archive.event_count().await.unwrap();
     let mut c = conn.clone();
-    let pending_at_kill = pending(&mut c, &keys.work(&used[0])).await + pending(&mut c, &keys.work(&used[1])).await;
-    assert!(pending_at_kill >= 1, "{failpoint}: the batch in flight is still pending");
+    let pending_at_kill =
+        pending(&mut c, &keys.work(&used[0])).await + pending(&mut c, &keys.work(&used[1])).await;
+    assert!(
+        pending_at_kill >= 1,
+        "{failpoint}: the batch in flight is still pending"
+    );
     match failpoint {
         // One batch committed (50 events), none acknowledged.
-        "after-commit" => assert_eq!(at_kill, 50, "after-commit: the committed batch is in PostgreSQL"),
+        "after-commit" => assert_eq!(
+            at_kill, 50,
+            "after-commit: the committed batch is in PostgreSQL"
+        ),
         // Killed inside the first transaction: it rolled back.
         _ => assert_eq!(at_kill, 0, "mid-batch: the open transaction rolled back"),
     }
     let second = start(&prefix, db.url(), "successor", None, 2);
-    wait_until(Duration::from_secs(60), "the successor persisted everything", || {
-        let a = archive.clone();
-        let c = conn.clone();
-        let (k, u) = (keys.clone(), used.clone());
-        async move { a.event_count().await.unwrap() == 600 && drained(&c, &k, &u).await }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the successor persisted everything",
+        || {
+            let a = archive.clone();
+            let c = conn.clone();
+            let (k, u) = (keys.clone(), used.clone());
+            async move { a.event_count().await.unwrap() == 600 && drained(&c, &k, &u).await }
+        },
+    )
     .await;
     check_exact(&archive, &rooms).await;
     let text = second.metrics().await;
@@ -192,15 +237,34 @@ async fn sigstop_past_the_lease_then_sigcont_regresses_nothing() {
     // Watch for regressions of any watermark (PostgreSQL and Redis) the whole time.
     let (watch_stop, mut watch_stopped) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
-        let (archive, c, keys, rooms, parts) = (archive.clone(), conn.clone(), keys.clone(), rooms.clone(), parts.clone());
+        let (archive, c, keys, rooms, parts) = (
+            archive.clone(),
+            conn.clone(),
+            keys.clone(),
+            rooms.clone(),
+            parts.clone(),
+        );
         tokio::spawn(async move {
             let mut last = vec![(0u64, 0u64); rooms.len()];
             loop {
                 for (i, (room, p)) in rooms.iter().enumerate() {
-                    let pg = archive.watermark(room).await.unwrap().map(|w| w.1).unwrap_or(0);
+                    let pg = archive
+                        .watermark(room)
+                        .await
+                        .unwrap()
+                        .map(|w| w.1)
+                        .unwrap_or(0);
                     let rd = hget_u64(&mut c.clone(), &keys.meta(&parts[*p], room), "wm").await;
-                    assert!(pg >= last[i].0, "{room}: PostgreSQL watermark went back {} → {pg}", last[i].0);
-                    assert!(rd >= last[i].1, "{room}: Redis watermark went back {} → {rd}", last[i].1);
+                    assert!(
+                        pg >= last[i].0,
+                        "{room}: PostgreSQL watermark went back {} → {pg}",
+                        last[i].0
+                    );
+                    assert!(
+                        rd >= last[i].1,
+                        "{room}: Redis watermark went back {} → {rd}",
+                        last[i].1
+                    );
                     last[i] = (pg, rd);
                 }
                 if watch_stopped.try_recv().is_ok() {
@@ -212,7 +276,8 @@ async fn sigstop_past_the_lease_then_sigcont_regresses_nothing() {
     };
     let mut seq = 0u64;
     let mut write = |n: u64| {
-        let (mut c, keys, rooms, parts) = (conn.clone(), keys.clone(), rooms.clone(), parts.clone());
+        let (mut c, keys, rooms, parts) =
+            (conn.clone(), keys.clone(), rooms.clone(), parts.clone());
         let from = seq + 1;
         seq += n;
         async move {
@@ -238,12 +303,16 @@ async fn sigstop_past_the_lease_then_sigcont_regresses_nothing() {
     }
     let head = seq;
     let total = head * rooms.len() as u64;
-    wait_until(Duration::from_secs(60), "every event persisted after SIGCONT", || {
-        let a = archive.clone();
-        let c = conn.clone();
-        let (k, u) = (keys.clone(), used.clone());
-        async move { a.event_count().await.unwrap() == total && drained(&c, &k, &u).await }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "every event persisted after SIGCONT",
+        || {
+            let a = archive.clone();
+            let c = conn.clone();
+            let (k, u) = (keys.clone(), used.clone());
+            async move { a.event_count().await.unwrap() == total && drained(&c, &k, &u).await }
+        },
+    )
     .await;
     let expected: Vec<(String, u64)> = rooms.iter().map(|(r, _)| (r.clone(), head)).collect();
     check_exact(&archive, &expected).await;

@@ -60,7 +60,8 @@ impl Proxy {
     }
 
     fn url(&self, db: &TestDb) -> String {
-        db.url().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+        db.url()
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
     }
 }
 
@@ -109,25 +110,58 @@ async fn postgres_outage_is_retried_and_nothing_is_acked_before_commit() {
     // The worker keeps failing for a while: it must not acknowledge anything.
     let errors_before = metrics.errors.get();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(archive.event_count().await.unwrap(), 50, "nothing can be written while PostgreSQL is unreachable");
-    assert_eq!(xlen(&mut conn, &work).await, 50, "no entry acknowledged (and deleted) without its COMMIT");
-    assert_eq!(hget_u64(&mut conn, &meta, "wm").await, 50, "the Redis watermark waits for PostgreSQL");
-    assert!(metrics.errors.get() > errors_before, "the worker saw the outage and retried");
-    assert_eq!(metrics.dead_letters.get(), 0, "an outage never dead-letters");
+    assert_eq!(
+        archive.event_count().await.unwrap(),
+        50,
+        "nothing can be written while PostgreSQL is unreachable"
+    );
+    assert_eq!(
+        xlen(&mut conn, &work).await,
+        50,
+        "no entry acknowledged (and deleted) without its COMMIT"
+    );
+    assert_eq!(
+        hget_u64(&mut conn, &meta, "wm").await,
+        50,
+        "the Redis watermark waits for PostgreSQL"
+    );
+    assert!(
+        metrics.errors.get() > errors_before,
+        "the worker saw the outage and retried"
+    );
+    assert_eq!(
+        metrics.dead_letters.get(),
+        0,
+        "an outage never dead-letters"
+    );
 
     proxy.up();
     wait_until(Duration::from_secs(60), "the rest after the outage", || {
         let (a, mut c, w) = (archive.clone(), conn.clone(), work.clone());
-        async move { a.event_count().await.unwrap() == 100 && xlen(&mut c, &w).await == 0 && pending(&mut c, &w).await == 0 }
+        async move {
+            a.event_count().await.unwrap() == 100
+                && xlen(&mut c, &w).await == 0
+                && pending(&mut c, &w).await == 0
+        }
     })
     .await;
-    let seqs: Vec<u64> = archive.read_events("out", 0, 1000).await.unwrap().iter().map(|r| r.seq).collect();
+    let seqs: Vec<u64> = archive
+        .read_events("out", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
     let c = conn.clone();
-    wait_until(Duration::from_secs(10), "the Redis watermark at 100", || {
-        let (mut c, m) = (c.clone(), meta.clone());
-        async move { hget_u64(&mut c, &m, "wm").await == 100 }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the Redis watermark at 100",
+        || {
+            let (mut c, m) = (c.clone(), meta.clone());
+            async move { hget_u64(&mut c, &m, "wm").await == 100 }
+        },
+    )
     .await;
     let _ = stop.send(());
     task.await.unwrap();

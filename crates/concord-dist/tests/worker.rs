@@ -57,28 +57,43 @@ async fn two_workers_persist_every_event_exactly_once() {
         async move { a.event_count().await.unwrap() == total as u64 }
     })
     .await;
-    let work_keys: Vec<String> = [0usize, 3, 6, 9].iter().map(|p| keys.work(&parts[*p])).collect();
+    let work_keys: Vec<String> = [0usize, 3, 6, 9]
+        .iter()
+        .map(|p| keys.work(&parts[*p]))
+        .collect();
     let mut c2 = conn.clone();
     let wk = work_keys.clone();
-    wait_until(Duration::from_secs(30), "work streams drained and trimmed", || {
-        let mut c = c2.clone();
-        let wk = wk.clone();
-        async move {
-            for k in &wk {
-                if pending(&mut c, k).await != 0 || xlen(&mut c, k).await != 0 {
-                    return false;
+    wait_until(
+        Duration::from_secs(30),
+        "work streams drained and trimmed",
+        || {
+            let mut c = c2.clone();
+            let wk = wk.clone();
+            async move {
+                for k in &wk {
+                    if pending(&mut c, k).await != 0 || xlen(&mut c, k).await != 0 {
+                        return false;
+                    }
                 }
+                true
             }
-            true
-        }
-    })
+        },
+    )
     .await;
     for (room, p) in &rooms {
         let rows = archive.read_events(room, 0, 1000).await.unwrap();
         let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=80).collect::<Vec<_>>(), "{room}: every seq exactly once, in order");
+        assert_eq!(
+            seqs,
+            (1..=80).collect::<Vec<_>>(),
+            "{room}: every seq exactly once, in order"
+        );
         assert_eq!(rows[41].data, format!("{{\"room\":\"{room}\",\"seq\":42}}"));
-        assert_eq!(archive.watermark(room).await.unwrap(), Some(("e1".into(), 80)), "{room}: PostgreSQL watermark = head");
+        assert_eq!(
+            archive.watermark(room).await.unwrap(),
+            Some(("e1".into(), 80)),
+            "{room}: PostgreSQL watermark = head"
+        );
         let meta = keys.meta(&parts[*p], room);
         wait_until(Duration::from_secs(10), "Redis watermark = head", || {
             let mut c = c2.clone();
@@ -88,7 +103,10 @@ async fn two_workers_persist_every_event_exactly_once() {
         .await;
         // The room's log keeps log_keep events below the watermark (and the head).
         let log_len = xlen(&mut c2, &keys.log(&parts[*p], room)).await;
-        assert_eq!(log_len, 6, "{room}: log trimmed below wm − keep (75..=80 stay)");
+        assert_eq!(
+            log_len, 6,
+            "{room}: log trimmed below wm − keep (75..=80 stay)"
+        );
         assert_eq!(hget_u64(&mut c2, &meta, "floor").await, 75);
     }
     let _ = s1.send(());
@@ -97,8 +115,16 @@ async fn two_workers_persist_every_event_exactly_once() {
     t2.await.unwrap();
     // A clean stop gives the leases back.
     for p in &parts {
-        let owner: Option<String> = redis::cmd("GET").arg(keys.owner(p)).query_async(&mut conn).await.unwrap();
-        assert_eq!(owner, None, "partition {} still leased after a clean stop", p.number);
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(keys.owner(p))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            owner, None,
+            "partition {} still leased after a clean stop",
+            p.number
+        );
     }
     cleanup(&mut conn, &prefix).await;
 }
@@ -112,7 +138,11 @@ async fn poison_entries_are_dead_lettered_exactly() {
     let mut conn = redis().await;
     let p = &parts[5];
     let hlc1 = hlc(1);
-    let full = |room: &'static str, seq: &'static [u8], data: &'static [u8], hlc: &str| -> Vec<(&'static str, Vec<u8>)> {
+    let full = |room: &'static str,
+                seq: &'static [u8],
+                data: &'static [u8],
+                hlc: &str|
+     -> Vec<(&'static str, Vec<u8>)> {
         vec![
             ("r", room.as_bytes().to_vec()),
             ("k", b"stream".to_vec()),
@@ -126,7 +156,10 @@ async fn poison_entries_are_dead_lettered_exactly() {
     // M = 4 poison entries among 90 good ones: a missing field, a seq that is not a number,
     // data that is not UTF-8, and data PostgreSQL refuses (a NUL byte in text).
     let poison: Vec<Vec<(&str, Vec<u8>)>> = vec![
-        full("bad-a", b"1", b"{}", &hlc1).into_iter().filter(|(k, _)| *k != "h").collect(),
+        full("bad-a", b"1", b"{}", &hlc1)
+            .into_iter()
+            .filter(|(k, _)| *k != "h")
+            .collect(),
         full("bad-b", b"one", b"{}", &hlc1),
         full("bad-c", b"1", b"\xff\xfe", &hlc1),
         full("bad-d", b"1", b"{\"a\":\"\0\"}", &hlc1),
@@ -145,32 +178,66 @@ async fn poison_entries_are_dead_lettered_exactly() {
     let dead_key = keys.dead(p);
     let work_key = keys.work(p);
     let c = conn.clone();
-    wait_until(Duration::from_secs(60), "4 dead letters and 90 events", || {
-        let (a, mut c, dk, wk) = (archive.clone(), c.clone(), dead_key.clone(), work_key.clone());
-        async move {
-            a.event_count().await.unwrap() == 90
-                && xlen(&mut c, &dk).await == 4
-                && pending(&mut c, &wk).await == 0
-                && xlen(&mut c, &wk).await == 0
-        }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "4 dead letters and 90 events",
+        || {
+            let (a, mut c, dk, wk) = (
+                archive.clone(),
+                c.clone(),
+                dead_key.clone(),
+                work_key.clone(),
+            );
+            async move {
+                a.event_count().await.unwrap() == 90
+                    && xlen(&mut c, &dk).await == 4
+                    && pending(&mut c, &wk).await == 0
+                    && xlen(&mut c, &wk).await == 0
+            }
+        },
+    )
     .await;
     // Stays so: nothing more is dead-lettered.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(xlen(&mut conn, &dead_key).await, 4, "exactly the injected entries in the dead stream");
+    assert_eq!(
+        xlen(&mut conn, &dead_key).await,
+        4,
+        "exactly the injected entries in the dead stream"
+    );
     let rows: Vec<(String, String, i32)> =
         sqlx::query_as("SELECT fields, error, deliveries FROM dead_letters ORDER BY id")
             .fetch_all(archive.pool())
             .await
             .unwrap();
-    assert_eq!(rows.len(), 4, "exactly the injected entries in dead_letters: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        4,
+        "exactly the injected entries in dead_letters: {rows:?}"
+    );
     for (fields, error, deliveries) in &rows {
-        assert!(*deliveries >= 3, "dead-lettered after {deliveries} deliveries (max 3): {fields}");
+        assert!(
+            *deliveries >= 3,
+            "dead-lettered after {deliveries} deliveries (max 3): {fields}"
+        );
         assert!(!error.is_empty());
     }
-    assert!(rows.iter().any(|(f, e, _)| f.contains("bad-d") && e.starts_with("refused")), "the NUL entry was refused by PostgreSQL: {rows:?}");
-    assert!(rows.iter().any(|(f, e, _)| f.contains("bad-a") && e.contains("field h missing")), "{rows:?}");
-    let seqs: Vec<u64> = archive.read_events("good", 0, 1000).await.unwrap().iter().map(|r| r.seq).collect();
+    assert!(
+        rows.iter()
+            .any(|(f, e, _)| f.contains("bad-d") && e.starts_with("refused")),
+        "the NUL entry was refused by PostgreSQL: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|(f, e, _)| f.contains("bad-a") && e.contains("field h missing")),
+        "{rows:?}"
+    );
+    let seqs: Vec<u64> = archive
+        .read_events("good", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, (1..=90).collect::<Vec<_>>());
     assert_eq!(metrics.dead_letters.get(), 4);
     let _ = stop.send(());

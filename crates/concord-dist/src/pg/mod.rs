@@ -133,10 +133,9 @@ impl PgArchive {
             .bind(p)
             .execute(&self.pool)
             .await?;
-        let stored: Option<i32> =
-            sqlx::query_scalar("SELECT partitions FROM cluster WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?;
+        let stored: Option<i32> = sqlx::query_scalar("SELECT partitions FROM cluster WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         match stored {
             Some(s) if s == p => Ok(()),
             other => Err(ArchiveError::PartitionsMismatch {

@@ -45,10 +45,11 @@ fn seq_bind(seq: u64) -> i64 {
 impl PgArchive {
     /// The room's record, `None` if no event of it was archived.
     pub async fn room(&self, room: &str) -> Result<Option<RoomRow>, ArchiveError> {
-        let row = sqlx::query("SELECT kind, epoch, partition, created_ms FROM rooms WHERE room = $1")
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT kind, epoch, partition, created_ms FROM rooms WHERE room = $1")
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| RoomRow {
             kind: r.get(0),
             epoch: r.get(1),

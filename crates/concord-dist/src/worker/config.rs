@@ -47,7 +47,12 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Defaults for everything but the addresses and the partitions.
-    pub fn new(redis_url: &str, postgres_url: &str, partitions: Vec<Partition>, total: u32) -> Self {
+    pub fn new(
+        redis_url: &str,
+        postgres_url: &str,
+        partitions: Vec<Partition>,
+        total: u32,
+    ) -> Self {
         WorkerConfig {
             redis_url: redis_url.to_string(),
             redis_prefix: "concord".to_string(),

@@ -88,9 +88,7 @@ pub fn tag(p: u32, total: u32) -> Option<String> {
 /// Every partition of a cluster of `total` partitions, with its tag.
 pub fn all_partitions(total: u32) -> Vec<Partition> {
     (0..total)
-        .filter_map(|number| {
-            tag(number, total).map(|tag| Partition { number, tag })
-        })
+        .filter_map(|number| tag(number, total).map(|tag| Partition { number, tag }))
         .collect()
 }
 
@@ -111,7 +109,13 @@ mod tests {
         for p in &parts {
             let inner = p.tag.trim_start_matches('{').trim_end_matches('}');
             let slot = u32::from(crc16(inner.as_bytes()) % 16384);
-            assert_eq!(slot / 16, p.number, "tag {} of partition {}", p.tag, p.number);
+            assert_eq!(
+                slot / 16,
+                p.number,
+                "tag {} of partition {}",
+                p.tag,
+                p.number
+            );
         }
     }
 }

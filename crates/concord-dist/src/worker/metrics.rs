@@ -61,13 +61,21 @@ impl WorkerMetrics {
             errors: Counter::default(),
         };
         let r = &mut registry;
-        r.register("concord_worker_backlog", "Entries in the work stream", m.backlog.clone());
+        r.register(
+            "concord_worker_backlog",
+            "Entries in the work stream",
+            m.backlog.clone(),
+        );
         r.register(
             "concord_worker_oldest_pending_ms",
             "Age of the oldest entry in the owned work streams",
             m.oldest_pending_ms.clone(),
         );
-        r.register("concord_worker_batch_events", "Events per batch", m.batch_events.clone());
+        r.register(
+            "concord_worker_batch_events",
+            "Events per batch",
+            m.batch_events.clone(),
+        );
         r.register(
             "concord_worker_batch_seconds",
             "Batch transaction latency",
@@ -137,11 +145,9 @@ pub async fn serve(addr: SocketAddr, metrics: WorkerMetrics) -> std::io::Result<
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                        .await;
                 let body = metrics.encode();
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\

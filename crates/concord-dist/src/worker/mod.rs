@@ -85,7 +85,8 @@ impl Worker {
         if config.migrate {
             crate::pg::migrate(&config.postgres_url).await?;
         }
-        let archive = PgArchive::connect_with(&config.postgres_url, config.postgres.clone()).await?;
+        let archive =
+            PgArchive::connect_with(&config.postgres_url, config.postgres.clone()).await?;
         archive.ensure_partitions(config.total_partitions).await?;
         let client = redis::Client::open(config.redis_url.as_str())?;
         let conn = ConnectionManager::new(client).await?;
@@ -211,7 +212,9 @@ async fn tick(ctx: &Ctx, leases: &Leases, owned: &mut BTreeMap<u32, PartState>) 
     }
     // Give extras back so that a new worker gets its share.
     while owned.len() > target {
-        let Some((n, st)) = owned.pop_last() else { break };
+        let Some((n, st)) = owned.pop_last() else {
+            break;
+        };
         if let Err(e) = leases.release(&st.part).await {
             tracing::warn!(partition = n, error = %e, "releasing a lease");
         }
@@ -230,7 +233,10 @@ async fn tick(ctx: &Ctx, leases: &Leases, owned: &mut BTreeMap<u32, PartState>) 
             match leases.acquire(p).await {
                 Ok(true) => {
                     tracing::info!(partition = p.number, "partition lease acquired");
-                    owned.insert(p.number, PartState::new(p.clone(), started + ctx.config.lease));
+                    owned.insert(
+                        p.number,
+                        PartState::new(p.clone(), started + ctx.config.lease),
+                    );
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -244,7 +250,8 @@ async fn tick(ctx: &Ctx, leases: &Leases, owned: &mut BTreeMap<u32, PartState>) 
     ctx.metrics.partitions_owned.set(owned.len() as i64);
 
     let now = now_ms();
-    let backlogs = futures::future::join_all(owned.values().map(|st| ctx.streams.backlog(&st.part))).await;
+    let backlogs =
+        futures::future::join_all(owned.values().map(|st| ctx.streams.backlog(&st.part))).await;
     let mut oldest = 0u64;
     for (st, b) in owned.values().zip(backlogs) {
         if let Ok((len, first)) = b {

@@ -104,7 +104,10 @@ async fn try_step(ctx: &Ctx, st: &mut PartState) -> Result<usize, WorkerError> {
             }
             let first = &entries[0].id;
             let last = &entries[entries.len() - 1].id;
-            let d = ctx.streams.deliveries(p, first, last, entries.len()).await?;
+            let d = ctx
+                .streams
+                .deliveries(p, first, last, entries.len())
+                .await?;
             (entries, d)
         }
         Mode::Live => (ctx.streams.read(p, ">", max).await?, HashMap::new()),
@@ -192,7 +195,10 @@ async fn persist(
 
 /// Splits entries (in stream order) into runs of at most `max_bytes` (an entry larger than
 /// that goes alone).
-fn chunks(entries: Vec<(Entry, ArchivedEvent)>, max_bytes: usize) -> Vec<Vec<(Entry, ArchivedEvent)>> {
+fn chunks(
+    entries: Vec<(Entry, ArchivedEvent)>,
+    max_bytes: usize,
+) -> Vec<Vec<(Entry, ArchivedEvent)>> {
     let mut out: Vec<Vec<(Entry, ArchivedEvent)>> = Vec::new();
     let mut size = 0usize;
     for item in entries {
@@ -236,7 +242,11 @@ async fn write(ctx: &Ctx, events: &[ArchivedEvent]) -> Result<(), ArchiveError> 
 }
 
 /// After COMMIT: XACK (+XDEL) the entries, then raise each room's watermark in Redis.
-async fn landed(ctx: &Ctx, p: &Partition, chunk: &[(Entry, ArchivedEvent)]) -> Result<(), WorkerError> {
+async fn landed(
+    ctx: &Ctx,
+    p: &Partition,
+    chunk: &[(Entry, ArchivedEvent)],
+) -> Result<(), WorkerError> {
     let ids: Vec<String> = chunk.iter().map(|(e, _)| e.id.clone()).collect();
     ctx.streams.ack(p, &ids).await?;
     let mut top: BTreeMap<&str, (&str, u64)> = BTreeMap::new();

@@ -77,7 +77,12 @@ impl Streams {
     }
 
     /// Claims up to `count` entries pending on any consumer and idle at least `idle_ms`.
-    pub async fn autoclaim(&self, p: &Partition, idle_ms: u64, count: usize) -> RedisResult<Vec<Entry>> {
+    pub async fn autoclaim(
+        &self,
+        p: &Partition,
+        idle_ms: u64,
+        count: usize,
+    ) -> RedisResult<Vec<Entry>> {
         let v: Value = redis::cmd("XAUTOCLAIM")
             .arg(self.keys.work(p))
             .arg(GROUP)
@@ -167,7 +172,13 @@ impl Streams {
 
     /// Moves an entry to the dead-letter stream (its fields plus `x`, `err`, `n`) and
     /// acknowledges it, in one MULTI.
-    pub async fn dead_letter(&self, p: &Partition, e: &Entry, err: &str, n: u64) -> RedisResult<()> {
+    pub async fn dead_letter(
+        &self,
+        p: &Partition,
+        e: &Entry,
+        err: &str,
+        n: u64,
+    ) -> RedisResult<()> {
         let key = self.keys.work(p);
         let mut xadd = redis::cmd("XADD");
         xadd.arg(self.keys.dead(p)).arg("*");

@@ -52,7 +52,13 @@ pub fn hlc(seq: u64) -> String {
 
 /// Appends event `seq` of `room` as the commit function does: the room's meta (epoch, head),
 /// its log stream (id seq-0) and the partition's work stream.
-pub async fn commit(conn: &mut MultiplexedConnection, keys: &Keys, p: &Partition, room: &str, seq: u64) {
+pub async fn commit(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    p: &Partition,
+    room: &str,
+    seq: u64,
+) {
     let data = format!("{{\"room\":\"{room}\",\"seq\":{seq}}}");
     let _: () = redis::pipe()
         .atomic()
@@ -97,7 +103,12 @@ pub async fn commit(conn: &mut MultiplexedConnection, keys: &Keys, p: &Partition
 }
 
 /// Adds a raw work entry (for poison tests).
-pub async fn raw_entry(conn: &mut MultiplexedConnection, keys: &Keys, p: &Partition, fields: &[(&str, &[u8])]) {
+pub async fn raw_entry(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    p: &Partition,
+    fields: &[(&str, &[u8])],
+) {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(keys.work(p)).arg("*");
     for (k, v) in fields {
@@ -107,13 +118,20 @@ pub async fn raw_entry(conn: &mut MultiplexedConnection, keys: &Keys, p: &Partit
 }
 
 pub async fn xlen(conn: &mut MultiplexedConnection, key: &str) -> u64 {
-    redis::cmd("XLEN").arg(key).query_async(conn).await.expect("XLEN")
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
 }
 
 /// Entries pending in the `persist` group (0 when the group does not exist).
 pub async fn pending(conn: &mut MultiplexedConnection, key: &str) -> u64 {
-    let v: redis::RedisResult<redis::Value> =
-        redis::cmd("XPENDING").arg(key).arg("persist").query_async(conn).await;
+    let v: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg("persist")
+        .query_async(conn)
+        .await;
     match v {
         Ok(redis::Value::Array(a)) => match a.first() {
             Some(redis::Value::Int(n)) => *n as u64,
@@ -124,7 +142,12 @@ pub async fn pending(conn: &mut MultiplexedConnection, key: &str) -> u64 {
 }
 
 pub async fn hget_u64(conn: &mut MultiplexedConnection, key: &str, field: &str) -> u64 {
-    let v: Option<u64> = redis::cmd("HGET").arg(key).arg(field).query_async(conn).await.expect("HGET");
+    let v: Option<u64> = redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .expect("HGET");
     v.unwrap_or(0)
 }
 
@@ -142,7 +165,11 @@ pub async fn cleanup(conn: &mut MultiplexedConnection, prefix: &str) {
             .await
             .expect("SCAN");
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(&keys).query_async(conn).await.expect("DEL");
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(conn)
+                .await
+                .expect("DEL");
         }
         if next == 0 {
             break;
@@ -159,17 +186,18 @@ where
 {
     let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Reads one sample of a metric from a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
 }
