@@ -23,8 +23,9 @@ impl ArchiveError {
             ArchiveError::Db(sqlx::Error::Database(e)) => {
                 let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
                 // 08 connection, 40 rollback (deadlock, serialization), 53 resources,
-                // 57 operator intervention (shutdown), 58 system error: all transient.
-                !["08", "40", "53", "57", "58"]
+                // 57 operator intervention (shutdown, statement timeout), 58 system error,
+                // 55P03 lock not available, 25P03 idle-in-transaction timeout: transient.
+                !["08", "40", "53", "57", "58", "55P03", "25P03"]
                     .iter()
                     .any(|class| code.starts_with(class))
             }

@@ -7,7 +7,7 @@ mod error;
 mod insert;
 mod read;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use error::ArchiveError;
 pub use read::{FoundOp, RoomRow, StoredRow};
@@ -46,6 +46,10 @@ pub struct PgOptions {
     /// How long to wait for a connection (from the pool or a new one) before failing.
     pub acquire_timeout: std::time::Duration,
     pub method: InsertMethod,
+    /// PostgreSQL ends a session whose transaction stays idle this long
+    /// (`idle_in_transaction_session_timeout`): a writer paused inside a transaction (SIGSTOP)
+    /// cannot hold its row locks, and so stall the next owner, for longer than this.
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
 }
 
 impl Default for PgOptions {
@@ -54,6 +58,7 @@ impl Default for PgOptions {
             max_connections: 8,
             acquire_timeout: std::time::Duration::from_secs(5),
             method: InsertMethod::default(),
+            idle_in_transaction_timeout: None,
         }
     }
 }
@@ -85,10 +90,17 @@ impl PgArchive {
     }
 
     pub async fn connect_with(url: &str, options: PgOptions) -> Result<PgArchive, ArchiveError> {
+        let mut connect: PgConnectOptions = url.parse()?;
+        if let Some(t) = options.idle_in_transaction_timeout {
+            connect = connect.options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", t.as_millis().max(1)),
+            )]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect(url)
+            .connect_with(connect)
             .await?;
         let shards: i32 = sqlx::query_scalar("SELECT shards FROM cluster WHERE id = 1")
             .fetch_one(&pool)

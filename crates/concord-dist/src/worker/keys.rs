@@ -48,9 +48,10 @@ impl Keys {
     pub fn heartbeat(&self, worker: &str) -> String {
         format!("{}:wk:{worker}", self.prefix)
     }
-    /// The pattern matching every worker heartbeat.
-    pub fn heartbeats(&self) -> String {
-        format!("{}:wk:*", self.prefix)
+    /// `{prefix}:workers`, a sorted set of worker ids scored by heartbeat expiry (ms): counts
+    /// the live workers without scanning the keyspace.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
     }
 }
 

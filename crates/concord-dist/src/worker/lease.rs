@@ -39,41 +39,46 @@ impl Leases {
         }
     }
 
-    /// Refreshes this worker's heartbeat and counts the live workers (itself included).
+    /// Refreshes this worker's heartbeat (its key, and its expiry in the workers set), drops
+    /// expired workers from the set and counts the live ones (itself included).
     pub async fn heartbeat(&self) -> RedisResult<usize> {
-        let mut conn = self.streams.conn();
         let keys = self.streams.keys();
-        let _: () = redis::cmd("SET")
+        let now = super::now_ms();
+        let (live,): (usize,) = redis::pipe()
+            .cmd("SET")
             .arg(keys.heartbeat(&self.me))
             .arg(1)
             .arg("PX")
             .arg(self.lease_ms)
-            .query_async(&mut conn)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.workers())
+            .arg(now.saturating_add(self.lease_ms))
+            .arg(&self.me)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(keys.workers())
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .ignore()
+            .cmd("ZCARD")
+            .arg(keys.workers())
+            .query_async(&mut self.streams.conn())
             .await?;
-        let mut cursor = 0u64;
-        let mut live = 0usize;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(keys.heartbeats())
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            live += found.len();
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
         Ok(live.max(1))
     }
 
-    /// Drops the heartbeat (a clean stop: the others rebalance at once).
+    /// Drops the heartbeat (a clean stop: the others rebalance at their next tick).
     pub async fn stop(&self) -> RedisResult<()> {
-        let _: () = redis::cmd("DEL")
-            .arg(self.streams.keys().heartbeat(&self.me))
+        let keys = self.streams.keys();
+        let _: () = redis::pipe()
+            .cmd("DEL")
+            .arg(keys.heartbeat(&self.me))
+            .ignore()
+            .cmd("ZREM")
+            .arg(keys.workers())
+            .arg(&self.me)
+            .ignore()
             .query_async(&mut self.streams.conn())
             .await?;
         Ok(())

@@ -85,8 +85,10 @@ impl Worker {
         if config.migrate {
             crate::pg::migrate(&config.postgres_url).await?;
         }
-        let archive =
-            PgArchive::connect_with(&config.postgres_url, config.postgres.clone()).await?;
+        let mut pg = config.postgres.clone();
+        // A worker paused inside a transaction must not hold row locks much past its lease.
+        pg.idle_in_transaction_timeout.get_or_insert(config.lease);
+        let archive = PgArchive::connect_with(&config.postgres_url, pg).await?;
         archive.ensure_partitions(config.total_partitions).await?;
         let client = redis::Client::open(config.redis_url.as_str())?;
         let conn = ConnectionManager::new(client).await?;
