@@ -330,3 +330,69 @@ async fn sigstop_past_the_lease_then_sigcont_regresses_nothing() {
     drop((a, b));
     cleanup(&mut conn, &prefix).await;
 }
+
+/// A worker stopped inside its open transaction (row locks held) past its lease: PostgreSQL ends
+/// that session (idle_in_transaction_session_timeout = lease), so the other worker persists
+/// everything; after SIGCONT the zombie's COMMIT fails and nothing is doubled or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_inside_a_transaction_does_not_stall_the_next_owner() {
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix);
+    let parts = partitions();
+    let used: Vec<Partition> = vec![parts[3].clone(), parts[11].clone()];
+    let mut conn = redis().await;
+    let rooms: Vec<(String, u64)> = (0..4).map(|i| (format!("zombie-{i}"), 100)).collect();
+    for seq in 1..=100u64 {
+        for (i, (room, _)) in rooms.iter().enumerate() {
+            commit(&mut conn, &keys, &used[i % 2], room, seq).await;
+        }
+    }
+    let archive = PgArchive::connect(db.url()).await.unwrap();
+    let zombie = start(&prefix, db.url(), "zombie", Some("stop-mid-batch"), 1);
+    // Wait until it stopped itself inside the transaction.
+    let pid = zombie.child.id();
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to stop inside its transaction",
+        || async move {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('T')
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert_eq!(
+        archive.event_count().await.unwrap(),
+        0,
+        "nothing committed yet: the worker is stopped inside its first transaction ({stat})"
+    );
+    let other = start(&prefix, db.url(), "other", None, 2);
+    wait_until(
+        Duration::from_secs(60),
+        "the other worker persisted everything",
+        || {
+            let a = archive.clone();
+            let c = conn.clone();
+            let (k, u) = (keys.clone(), used.clone());
+            async move { a.event_count().await.unwrap() == 400 && drained(&c, &k, &u).await }
+        },
+    )
+    .await;
+    zombie.signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check_exact(&archive, &rooms).await;
+    assert!(
+        drained(&conn, &keys, &used).await,
+        "nothing left pending after the zombie woke up"
+    );
+    drop((zombie, other));
+    cleanup(&mut conn, &prefix).await;
+}
