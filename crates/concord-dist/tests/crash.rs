@@ -331,9 +331,10 @@ async fn sigstop_past_the_lease_then_sigcont_regresses_nothing() {
     cleanup(&mut conn, &prefix).await;
 }
 
-/// A worker stopped inside its open transaction (row locks held) past its lease: PostgreSQL ends
-/// that session (idle_in_transaction_session_timeout = lease), so the other worker persists
-/// everything; after SIGCONT the zombie's COMMIT fails and nothing is doubled or lost.
+/// A worker stopped (SIGSTOP) inside its open transaction (row locks held) past its lease:
+/// PostgreSQL ends that session (idle_in_transaction_session_timeout = lease), so the other
+/// worker persists everything; after SIGCONT the zombie's COMMIT fails and nothing is doubled
+/// or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_inside_a_transaction_does_not_stall_the_next_owner() {
     let db = TestDb::migrated().await;
@@ -349,30 +350,31 @@ async fn sigstop_inside_a_transaction_does_not_stall_the_next_owner() {
         }
     }
     let archive = PgArchive::connect(db.url()).await.unwrap();
-    let zombie = start(&prefix, db.url(), "zombie", Some("stop-mid-batch"), 1);
-    // Wait until it stopped itself inside the transaction.
-    let pid = zombie.child.id();
+    let zombie = start(&prefix, db.url(), "zombie", Some("hold-mid-batch"), 1);
+    // Its first transaction is open (the failpoint holds it there): stop the process.
     wait_until(
         Duration::from_secs(30),
-        "the worker to stop inside its transaction",
-        || async move {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('T')
-                })
-                .unwrap_or(false)
+        "the worker's transaction to be open",
+        || {
+            let a = archive.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state = 'idle in transaction'",
+                )
+                .fetch_one(a.pool())
+                .await
+                .unwrap();
+                n == 1
+            }
         },
     )
     .await;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    zombie.signal("-STOP");
     assert_eq!(
         archive.event_count().await.unwrap(),
         0,
-        "nothing committed yet: the worker is stopped inside its first transaction ({stat})"
+        "nothing committed yet"
     );
     let other = start(&prefix, db.url(), "other", None, 2);
     wait_until(
@@ -387,7 +389,7 @@ async fn sigstop_inside_a_transaction_does_not_stall_the_next_owner() {
     )
     .await;
     zombie.signal("-CONT");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     check_exact(&archive, &rooms).await;
     assert!(
         drained(&conn, &keys, &used).await,
