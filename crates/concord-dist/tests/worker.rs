@@ -42,8 +42,9 @@ async fn two_workers_persist_every_event_exactly_once() {
         }
     }
     let total = 8 * 60;
-    let (s1, t1) = spawn(config(&prefix, db.url(), "w1"), WorkerMetrics::new());
-    let (s2, t2) = spawn(config(&prefix, db.url(), "w2"), WorkerMetrics::new());
+    let (m1, m2) = (WorkerMetrics::new(), WorkerMetrics::new());
+    let (s1, t1) = spawn(config(&prefix, db.url(), "w1"), m1.clone());
+    let (s2, t2) = spawn(config(&prefix, db.url(), "w2"), m2.clone());
     // More events while they run.
     for seq in 61..=80u64 {
         for (room, p) in &rooms {
@@ -109,6 +110,12 @@ async fn two_workers_persist_every_event_exactly_once() {
         );
         assert_eq!(hget_u64(&mut c2, &meta, "floor").await, 75);
     }
+    // The 16 partitions end up split evenly (⌈16 / 2⌉ each).
+    wait_until(Duration::from_secs(20), "8 partitions per worker", || {
+        let (a, b) = (m1.partitions_owned.get(), m2.partitions_owned.get());
+        async move { a == 8 && b == 8 }
+    })
+    .await;
     let _ = s1.send(());
     let _ = s2.send(());
     t1.await.unwrap();
