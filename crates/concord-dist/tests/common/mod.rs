@@ -17,9 +17,36 @@ pub fn partitions() -> Vec<Partition> {
     all_partitions(P)
 }
 
-/// A key prefix of its own (each test's keys are apart; `cleanup` removes them).
-pub fn prefix() -> String {
-    format!("ctest{:08x}", rand::rng().random::<u32>())
+/// A key prefix of its own (each test's keys are apart); its keys are deleted when it drops,
+/// a failed test's included.
+pub fn prefix() -> Prefix {
+    Prefix(format!("ctest{:08x}", rand::rng().random::<u32>()))
+}
+
+pub struct Prefix(String);
+
+impl std::ops::Deref for Prefix {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        // A plain connection on a thread of its own: drop may run inside a runtime.
+        let _ = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let mut con = redis::Client::open(REDIS)?.get_connection()?;
+            let keys: Vec<String> =
+                redis::Commands::scan_match::<_, String>(&mut con, pattern)?.collect();
+            for chunk in keys.chunks(500) {
+                let _: () = redis::cmd("DEL").arg(chunk).query(&mut con)?;
+            }
+            Ok(())
+        })
+        .join();
+    }
 }
 
 pub async fn redis() -> MultiplexedConnection {
