@@ -251,3 +251,73 @@ async fn poison_entries_are_dead_lettered_exactly() {
     task.await.unwrap();
     cleanup(&mut conn, &prefix).await;
 }
+
+/// A watermark Redis refused to take (the room's meta was unusable) after the events were
+/// committed and acknowledged is raised later, although the room gets no more events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_watermark_update_is_retried_without_new_events() {
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix);
+    let parts = partitions();
+    let p = &parts[6];
+    let mut conn = redis().await;
+    for seq in 1..=10 {
+        commit(&mut conn, &keys, p, "wm-room", seq).await;
+    }
+    // The meta becomes a string: the watermark call fails with WRONGTYPE.
+    let meta = keys.meta(p, "wm-room");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&meta)
+        .cmd("SET")
+        .arg(&meta)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let metrics = WorkerMetrics::new();
+    let (stop, task) = spawn(config(&prefix, db.url(), "w1"), metrics.clone());
+    let archive = PgArchive::connect(db.url()).await.unwrap();
+    let work = keys.work(p);
+    let c = conn.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "events persisted and acknowledged",
+        || {
+            let (a, mut c, w) = (archive.clone(), c.clone(), work.clone());
+            async move { a.event_count().await.unwrap() == 10 && xlen(&mut c, &w).await == 0 }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the worker to see the failure",
+        || {
+            let m = metrics.clone();
+            async move { m.errors.get() > 0 }
+        },
+    )
+    .await;
+    // Redis takes it again: the watermark follows with no new event.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&meta)
+        .cmd("HSET")
+        .arg(&meta)
+        .arg("epoch")
+        .arg("e1")
+        .arg("head")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let c = conn.clone();
+    wait_until(Duration::from_secs(30), "the Redis watermark at 10", || {
+        let (mut c, m) = (c.clone(), meta.clone());
+        async move { hget_u64(&mut c, &m, "wm").await == 10 }
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -31,6 +31,8 @@ pub struct PartState {
     group_ready: bool,
     /// Local count of refusals per entry id (deliveries never undercount a refused entry).
     refusals: HashMap<String, u64>,
+    /// Watermarks persisted and acknowledged but not yet raised in Redis (room → epoch, seq).
+    marks: BTreeMap<String, (String, u64)>,
     /// No step before then (after a transient failure, or while idle).
     next_step: Instant,
     idle_steps: u32,
@@ -44,6 +46,7 @@ impl PartState {
             valid_until,
             group_ready: false,
             refusals: HashMap::new(),
+            marks: BTreeMap::new(),
             next_step: Instant::now(),
             idle_steps: 0,
         }
@@ -84,6 +87,9 @@ pub async fn step(ctx: &Ctx, st: &mut PartState) -> usize {
 
 async fn try_step(ctx: &Ctx, st: &mut PartState) -> Result<usize, WorkerError> {
     let p = &st.part;
+    if !st.marks.is_empty() {
+        raise_watermarks(ctx, p, &mut st.marks).await?;
+    }
     if !st.group_ready {
         ctx.streams.ensure_group(p).await?;
         st.group_ready = true;
@@ -151,12 +157,14 @@ async fn persist(
     for chunk in chunks(good, ctx.config.batch_max_bytes) {
         let events: Vec<ArchivedEvent> = chunk.iter().map(|(_, ev)| ev.clone()).collect();
         match write(ctx, &events).await {
-            Ok(()) => landed(ctx, &p, &chunk).await?,
+            Ok(()) => landed(ctx, &p, &mut st.marks, &chunk).await?,
             Err(e) if e.is_refusal() => {
                 // One entry spoils the batch: find it by writing each alone.
                 for one in chunk {
                     match write(ctx, std::slice::from_ref(&one.1)).await {
-                        Ok(()) => landed(ctx, &p, std::slice::from_ref(&one)).await?,
+                        Ok(()) => {
+                            landed(ctx, &p, &mut st.marks, std::slice::from_ref(&one)).await?
+                        }
                         Err(e) if e.is_refusal() => bad.push((one.0, format!("refused: {e}"))),
                         Err(e) => return Err(e.into()),
                     }
@@ -245,30 +253,56 @@ async fn write(ctx: &Ctx, events: &[ArchivedEvent]) -> Result<(), ArchiveError> 
 async fn landed(
     ctx: &Ctx,
     p: &Partition,
+    marks: &mut BTreeMap<String, (String, u64)>,
     chunk: &[(Entry, ArchivedEvent)],
 ) -> Result<(), WorkerError> {
     let ids: Vec<String> = chunk.iter().map(|(e, _)| e.id.clone()).collect();
     ctx.streams.ack(p, &ids).await?;
-    let mut top: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     for (_, ev) in chunk {
-        let t = top.entry(&ev.room).or_insert((&ev.epoch, ev.seq));
-        if ev.seq > t.1 {
-            *t = (&ev.epoch, ev.seq);
+        let m = marks
+            .entry(ev.room.clone())
+            .or_insert_with(|| (ev.epoch.clone(), ev.seq));
+        if ev.seq > m.1 {
+            *m = (ev.epoch.clone(), ev.seq);
         }
     }
-    let calls = top.iter().map(|(room, (epoch, seq))| {
-        ctx.streams
+    raise_watermarks(ctx, p, marks).await
+}
+
+/// Raises the Redis watermark of every room in `marks` (persisted, acknowledged, not yet
+/// confirmed in Redis); those that fail stay for the next step, so a room that gets no more
+/// events still has its watermark raised once Redis answers.
+async fn raise_watermarks(
+    ctx: &Ctx,
+    p: &Partition,
+    marks: &mut BTreeMap<String, (String, u64)>,
+) -> Result<(), WorkerError> {
+    let calls = marks.iter().map(|(room, (epoch, seq))| async move {
+        let head = ctx
+            .streams
             .persisted(p, room, epoch, *seq, ctx.config.log_keep)
+            .await;
+        (room.clone(), *seq, head)
     });
-    let heads = futures::future::try_join_all(calls).await?;
-    if let (Some(head), Some((_, (_, seq)))) = (heads.last(), top.iter().last()) {
-        let lag = head.saturating_sub(*seq);
-        ctx.metrics
-            .watermark_lag
-            .get_or_create(&super::metrics::PartitionLabel {
-                partition: p.number,
-            })
-            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    let mut first_error = None;
+    for (room, seq, head) in futures::future::join_all(calls).await {
+        match head {
+            Ok(head) => {
+                marks.remove(&room);
+                ctx.metrics
+                    .watermark_lag
+                    .get_or_create(&super::metrics::PartitionLabel {
+                        partition: p.number,
+                    })
+                    .set(i64::try_from(head.saturating_sub(seq)).unwrap_or(i64::MAX));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(())
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
