@@ -74,6 +74,10 @@ pub struct WorkerArgs {
     /// Pause before retrying after Redis or PostgreSQL failed.
     #[arg(long, env = "CONCORD_RETRY_DELAY", default_value = "500ms", value_parser = duration::parse)]
     pub retry_delay: Duration,
+    /// A consumer of the `persist` group (a worker process) with nothing pending and idle this
+    /// long is deleted from the group.
+    #[arg(long, env = "CONCORD_CONSUMER_IDLE_MAX", default_value = "60s", value_parser = duration::parse)]
+    pub consumer_idle_max: Duration,
     /// Batches written at once.
     #[arg(long, env = "CONCORD_WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
@@ -112,6 +116,7 @@ impl WorkerArgs {
         c.max_deliveries = self.max_deliveries;
         c.log_keep = self.log_keep;
         c.retry_delay = self.retry_delay;
+        c.consumer_idle_max = self.consumer_idle_max;
         c.concurrency = self.concurrency;
         c.metrics_addr = self.metrics_addr;
         c.migrate = !self.no_migrate;

@@ -202,6 +202,19 @@ async fn crash_at(failpoint: &str) {
     )
     .await;
     check_exact(&archive, &rooms).await;
+    // The killed worker's consumer (nothing pending any more) is forgotten by the successor.
+    for p in &used {
+        let (c, key) = (conn.clone(), keys.work(p));
+        wait_until(
+            Duration::from_secs(20),
+            "only the successor's consumer left",
+            || {
+                let (mut c, key) = (c.clone(), key.clone());
+                async move { consumers(&mut c, &key).await == ["successor"] }
+            },
+        )
+        .await;
+    }
     let text = second.metrics().await;
     let redelivered = metric(&text, "concord_worker_redeliveries_total").unwrap_or(0.0);
     assert!(

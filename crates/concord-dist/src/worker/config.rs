@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub max_deliveries: u32,
     /// Events kept in a room's log stream below the watermark (the recovery window).
     pub log_keep: u64,
+    /// A consumer of the `persist` group (a worker process) with nothing pending and idle this
+    /// long is deleted from the group by the partition's owner.
+    pub consumer_idle_max: Duration,
     /// Pause after a transient failure (Redis or PostgreSQL unreachable) before retrying.
     pub retry_delay: Duration,
     /// Batches written at once (across partitions).
@@ -68,6 +71,7 @@ impl WorkerConfig {
             max_deliveries: 5,
             log_keep: 1000,
             retry_delay: Duration::from_millis(500),
+            consumer_idle_max: Duration::from_secs(60),
             concurrency: 4,
             metrics_addr: None,
             migrate: true,

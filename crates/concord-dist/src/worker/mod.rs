@@ -251,6 +251,21 @@ async fn tick(ctx: &Ctx, leases: &Leases, owned: &mut BTreeMap<u32, PartState>) 
     }
     ctx.metrics.partitions_owned.set(owned.len() as i64);
 
+    // Forget the consumers of dead worker processes (only those with nothing pending).
+    let idle_ms = u64::try_from(ctx.config.consumer_idle_max.as_millis()).unwrap_or(u64::MAX);
+    let forgets = futures::future::join_all(
+        owned
+            .values()
+            .filter(|st| st.group_ready())
+            .map(|st| ctx.streams.forget_idle_consumers(&st.part, idle_ms)),
+    )
+    .await;
+    for r in forgets {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "forgetting idle consumers");
+        }
+    }
+
     let now = now_ms();
     let backlogs =
         futures::future::join_all(owned.values().map(|st| ctx.streams.backlog(&st.part))).await;

@@ -39,6 +39,11 @@ pub struct PartState {
 }
 
 impl PartState {
+    /// Whether the partition's group exists (created at the first step).
+    pub fn group_ready(&self) -> bool {
+        self.group_ready
+    }
+
     pub fn new(part: Partition, valid_until: Instant) -> PartState {
         PartState {
             part,

@@ -33,6 +33,26 @@ end
 return head
 "#;
 
+/// Deletes the group's consumers other than ARGV[1] that have nothing pending and were idle at
+/// least ARGV[2] ms (consumers of dead worker processes), atomically: a consumer cannot take an
+/// entry between the check and the delete. Returns how many.
+const FORGET: &str = r#"
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], 'persist')) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name ~= ARGV[1] and pending == 0 and idle >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'persist', name)
+    n = n + 1
+  end
+end
+return n
+"#;
+
 /// Redis access for one worker.
 #[derive(Clone)]
 pub struct Streams {
@@ -40,6 +60,7 @@ pub struct Streams {
     keys: Keys,
     me: String,
     persisted: redis::Script,
+    forget: redis::Script,
 }
 
 impl Streams {
@@ -49,6 +70,7 @@ impl Streams {
             keys,
             me: me.to_string(),
             persisted: redis::Script::new(PERSISTED),
+            forget: redis::Script::new(FORGET),
         }
     }
 
@@ -223,6 +245,16 @@ impl Streams {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(u64::try_from(head).unwrap_or(0))
+    }
+
+    /// Deletes the group's consumers (not this one) with nothing pending, idle `idle_ms`.
+    pub async fn forget_idle_consumers(&self, p: &Partition, idle_ms: u64) -> RedisResult<u64> {
+        self.forget
+            .key(self.keys.work(p))
+            .arg(&self.me)
+            .arg(idle_ms)
+            .invoke_async(&mut self.conn())
+            .await
     }
 
     /// (entries in the work stream, ms timestamp of the oldest entry's id if any).

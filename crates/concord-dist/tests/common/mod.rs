@@ -69,6 +69,7 @@ pub fn config(prefix: &str, pg_url: &str, id: &str) -> WorkerConfig {
     c.retry_delay = Duration::from_millis(100);
     c.max_deliveries = 3;
     c.log_keep = 5;
+    c.consumer_idle_max = Duration::from_secs(2);
     c.postgres.acquire_timeout = Duration::from_secs(1);
     c
 }
@@ -227,4 +228,27 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         let (n, v) = l.split_once(' ')?;
         (n == name).then(|| v.trim().parse().ok())?
     })
+}
+
+/// The consumer names of a work stream's `persist` group.
+pub async fn consumers(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
+    let v: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(key)
+        .arg("persist")
+        .query_async(conn)
+        .await
+        .expect("XINFO CONSUMERS");
+    let mut names = Vec::new();
+    if let redis::Value::Array(list) = v {
+        for c in list {
+            if let redis::Value::Array(kv) = c {
+                if let Some(redis::Value::BulkString(name)) = kv.get(1) {
+                    names.push(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+        }
+    }
+    names.sort();
+    names
 }
