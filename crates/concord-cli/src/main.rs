@@ -1,5 +1,6 @@
-//! The `concord` binary: `serve` (the default), `bench`, `repair`.
+//! The `concord` binary: `serve` (the default), `bench`, `repair`, `migrate`, `worker`.
 
+mod dist;
 mod layers;
 mod runtime;
 mod settings;
@@ -30,6 +31,10 @@ enum Command {
     /// Rebuild a doc room's document from its op log and save it as a fresh snapshot (for a
     /// room whose document cannot be loaded). Run it with the server stopped.
     Repair(RepairArgs),
+    /// Apply the distributed mode's PostgreSQL schema (sqlx migrations; idempotent).
+    Migrate(dist::MigrateArgs),
+    /// Run a persistence worker of the distributed mode: Redis work streams into PostgreSQL.
+    Worker(Box<dist::WorkerArgs>),
 }
 
 #[derive(Args)]
@@ -210,6 +215,8 @@ fn main() -> anyhow::Result<()> {
         },
         Some(Command::Bench(args)) => runtime.block_on(concord_bench::run(args)),
         Some(Command::Repair(args)) => runtime.block_on(repair(args)),
+        Some(Command::Migrate(args)) => runtime.block_on(dist::migrate(args)),
+        Some(Command::Worker(args)) => runtime.block_on(dist::worker(*args)),
     };
     // After a shutdown deadline, tasks may still hang: do not wait for them again.
     runtime.shutdown_timeout(Duration::from_secs(1));

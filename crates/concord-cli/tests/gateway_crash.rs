@@ -297,9 +297,15 @@ async fn a_killed_gateways_members_leave_everywhere_once() {
     .await
     .unwrap();
     let m = notice(&mut arx).await;
-    assert_eq!((m["type"].as_str(), m["client_id"].as_str()), (Some("member_joined"), Some("dave")));
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_joined"), Some("dave"))
+    );
     let m = notice(&mut arx).await;
-    assert_eq!((m["type"].as_str(), &m["data"]), (Some("presence"), &json!({"at":1})));
+    assert_eq!(
+        (m["type"].as_str(), &m["data"]),
+        (Some("presence"), &json!({"at":1}))
+    );
     doomed.kill9();
     let mut seen = Vec::new();
     while seen.len() < 2 {

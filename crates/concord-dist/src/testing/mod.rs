@@ -1,3 +1,5 @@
-//! Test helpers (feature `testing`): private Redis servers and clusters, unique key prefixes.
+//! Test helpers (feature `testing`): private Redis servers and clusters, unique key prefixes,
+//! a fresh PostgreSQL database per test.
 
+pub mod pg;
 pub mod redis;
