@@ -55,24 +55,11 @@ impl Keys {
     }
 }
 
-/// CRC16 (XMODEM), as Redis Cluster computes key slots.
-pub fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in bytes {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+pub use crate::partition::crc16;
 
 /// The hash tag of partition `p` of `total` (None if `p >= total` or no tag was found, which
-/// cannot happen for 1 ≤ total ≤ 16384).
+/// cannot happen for 1 ≤ total ≤ 16384): the same tag as `crate::partition::Partitions` gives
+/// (tested), for any partition count — tests run workers over a handful of partitions.
 pub fn tag(p: u32, total: u32) -> Option<String> {
     if p >= total || total == 0 || total > 16384 {
         return None;
@@ -101,6 +88,16 @@ mod tests {
     fn crc16_matches_redis() {
         // Redis's own test vector (cluster spec): CRC16("123456789") = 0x31C3.
         assert_eq!(crc16(b"123456789"), 0x31c3);
+    }
+
+    #[test]
+    fn tags_are_the_gateways_tags() {
+        for total in [1024, 4096] {
+            let parts = crate::partition::Partitions::new(total).expect("a partition count");
+            for (w, p) in all_partitions(total).iter().zip(parts.iter()) {
+                assert_eq!(w.tag, parts.tag(p), "partition {} of {total}", w.number);
+            }
+        }
     }
 
     #[test]
