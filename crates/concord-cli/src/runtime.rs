@@ -71,18 +71,31 @@ fn auth_mode(settings: &Settings) -> anyhow::Result<AuthMode> {
 }
 
 /// The backend of a gateway of the distributed mode: Redis at `url` (comma-separated seed URLs
-/// for a Redis Cluster). Client ids cannot be bound to users there yet (the registry belongs in
-/// PostgreSQL), so a gateway refuses to start with authentication on.
+/// for a Redis Cluster) and, with --postgres, the archive (its schema applied first). Client ids
+/// are bound to users in PostgreSQL, so authentication needs --postgres.
 pub async fn gateway_backend(
     settings: &Settings,
     url: &str,
     config: &Config,
 ) -> anyhow::Result<concord_server::cluster::Backend> {
     let d = &settings.deployment;
-    if config.auth.enabled() {
+    let archive = match &d.postgres {
+        Some(pg) => {
+            concord_dist::pg::migrate(pg)
+                .await
+                .with_context(|| format!("applying the schema to PostgreSQL at {pg}"))?;
+            Some(
+                concord_dist::pg::PgArchive::connect(pg)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {pg}"))?,
+            )
+        }
+        None => None,
+    };
+    if config.auth.enabled() && archive.is_none() {
         anyhow::bail!(
-            "--redis: gateways of the distributed mode do not bind client ids to users yet; \
-             run them with --auth none (on loopback) until the client registry is served"
+            "--redis with --auth jwt needs --postgres: gateways bind client ids to users in \
+             PostgreSQL's client registry"
         );
     }
     let urls: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
@@ -106,6 +119,7 @@ pub async fn gateway_backend(
     let options = concord_dist::gateway::GatewayOptions {
         ack,
         lease: d.gateway_lease,
+        archive,
         ..concord_dist::gateway::GatewayOptions::new(&config.node_id)
     };
     concord_dist::gateway::connect(&target, log, options)

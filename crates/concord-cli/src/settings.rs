@@ -78,6 +78,11 @@ pub struct Deployment {
     /// embedded mode.
     #[arg(long, env = "CONCORD_REDIS_URL", value_name = "URL")]
     pub redis: Option<String>,
+    /// PostgreSQL of the distributed mode (with --redis): the archive the workers write; a
+    /// gateway reads history below what Redis keeps from it and binds client ids to users in it
+    /// (needed with --auth jwt). Its schema is applied at start.
+    #[arg(long, env = "CONCORD_POSTGRES_URL", value_name = "URL")]
+    pub postgres: Option<String>,
     /// Prefix of every Redis key of the cluster (no `{`).
     #[arg(long, env = "CONCORD_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: String,
@@ -115,6 +120,7 @@ impl Default for Deployment {
             schema_file: None,
             log_format: LogFormat::Text,
             redis: None,
+            postgres: None,
             redis_prefix: "concord".into(),
             partitions: 1024,
             ack_level: AckLevel::Memory,

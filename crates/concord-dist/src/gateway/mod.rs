@@ -28,6 +28,8 @@ pub struct GatewayOptions {
     /// Its heartbeat's lease: past it without a renewal, the other gateways remove its
     /// clients from their rooms.
     pub lease: std::time::Duration,
+    /// The PostgreSQL archive: history below the Redis log's floor, the client registry.
+    pub archive: Option<crate::pg::PgArchive>,
 }
 
 impl GatewayOptions {
@@ -36,6 +38,7 @@ impl GatewayOptions {
             node: node.to_string(),
             ack: AckLevel::Memory,
             lease: std::time::Duration::from_secs(10),
+            archive: None,
         }
     }
 }
@@ -54,7 +57,7 @@ pub async fn connect(
     let point = RedisCommitPoint::new(log.clone(), notifier, &options.node);
     roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
-        store: Arc::new(RedisStore::new(log)),
+        store: Arc::new(RedisStore::new(log, options.archive)),
         commit_point: Arc::new(point),
     })
 }

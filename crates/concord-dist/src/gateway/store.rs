@@ -1,10 +1,11 @@
 //! `RedisStore`: the `Store` a gateway of the distributed mode reads from — room records
-//! (the meta hash), room creation (`concord_create`), and recent history (the room's log
-//! stream). What lives elsewhere in this mode answers as documented on each method: writes go
-//! through the commit point, retention is the workers' trim, and what PostgreSQL holds (history
-//! below the stream's floor, snapshots, the client registry) is read from the archive once the
-//! gateway reads it (docs/distributed.md, "Gateways").
+//! (the meta hash), room creation (`concord_create`), recent history (the room's log stream),
+//! and, given the PostgreSQL archive, the history below the stream's floor and the client
+//! registry (write-once bindings of client ids to users). What lives elsewhere in this mode
+//! answers as documented on each method: writes go through the commit point, retention is the
+//! workers' trim (docs/distributed.md, "Gateways").
 
+use crate::pg::PgArchive;
 use crate::{LogError, RedisLog};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
@@ -16,11 +17,42 @@ use std::sync::Arc;
 
 pub struct RedisStore {
     log: Arc<RedisLog>,
+    archive: Option<PgArchive>,
 }
 
 impl RedisStore {
-    pub fn new(log: Arc<RedisLog>) -> Self {
-        RedisStore { log }
+    pub fn new(log: Arc<RedisLog>, archive: Option<PgArchive>) -> Self {
+        RedisStore { log, archive }
+    }
+
+    /// Up to `limit` archived events after `after` (PostgreSQL), as stored events.
+    async fn archived(
+        &self,
+        archive: &PgArchive,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = archive
+            .read_events(room.as_str(), after.0, limit)
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        rows.into_iter()
+            .map(|r| {
+                let bad =
+                    |what: &str| StoreError::Backend(format!("archived event {}: {what}", r.seq));
+                Ok(StoredEvent {
+                    seq: Seq(r.seq),
+                    hlc: concord_core::HlcText::parse(&r.hlc).ok_or_else(|| bad("hlc"))?,
+                    from: ClientId::new(&r.from).map_err(|_| bad("client id"))?,
+                    op_id: match &r.op_id {
+                        Some(o) => Some(OpId::new(o).map_err(|_| bad("op id"))?),
+                        None => None,
+                    },
+                    data: RawValue::from_string(r.data.clone()).map_err(|_| bad("data"))?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -78,27 +110,46 @@ impl Store for RedisStore {
         let Some(meta) = meta else {
             return Err(StoreError::NoRoom(room.to_string()));
         };
-        let from = after.max(Seq(meta.floor.0.saturating_sub(1)));
-        let limit = limit.saturating_sub((from.0 - after.0) as usize);
+        // Below the floor: from the archive (as far as the workers wrote it), then from Redis.
+        let mut out = Vec::new();
+        let below = meta.floor.0.saturating_sub(1);
+        if after.0 < below {
+            if let Some(archive) = &self.archive {
+                let want = ((below - after.0) as usize).min(limit);
+                out = self.archived(archive, room, after, want).await?;
+                let contiguous = out
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.seq.0 == after.0 + 1 + i as u64);
+                if !contiguous || out.len() < want {
+                    // Not all archived (a log cap ran ahead of the workers): a short read from
+                    // the floor, as without the archive.
+                    out.clear();
+                } else if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        let done = out.last().map_or(after, |e| e.seq);
+        let from = done.max(Seq(below));
+        let limit = limit.saturating_sub(out.len() + (from.0 - done.0) as usize);
         let logged = self
             .log
             .read_log(room, from, limit)
             .await
             .map_err(backend)?;
-        logged
-            .into_iter()
-            .map(|e| {
-                let data = RawValue::from_string(e.data)
-                    .map_err(|err| StoreError::Backend(format!("event {}: {err}", e.seq)))?;
-                Ok(StoredEvent {
-                    seq: e.seq,
-                    hlc: e.hlc,
-                    from: e.from,
-                    op_id: e.op_id,
-                    data,
-                })
-            })
-            .collect()
+        for e in logged {
+            let data = RawValue::from_string(e.data)
+                .map_err(|err| StoreError::Backend(format!("event {}: {err}", e.seq)))?;
+            out.push(StoredEvent {
+                seq: e.seq,
+                hlc: e.hlc,
+                from: e.from,
+                op_id: e.op_id,
+                data,
+            });
+        }
+        Ok(out)
     }
 
     async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
@@ -169,10 +220,16 @@ impl Store for RedisStore {
         Ok(None)
     }
 
-    /// The client registry belongs in PostgreSQL (write-once); until gateways read it there,
-    /// a gateway refuses to bind client ids (run the distributed mode with `--auth none`).
-    async fn claim_client(&self, _client: &ClientId, _user: &str) -> StoreResult<String> {
-        Err(not_here("binding client ids to users"))
+    /// In the archive's write-once registry (without an archive a gateway cannot bind client
+    /// ids: it runs with `--auth none`).
+    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String> {
+        match &self.archive {
+            Some(a) => a
+                .claim_client(client.as_str(), user)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string())),
+            None => Err(not_here("binding client ids to users without PostgreSQL")),
+        }
     }
 
     async fn ping(&self) -> StoreResult<()> {

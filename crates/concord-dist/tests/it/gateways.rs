@@ -411,3 +411,148 @@ async fn ack_level_redis_needs_an_fsynced_aof_and_then_survives_a_redis_kill() {
     );
     assert_eq!(Some(logged[0].seq.0), ack["seq"].as_u64());
 }
+
+/// With the archive, history below what Redis keeps comes from PostgreSQL (written there by a
+/// real worker): a rejoin far behind Redis's floor still recovers by events; and client ids
+/// are bound to users once, in PostgreSQL, for every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_below_redis_comes_from_postgres_and_clients_bind_once() {
+    use concord_dist::pg::PgArchive;
+    use concord_dist::testing::pg::TestDb;
+    use concord_dist::worker::{all_partitions, Worker, WorkerConfig};
+    let db = TestDb::migrated().await;
+    let prefix = TestPrefix::new("gw-archive");
+    let log = concord_dist::LogConfig {
+        log_max_len: 5,
+        ..config(prefix.prefix())
+    };
+    let options = |node: &str, archive: PgArchive| GatewayOptions {
+        archive: Some(archive),
+        ..GatewayOptions::new(node)
+    };
+    let archive = PgArchive::connect(db.url()).await.expect("the archive");
+    // A real worker moves the work streams into PostgreSQL.
+    let mut wc = WorkerConfig::new(
+        "redis://127.0.0.1:6379",
+        db.url(),
+        all_partitions(1024),
+        1024,
+    );
+    wc.redis_prefix = prefix.prefix().to_string();
+    let (stop_worker, worker_stopped) = oneshot::channel::<()>();
+    let worker = tokio::spawn(Worker::run(wc, async move {
+        let _ = worker_stopped.await;
+    }));
+
+    let backend = concord_dist::gateway::connect(
+        &TestPrefix::target(),
+        log.clone(),
+        options("gwp1", archive.clone()),
+    )
+    .await
+    .expect("a gateway with its archive");
+    let store = backend.store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let env = Env {
+        backend: Some(backend),
+        ..Env::system()
+    };
+    let join = tokio::spawn(async move {
+        concord_server::run(
+            Config::default(),
+            listener,
+            async move { drop(rx.await) },
+            env,
+        )
+        .await
+        .unwrap();
+    });
+    let g1 = Gateway { addr, stop, join };
+    let room = "chat:archived";
+    let mut w = Ws::hello(&g1, "writer").await;
+    let epoch = w.join(room).await["epoch"].clone();
+    for n in 0..20 {
+        w.publish(room, &format!("m{n}"), json!({"n": n})).await;
+    }
+    drop(w);
+    // Wait for the worker's watermark at the head.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while archive
+        .watermark(room)
+        .await
+        .expect("a watermark read")
+        .map(|w| w.1)
+        != Some(20)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not persist the room"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let g2 = gateway_with(&TestPrefix::target(), log.clone(), "gwp2").await;
+    let g3 = {
+        let backend = concord_dist::gateway::connect(
+            &TestPrefix::target(),
+            log,
+            options("gwp3", archive.clone()),
+        )
+        .await
+        .expect("a second gateway with the archive");
+        let other = backend.store.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let env = Env {
+            backend: Some(backend),
+            ..Env::system()
+        };
+        let join = tokio::spawn(async move {
+            concord_server::run(
+                Config::default(),
+                listener,
+                async move { drop(rx.await) },
+                env,
+            )
+            .await
+            .unwrap();
+        });
+        // Client ids bind once, whichever gateway asks first.
+        let client = concord_core::ClientId::new("c-bound").unwrap();
+        assert_eq!(
+            store.claim_client(&client, "user-1").await.unwrap(),
+            "user-1"
+        );
+        assert_eq!(
+            other.claim_client(&client, "user-2").await.unwrap(),
+            "user-1"
+        );
+        Gateway { addr, stop, join }
+    };
+    // Without the archive: a reset. With it: every event after seq 3 (16 from PostgreSQL).
+    let mut plain = Ws::hello(&g2, "plain").await;
+    plain
+        .send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":3}}))
+        .await;
+    let j = plain.recv().await;
+    assert_eq!(j["recovered"], false, "{j}");
+    let mut late = Ws::hello(&g3, "late").await;
+    late.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":3}}))
+        .await;
+    let j = late.recv().await;
+    assert_eq!(j["recovered"], true, "{j}");
+    let seqs: Vec<u64> = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (4..=20).collect::<Vec<_>>());
+    for g in [g1, g2, g3] {
+        g.stop().await;
+    }
+    let _ = stop_worker.send(());
+    worker.await.unwrap().expect("the worker stops cleanly");
+}
