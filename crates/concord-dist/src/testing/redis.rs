@@ -329,6 +329,13 @@ impl TestPrefix {
     }
 }
 
+impl std::ops::Deref for TestPrefix {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.prefix
+    }
+}
+
 impl Drop for TestPrefix {
     fn drop(&mut self) {
         let Ok(mut conn) = redis::Client::open(SHARED_REDIS_URL).and_then(|c| c.get_connection())

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use concord_dist::testing::redis::TestPrefix;
 use concord_dist::worker::{all_partitions, Keys, Partition, WorkerConfig};
-use rand::Rng;
 use redis::aio::MultiplexedConnection;
 
 pub const REDIS: &str = "redis://127.0.0.1:6379";
@@ -19,34 +19,8 @@ pub fn partitions() -> Vec<Partition> {
 
 /// A key prefix of its own (each test's keys are apart); its keys are deleted when it drops,
 /// a failed test's included.
-pub fn prefix() -> Prefix {
-    Prefix(format!("ctest{:08x}", rand::rng().random::<u32>()))
-}
-
-pub struct Prefix(String);
-
-impl std::ops::Deref for Prefix {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        // A plain connection on a thread of its own: drop may run inside a runtime.
-        let _ = std::thread::spawn(move || -> redis::RedisResult<()> {
-            let mut con = redis::Client::open(REDIS)?.get_connection()?;
-            let keys: Vec<String> = redis::Commands::scan_match::<_, String>(&mut con, pattern)?
-                .collect::<Result<_, _>>()?;
-            for chunk in keys.chunks(500) {
-                let _: () = redis::cmd("DEL").arg(chunk).query(&mut con)?;
-            }
-            Ok(())
-        })
-        .join();
-    }
+pub fn prefix() -> TestPrefix {
+    TestPrefix::new("worker")
 }
 
 pub async fn redis() -> MultiplexedConnection {

@@ -35,6 +35,11 @@ async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: 
     let backend = concord_dist::gateway::connect(target, log, GatewayOptions::new(node))
         .await
         .expect("the gateway's backend connects");
+    serve(backend, node).await
+}
+
+/// A server on port 0 over `backend`, as gateway `node`.
+async fn serve(backend: concord_server::cluster::Backend, node: &str) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
@@ -368,28 +373,7 @@ async fn ack_level_redis_needs_an_fsynced_aof_and_then_survives_a_redis_kill() {
     let backend = concord_dist::gateway::connect(&aof.target(), config("ack"), redis_ack("gwa"))
         .await
         .expect("an AOF Redis with appendfsync always is accepted");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = oneshot::channel::<()>();
-    let env = Env {
-        backend: Some(backend),
-        ..Env::system()
-    };
-    let server = tokio::spawn(async move {
-        concord_server::run(
-            Config::default(),
-            listener,
-            async move { drop(rx.await) },
-            env,
-        )
-        .await
-        .unwrap();
-    });
-    let g = Gateway {
-        addr,
-        stop,
-        join: server,
-    };
+    let g = serve(backend, "gwa").await;
     let mut w = Ws::hello(&g, "writer").await;
     w.join("chat:aof").await;
     let ack = w.publish("chat:aof", "kept", json!({"v": 1})).await;
@@ -452,24 +436,7 @@ async fn history_below_redis_comes_from_postgres_and_clients_bind_once() {
     .await
     .expect("a gateway with its archive");
     let store = backend.store.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = oneshot::channel::<()>();
-    let env = Env {
-        backend: Some(backend),
-        ..Env::system()
-    };
-    let join = tokio::spawn(async move {
-        concord_server::run(
-            Config::default(),
-            listener,
-            async move { drop(rx.await) },
-            env,
-        )
-        .await
-        .unwrap();
-    });
-    let g1 = Gateway { addr, stop, join };
+    let g1 = serve(backend, "gwp1").await;
     let room = "chat:archived";
     let mut w = Ws::hello(&g1, "writer").await;
     let epoch = w.join(room).await["epoch"].clone();
@@ -502,23 +469,6 @@ async fn history_below_redis_comes_from_postgres_and_clients_bind_once() {
         .await
         .expect("a second gateway with the archive");
         let other = backend.store.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let env = Env {
-            backend: Some(backend),
-            ..Env::system()
-        };
-        let join = tokio::spawn(async move {
-            concord_server::run(
-                Config::default(),
-                listener,
-                async move { drop(rx.await) },
-                env,
-            )
-            .await
-            .unwrap();
-        });
         // Client ids bind once, whichever gateway asks first.
         let client = concord_core::ClientId::new("c-bound").unwrap();
         assert_eq!(
@@ -529,7 +479,7 @@ async fn history_below_redis_comes_from_postgres_and_clients_bind_once() {
             other.claim_client(&client, "user-2").await.unwrap(),
             "user-1"
         );
-        Gateway { addr, stop, join }
+        serve(backend, "gwp3").await
     };
     // Without the archive: a reset. With it: every event after seq 3 (16 from PostgreSQL).
     let mut plain = Ws::hello(&g2, "plain").await;
