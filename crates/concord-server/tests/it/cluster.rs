@@ -245,3 +245,27 @@ async fn members_and_presence_cross_gateways() {
         s.stop().await;
     }
 }
+
+/// A gateway that shuts down tells the others that its members left (before it stops, not a
+/// heartbeat later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_stops_tells_that_its_members_left() {
+    let (mut servers, _point) = cluster_with(2, 0).await;
+    let room = "chat:stop";
+    let mut a = Ws::hello(&servers[0], "alice").await;
+    a.join(room, json!({})).await;
+    let mut b = Ws::hello(&servers[1], "bob").await;
+    b.join(room, json!({})).await;
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(m["client_id"], "bob");
+    let stopping = servers.pop().expect("the second gateway");
+    stopping.stop().await;
+    let m = next_of(&mut a, &["member_joined", "member_left"]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["client_id"].as_str()),
+        (Some("member_left"), Some("bob"))
+    );
+    for s in servers {
+        s.stop().await;
+    }
+}

@@ -187,6 +187,12 @@ impl RoomActor {
                 }
             }
         }
+        // The last departures (this room unloads once its members are gone) reach the other
+        // gateways before the room stops.
+        self.tell_roster();
+        if let Some(c) = self.cluster.as_mut() {
+            c.finish_telling().await;
+        }
         self.snapshot_on_unload().await;
         // The rest (registry entry, gauges, stats) is done by `Drop`.
     }

@@ -119,6 +119,22 @@ impl SharedShell {
         ));
     }
 
+    /// Tells whatever is still to be told (the room is unloading: its last departures must
+    /// reach the other gateways).
+    pub async fn finish_telling(&mut self) {
+        loop {
+            if let Some(telling) = self.telling.take() {
+                if let Err(e) = telling.await {
+                    tracing::warn!(room = %self.room, error = %e, "telling the room's roster failed");
+                }
+            }
+            self.tell_next();
+            if self.telling.is_none() {
+                return;
+            }
+        }
+    }
+
     /// Hands writes to the commit point; the outcome comes back through [`SharedShell::next`].
     pub fn commit(&mut self, epoch: Epoch, events: Vec<NewEvent>) {
         let (point, room) = (self.point.clone(), self.room.clone());
