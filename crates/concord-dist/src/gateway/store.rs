@@ -165,8 +165,13 @@ impl Store for RedisStore {
             .0
             .saturating_sub(last as u64)
             .max(meta.floor.0 - 1));
-        let events = self.read_events(room, after, last).await?;
-        Ok(events
+        // From the floor on, so the log alone answers (no second meta read, no archive).
+        let logged = self
+            .log
+            .read_log(room, after, last)
+            .await
+            .map_err(backend)?;
+        Ok(logged
             .into_iter()
             .map(|e| EventKey {
                 seq: e.seq,
