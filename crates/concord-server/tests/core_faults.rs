@@ -77,7 +77,7 @@ struct Sim {
     reload_wanted: bool,
     next_token: u64,
     /// Token → the write it is for and its answer once given.
-    waiters: HashMap<u64, (usize, Option<Result<u64, String>>)>,
+    waiters: sim::Waiters,
     writes: Vec<Write>,
     /// (client, id) → the seq its acks name.
     acked: HashMap<(String, String), u64>,
@@ -180,13 +180,7 @@ impl Sim {
     }
 
     fn answer(&mut self, token: u64, answer: Result<u64, String>) -> SimResult<usize> {
-        let (w, slot) = self
-            .waiters
-            .get_mut(&token)
-            .ok_or_else(|| format!("an answer to unknown waiter {token}"))?;
-        ensure!(slot.is_none(), "waiter {token} answered twice");
-        *slot = Some(answer);
-        Ok(*w)
+        sim::answer(&mut self.waiters, token, answer)
     }
 
     /// Sends write `w` (again) to the core, with a fresh waiter.

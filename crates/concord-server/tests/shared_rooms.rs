@@ -130,7 +130,7 @@ struct Sim {
     gws: Vec<Gateway>,
     next_token: u64,
     /// Token → (write, its answer once given).
-    waiters: HashMap<u64, (usize, Option<Result<u64, String>>)>,
+    waiters: sim::Waiters,
     /// Writes: (client, op id).
     writes: Vec<(usize, Option<String>)>,
     /// Send (token) → the gateway it was sent on.
@@ -266,13 +266,7 @@ impl Sim {
     }
 
     fn answer(&mut self, token: u64, answer: Result<u64, String>) -> SimResult<usize> {
-        let (w, slot) = self
-            .waiters
-            .get_mut(&token)
-            .ok_or_else(|| format!("an answer to unknown waiter {token}"))?;
-        ensure!(slot.is_none(), "waiter {token} answered twice");
-        *slot = Some(answer);
-        Ok(*w)
+        sim::answer(&mut self.waiters, token, answer)
     }
 
     /// Loads gateway `g`'s room at the commit point's head (its subscription starts first, so

@@ -29,3 +29,25 @@ pub fn seeds(var: &str, count: u64) -> Vec<u64> {
         None => (0..count).collect(),
     }
 }
+
+// Used by the room-core simulations (core_faults, shared_rooms), not by doc_sim.
+#[allow(dead_code)]
+/// Every waiter a simulation handed to the core: token → (the write it is for, its answer once
+/// given: the acked seq, or the error code).
+pub type Waiters = std::collections::HashMap<u64, (usize, Option<Result<u64, String>>)>;
+
+#[allow(dead_code)]
+/// Records the answer to waiter `token`; fails on an unknown waiter or a second answer.
+/// Returns the write it was for.
+pub fn answer(
+    waiters: &mut Waiters,
+    token: u64,
+    answer: Result<u64, String>,
+) -> Result<usize, String> {
+    let (w, slot) = waiters
+        .get_mut(&token)
+        .ok_or_else(|| format!("an answer to unknown waiter {token}"))?;
+    ensure!(slot.is_none(), "waiter {token} answered twice");
+    *slot = Some(answer);
+    Ok(*w)
+}
