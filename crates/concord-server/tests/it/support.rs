@@ -306,3 +306,29 @@ pub fn is_ephemeral(m: &Value) -> bool {
 pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
+
+/// Pipelines `each` publishes (`id` `m0`, `m1`, …, data `{"p":p,"n":n}`) on `w` into `room`,
+/// then reads their acks: they must come in send order, with growing seqs (one connection's
+/// publishes commit in the order they were sent). Returns the acks.
+pub async fn pipelined_publishes(mut w: Ws, room: String, p: usize, each: usize) -> Vec<Value> {
+    for n in 0..each {
+        w.feed(json!({"type":"publish","room":room,"id":format!("m{n}"),"data":{"p":p,"n":n}}))
+            .await;
+    }
+    w.flush().await;
+    let mut acks = Vec::new();
+    while acks.len() < each {
+        let m = w.recv().await;
+        assert_eq!(m["type"], "ack", "{m}");
+        acks.push(m);
+    }
+    let ids: Vec<&str> = acks.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let sent: Vec<String> = (0..each).map(|n| format!("m{n}")).collect();
+    assert_eq!(ids, sent, "acks out of send order");
+    let s: Vec<u64> = acks.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert!(
+        s.windows(2).all(|w| w[0] < w[1]),
+        "one connection's publishes must commit in send order: {s:?}"
+    );
+    acks
+}
