@@ -57,10 +57,14 @@ impl Sub {
     }
 }
 
+/// Either kind of message on a room's channel, read in one pass: a commit's events
+/// (`epoch`, `events`) or a gateway's roster delta (`gw`, `roster`).
 #[derive(Deserialize)]
 struct Note {
-    epoch: String,
-    events: Vec<NoteEvent>,
+    epoch: Option<String>,
+    events: Option<Vec<NoteEvent>>,
+    gw: Option<String>,
+    roster: Option<super::roster::Wire>,
 }
 
 #[derive(Deserialize)]
@@ -75,15 +79,15 @@ struct NoteEvent {
 /// A notification as the feed's item (`None` when it does not parse: then the room is told
 /// it lost one, and reads the log).
 fn parse(payload: &[u8]) -> Option<FeedItem> {
-    if let Ok(r) = serde_json::from_slice::<super::roster::RosterNote>(payload) {
+    let note: Note = serde_json::from_slice(payload).ok()?;
+    if let (Some(gw), Some(roster)) = (note.gw, note.roster) {
         return Some(FeedItem::Roster {
-            gw: r.gw,
-            delta: r.roster.delta(),
+            gw,
+            delta: roster.delta(),
         });
     }
-    let note: Note = serde_json::from_slice(payload).ok()?;
     let events = note
-        .events
+        .events?
         .into_iter()
         .map(|e| {
             Some(StoredEvent {
@@ -99,7 +103,7 @@ fn parse(payload: &[u8]) -> Option<FeedItem> {
         })
         .collect::<Option<Vec<_>>>()?;
     Some(FeedItem::Events {
-        epoch: Epoch(note.epoch),
+        epoch: Epoch(note.epoch?),
         events,
     })
 }

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A roster delta as published: `{"room":…,"gw":…,"roster":{"members":…,"presence":…}}`.
-#[derive(Serialize, Deserialize)]
+/// A roster delta as published: `{"room":…,"gw":…,"roster":{"members":…,"presence":…}}` (read
+/// back by the feed's `Note`).
+#[derive(Serialize)]
 pub(super) struct RosterNote {
     pub room: String,
     pub gw: String,
