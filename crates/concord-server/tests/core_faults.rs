@@ -23,11 +23,12 @@
 
 #[macro_use]
 mod sim;
+use sim::{client_id, SimResult, Tok};
 
 use concord_core::doc::{Op, PathSeg};
 use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
-use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv, Waiting};
+use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv};
 use concord_server::room::doc::state_at;
 use concord_server::room::load::load;
 use concord_server::store::{MemoryStore, Store, StoredEvent};
@@ -38,20 +39,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
-
-type SimResult<T> = Result<T, String>;
-
-/// One waiter: its number and op id.
-struct Tok {
-    n: u64,
-    id: Option<OpId>,
-}
-
-impl Waiting for Tok {
-    fn op_id(&self) -> Option<&OpId> {
-        self.id.as_ref()
-    }
-}
 
 /// A write the clients made (retried with the same content).
 #[derive(Clone)]
@@ -94,10 +81,6 @@ struct Stats {
     lost: u64,
     reloads: u64,
     window_catch_ups: u64,
-}
-
-fn client_id(c: usize) -> ClientId {
-    ClientId::new(&format!("c{c}")).expect("a client id")
 }
 
 impl Sim {

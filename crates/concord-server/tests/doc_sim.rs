@@ -45,7 +45,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::{json, Number, Value};
-use sim::env_u64;
+use sim::{env_u64, SimResult};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,8 +60,6 @@ const HEAVY_SEEDS: u64 = 500;
 const HASH_EVERY: u64 = 32;
 /// A client with more undelivered messages than this is disconnected, like a slow consumer.
 const LAG_LIMIT: usize = 100;
-
-type SimResult<T> = Result<T, String>;
 
 /// A list sent by a client.
 struct Up {

@@ -21,12 +21,13 @@
 
 #[macro_use]
 mod sim;
+use sim::{client_id, SimResult, Tok};
 
-use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
+use concord_core::{Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
 use concord_server::metrics::Metrics;
 use concord_server::room::core::{
     CommitFailure, CommitResult, CoreConfig, Effect, Loaded, LoadedRoom, NewEvent, RoomCore,
-    RoomError, StepEnv, Waiting,
+    RoomError, StepEnv,
 };
 use concord_server::store::{RoomRecord, StoredEvent};
 use concord_server::Config;
@@ -36,21 +37,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 
-type SimResult<T> = Result<T, String>;
-
 const GATEWAYS: usize = 3;
 const CLIENTS: usize = 4;
-
-struct Tok {
-    n: u64,
-    id: Option<OpId>,
-}
-
-impl Waiting for Tok {
-    fn op_id(&self) -> Option<&OpId> {
-        self.id.as_ref()
-    }
-}
 
 /// The commit point: the log, and every key it committed (op id, or the proposed hlc of a
 /// write without one).
@@ -152,10 +140,6 @@ struct Stats {
     fills: u64,
     reloads: u64,
     moved: u64,
-}
-
-fn client_id(c: usize) -> ClientId {
-    ClientId::new(&format!("c{c}")).expect("a client id")
 }
 
 impl Sim {

@@ -12,6 +12,9 @@ macro_rules! ensure {
     };
 }
 
+/// What a simulation step returns: `Err` names what went wrong.
+pub type SimResult<T> = Result<T, String>;
+
 /// A number from the environment, if set and readable.
 pub fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -50,4 +53,23 @@ pub fn answer(
     ensure!(slot.is_none(), "waiter {token} answered twice");
     *slot = Some(answer);
     Ok(*w)
+}
+
+/// A waiter of the room-core simulations: its token and op id.
+#[allow(dead_code)]
+pub struct Tok {
+    pub n: u64,
+    pub id: Option<concord_core::OpId>,
+}
+
+impl concord_server::room::core::Waiting for Tok {
+    fn op_id(&self) -> Option<&concord_core::OpId> {
+        self.id.as_ref()
+    }
+}
+
+/// The simulations' clients are `c0`, `c1`, ….
+#[allow(dead_code)]
+pub fn client_id(c: usize) -> concord_core::ClientId {
+    concord_core::ClientId::new(&format!("c{c}")).expect("a client id")
 }
