@@ -147,12 +147,13 @@ impl RoomActor {
             self.tell_roster();
             let idle_now = self.is_idle();
             let flush_at = self.members.flush_at();
+            let remote = self.members.has_remote();
             tokio::select! {
                 biased;
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
                 }
-                ev = async { self.cluster.as_mut().expect("checked").next().await }, if self.cluster.is_some() => {
+                ev = async { self.cluster.as_mut().expect("checked").next(remote).await }, if self.cluster.is_some() => {
                     self.on_shared(ev).await;
                 }
                 _ = self.shared.time.sleep_until_ms(flush_at.unwrap_or(0)), if flush_at.is_some() => {

@@ -70,7 +70,13 @@ impl SharedShell {
             behind_since: None,
             to_tell: VecDeque::new(),
             telling: None,
-            check: tokio::time::interval(CHECK_GATEWAYS),
+            check: {
+                let mut every = tokio::time::interval(CHECK_GATEWAYS);
+                // A room without members elsewhere does not tick; when it has some again, it
+                // checks once, not once per missed second.
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                every
+            },
         }
     }
 
@@ -161,8 +167,9 @@ impl SharedShell {
         }
     }
 
-    /// The next thing that happened (pending while nothing does).
-    pub async fn next(&mut self) -> SharedEvent {
+    /// The next thing that happened (pending while nothing does). `check_gateways`: the room
+    /// has members on other gateways, whose liveness is checked every second.
+    pub async fn next(&mut self, check_gateways: bool) -> SharedEvent {
         let grace_at = self.behind_since.map(|t| t + FILL_GRACE);
         tokio::select! {
             Some(outcome) = self.commits.next(), if !self.commits.is_empty() => {
@@ -180,7 +187,7 @@ impl SharedShell {
                 self.tell_next();
                 SharedEvent::Told
             }
-            _ = self.check.tick() => SharedEvent::CheckGateways,
+            _ = self.check.tick(), if check_gateways => SharedEvent::CheckGateways,
             item = self.feed.next() => match item {
                 Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
                 Some(FeedItem::Roster { gw, delta }) => SharedEvent::Roster(gw, delta),

@@ -90,6 +90,11 @@ impl<C: MemberConn> Members<C> {
             .is_some_and(|r| r.remote.contains_key(client))
     }
 
+    /// Whether clients are present through other gateways.
+    pub fn has_remote(&self) -> bool {
+        self.roster.as_ref().is_some_and(|r| !r.remote.is_empty())
+    }
+
     /// What this gateway must tell the others about its clients (taken: told once).
     pub fn take_roster(&mut self) -> Option<RosterDelta> {
         let r = self.roster.as_mut()?;
