@@ -191,7 +191,7 @@ fn wait_answers(port: u16, dir: &Path) {
     }
 }
 
-/// A Redis Cluster of private masters (no replicas), each killed on drop.
+/// A Redis Cluster of private servers (masters, and optionally replicas), each killed on drop.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     _tmp: tempfile::TempDir,
@@ -201,8 +201,14 @@ impl RedisCluster {
     /// Starts `masters` cluster-enabled servers, creates the cluster over them (slots split
     /// evenly, in port order) and waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Like [`RedisCluster::start`], with `replicas` replicas of each master (redis-cli
+    /// chooses which nodes are masters; [`RedisCluster::failover`] promotes a replica).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let nodes: Vec<RedisServer> = (0..masters)
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|i| {
                 let dir = tmp.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&dir).expect("node dir");
@@ -221,7 +227,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -261,6 +267,52 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// A graceful failover of the master serving `slot`: `CLUSTER FAILOVER` on one of its
+    /// replicas (which catches up with the master first, so no acknowledged write is lost),
+    /// then waits until every node agrees the replica serves the slot. Returns the index of
+    /// the new master.
+    pub fn failover(&self, slot: u32) -> usize {
+        let old = self.node_of_slot(slot).expect("a master serves the slot");
+        let deadline = Instant::now() + START_DEADLINE;
+        // A replica shows in its master's view once the handshake is done.
+        let replica_port = loop {
+            if let Some(port) = self.replica_of(old) {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the master of slot {slot} has no replica"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let new = self
+            .nodes
+            .iter()
+            .position(|n| n.port() == replica_port)
+            .expect("the replica is one of ours");
+        let _: String = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut self.nodes[new].client())
+            .expect("CLUSTER FAILOVER");
+        while self.node_of_slot(slot) != Some(new)
+            || self.nodes.iter().any(|n| {
+                let slots: Option<redis::Value> = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(&mut n.client())
+                    .ok();
+                slot_master(slots, slot) != Some(replica_port)
+            })
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the failover of slot {slot} to port {replica_port} did not complete"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ok();
+        new
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
@@ -269,36 +321,60 @@ impl RedisCluster {
         RedisTarget::Cluster(self.urls())
     }
 
+    /// The port of a replica of node `master`, as the master sees its cluster.
+    fn replica_of(&self, master: usize) -> Option<u16> {
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut self.nodes[master].client())
+            .ok()?;
+        let master_id = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .and_then(|l| l.split(' ').next())?;
+        nodes
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(master_id))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|addr| addr.split(['@', ':']).nth(1))
+            .and_then(|p| p.parse::<u16>().ok())
+    }
+
     /// The node (index into `nodes`) serving `slot`, as the cluster reports it.
     pub fn node_of_slot(&self, slot: u32) -> Option<usize> {
-        let slots: redis::Value = redis::cmd("CLUSTER")
+        let slots: Option<redis::Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query(&mut self.nodes[0].client())
-            .ok()?;
-        let redis::Value::Array(ranges) = slots else {
-            return None;
-        };
-        for r in ranges {
-            let redis::Value::Array(parts) = r else {
-                continue;
-            };
-            let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi)), Some(master)) =
-                (parts.first(), parts.get(1), parts.get(2))
-            else {
-                continue;
-            };
-            if (*lo..=*hi).contains(&i64::from(slot)) {
-                let redis::Value::Array(m) = master else {
-                    continue;
-                };
-                let Some(redis::Value::Int(port)) = m.get(1) else {
-                    continue;
-                };
-                return self.nodes.iter().position(|n| i64::from(n.port()) == *port);
-            }
-        }
-        None
+            .ok();
+        let port = slot_master(slots, slot)?;
+        self.nodes.iter().position(|n| n.port() == port)
     }
+}
+
+/// The port of the master serving `slot` in a `CLUSTER SLOTS` reply.
+fn slot_master(slots: Option<redis::Value>, slot: u32) -> Option<u16> {
+    let Some(redis::Value::Array(ranges)) = slots else {
+        return None;
+    };
+    for r in ranges {
+        let redis::Value::Array(parts) = r else {
+            continue;
+        };
+        let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi)), Some(master)) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        if (*lo..=*hi).contains(&i64::from(slot)) {
+            let redis::Value::Array(m) = master else {
+                continue;
+            };
+            let Some(redis::Value::Int(port)) = m.get(1) else {
+                continue;
+            };
+            return u16::try_from(*port).ok();
+        }
+    }
+    None
 }
 
 /// A key prefix of its own on the shared Redis for one test; its keys are deleted on drop.
