@@ -10,6 +10,10 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// WebSocket URL of the server, e.g. `ws://127.0.0.1:7070/v1/ws`.
     pub url: String,
+    /// Other URLs serving the same rooms (gateways of one cluster). The first connection
+    /// tries `url`, then these in order; every reconnect moves on to the next one, so a client
+    /// whose gateway died rejoins through another. Empty by default.
+    pub fallback_urls: Vec<String>,
     /// Identity of this client: the scope of publish ids and of server-side dedupe.
     /// Stable across this client's reconnects. Random by default (`c-<16 hex>`).
     pub client_id: String,
@@ -40,6 +44,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             client_id: random_client_id(),
             token: None,
             backoff_initial: Duration::from_millis(100),
@@ -56,6 +61,20 @@ impl ClientConfig {
     pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Adds gateways to fall back to (see [`ClientConfig::fallback_urls`]).
+    pub fn with_fallback_urls(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fallback_urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// The URL of connection attempt `n` (0 = the first): `url`, then the fallbacks, round.
+    pub(crate) fn url_for(&self, n: usize) -> &str {
+        match n % (1 + self.fallback_urls.len()) {
+            0 => &self.url,
+            i => &self.fallback_urls[i - 1],
+        }
     }
 
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
@@ -123,5 +142,14 @@ mod tests {
         assert!(c.client_id.starts_with("c-") && c.client_id.len() == 18);
         assert_ne!(c.client_id, ClientConfig::new("ws://x/v1/ws").client_id);
         assert_eq!(JoinOptions::stream().with_history(3).history, Some(3));
+    }
+
+    #[test]
+    fn attempts_go_round_the_urls_in_order() {
+        let one = ClientConfig::new("ws://a");
+        assert_eq!([one.url_for(0), one.url_for(5)], ["ws://a", "ws://a"]);
+        let three = ClientConfig::new("ws://a").with_fallback_urls(["ws://b", "ws://c"]);
+        let got: Vec<&str> = (0..5).map(|n| three.url_for(n)).collect();
+        assert_eq!(got, ["ws://a", "ws://b", "ws://c", "ws://a", "ws://b"]);
     }
 }

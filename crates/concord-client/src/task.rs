@@ -142,6 +142,8 @@ pub(crate) struct Task {
     backoff: Backoff,
     /// Failed attempts since the last session that got every room rejoined.
     attempt: u32,
+    /// Connection attempts so far: which of the configured URLs the next one uses.
+    connections: usize,
     link: Link,
     rooms: HashMap<String, JoinedRoom>,
     /// Joined doc rooms (a room name is in `rooms` or in `docs`, never both).
@@ -182,6 +184,7 @@ impl Task {
             connected,
             counters,
             attempt: 0,
+            connections: 0,
             link: Link::Offline,
             rooms: HashMap::new(),
             docs: HashMap::new(),
@@ -208,16 +211,18 @@ impl Task {
                 }
             }
             let hello = wire::hello(&self.config.client_id, self.config.token.as_deref());
-            let attempt = conn::establish(
-                self.config.url.clone(),
-                hello,
-                self.config.connect_timeout,
-                self.tls(),
-            );
+            let url = self.config.url_for(self.connections).to_string();
+            self.connections += 1;
+            let attempt = conn::establish(url, hello, self.config.connect_timeout, self.tls());
             let ws = match self.wait_offline(attempt).await {
                 None => break ClientError::Closed,
                 Some(Ok(ws)) => ws,
                 Some(Err(e)) => {
+                    // The first connection tries every URL once before it fails.
+                    if first.is_some() && self.connections <= self.config.fallback_urls.len() {
+                        tracing::warn!(error = %e, "connection failed; trying the next URL");
+                        continue;
+                    }
                     if let Some(first) = first.take() {
                         let _ = first.send(Err(e.clone()));
                         break e;

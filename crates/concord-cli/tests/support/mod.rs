@@ -111,14 +111,32 @@ pub struct Server {
 
 impl Server {
     /// Starts the binary on port 0 and waits for its `concord listening on ADDR` line.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
     pub async fn start(data_dir: &Path, args: &[&str], log: &Path) -> Server {
         Self::start_wrapped(data_dir, args, log, &[]).await
     }
 
     /// Like [`Server::start`], run through `wrapper` (a command that execs its arguments, such as
     /// `prlimit --nofile=N:N --`, so the pid stays the server's).
+    #[allow(dead_code)]
     pub async fn start_wrapped(
         data_dir: &Path,
+        args: &[&str],
+        log: &Path,
+        wrapper: &[&str],
+    ) -> Server {
+        Self::start_listening(data_dir, "127.0.0.1:0", args, log, wrapper).await
+    }
+
+    /// Like [`Server::start`] on a given address (a restarted server keeps its clients' URL).
+    #[allow(dead_code)]
+    pub async fn start_at(data_dir: &Path, listen: &str, args: &[&str], log: &Path) -> Server {
+        Self::start_listening(data_dir, listen, args, log, &[]).await
+    }
+
+    async fn start_listening(
+        data_dir: &Path,
+        listen: &str,
         args: &[&str],
         log: &Path,
         wrapper: &[&str],
@@ -139,7 +157,7 @@ impl Server {
                 cmd.env_remove(k);
             }
         }
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("CONCORD_LOG", "info")

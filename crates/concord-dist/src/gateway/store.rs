@@ -134,7 +134,6 @@ impl Store for RedisStore {
         let from = done.max(Seq(below));
         let limit = limit.saturating_sub(out.len() + (from.0 - done.0) as usize);
         if limit == 0 {
-            // (XRANGE's COUNT 0 is not "none" on every Redis.)
             return Ok(out);
         }
         let logged = self

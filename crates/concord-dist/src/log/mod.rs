@@ -213,6 +213,10 @@ impl RedisLog {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<LoggedEvent>, LogError> {
+        if limit == 0 {
+            // Redis 7.0 answers `XRANGE … COUNT 0` with nil, not an empty page.
+            return Ok(Vec::new());
+        }
         let rk = self.room_keys(room);
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(&rk.log)
