@@ -227,9 +227,22 @@ impl RoomActor {
                 self.core.fill_failed();
             }
             E::Notified(epoch, events) => self.core.notified(&epoch, events),
-            E::Resumed(Ok(head)) => self.core.feed_resumed(head),
-            E::Resumed(Err(e)) => {
-                tracing::warn!(room = %self.room, error = %e, "reading the head failed");
+            E::Resumed(head, roster) => {
+                // What the other gateways told meanwhile may be lost, and what this one told
+                // may be gone from Redis: read theirs again, tell ours again.
+                if let Some(roster) = roster {
+                    let now = self.shared.clock.now_ms();
+                    self.members.replace_roster(roster, now);
+                }
+                if let (Some(c), Some(own)) = (self.cluster.as_mut(), self.members.own_roster()) {
+                    c.tell(own);
+                }
+                match head {
+                    Ok(head) => self.core.feed_resumed(head),
+                    Err(e) => {
+                        tracing::warn!(room = %self.room, error = %e, "reading the head failed")
+                    }
+                }
             }
             E::Behind => self.core.fill_acked(),
             E::Roster(gw, delta) => {

@@ -20,6 +20,12 @@ const FILL_GRACE: Duration = Duration::from_millis(250);
 /// How often a room with members on other gateways checks that those gateways live.
 const CHECK_GATEWAYS: Duration = Duration::from_secs(1);
 
+/// A roster delta whose telling failed is told again after this, doubling up to
+/// [`TELL_RETRY_MAX`], [`TELL_ATTEMPTS`] times in all (about half a minute).
+const TELL_RETRY_FIRST: Duration = Duration::from_millis(100);
+const TELL_RETRY_MAX: Duration = Duration::from_secs(4);
+const TELL_ATTEMPTS: u32 = 12;
+
 type CommitOutcome = Result<Vec<CommitResult>, CommitFailure>;
 
 /// What happened to a shared room's IO.
@@ -30,8 +36,10 @@ pub(super) enum SharedEvent {
     Filled(Seq, StoreResult<Vec<StoredEvent>>),
     /// Events from the feed.
     Notified(Epoch, Vec<StoredEvent>),
-    /// The feed lost notifications (it was resubscribed): the head read again.
-    Resumed(StoreResult<Seq>),
+    /// The feed lost notifications (it was resubscribed): the head and the other gateways'
+    /// stored rosters read again.
+    /// (`None`: the rosters could not be read; the room keeps what it knows.)
+    Resumed(StoreResult<Seq>, Option<Vec<(String, RosterDelta)>>),
     /// Acked commits are still not delivered after the grace.
     Behind,
     /// What another gateway told about its clients of the room.
@@ -120,9 +128,22 @@ impl SharedShell {
             return;
         };
         let (point, room) = (self.point.clone(), self.room.clone());
-        self.telling = Some(Box::pin(
-            async move { point.tell_roster(&room, &delta).await },
-        ));
+        self.telling = Some(Box::pin(async move {
+            // A delta not told would leave the other gateways with a ghost or a missing
+            // member: it is told again (deltas are idempotent) while Redis is away.
+            let mut delay = TELL_RETRY_FIRST;
+            for _ in 1..TELL_ATTEMPTS {
+                match point.tell_roster(&room, &delta).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e, ?delay, "telling the room's roster failed; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(TELL_RETRY_MAX);
+                    }
+                }
+            }
+            point.tell_roster(&room, &delta).await
+        }));
     }
 
     /// Tells whatever is still to be told (the room is unloading: its last departures must
@@ -197,7 +218,14 @@ impl SharedShell {
                         self.feed = self.point.subscribe(&self.room).await;
                     }
                     let head = self.store.load_room(&self.room).await;
-                    SharedEvent::Resumed(head.map(|r| r.map_or(Seq::ZERO, |r| r.head)))
+                    let roster = match self.point.load_roster(&self.room).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(room = %self.room, error = %e, "reading the room's roster failed");
+                            None
+                        }
+                    };
+                    SharedEvent::Resumed(head.map(|r| r.map_or(Seq::ZERO, |r| r.head)), roster)
                 }
             },
             _ = tokio::time::sleep_until(grace_at.unwrap_or_else(Instant::now)), if grace_at.is_some() => {

@@ -37,9 +37,9 @@ pub struct Members<C> {
     interval_ms: u64,
     conns: HashMap<u64, C>,
     /// Connections per client id (a client may be joined from several connections).
-    clients: HashMap<ClientId, (usize, Arc<MemberInfo>)>,
+    pub(super) clients: HashMap<ClientId, (usize, Arc<MemberInfo>)>,
     /// The latest presence of each client that set one.
-    presence: HashMap<ClientId, Arc<RawValue>>,
+    pub(super) presence: HashMap<ClientId, Arc<RawValue>>,
     /// Presence changes not yet sent (None = cleared).
     dirty: HashMap<ClientId, Option<Arc<RawValue>>>,
     /// When the pending presence changes go out (milliseconds on the server's clock).
@@ -737,5 +737,82 @@ mod tests {
         let mut alone = members();
         step(&mut alone, |m| m.add(Rec::new(1, "a"), 0));
         assert!(alone.take_roster().is_none());
+    }
+
+    #[test]
+    fn a_stored_roster_read_again_replaces_what_notifications_said() {
+        let mut m = shared_members();
+        let a = Rec::new(1, "a");
+        step(&mut m, |m| m.add(a.clone(), 0));
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["b", "c", "d"], &[], &[]), 0)
+        });
+        // Meanwhile (notifications lost): c left, d moved to gw3, e joined on gw3.
+        let loaded = vec![
+            ("gw2".to_string(), delta(&["b"], &[], &[])),
+            (
+                "gw3".to_string(),
+                delta(&["d", "e"], &[], &[("e", Some("7"))]),
+            ),
+        ];
+        step(&mut m, |m| m.replace_roster(loaded.clone(), 0));
+        step(&mut m, |m| m.flush_presence());
+        let mut got = a.got();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "member_joined b",
+                "member_joined c",
+                "member_joined d",
+                "member_joined e",
+                "member_left c"
+            ],
+            "d stayed (it moved), c left, e arrived"
+        );
+        assert_eq!(a.got_presence(), vec!["presence e=7"]);
+        assert_eq!(
+            m.remote_gateways().into_iter().collect::<Vec<_>>(),
+            vec!["gw2".to_string(), "gw3".to_string()]
+        );
+        // The same roster again changes nothing; an empty one means everyone left.
+        step(&mut m, |m| m.replace_roster(loaded, 0));
+        assert_eq!(a.got().len(), 5);
+        step(&mut m, |m| m.replace_roster(Vec::new(), 0));
+        let left = a
+            .got()
+            .into_iter()
+            .filter(|n| n.starts_with("member_left"))
+            .count();
+        assert_eq!(left, 4, "b, c, d and e left once each");
+        assert!(!m.has_remote());
+    }
+
+    #[test]
+    fn the_whole_own_roster_lists_every_local_client_with_its_presence() {
+        let mut m = shared_members();
+        assert!(m.own_roster().is_none(), "nobody here");
+        step(&mut m, |m| m.add(Rec::new(1, "a"), 0));
+        step(&mut m, |m| m.add(Rec::new(2, "b"), 0));
+        step(&mut m, |m| assert!(m.set_presence(1, raw("5"), 0)));
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["z"], &[], &[]), 0)
+        });
+        let own = m.own_roster().expect("two clients here");
+        let clients: Vec<&str> = own.members.keys().map(ClientId::as_str).collect();
+        assert_eq!(clients, vec!["a", "b"], "only this gateway's clients");
+        assert!(own.members.values().all(Option::is_some));
+        let presence: Vec<(&str, String)> = own
+            .presence
+            .iter()
+            .map(|(c, v)| (c.as_str(), v.as_ref().unwrap().get().to_string()))
+            .collect();
+        assert_eq!(presence, vec![("a", "5".to_string())]);
+        let mut alone = members();
+        step(&mut alone, |m| m.add(Rec::new(1, "a"), 0));
+        assert!(
+            alone.own_roster().is_none(),
+            "the embedded mode tells nobody"
+        );
     }
 }

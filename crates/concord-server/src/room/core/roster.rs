@@ -142,6 +142,54 @@ impl<C: MemberConn> Members<C> {
         }
     }
 
+    /// Replaces what this room knows of the other gateways' clients with their stored rosters
+    /// (read again after notifications may have been lost): a client a gateway lists is
+    /// present through it, one it no longer lists has left through it (a gateway not listed at
+    /// all — none of its clients here, or its heartbeat lapsed — has no clients). Arrivals are
+    /// applied before departures, so a client that moved between gateways meanwhile stays.
+    pub fn replace_roster(&mut self, loaded: Vec<(String, RosterDelta)>, now_ms: u64) {
+        let Some(r) = &self.roster else { return };
+        let listed: HashSet<(&str, &ClientId)> = loaded
+            .iter()
+            .flat_map(|(gw, d)| {
+                d.members
+                    .iter()
+                    .filter(|(_, m)| m.is_some())
+                    .map(move |(c, _)| (gw.as_str(), c))
+            })
+            .collect();
+        let stale: Vec<(String, ClientId)> = r
+            .remote
+            .iter()
+            .flat_map(|(c, (gws, _))| {
+                gws.iter()
+                    .filter(|gw| !listed.contains(&(gw.as_str(), c)))
+                    .map(move |gw| (gw.clone(), c.clone()))
+            })
+            .collect();
+        for (gw, delta) in loaded {
+            self.apply_roster(&gw, delta, now_ms);
+        }
+        for (gw, client) in stale {
+            self.remote_left(&gw, &client, now_ms);
+        }
+    }
+
+    /// Everything this gateway has to tell about its clients: each one joined, with its
+    /// presence (told again after notifications were lost: the stored roster, or a delta, may
+    /// be gone). `None` in the embedded mode or with no client here.
+    pub fn own_roster(&self) -> Option<RosterDelta> {
+        self.roster.as_ref()?;
+        let mut d = RosterDelta::default();
+        for (client, (_, info)) in &self.clients {
+            d.members.insert(client.clone(), Some(info.clone()));
+            if let Some(v) = self.presence.get(client) {
+                d.presence.insert(client.clone(), Some(v.clone()));
+            }
+        }
+        (!d.is_empty()).then_some(d)
+    }
+
     /// Gateway `gw` is gone (its heartbeat lapsed): its clients leave.
     pub fn gateway_gone(&mut self, gw: &str, now_ms: u64) {
         let Some(r) = &self.roster else { return };
