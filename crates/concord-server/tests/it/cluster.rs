@@ -18,6 +18,15 @@ async fn cluster(n: usize, lose_every: u64) -> Vec<TestServer> {
 }
 
 async fn cluster_with(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
+    cluster_configured(n, lose_every, Config::default()).await
+}
+
+/// Like [`cluster_with`], every gateway with `config` (its node id set per gateway).
+async fn cluster_configured(
+    n: usize,
+    lose_every: u64,
+    config: Config,
+) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
     let store = Arc::new(MemoryStore::new());
     let point = Arc::new(MemoryCommitPoint::lossy(store.clone(), lose_every));
     let mut servers = Vec::new();
@@ -32,7 +41,7 @@ async fn cluster_with(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<Memory
         };
         let config = Config {
             node_id: format!("gw{i}"),
-            ..Config::default()
+            ..config.clone()
         };
         servers.push(TestServer::with_env(config, listener, env));
     }
@@ -241,6 +250,52 @@ async fn a_gateway_that_stops_tells_that_its_members_left() {
     assert_eq!(
         (m["type"].as_str(), m["client_id"].as_str()),
         (Some("member_left"), Some("bob"))
+    );
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+/// `max_members_per_room` counts the room's members on every gateway: with two present
+/// elsewhere, a third gateway refuses a third member until one of them left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_members_per_room_counts_every_gateway() {
+    let config = Config {
+        max_members_per_room: 2,
+        ..Config::default()
+    };
+    let (servers, _point) = cluster_configured(3, 0, config).await;
+    let room = "chat:full";
+    let mut a = Ws::hello(&servers[0], "alice").await;
+    a.join(room, json!({})).await;
+    let mut b = Ws::hello(&servers[1], "bob").await;
+    b.join(room, json!({})).await;
+    let m = next_of(&mut a, &["member_joined"]).await;
+    assert_eq!(m["client_id"], "bob");
+    let mut c = Ws::hello(&servers[2], "carol").await;
+    c.send(json!({"type":"join","room":room})).await;
+    let refused = next_of(&mut c, &["joined", "error"]).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{refused}"
+    );
+    b.send(json!({"type":"leave","room":room})).await;
+    let m = next_of(&mut a, &["member_left"]).await;
+    assert_eq!(m["client_id"], "bob");
+    // The third gateway learns of the departure too (same feed): carol gets in.
+    let joined = loop {
+        c.send(json!({"type":"join","room":room})).await;
+        let m = next_of(&mut c, &["joined", "error"]).await;
+        if m["type"] == "joined" {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        joined["members"].as_array().map(Vec::len),
+        Some(2),
+        "{joined}"
     );
     for s in servers {
         s.stop().await;

@@ -69,7 +69,8 @@ impl RoomActor {
             Err(e) => return fail(self, e.code, &e.message),
         };
         let max_members = self.shared.config.max_members_per_room;
-        if !self.members.contains(conn.conn_id) && self.members.len() >= max_members {
+        // Cluster-wide in the distributed mode, from this gateway's view of the roster.
+        if !self.members.contains(conn.conn_id) && self.members.cluster_len() >= max_members {
             self.shared.metrics.limit(Limit::MaxMembersPerRoom);
             return fail(
                 self,

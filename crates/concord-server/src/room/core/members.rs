@@ -815,4 +815,25 @@ mod tests {
             "the embedded mode tells nobody"
         );
     }
+
+    #[test]
+    fn the_cluster_count_adds_clients_present_only_elsewhere() {
+        let mut m = shared_members();
+        step(&mut m, |m| m.add(Rec::new(1, "a"), 0));
+        step(&mut m, |m| m.add(Rec::new(2, "a"), 0));
+        assert_eq!(m.cluster_len(), 2, "two connections here");
+        step(&mut m, |m| {
+            m.apply_roster("gw2", delta(&["a", "b"], &[], &[]), 0)
+        });
+        step(&mut m, |m| {
+            m.apply_roster("gw3", delta(&["b", "c"], &[], &[]), 0)
+        });
+        assert_eq!(
+            m.cluster_len(),
+            4,
+            "a's connections here, b and c once each"
+        );
+        step(&mut m, |m| m.gateway_gone("gw3", 0));
+        assert_eq!(m.cluster_len(), 3, "c left with gw3, b is still on gw2");
+    }
 }

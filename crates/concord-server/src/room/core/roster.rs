@@ -90,6 +90,16 @@ impl<C: MemberConn> Members<C> {
             .is_some_and(|r| r.remote.contains_key(client))
     }
 
+    /// What `max_members_per_room` counts: this gateway's member connections plus the
+    /// clients present only through other gateways (each counted once: how many connections
+    /// they have there is theirs to know). In the embedded mode, the connections.
+    pub fn cluster_len(&self) -> usize {
+        let remote_only = self.roster.as_ref().map_or(0, |r| {
+            r.remote.keys().filter(|c| !self.local_present(c)).count()
+        });
+        self.len() + remote_only
+    }
+
     /// Whether clients are present through other gateways.
     pub fn has_remote(&self) -> bool {
         self.roster.as_ref().is_some_and(|r| !r.remote.is_empty())
