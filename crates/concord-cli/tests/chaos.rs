@@ -461,7 +461,7 @@ async fn acked_publishes_survive_killed_gateways_workers_and_redis() {
 
 /// Per room: seq ↔ (client, id) one to one, seqs exactly 1..=head. Returns the heads.
 fn check_acks(acks: &BTreeMap<(usize, String, String), (u64, String)>) -> Vec<u64> {
-    let mut heads = vec![0; ROOMS];
+    let mut heads = Vec::with_capacity(ROOMS);
     for r in 0..ROOMS {
         let seqs: BTreeSet<u64> = acks
             .iter()
@@ -479,7 +479,7 @@ fn check_acks(acks: &BTreeMap<(usize, String, String), (u64, String)>) -> Vec<u6
             (1..=count as u64).collect(),
             "room {r}: the acked seqs are not exactly 1..=head (a gap or an event nobody acked)"
         );
-        heads[r] = count as u64;
+        heads.push(count as u64);
     }
     heads
 }
