@@ -71,6 +71,12 @@ pub struct WorkerArgs {
     /// Events kept in each room's Redis log below its watermark (the recovery window).
     #[arg(long, env = "CONCORD_LOG_KEEP", default_value_t = 1000)]
     pub log_keep: u64,
+    /// Snapshot a doc room's state into PostgreSQL at every multiple of this seq (0: never).
+    #[arg(long, env = "CONCORD_SNAPSHOT_EVERY", default_value_t = 1000)]
+    pub snapshot_every: u64,
+    /// Snapshots kept per doc room.
+    #[arg(long, env = "CONCORD_SNAPSHOTS_KEPT", default_value_t = 2)]
+    pub snapshots_kept: usize,
     /// Pause before retrying after Redis or PostgreSQL failed.
     #[arg(long, env = "CONCORD_RETRY_DELAY", default_value = "500ms", value_parser = duration::parse)]
     pub retry_delay: Duration,
@@ -115,6 +121,8 @@ impl WorkerArgs {
         c.idle_poll_max = self.idle_poll_max;
         c.max_deliveries = self.max_deliveries;
         c.log_keep = self.log_keep;
+        c.snapshot_every = self.snapshot_every;
+        c.snapshots_kept = self.snapshots_kept;
         c.retry_delay = self.retry_delay;
         c.consumer_idle_max = self.consumer_idle_max;
         c.concurrency = self.concurrency;

@@ -321,3 +321,76 @@ async fn a_failed_watermark_update_is_retried_without_new_events() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Doc rooms are snapshotted by the workers at every multiple of `snapshot_every`, by
+/// replaying the persisted op lists on the previous snapshot; older snapshots beyond
+/// `snapshots_kept` are deleted; stream rooms get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doc_rooms_are_snapshotted_by_replaying_their_ops() {
+    let db = TestDb::migrated().await;
+    let prefix = prefix();
+    let keys = Keys::new(&prefix);
+    let parts = partitions();
+    let p = &parts[3];
+    let mut conn = redis().await;
+    // List k sets n = k and adds k to a counter; list 1 also creates the counter.
+    let list = |k: u64| {
+        let mut ops = vec![serde_json::json!({"op":"set","path":["n"],"value":k})];
+        if k == 1 {
+            ops.push(serde_json::json!({"op":"set","path":["sum"],"value":0}));
+        }
+        ops.push(serde_json::json!({"op":"add","path":["sum"],"value":k}));
+        serde_json::Value::Array(ops).to_string()
+    };
+    for seq in 1..=16 {
+        commit_as(&mut conn, &keys, p, ("doc-snap", "doc"), seq, &list(seq)).await;
+        commit(&mut conn, &keys, p, "stream-snap", seq).await;
+    }
+    let mut config = config(&prefix, db.url(), "w1");
+    config.snapshot_every = 5;
+    config.snapshots_kept = 2;
+    // Small batches: each multiple of 5 lands in a batch of its own (a batch snapshots only
+    // the highest multiple it reached).
+    config.batch_max_events = 4;
+    let metrics = WorkerMetrics::new();
+    let (stop, task) = spawn(config, metrics.clone());
+    let archive = PgArchive::connect(db.url()).await.unwrap();
+    wait_until(Duration::from_secs(30), "three snapshots", || {
+        let m = metrics.clone();
+        async move { m.snapshots.get() >= 3 }
+    })
+    .await;
+    let state_at = |k: u64| serde_json::json!({"n": k, "sum": k * (k + 1) / 2});
+    let (seq, text) = archive
+        .load_snapshot("doc-snap", None)
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(seq, 15);
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state, state_at(15));
+    let (seq, text) = archive
+        .load_snapshot("doc-snap", Some(14))
+        .await
+        .unwrap()
+        .expect("the one before");
+    assert_eq!(
+        (
+            seq,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        ),
+        (10, state_at(10))
+    );
+    assert_eq!(
+        archive.load_snapshot("doc-snap", Some(9)).await.unwrap(),
+        None,
+        "the snapshot at 5 was deleted (2 kept)"
+    );
+    assert_eq!(
+        archive.load_snapshot("stream-snap", None).await.unwrap(),
+        None
+    );
+    assert_eq!(metrics.snapshot_errors.get(), 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+}

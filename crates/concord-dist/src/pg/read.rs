@@ -158,6 +158,19 @@ impl PgArchive {
         Ok(())
     }
 
+    /// Deletes a room's snapshots but the newest `keep` (at least one is kept).
+    pub async fn prune_snapshots(&self, room: &str, keep: usize) -> Result<(), ArchiveError> {
+        sqlx::query(
+            "DELETE FROM snapshots WHERE room = $1 AND seq < ( \
+               SELECT seq FROM snapshots WHERE room = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+        )
+        .bind(room)
+        .bind(i64::try_from(keep.max(1) - 1).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The latest snapshot at or before `at` (or the latest of all), as (seq, state).
     pub async fn load_snapshot(
         &self,

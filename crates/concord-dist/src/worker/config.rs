@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     pub max_deliveries: u32,
     /// Events kept in a room's log stream below the watermark (the recovery window).
     pub log_keep: u64,
+    /// A doc room's state is snapshotted into PostgreSQL at every seq that is a multiple of
+    /// this (replaying the persisted ops on the last snapshot); 0: never.
+    pub snapshot_every: u64,
+    /// Snapshots kept per doc room (older ones are deleted after a new one is written).
+    pub snapshots_kept: usize,
     /// A consumer of the `persist` group (a worker process) with nothing pending and idle this
     /// long is deleted from the group by the partition's owner.
     pub consumer_idle_max: Duration,
@@ -70,6 +75,8 @@ impl WorkerConfig {
             idle_poll_max: Duration::from_millis(200),
             max_deliveries: 5,
             log_keep: 1000,
+            snapshot_every: 1000,
+            snapshots_kept: 2,
             retry_delay: Duration::from_millis(500),
             consumer_idle_max: Duration::from_secs(60),
             concurrency: 4,

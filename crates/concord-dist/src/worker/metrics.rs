@@ -41,6 +41,9 @@ pub struct WorkerMetrics {
     pub partitions_owned: Gauge,
     /// Transient failures (Redis or PostgreSQL unreachable).
     pub errors: Counter,
+    /// Doc snapshots written, and the ones that failed (logged; the next multiple tries again).
+    pub snapshots: Counter,
+    pub snapshot_errors: Counter,
 }
 
 impl WorkerMetrics {
@@ -59,6 +62,8 @@ impl WorkerMetrics {
             watermark_lag: Family::default(),
             partitions_owned: Gauge::default(),
             errors: Counter::default(),
+            snapshots: Counter::default(),
+            snapshot_errors: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -115,6 +120,16 @@ impl WorkerMetrics {
             "concord_worker_errors",
             "Transient failures",
             m.errors.clone(),
+        );
+        r.register(
+            "concord_worker_snapshots",
+            "Doc snapshots written to PostgreSQL",
+            m.snapshots.clone(),
+        );
+        r.register(
+            "concord_worker_snapshot_errors",
+            "Doc snapshots that could not be built or written",
+            m.snapshot_errors.clone(),
         );
         WorkerMetrics {
             registry: Arc::new(registry),

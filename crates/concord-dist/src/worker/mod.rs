@@ -13,6 +13,7 @@ pub mod keys;
 mod lease;
 pub mod metrics;
 mod persist;
+mod snapshot;
 mod stream;
 
 use std::collections::BTreeMap;

@@ -263,6 +263,7 @@ async fn landed(
 ) -> Result<(), WorkerError> {
     let ids: Vec<String> = chunk.iter().map(|(e, _)| e.id.clone()).collect();
     ctx.streams.ack(p, &ids).await?;
+    super::snapshot::after_batch(ctx, chunk.iter().map(|(_, ev)| ev)).await;
     for (_, ev) in chunk {
         let m = marks
             .entry(ev.room.clone())

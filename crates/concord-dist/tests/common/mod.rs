@@ -62,12 +62,24 @@ pub async fn commit(
     seq: u64,
 ) {
     let data = format!("{{\"room\":\"{room}\",\"seq\":{seq}}}");
+    commit_as(conn, keys, p, (room, "stream"), seq, &data).await;
+}
+
+/// Like [`commit`], for a room of `kind` with event data `data` (a doc room's op list).
+pub async fn commit_as(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    p: &Partition,
+    (room, kind): (&str, &str),
+    seq: u64,
+    data: &str,
+) {
     let _: () = redis::pipe()
         .atomic()
         .cmd("HSET")
         .arg(keys.meta(p, room))
         .arg("kind")
-        .arg("stream")
+        .arg(kind)
         .arg("epoch")
         .arg("e1")
         .arg("head")
@@ -77,7 +89,7 @@ pub async fn commit(
         .arg(keys.log(p, room))
         .arg(format!("{seq}-0"))
         .arg("d")
-        .arg(&data)
+        .arg(data)
         .ignore()
         .cmd("XADD")
         .arg(keys.work(p))
@@ -85,7 +97,7 @@ pub async fn commit(
         .arg("r")
         .arg(room)
         .arg("k")
-        .arg("stream")
+        .arg(kind)
         .arg("e")
         .arg("e1")
         .arg("s")
@@ -97,7 +109,7 @@ pub async fn commit(
         .arg("o")
         .arg(format!("{room}-op{seq}"))
         .arg("d")
-        .arg(&data)
+        .arg(data)
         .ignore()
         .query_async(conn)
         .await
