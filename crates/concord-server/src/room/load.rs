@@ -34,7 +34,13 @@ pub async fn load(
     // and bytes) are read in full, newest first, a few at a time.
     let keep = LoadedRoom::keys_to_read(&CoreConfig::of(cfg), record.head);
     let keys = match store.recent_keys(room, keep as usize).await {
-        Ok(k) => k,
+        // Only keys up to the record's head: in the distributed mode the log grows while the
+        // room loads, and what comes after the head is delivered through the feed (a key
+        // known twice would break the table's order).
+        Ok(mut k) => {
+            k.retain(|k| k.seq <= record.head);
+            k
+        }
         Err(e) => return Loaded::Failed(format!("keys: {e}")),
     };
     let tail = match window_tail(store, room, cfg, record.head).await {
@@ -84,4 +90,124 @@ async fn window_tail(
     }
     tail.reverse();
     Ok(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventKey, FoundOp, MemoryStore, RoomRecord};
+    use async_trait::async_trait;
+    use concord_core::{ClientId, Epoch, HlcText, OpId};
+
+    /// A store whose log grows between reading the record and reading the keys, as a shared
+    /// room's log does while a gateway loads it.
+    struct Growing {
+        inner: MemoryStore,
+    }
+
+    fn event(seq: u64) -> StoredEvent {
+        StoredEvent {
+            seq: Seq(seq),
+            hlc: HlcText::parse(&format!("{:013}-000000-n", 1_700_000_000_000 + seq)).unwrap(),
+            from: ClientId::new("c").unwrap(),
+            op_id: Some(OpId::new(&format!("o{seq}")).unwrap()),
+            data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+        }
+    }
+
+    #[async_trait]
+    impl Store for Growing {
+        async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
+            let record = self.inner.load_room(room).await?;
+            let head = record.as_ref().map_or(0, |r| r.head.0);
+            self.inner.append(room, vec![event(head + 1)]).await?;
+            Ok(record)
+        }
+        async fn create_room(&self, r: &RoomId, k: RoomKind, e: &Epoch) -> StoreResult<()> {
+            self.inner.create_room(r, k, e).await
+        }
+        async fn append(&self, r: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()> {
+            self.inner.append(r, events).await
+        }
+        async fn read_events(
+            &self,
+            r: &RoomId,
+            after: Seq,
+            n: usize,
+        ) -> StoreResult<Vec<StoredEvent>> {
+            self.inner.read_events(r, after, n).await
+        }
+        async fn recent_keys(&self, r: &RoomId, last: usize) -> StoreResult<Vec<EventKey>> {
+            self.inner.recent_keys(r, last).await
+        }
+        async fn room_count(&self) -> StoreResult<u64> {
+            self.inner.room_count().await
+        }
+        async fn list_rooms(
+            &self,
+            after: Option<RoomId>,
+            limit: usize,
+        ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
+            self.inner.list_rooms(after, limit).await
+        }
+        async fn trim(&self, r: &RoomId, before: Seq) -> StoreResult<()> {
+            self.inner.trim(r, before).await
+        }
+        async fn seq_at_or_after(&self, r: &RoomId, ms: u64) -> StoreResult<Option<Seq>> {
+            self.inner.seq_at_or_after(r, ms).await
+        }
+        async fn find_ops(
+            &self,
+            r: &RoomId,
+            k: Vec<(ClientId, OpId)>,
+        ) -> StoreResult<Vec<FoundOp>> {
+            self.inner.find_ops(r, k).await
+        }
+        async fn save_snapshot(&self, r: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
+            self.inner.save_snapshot(r, seq, state).await
+        }
+        async fn prune_snapshots(&self, r: &RoomId, keep: usize) -> StoreResult<()> {
+            self.inner.prune_snapshots(r, keep).await
+        }
+        async fn load_snapshot(
+            &self,
+            r: &RoomId,
+            at: Option<Seq>,
+        ) -> StoreResult<Option<(Seq, String)>> {
+            self.inner.load_snapshot(r, at).await
+        }
+        async fn claim_client(&self, c: &ClientId, user: &str) -> StoreResult<String> {
+            self.inner.claim_client(c, user).await
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            self.inner.ping().await
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_committed_while_loading_are_left_to_the_feed() {
+        let store = Growing {
+            inner: MemoryStore::new(),
+        };
+        let room = RoomId::new("chat:growing").unwrap();
+        store
+            .create_room(&room, RoomKind::Stream, &Epoch("e".into()))
+            .await
+            .unwrap();
+        store
+            .append(&room, (1..=3).map(event).collect())
+            .await
+            .unwrap();
+        let Loaded::Room(loaded) = load(&store, &room, &Config::default(), None).await else {
+            panic!("the room loads");
+        };
+        assert_eq!(loaded.record.head, Seq(3));
+        let seqs: Vec<u64> = loaded.keys.iter().map(|k| k.seq.0).collect();
+        assert_eq!(
+            seqs.last(),
+            Some(&3),
+            "keys up to the head, the key of seq 4 (after it) left to the feed: {seqs:?}"
+        );
+        assert_eq!(loaded.tail.last().map(|e| e.seq), Some(Seq(3)));
+    }
 }
