@@ -26,6 +26,15 @@ const TELL_RETRY_FIRST: Duration = Duration::from_millis(100);
 const TELL_RETRY_MAX: Duration = Duration::from_secs(4);
 const TELL_ATTEMPTS: u32 = 12;
 
+/// The pause before a commit after `streak` unknown outcomes in a row: none, then 50 ms
+/// doubling up to 2 s (the core's 8 attempts then cover about 5 s of an unreachable Redis).
+fn commit_backoff(streak: u32) -> Duration {
+    match streak {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(50) * 2u32.saturating_pow(n - 1)).min(Duration::from_secs(2)),
+    }
+}
+
 type CommitOutcome = Result<Vec<CommitResult>, CommitFailure>;
 
 /// What happened to a shared room's IO.
@@ -56,6 +65,10 @@ pub(super) struct SharedShell {
     store: Arc<dyn Store>,
     feed: Feed,
     commits: FuturesOrdered<BoxFuture<'static, CommitOutcome>>,
+    /// Commits in a row whose outcome was unknown: the next one waits a little longer
+    /// (Redis restarting, failing over), so that the core's attempts span seconds, not
+    /// milliseconds, before it answers `unavailable`.
+    unknown_streak: u32,
     fill: Option<BoxFuture<'static, (Seq, StoreResult<Vec<StoredEvent>>)>>,
     behind_since: Option<Instant>,
     /// This gateway's roster deltas, told one at a time, in order.
@@ -74,6 +87,7 @@ impl SharedShell {
             store,
             feed,
             commits: FuturesOrdered::new(),
+            unknown_streak: 0,
             fill: None,
             behind_since: None,
             to_tell: VecDeque::new(),
@@ -165,7 +179,11 @@ impl SharedShell {
     /// Hands writes to the commit point; the outcome comes back through [`SharedShell::next`].
     pub fn commit(&mut self, epoch: Epoch, events: Vec<NewEvent>) {
         let (point, room) = (self.point.clone(), self.room.clone());
+        let delay = commit_backoff(self.unknown_streak);
         self.commits.push_back(Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             point.commit(&room, &epoch, events).await
         }));
     }
@@ -194,6 +212,10 @@ impl SharedShell {
         let grace_at = self.behind_since.map(|t| t + FILL_GRACE);
         tokio::select! {
             Some(outcome) = self.commits.next(), if !self.commits.is_empty() => {
+                self.unknown_streak = match &outcome {
+                    Err(CommitFailure::Unknown(_)) => self.unknown_streak.saturating_add(1),
+                    _ => 0,
+                };
                 SharedEvent::Committed(outcome)
             }
             done = async { self.fill.as_mut().expect("checked").await }, if self.fill.is_some() => {
@@ -238,5 +260,24 @@ impl SharedShell {
     /// Waits for every commit in flight (at shutdown).
     pub async fn next_commit(&mut self) -> Option<CommitOutcome> {
         self.commits.next().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn commits_after_unknown_outcomes_back_off_up_to_two_seconds() {
+        let ms = |n| commit_backoff(n).as_millis();
+        assert_eq!(
+            (0..9).map(ms).collect::<Vec<_>>(),
+            [0, 50, 100, 200, 400, 800, 1600, 2000, 2000]
+        );
+        // The core hands a batch over at most 8 times (`MAX_COMMIT_ATTEMPTS`).
+        let covered: Duration = (0..8).map(commit_backoff).sum();
+        assert!(covered >= Duration::from_secs(5), "{covered:?}");
+        assert_eq!(commit_backoff(u32::MAX), Duration::from_secs(2));
     }
 }
