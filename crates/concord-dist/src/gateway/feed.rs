@@ -23,6 +23,12 @@ const FEED_QUEUE: usize = 1024;
 /// How long to wait between attempts to reconnect.
 const RECONNECT: Duration = Duration::from_millis(200);
 
+/// Longest wait for Redis to confirm a SUBSCRIBE or UNSUBSCRIBE: past it the subscriber
+/// connection is taken for broken (dropped, connected again, every channel subscribed again and
+/// every feed told `Lost`), so that a subscription that is never confirmed cannot hold every
+/// room that waits for one.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A handle on the gateway's subscriber task (clones share it).
 #[derive(Clone)]
 pub struct Notifier {
@@ -179,7 +185,7 @@ async fn run(target: RedisTarget, mut requests: mpsc::UnboundedReceiver<Subscrib
         };
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<String> = subs.keys().cloned().collect();
-        if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
+        if !channels.is_empty() && !confirmed(sink.subscribe(&channels)).await {
             continue;
         }
         // Whatever was published while the connection was down is lost: every feed reads its
@@ -195,7 +201,7 @@ async fn run(target: RedisTarget, mut requests: mpsc::UnboundedReceiver<Subscrib
                     let Some(req) = req else { return };
                     let fresh = !subs.contains_key(&req.channel);
                     let channel = req.channel.clone();
-                    if fresh && sink.subscribe(&channel).await.is_err() {
+                    if fresh && !confirmed(sink.subscribe(&channel)).await {
                         add(&mut subs, req);
                         break;
                     }
@@ -215,10 +221,27 @@ async fn run(target: RedisTarget, mut requests: mpsc::UnboundedReceiver<Subscrib
                     list.retain(|s| !s.tx.is_closed());
                     if list.is_empty() {
                         subs.remove(&channel);
-                        let _ = sink.unsubscribe(&channel).await;
+                        if !confirmed(sink.unsubscribe(&channel)).await {
+                            break;
+                        }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether Redis confirmed a (un)subscription within [`CONFIRM_TIMEOUT`].
+async fn confirmed(call: impl std::future::Future<Output = redis::RedisResult<()>>) -> bool {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, call).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the feed's (un)subscription failed; reconnecting");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?CONFIRM_TIMEOUT, "the feed's (un)subscription was not confirmed; reconnecting");
+            false
         }
     }
 }

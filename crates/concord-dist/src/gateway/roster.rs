@@ -236,7 +236,7 @@ pub(super) fn heartbeat(log: Arc<RedisLog>, gw: String, lease: Duration) {
                 .arg(1)
                 .arg("PX")
                 .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-            if let Err(e) = log.connection().query::<String>(&cmd).await {
+            if let Err(e) = log.call_cmd::<String>(&cmd).await {
                 tracing::warn!(error = %e, "renewing the gateway's heartbeat failed");
             }
             tokio::time::sleep(every).await;

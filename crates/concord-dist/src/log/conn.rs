@@ -1,11 +1,18 @@
 //! One Redis connection, to a single server or to a Redis Cluster: the same calls on both.
+//! A single server's connection that stops answering (calls time out while it looks healthy)
+//! is replaced by a fresh one ([`RedisConn::replace_stalled`]).
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// Replacements of a stalled connection are at least this far apart.
+const REPLACE_EVERY: Duration = Duration::from_secs(1);
 
 /// Where Redis is: one server's URL, or the seed URLs of a Redis Cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,8 +24,26 @@ pub enum RedisTarget {
 /// A multiplexed, reconnecting connection (clones share it).
 #[derive(Clone)]
 pub enum RedisConn {
-    Single(ConnectionManager),
+    Single(Arc<Single>),
     Cluster(ClusterConnection),
+}
+
+/// A single server's connection: redis-rs's `ConnectionManager` (which reconnects after an
+/// error it sees), replaced as a whole when calls time out without an error.
+pub struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: RwLock<ConnectionManager>,
+    replacing: AtomicBool,
+}
+
+impl Single {
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl RedisConn {
@@ -30,9 +55,15 @@ impl RedisConn {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(None);
-                Ok(RedisConn::Single(
-                    client.get_connection_manager_with_config(config).await?,
-                ))
+                let manager = client
+                    .get_connection_manager_with_config(config.clone())
+                    .await?;
+                Ok(RedisConn::Single(Arc::new(Single {
+                    client,
+                    config,
+                    current: RwLock::new(manager),
+                    replacing: AtomicBool::new(false),
+                })))
             }
             RedisTarget::Cluster(urls) => {
                 let client = ClusterClientBuilder::new(urls.clone())
@@ -46,7 +77,7 @@ impl RedisConn {
     /// Runs one command (routed by its first key on a cluster).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
-            RedisConn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            RedisConn::Single(c) => cmd.query_async(&mut c.current()).await,
             RedisConn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         }
     }
@@ -56,7 +87,7 @@ impl RedisConn {
     pub async fn on_masters(&self, cmd: Cmd) -> RedisResult<Vec<(String, Value)>> {
         match self {
             RedisConn::Single(c) => {
-                let value = match cmd.query_async::<Value>(&mut c.clone()).await {
+                let value = match cmd.query_async::<Value>(&mut c.current()).await {
                     Ok(v) => v,
                     Err(e) => match e.try_into() {
                         Ok(server) => Value::ServerError(server),
@@ -83,6 +114,43 @@ impl RedisConn {
                     .collect())
             }
         }
+    }
+
+    /// A call got no answer in time: the connection may be stalled without an error that
+    /// would make it reconnect (requests queued, none written). A single server's connection is
+    /// replaced by a fresh one in the background (at most once per [`REPLACE_EVERY`]); calls in
+    /// flight on the old one keep their timeouts (their outcome is unknown either way). A Redis
+    /// Cluster connection keeps its own per-node connections.
+    pub fn replace_stalled(&self) {
+        let RedisConn::Single(single) = self else {
+            return;
+        };
+        if single.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let single = single.clone();
+        tokio::spawn(async move {
+            match single
+                .client
+                .get_connection_manager_with_config(single.config.clone())
+                .await
+            {
+                Ok(fresh) => {
+                    *single
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    tracing::warn!(
+                        "a Redis call got no answer in time: the connection was replaced"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replacing a stalled Redis connection failed");
+                }
+            }
+            tokio::time::sleep(REPLACE_EVERY).await;
+            single.replacing.store(false, Ordering::Release);
+        });
     }
 
     /// Whether this is a cluster connection.

@@ -96,10 +96,13 @@ impl RedisLog {
     ) -> Result<T, LogError> {
         match tokio::time::timeout(self.config.call_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(LogError::Unknown(format!(
-                "no answer from Redis within {:?}",
-                self.config.call_timeout
-            ))),
+            Err(_) => {
+                self.conn.replace_stalled();
+                Err(LogError::Unknown(format!(
+                    "no answer from Redis within {:?}",
+                    self.config.call_timeout
+                )))
+            }
         }
     }
 
