@@ -1,7 +1,10 @@
 //! Opening bench connections: connect (TCP_NODELAY), `hello` → `welcome`, then `join` every room
-//! (kind `stream`) → `joined`, many connections at a time.
+//! (kind `stream`) → `joined`, many connections at a time; or, to a Socket.IO server, the
+//! Engine.IO open, the namespace connect and a `join` event per room, each acked.
 
+use crate::eio::{self, Packet};
 use crate::wire::{self, Kind};
+use crate::Proto;
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -101,13 +104,10 @@ pub async fn open_kind(
     kind: &'static str,
 ) -> anyhow::Result<Ws> {
     let setup = async {
-        let config = WebSocketConfig::default()
-            .read_buffer_size(buffer_bytes)
-            .write_buffer_size(64 * 1024)
-            .max_write_buffer_size(usize::MAX);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(ws_config(buffer_bytes)), true)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
         ws.send(Message::text(wire::hello(&spec.client_id))).await?;
         expect(&mut ws, Kind::Welcome).await?;
         for room in &spec.rooms {
@@ -122,6 +122,98 @@ pub async fn open_kind(
     tokio::time::timeout(SETUP_TIMEOUT, setup)
         .await
         .map_err(|_| anyhow!("connection setup took longer than {SETUP_TIMEOUT:?}"))?
+}
+
+fn ws_config(buffer_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(buffer_bytes)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(usize::MAX)
+}
+
+/// The next text frame during setup; pings are answered, the end of the stream fails.
+async fn next_setup_text(ws: &mut Ws, waiting_for: &str) -> anyhow::Result<String> {
+    loop {
+        match ws.next().await {
+            None => bail!("connection closed while waiting for {waiting_for}"),
+            Some(Err(e)) => bail!("connection failed while waiting for {waiting_for}: {e}"),
+            Some(Ok(Message::Text(t))) => {
+                if eio::parse(&t) == Packet::Ping {
+                    ws.send(Message::text(eio::PONG)).await?;
+                    continue;
+                }
+                return Ok(t.to_string());
+            }
+            Some(Ok(Message::Close(f))) => bail!("server closed the connection: {f:?}"),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Connects to a Socket.IO server: Engine.IO open, namespace connect, then a `join` event per
+/// room of `spec`, each acked.
+pub async fn open_socketio(url: &str, spec: &Spec, buffer_bytes: usize) -> anyhow::Result<Ws> {
+    let url = eio::endpoint(url);
+    let setup = async {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config(buffer_bytes)), true)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+        let open = next_setup_text(&mut ws, "the Engine.IO open packet").await?;
+        if eio::parse(&open) != Packet::Open {
+            bail!("expected the Engine.IO open packet, got {open:?}");
+        }
+        ws.send(Message::text(eio::CONNECT)).await?;
+        loop {
+            let t = next_setup_text(&mut ws, "the namespace connect").await?;
+            match eio::parse(&t) {
+                Packet::Connected => break,
+                Packet::ConnectError(e) => bail!("the server refused the connection: {e}"),
+                _ => {}
+            }
+        }
+        for (i, room) in spec.rooms.iter().enumerate() {
+            ws.feed(Message::text(eio::join(room, i as u64))).await?;
+        }
+        ws.flush().await?;
+        let mut acked = 0;
+        while acked < spec.rooms.len() {
+            let t = next_setup_text(&mut ws, "the acks of the joins").await?;
+            match eio::parse(&t) {
+                Packet::Ack { .. } => acked += 1,
+                Packet::Close | Packet::Disconnect => bail!("the server disconnected: {t:?}"),
+                _ => {}
+            }
+        }
+        anyhow::Ok(ws)
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, setup)
+        .await
+        .map_err(|_| anyhow!("connection setup took longer than {SETUP_TIMEOUT:?}"))?
+}
+
+/// Opens every connection of `specs`, each to its own URL and with the given protocol (at most
+/// `concurrency` at a time), in order. Stops at the first failure.
+pub async fn open_each(
+    proto: Proto,
+    specs: &[(&str, Spec)],
+    concurrency: usize,
+    buffer_bytes: usize,
+) -> anyhow::Result<Vec<Ws>> {
+    let mut opened = Vec::with_capacity(specs.len());
+    let mut stream = futures::stream::iter(specs.iter().enumerate())
+        .map(|(i, (url, spec))| async move {
+            let ws = match proto {
+                Proto::Concord => open_kind(url, spec, buffer_bytes, "stream").await,
+                Proto::Socketio => open_socketio(url, spec, buffer_bytes).await,
+            };
+            ws.with_context(|| format!("connection {i} ({}, {url})", spec.client_id))
+        })
+        .buffered(concurrency.max(1));
+    while let Some(ws) = stream.next().await {
+        opened.push(ws?);
+    }
+    Ok(opened)
 }
 
 /// Opens every connection of `specs` (at most `concurrency` at a time), in order. Stops at the

@@ -296,7 +296,7 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
         a.rate,
         a.duration.as_secs_f64(),
         a.add_share * 100.0,
-        common.url
+        common.url()
     );
     let rooms: Vec<String> = (0..a.docs).map(|d| format!("bench-{tag}-d{d}")).collect();
     // Editor i edits doc i % D; editors 0..D create the docs.
@@ -308,7 +308,7 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
         .collect();
     let t = Instant::now();
     let mut first = conn::open_all_kind(
-        &common.url,
+        common.url(),
         &specs[..a.docs],
         common.connect_concurrency,
         ACTIVE_BUFFER,
@@ -337,7 +337,7 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
         }
     }
     let more = conn::open_all_kind(
-        &common.url,
+        common.url(),
         &specs[a.docs..],
         common.connect_concurrency,
         ACTIVE_BUFFER,
@@ -359,6 +359,7 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
         drain: a.drain,
         payload: 0,
         members_per_room: a.editors as u64,
+        proto: crate::Proto::Concord,
     };
     let total = load.planned();
     let clock = Arc::new(Clock::new(a.rate));
@@ -487,7 +488,7 @@ pub async fn doc(common: &Common, a: DocArgs) -> anyhow::Result<()> {
     let mut examples = Vec::new();
     for (d, room) in rooms.iter().enumerate() {
         let want = adds[d].load(Relaxed);
-        match get_room(&common.url, room).await {
+        match get_room(common.url(), room).await {
             Ok(v) => {
                 let got = v["state"]["n"].as_u64();
                 if got == Some(want) {
@@ -633,7 +634,7 @@ pub async fn flood(common: &Common, a: FloodArgs) -> anyhow::Result<()> {
         rate,
         a.duration.as_secs_f64(),
         a.abuser_rate,
-        common.url
+        common.url()
     );
     let load = Load {
         rate,
@@ -641,6 +642,7 @@ pub async fn flood(common: &Common, a: FloodArgs) -> anyhow::Result<()> {
         drain: a.opts.drain,
         payload: a.opts.payload,
         members_per_room: a.normal as u64,
+        proto: crate::Proto::Concord,
     };
     let mut p99 = Vec::new();
     for phase in 1..=2 {
@@ -655,7 +657,7 @@ pub async fn flood(common: &Common, a: FloodArgs) -> anyhow::Result<()> {
                 client_id: conn::client_id(&ptag, "abuser", 0),
                 rooms: vec![room.clone()],
             };
-            let mut ws = conn::open(&common.url, &spec, ACTIVE_BUFFER).await?;
+            let mut ws = conn::open(common.url(), &spec, ACTIVE_BUFFER).await?;
             conn::settle(std::slice::from_mut(&mut ws), SETTLE).await;
             Some(ws)
         } else {

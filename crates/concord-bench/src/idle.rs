@@ -69,7 +69,8 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
     let tag = conn::run_tag();
     println!(
         "scenario idle: {n} connections, each hello + join one of {} room(s), {}",
-        a.rooms, common.url
+        a.rooms,
+        common.url()
     );
     let before = rss(a.server_pid);
     let t = Instant::now();
@@ -94,7 +95,7 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
         })
     };
     let firsts = conn::open_all(
-        &common.url,
+        common.url(),
         &specs[..first],
         common.connect_concurrency,
         IDLE_BUFFER,
@@ -102,7 +103,7 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
     .await?;
     let mut rest = futures::stream::iter(specs[first..].iter().cloned())
         .map(|spec| {
-            let url = common.url.clone();
+            let url = common.url().to_string();
             async move { conn::open(&url, &spec, IDLE_BUFFER).await }
         })
         .buffer_unordered(common.connect_concurrency.max(1));
@@ -179,7 +180,7 @@ pub async fn idle(common: &Common, a: IdleArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "scenario": "idle",
-                "url": common.url,
+                "url": common.url(),
                 "connections": open,
                 "failed": failures,
                 "rss_before_bytes": before,

@@ -5,9 +5,12 @@
 //! `doc` (op lists into doc rooms) and `flood` (normal publishers with and without an abuser).
 //! Every scenario talks protocol v1 over plain WebSockets (hello → welcome, join → joined);
 //! latencies are measured from the scheduled send time of an open-loop schedule (see `load`).
+//! `pubsub`, `fanout` and `rooms` can also drive a Socket.IO server (`--proto socketio`, see
+//! `eio`) with the same schedule, so that one load generator measures both.
 
 mod conn;
 mod doc;
+mod eio;
 mod idle;
 mod load;
 mod scenarios;
@@ -31,12 +34,51 @@ pub struct BenchArgs {
 /// Options of every scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Common {
-    /// Server WebSocket URL.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:7400/v1/ws")]
-    pub url: String,
+    /// Server WebSocket URL; several (comma-separated or repeated) spread the connections over
+    /// several servers, e.g. the gateways of a cluster: `pubsub`/`fanout` put the publishers on
+    /// the first and the subscribers on the others; `rooms` puts publisher c on URL c mod N and
+    /// subscriber s on URL (s + 1) mod N, so every room's subscriber is on another server than
+    /// its publisher. Other scenarios use the first.
+    #[arg(
+        long = "url",
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:7400/v1/ws"
+    )]
+    pub urls: Vec<String>,
+    /// The server's protocol: `concord` (protocol v1) or `socketio` (Socket.IO v5 over
+    /// Engine.IO v4 WebSockets, for `pubsub`, `fanout` and `rooms`; the server must answer the
+    /// events `join` (room) and `publish` (room, data) with an ack and emit `event` (room,
+    /// data) to the room, as scripts/bench-dist's Socket.IO server does).
+    #[arg(long, global = true, value_enum, default_value_t = Proto::Concord)]
+    pub proto: Proto,
     /// Connections set up at the same time.
     #[arg(long, global = true, default_value_t = 64)]
     pub connect_concurrency: usize,
+}
+
+impl Common {
+    /// The first URL.
+    pub fn url(&self) -> &str {
+        self.urls.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// URL `i` modulo the number of URLs (connections spread round-robin).
+    pub fn url_at(&self, i: usize) -> &str {
+        match self.urls.len() {
+            0 => "",
+            n => &self.urls[i % n],
+        }
+    }
+}
+
+/// The protocol spoken to the server.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// Concord's protocol v1.
+    Concord,
+    /// Socket.IO v5 over Engine.IO v4 (WebSocket transport only).
+    Socketio,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -82,6 +124,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("warning: could not raise the open-file limit: {e}");
     }
     let common = &args.common;
+    let concord_only = matches!(
+        args.scenario,
+        Scenario::Idle(_) | Scenario::Doc(_) | Scenario::Flood(_)
+    );
+    if common.proto == Proto::Socketio && concord_only {
+        anyhow::bail!("--proto socketio drives only the pubsub, fanout and rooms scenarios");
+    }
     match args.scenario {
         Scenario::Pubsub(a) => scenarios::pubsub(common, a).await,
         Scenario::Fanout(a) => scenarios::fanout(common, a).await,
@@ -125,7 +174,8 @@ mod tests {
             "--url",
             "ws://x/v1/ws",
         ]);
-        assert_eq!(cli.bench.common.url, "ws://x/v1/ws");
+        assert_eq!(cli.bench.common.url(), "ws://x/v1/ws");
+        assert_eq!(cli.bench.common.proto, Proto::Concord);
         assert!(
             matches!(cli.bench.scenario, Scenario::Pubsub(a) if a.rate == 20000.0 && a.publishers == 4)
         );
@@ -144,5 +194,22 @@ mod tests {
         assert!(
             matches!(cli.bench.scenario, Scenario::Rooms(a) if a.duration == Duration::from_secs(15))
         );
+        let cli = Cli::parse_from([
+            "b",
+            "rooms",
+            "--url",
+            "ws://a/v1/ws,ws://b/v1/ws",
+            "--url",
+            "ws://c/v1/ws",
+            "--proto",
+            "socketio",
+            "--subscribers",
+            "16",
+        ]);
+        let c = &cli.bench.common;
+        assert_eq!(c.urls, ["ws://a/v1/ws", "ws://b/v1/ws", "ws://c/v1/ws"]);
+        assert_eq!((c.url_at(1), c.url_at(5)), ("ws://b/v1/ws", "ws://c/v1/ws"));
+        assert_eq!(c.proto, Proto::Socketio);
+        assert!(matches!(cli.bench.scenario, Scenario::Rooms(a) if a.subscribers == 16));
     }
 }

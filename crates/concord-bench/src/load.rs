@@ -9,10 +9,16 @@
 //! Latency is always measured from the scheduled send time, never from the actual one
 //! (coordinated omission): an ack's latency comes from its id (`g`), a delivery's from the
 //! scheduled unix time `t` the publisher put in `data`.
+//!
+//! The same engine drives a Socket.IO server (`Proto::Socketio`): publishes become `publish`
+//! events with the message index as their ack id, deliveries are `event` events, and the
+//! Engine.IO pings are answered through each connection's control channel.
 
 use crate::conn::Ws;
+use crate::eio::{self, Packet};
 use crate::stats::{self, Series};
 use crate::wire::{self, Kind};
+use crate::Proto;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -42,6 +48,8 @@ pub struct Load {
     pub payload: usize,
     /// Members of every room (publishers included): each acked publish is delivered this often.
     pub members_per_room: u64,
+    /// The server's protocol.
+    pub proto: Proto,
 }
 
 impl Load {
@@ -180,29 +188,66 @@ pub(crate) fn ticker(
     }
 }
 
-/// Sends publisher `index`'s messages as they fall due: feed all due, flush once.
-#[allow(clippy::too_many_arguments)]
-async fn sender(
-    mut sink: SplitSink<Ws, Message>,
-    mut ticks: mpsc::UnboundedReceiver<u64>,
+/// Frames a reader asks its connection's writer to send (Engine.IO pongs).
+type Control = mpsc::UnboundedSender<&'static str>;
+
+/// What a publisher sends, and to whom.
+struct Schedule {
     index: u64,
     publishers: u64,
     rooms: Vec<String>,
-    clock: Arc<Clock>,
     padding: String,
+    proto: Proto,
+}
+
+impl Schedule {
+    fn frame(&self, g: u64, k: u64, t_unix_us: u64) -> String {
+        let room = &self.rooms[(k % self.rooms.len().max(1) as u64) as usize];
+        match self.proto {
+            Proto::Concord => wire::publish(room, g, t_unix_us, &self.padding),
+            Proto::Socketio => eio::publish(room, g, t_unix_us, &self.padding),
+        }
+    }
+}
+
+/// Sends publisher `index`'s messages as they fall due (feed all due, flush once), and the
+/// control frames its reader asks for.
+async fn sender(
+    mut sink: SplitSink<Ws, Message>,
+    mut ticks: mpsc::UnboundedReceiver<u64>,
+    mut control: mpsc::UnboundedReceiver<&'static str>,
+    plan: Schedule,
+    clock: Arc<Clock>,
     counters: Arc<Counters>,
 ) -> Option<String> {
+    let (index, publishers) = (plan.index, plan.publishers);
     let mut k = 0u64;
-    let n_rooms = rooms.len().max(1) as u64;
-    while let Some(mut upto) = ticks.recv().await {
+    let mut scheduling = true;
+    loop {
+        let mut upto = tokio::select! {
+            biased;
+            Some(frame) = control.recv() => {
+                if let Err(e) = sink.send(Message::text(frame)).await {
+                    return Some(format!("publisher {index}: sending failed: {e}"));
+                }
+                continue;
+            }
+            tick = ticks.recv(), if scheduling => match tick {
+                Some(upto) => upto,
+                None => {
+                    scheduling = false;
+                    continue;
+                }
+            },
+            else => return None,
+        };
         while let Ok(u) = ticks.try_recv() {
             upto = u;
         }
         let first = clock.sched_us(k * publishers + index);
         while k < upto {
             let g = k * publishers + index;
-            let room = &rooms[(k % n_rooms) as usize];
-            let frame = wire::publish(room, g, clock.unix_us(clock.sched_us(g)), &padding);
+            let frame = plan.frame(g, k, clock.unix_us(clock.sched_us(g)));
             if let Err(e) = sink.feed(Message::text(frame)).await {
                 return Some(format!("publisher {index}: sending failed: {e}"));
             }
@@ -216,7 +261,55 @@ async fn sender(
             .send_lag_us
             .fetch_max(clock.now_us().saturating_sub(first), Relaxed);
     }
-    None
+}
+
+/// A subscriber's writer: sends only the control frames its reader asks for.
+async fn control_writer(
+    mut sink: SplitSink<Ws, Message>,
+    mut control: mpsc::UnboundedReceiver<&'static str>,
+) {
+    while let Some(frame) = control.recv().await {
+        if sink.send(Message::text(frame)).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl ConnResult {
+    fn ack(&mut self, g: Option<u64>, now: u64, clock: &Clock, counters: &Counters) {
+        if let Some(g) = g {
+            stats::sample(Series::Ack, now.saturating_sub(clock.sched_us(g)));
+        }
+        self.acked += 1;
+        self.last_answer_us = now;
+        counters.acked.fetch_add(1, Relaxed);
+        counters.answered.fetch_add(1, Relaxed);
+    }
+
+    fn delivery(&mut self, series: Series, t: Option<u64>, now: u64, clock: &Clock, c: &Counters) {
+        if let Some(t) = t {
+            stats::sample(series, clock.unix_us(now).saturating_sub(t));
+        }
+        self.deliveries += 1;
+        self.last_delivery_us = now;
+        c.delivered.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counts a break in a room's order: `pos` must be exactly one past the room's last one
+/// (`step` = Concord's seqs) or above it (Socket.IO: the scheduled send times).
+fn check_order(last: &mut HashMap<String, u64>, room: &str, pos: u64, step: bool) -> bool {
+    match last.get_mut(room) {
+        Some(prev) => {
+            let ok = if step { pos == *prev + 1 } else { pos >= *prev };
+            *prev = pos;
+            ok
+        }
+        None => {
+            last.insert(room.to_string(), pos);
+            true
+        }
+    }
 }
 
 /// Reads one connection until told to stop: acks, deliveries, errors, gaps.
@@ -226,6 +319,8 @@ async fn reader(
     clock: Arc<Clock>,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
+    proto: Proto,
+    control: Control,
 ) -> ConnResult {
     let mut r = ConnResult {
         publisher,
@@ -254,34 +349,36 @@ async fn reader(
             }
         };
         let now = clock.now_us();
-        match wire::kind(&text) {
-            Kind::Ack => {
-                if let Some(g) = wire::id_u64(&text) {
-                    stats::sample(Series::Ack, now.saturating_sub(clock.sched_us(g)));
+        if proto == Proto::Socketio {
+            match eio::parse(&text) {
+                Packet::Ack { id, .. } => r.ack(Some(id), now, &clock, &counters),
+                Packet::Event { args, .. } if eio::event_name(args) == Some("event") => {
+                    let t = eio::data_t(args);
+                    r.delivery(series, t, now, &clock, &counters);
+                    if let (Some(room), Some(t)) = (eio::event_room(args), t) {
+                        if !check_order(&mut last_seq, room, t, false) {
+                            r.gaps += 1;
+                        }
+                    }
                 }
-                r.acked += 1;
-                r.last_answer_us = now;
-                counters.acked.fetch_add(1, Relaxed);
-                counters.answered.fetch_add(1, Relaxed);
+                Packet::Ping => {
+                    let _ = control.send(eio::PONG);
+                }
+                Packet::Close | Packet::Disconnect => {
+                    r.closed = Some(format!("the server ended the session ({text})"));
+                    break;
+                }
+                _ => {}
             }
+            continue;
+        }
+        match wire::kind(&text) {
+            Kind::Ack => r.ack(wire::id_u64(&text), now, &clock, &counters),
             Kind::Event => {
-                if let Some(t) = wire::data_t(&text) {
-                    stats::sample(series, clock.unix_us(now).saturating_sub(t));
-                }
-                r.deliveries += 1;
-                r.last_delivery_us = now;
-                counters.delivered.fetch_add(1, Relaxed);
+                r.delivery(series, wire::data_t(&text), now, &clock, &counters);
                 if let (Some(room), Some(seq)) = (wire::room(&text), wire::seq(&text)) {
-                    match last_seq.get_mut(room) {
-                        Some(prev) => {
-                            if seq != *prev + 1 {
-                                r.gaps += 1;
-                            }
-                            *prev = seq;
-                        }
-                        None => {
-                            last_seq.insert(room.to_string(), seq);
-                        }
+                    if !check_order(&mut last_seq, room, seq, true) {
+                        r.gaps += 1;
                     }
                 }
             }
@@ -323,15 +420,21 @@ pub async fn run(load: &Load, publishers: Vec<Publisher>, subscribers: Vec<Ws>) 
         let (sink, stream) = p.ws.split();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         ticks.push(tx);
+        let plan = Schedule {
+            index: i as u64,
+            publishers: n_pub as u64,
+            rooms: p.rooms,
+            padding: padding.clone(),
+            proto: load.proto,
+        };
         senders.push(tokio::spawn(sender(
             sink,
             rx,
-            i as u64,
-            n_pub as u64,
-            p.rooms,
+            control_rx,
+            plan,
             clock.clone(),
-            padding.clone(),
             counters.clone(),
         )));
         readers.push(tokio::spawn(reader(
@@ -340,14 +443,17 @@ pub async fn run(load: &Load, publishers: Vec<Publisher>, subscribers: Vec<Ws>) 
             clock.clone(),
             counters.clone(),
             stop_rx.clone(),
+            load.proto,
+            control_tx,
         )));
         pub_counters.push(counters.clone());
         all_counters.push(counters);
     }
-    let mut sub_sinks = Vec::new();
+    let mut sub_writers = Vec::new();
     for ws in subscribers {
         let (sink, stream) = ws.split();
-        sub_sinks.push(sink);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        sub_writers.push(tokio::spawn(control_writer(sink, control_rx)));
         let counters = Arc::new(Counters::default());
         readers.push(tokio::spawn(reader(
             stream,
@@ -355,6 +461,8 @@ pub async fn run(load: &Load, publishers: Vec<Publisher>, subscribers: Vec<Ws>) 
             clock.clone(),
             counters.clone(),
             stop_rx.clone(),
+            load.proto,
+            control_tx,
         )));
         all_counters.push(counters);
     }
@@ -396,7 +504,9 @@ pub async fn run(load: &Load, publishers: Vec<Publisher>, subscribers: Vec<Ws>) 
             send_errors.push(e);
         }
     }
-    drop(sub_sinks);
+    for w in sub_writers {
+        w.abort();
+    }
     let mut results = Vec::with_capacity(readers.len());
     for h in readers {
         if let Ok(r) = h.await {
@@ -514,8 +624,12 @@ impl Outcome {
         );
         println!("ack latency   {}", stats::latency_line(&self.ack));
         let expected = self.acked * self.members_per_room;
+        let order = match l.proto {
+            Proto::Concord => "seq gaps",
+            Proto::Socketio => "deliveries out of send order",
+        };
         println!(
-            "deliveries    {} of {} expected = {} (all connections; last {:.2} s after start); seq gaps {}",
+            "deliveries    {} of {} expected = {} (all connections; last {:.2} s after start); {order} {}",
             self.deliveries(),
             expected,
             stats::rate(self.deliveries_per_sec()),
@@ -580,5 +694,29 @@ impl Outcome {
             "deadline_hit": self.deadline_hit,
             "max_send_lag_ms": self.max_send_lag_us as f64 / 1000.0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_checks() {
+        let mut last = HashMap::new();
+        assert!(check_order(&mut last, "a", 5, true));
+        assert!(check_order(&mut last, "a", 6, true));
+        assert!(!check_order(&mut last, "a", 8, true), "a gap");
+        assert!(check_order(&mut last, "a", 9, true));
+        assert!(check_order(&mut last, "b", 100, false));
+        assert!(
+            check_order(&mut last, "b", 100, false),
+            "equal times keep the order"
+        );
+        assert!(check_order(&mut last, "b", 250, false));
+        assert!(
+            !check_order(&mut last, "b", 240, false),
+            "a time going back"
+        );
     }
 }

@@ -80,9 +80,14 @@ pub struct RoomsArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Publishing connections; connection c joins rooms c, c+C, c+2C, … and publishes to them in
-    /// turn (each room's only member is its publisher).
+    /// turn (each room's only member is its publisher, unless --subscribers).
     #[arg(long, default_value_t = 16)]
     pub conns: usize,
+    /// Receiving connections; subscriber s joins rooms s, s+S, s+2S, … (at most as many as
+    /// rooms: every room gets one subscriber). With several URLs subscriber s is on the server
+    /// after the one of publisher s, so with S = C every delivery crosses servers.
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: usize,
     #[command(flatten)]
     pub opts: LoadOpts,
 }
@@ -101,7 +106,11 @@ async fn finish(
         if let (Some(obj), serde_json::Value::Object(more)) = (json.as_object_mut(), outcome.json())
         {
             obj.extend(more);
-            obj.insert("url".into(), common.url.clone().into());
+            obj.insert("urls".into(), common.urls.clone().into());
+            obj.insert(
+                "proto".into(),
+                format!("{:?}", common.proto).to_lowercase().into(),
+            );
         }
         println!("{json}");
     }
@@ -124,7 +133,7 @@ pub async fn pubsub(common: &Common, a: PubsubArgs) -> anyhow::Result<()> {
         a.rate,
         a.duration.as_secs_f64(),
         a.opts.payload,
-        common.url
+        common.urls.join(",")
     );
     let (publishers, subscribers) =
         open_room(common, &tag, &room, a.publishers, a.subscribers).await?;
@@ -134,6 +143,7 @@ pub async fn pubsub(common: &Common, a: PubsubArgs) -> anyhow::Result<()> {
         drain: a.opts.drain,
         payload: a.opts.payload,
         members_per_room: (a.publishers + a.subscribers) as u64,
+        proto: common.proto,
     };
     let json = serde_json::json!({"scenario": "pubsub", "room": room, "publishers": a.publishers, "subscribers": a.subscribers});
     finish(common, &load, publishers, subscribers, &a.opts, json).await;
@@ -157,7 +167,7 @@ pub async fn fanout(common: &Common, a: FanoutArgs) -> anyhow::Result<()> {
         a.duration.as_secs_f64(),
         a.rate * a.subscribers as f64,
         a.opts.payload,
-        common.url
+        common.urls.join(",")
     );
     let (publishers, subscribers) = open_room(common, &tag, &room, 1, a.subscribers).await?;
     let load = Load {
@@ -166,10 +176,20 @@ pub async fn fanout(common: &Common, a: FanoutArgs) -> anyhow::Result<()> {
         drain: a.opts.drain,
         payload: a.opts.payload,
         members_per_room: 1 + a.subscribers as u64,
+        proto: common.proto,
     };
     let json = serde_json::json!({"scenario": "fanout", "room": room, "publishers": 1, "subscribers": a.subscribers});
     finish(common, &load, publishers, subscribers, &a.opts, json).await;
     Ok(())
+}
+
+/// The URL of subscriber `s` in one room: the first URL is the publishers', the others take
+/// the subscribers in turn (one URL: everyone on it).
+fn subscriber_url(common: &Common, s: usize) -> &str {
+    match common.urls.len() {
+        0 | 1 => common.url(),
+        n => &common.urls[1 + s % (n - 1)],
+    }
 }
 
 /// Opens the publishers (the first join creates the room), then the subscribers.
@@ -194,21 +214,23 @@ pub(crate) async fn open_room(
             rooms: rooms.clone(),
         })
         .collect();
-    let pubs = conn::open_all(&common.url, &pub_specs[..1], 1, ACTIVE_BUFFER).await?;
-    let more = conn::open_all(
-        &common.url,
+    let pub_specs: Vec<(&str, Spec)> = pub_specs.into_iter().map(|s| (common.url(), s)).collect();
+    let sub_specs: Vec<(&str, Spec)> = sub_specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (subscriber_url(common, i), s))
+        .collect();
+    let proto = common.proto;
+    let pubs = conn::open_each(proto, &pub_specs[..1], 1, ACTIVE_BUFFER).await?;
+    let more = conn::open_each(
+        proto,
         &pub_specs[1..],
         common.connect_concurrency,
         ACTIVE_BUFFER,
     )
     .await?;
-    let mut subs = conn::open_all(
-        &common.url,
-        &sub_specs,
-        common.connect_concurrency,
-        ACTIVE_BUFFER,
-    )
-    .await?;
+    let mut subs =
+        conn::open_each(proto, &sub_specs, common.connect_concurrency, ACTIVE_BUFFER).await?;
     let joined = t.elapsed();
     let mut pubs: Vec<conn::Ws> = pubs.into_iter().chain(more).collect();
     let discarded = conn::settle(&mut pubs, SETTLE).await + conn::settle(&mut subs, SETTLE).await;
@@ -242,53 +264,68 @@ pub async fn rooms(common: &Common, a: RoomsArgs) -> anyhow::Result<()> {
             a.rooms.div_ceil(SERVER_MAX_ROOMS_PER_CONN)
         );
     }
+    let subscribers = a.subscribers.min(a.rooms);
     let tag = conn::run_tag();
     println!(
-        "scenario rooms: {} rooms over {} connections (≤ {per_conn} rooms each), {} publishes/s for {:.1} s, payload +{} B, {}",
+        "scenario rooms: {} rooms over {} publishing and {subscribers} subscribing connections (≤ {per_conn} rooms each), {} publishes/s for {:.1} s, payload +{} B, {}",
         a.rooms,
         a.conns,
         a.rate,
         a.duration.as_secs_f64(),
         a.opts.payload,
-        common.url
+        common.urls.join(",")
     );
-    let specs: Vec<Spec> = (0..a.conns)
-        .map(|c| Spec {
-            client_id: conn::client_id(&tag, "r", c),
-            rooms: (c..a.rooms)
-                .step_by(a.conns)
-                .map(|i| format!("bench-{tag}-r{i}"))
-                .collect(),
-        })
+    let spread = |role: &str, conns: usize, i: usize| Spec {
+        client_id: conn::client_id(&tag, role, i),
+        rooms: (i..a.rooms)
+            .step_by(conns)
+            .map(|r| format!("bench-{tag}-r{r}"))
+            .collect(),
+    };
+    let specs: Vec<(&str, Spec)> = (0..a.conns)
+        .map(|c| (common.url_at(c), spread("r", a.conns, c)))
+        .collect();
+    let sub_specs: Vec<(&str, Spec)> = (0..subscribers)
+        .map(|s| (common.url_at(s + 1), spread("s", subscribers, s)))
         .collect();
     let t = Instant::now();
-    let opened = conn::open_all(
-        &common.url,
+    let opened = conn::open_each(
+        common.proto,
         &specs,
         common.connect_concurrency,
         ACTIVE_BUFFER,
     )
     .await?;
+    let mut subs = conn::open_each(
+        common.proto,
+        &sub_specs,
+        common.connect_concurrency,
+        ACTIVE_BUFFER,
+    )
+    .await?;
+    let joined = t.elapsed();
+    let discarded = conn::settle(&mut subs, SETTLE).await;
     println!(
-        "setup         {} connections joined {} new rooms in {:.2} s",
-        a.conns,
+        "setup         {} connections joined {} new rooms in {:.2} s ({discarded} frames queued meanwhile discarded)",
+        a.conns + subscribers,
         a.rooms,
-        t.elapsed().as_secs_f64()
+        joined.as_secs_f64()
     );
     let publishers = opened
         .into_iter()
         .zip(specs)
-        .filter(|(_, s)| !s.rooms.is_empty())
-        .map(|(ws, s)| Publisher { ws, rooms: s.rooms })
+        .filter(|(_, (_, s))| !s.rooms.is_empty())
+        .map(|(ws, (_, s))| Publisher { ws, rooms: s.rooms })
         .collect();
     let load = Load {
         rate: a.rate,
         duration: a.duration,
         drain: a.opts.drain,
         payload: a.opts.payload,
-        members_per_room: 1,
+        members_per_room: 1 + u64::from(subscribers > 0),
+        proto: common.proto,
     };
-    let json = serde_json::json!({"scenario": "rooms", "rooms": a.rooms, "conns": a.conns});
-    finish(common, &load, publishers, Vec::new(), &a.opts, json).await;
+    let json = serde_json::json!({"scenario": "rooms", "rooms": a.rooms, "conns": a.conns, "subscribers": subscribers});
+    finish(common, &load, publishers, subs, &a.opts, json).await;
     Ok(())
 }
