@@ -97,6 +97,7 @@ impl CommitPoint for RedisCommitPoint {
                 seq: c.seq,
                 hlc: c.hlc,
                 duplicate: c.duplicate,
+                dropped: Vec::new(),
             })
             .collect())
     }

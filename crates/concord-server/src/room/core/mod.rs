@@ -40,7 +40,7 @@ pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
 pub use members::{MemberConn, Members};
 pub use roster::RosterDelta;
-pub use shared::{CommitFailure, CommitResult, NewEvent};
+pub use shared::{CommitFailure, CommitResult, ForwardedList, NewEvent};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;
 pub use write::FoundOps;
@@ -157,6 +157,7 @@ impl<W: Waiting> RoomCore<W> {
 
     pub fn kind(&self) -> Option<RoomKind> {
         match &self.state {
+            State::Shared { log, .. } if log.doc.is_some() => Some(RoomKind::Doc),
             State::Stream(_) | State::Shared { .. } => Some(RoomKind::Stream),
             State::Doc { .. } => Some(RoomKind::Doc),
             _ => None,
@@ -177,12 +178,20 @@ impl<W: Waiting> RoomCore<W> {
         self.state.live().map_or(Seq::ZERO, |l| l.seqr.assigned())
     }
 
-    /// The document of a doc room (its state runs ahead of the commit by the lists in flight).
+    /// The document of a doc room (its state runs ahead of the commit by the lists in flight;
+    /// in the distributed mode, the replica at the delivered head).
     pub fn doc(&self) -> Option<&DocState> {
         match &self.state {
             State::Doc { doc, .. } => Some(doc),
+            State::Shared { log, .. } => log.doc.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether a join must wait for the commits in flight (a doc room sequenced here: its
+    /// document runs ahead of the commit).
+    pub fn join_waits_for_commits(&self) -> bool {
+        matches!(self.state, State::Doc { .. })
     }
 
     /// A doc room's state to save when it unloads: (seq, state JSON), when everything is
