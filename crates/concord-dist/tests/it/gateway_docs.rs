@@ -1,0 +1,190 @@
+//! Doc rooms on gateways over a real Redis: the gateway holding a room's lease runs its OT
+//! and commits with its fence; the others forward op lists to it through their inboxes (Redis
+//! pub/sub) and follow the log with a replica. Editors on three gateways converge on the state
+//! the log replays to, also when the owner stops and another gateway takes the room over.
+
+use crate::gateways::{serve_with, Gateway};
+use crate::support::{config, connect, room as room_id};
+use concord_client::{Client, ClientConfig, Doc, DocOptions};
+use concord_core::doc::state_hash;
+use concord_dist::gateway::GatewayOptions;
+use concord_dist::testing::redis::TestPrefix;
+use concord_server::Config;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn doc_gateway(prefix: &str, node: &str) -> Gateway {
+    let backend = concord_dist::gateway::connect(
+        &TestPrefix::target(),
+        config(prefix),
+        GatewayOptions::new(node),
+    )
+    .await
+    .expect("the gateway's backend connects");
+    let config = Config {
+        node_id: node.to_string(),
+        doc_lease: Duration::from_secs(1),
+        doc_hash_every: 1,
+        ..Config::default()
+    };
+    serve_with(backend, config).await
+}
+
+/// Editor `ed{i}` on each gateway; `ed0` creates the room with its first list.
+async fn editors(gws: &[Gateway], room: &str) -> (Vec<Client>, Vec<Doc>) {
+    let (mut clients, mut docs) = (Vec::new(), Vec::new());
+    for (i, g) in gws.iter().enumerate() {
+        let config = ClientConfig::new(format!("ws://{}/v1/ws", g.addr))
+            .with_client_id(format!("ed{i}"))
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
+        let c = Client::connect(config).await.unwrap();
+        let d = c
+            .join_doc(room, DocOptions { create: i == 0 })
+            .await
+            .unwrap();
+        if i == 0 {
+            d.edit_json(json!([
+                {"op":"set","path":["body"],"value":""},
+                {"op":"set","path":["likes"],"value":0}
+            ]))
+            .unwrap();
+            flushed(&d).await;
+        }
+        clients.push(c);
+        docs.push(d);
+    }
+    (clients, docs)
+}
+
+fn edit(doc: &Doc, k: usize, i: usize) {
+    doc.edit_json(json!([
+        {"op":"text","path":["body"],"pos":0,"insert":format!("<{k}.{i}>")},
+        {"op":"add","path":["likes"],"value":1}
+    ]))
+    .unwrap();
+}
+
+async fn flushed(doc: &Doc) {
+    tokio::time::timeout(WAIT, doc.flushed())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not get its acks", doc.name()))
+        .unwrap();
+}
+
+/// The room's state as the log replays it (`GET /v1/rooms/{room}` through `g`).
+async fn logged(g: &Gateway, room: &str) -> (u64, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/rooms/{room} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        g.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    let body: Value = serde_json::from_str(body).expect("a room");
+    (body["seq"].as_u64().unwrap(), body["state"].clone())
+}
+
+/// Every doc reaches `seq` with exactly `state`, and every edit is in it once.
+async fn converged(docs: &mut [Doc], seq: u64, state: &Value, edits: &[(usize, usize)]) {
+    for d in docs.iter_mut() {
+        tokio::time::timeout(WAIT, async {
+            while d.seq() < seq {
+                d.next().await.expect("doc ended");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} stuck at seq {} (want {seq})", d.name(), d.seq()));
+        assert_eq!(d.snapshot(), (seq, state.clone()), "{}", d.name());
+        assert_eq!(state_hash(&d.state()), state_hash(state));
+    }
+    let body = state["body"].as_str().unwrap();
+    for (k, i) in edits {
+        let m = format!("<{k}.{i}>");
+        assert_eq!(body.matches(&m).count(), 1, "{m} in {body}");
+    }
+    assert_eq!(state["likes"], edits.len(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doc_editors_on_three_gateways_converge() {
+    let prefix = TestPrefix::new("gw-docs");
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(doc_gateway(prefix.prefix(), &format!("gw{i}")).await);
+    }
+    let room = "doc:redis";
+    let (_clients, mut docs) = editors(&gws, room).await;
+    let mut edits = Vec::new();
+    for i in 0..20 {
+        for (k, d) in docs.iter().enumerate() {
+            edit(d, k, i);
+            edits.push((k, i));
+        }
+    }
+    for d in &docs {
+        flushed(d).await;
+    }
+    let log = connect(&TestPrefix::target(), prefix.prefix()).await;
+    let holder = log.lease_holder(&room_id(room)).await.unwrap().unwrap();
+    assert!(holder.owner.starts_with("gw0-"), "{holder:?}");
+    let (seq, state) = logged(&gws[2], room).await;
+    converged(&mut docs, seq, &state, &edits).await;
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_gateway_takes_a_doc_over_when_its_owner_stops() {
+    let prefix = TestPrefix::new("gw-docs-stop");
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(doc_gateway(prefix.prefix(), &format!("gw{i}")).await);
+    }
+    let room = "doc:redis-stop";
+    let (_clients, mut docs) = editors(&gws, room).await;
+    let mut edits = Vec::new();
+    for i in 0..10 {
+        for (k, d) in docs.iter().enumerate() {
+            edit(d, k, i);
+            edits.push((k, i));
+        }
+    }
+    for d in &docs {
+        flushed(d).await;
+    }
+    let log = connect(&TestPrefix::target(), prefix.prefix()).await;
+    let holder = || async {
+        let h = log.lease_holder(&room_id(room)).await.unwrap();
+        h.map(|h| h.owner).unwrap_or_default()
+    };
+    assert!(holder().await.starts_with("gw0-"), "{}", holder().await);
+    // gw0 (whose editor created the room, so it owns it) stops; the others go on editing.
+    let owner = gws.remove(0);
+    owner.stop().await;
+    let mut live = docs.split_off(1);
+    for i in 10..20 {
+        for (k, d) in live.iter().enumerate() {
+            edit(d, k + 1, i);
+            edits.push((k + 1, i));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for d in &live {
+        flushed(d).await;
+    }
+    let now = holder().await;
+    assert!(now.starts_with("gw1-") || now.starts_with("gw2-"), "{now}");
+    let (seq, state) = logged(&gws[0], room).await;
+    converged(&mut live, seq, &state, &edits).await;
+    for g in gws {
+        g.stop().await;
+    }
+}
