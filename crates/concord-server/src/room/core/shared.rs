@@ -226,8 +226,11 @@ impl<W: Waiting> RoomCore<W> {
         match outcome {
             Ok(results) => {
                 let epoch = live.seqr.epoch().clone();
-                let fresh = results.iter().filter(|r| !r.duplicate).count();
-                self.metrics.events_committed.inc_by(fresh as u64);
+                // A doc list is counted where it is committed: by the owner's core.
+                if done.base.is_none() {
+                    let fresh = results.iter().filter(|r| !r.duplicate).count();
+                    self.metrics.events_committed.inc_by(fresh as u64);
+                }
                 for ((w, ev), r) in done.waiters.into_iter().zip(&done.events).zip(results) {
                     log.acked = log.acked.max(r.seq);
                     if r.duplicate {
