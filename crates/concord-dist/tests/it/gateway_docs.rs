@@ -1,7 +1,9 @@
 //! Doc rooms on gateways over a real Redis: the gateway holding a room's lease runs its OT
 //! and commits with its fence; the others forward op lists to it through their inboxes (Redis
 //! pub/sub) and follow the log with a replica. Editors on three gateways converge on the state
-//! the log replays to, also when the owner stops and another gateway takes the room over.
+//! the log replays to, also when the owner stops and another gateway takes the room over; an
+//! owner whose lease was taken behind its back steps down (its next commit is fenced, or its
+//! next renewal finds another fence) and its list is acked once.
 
 use crate::gateways::{serve_with, Gateway};
 use crate::support::{config, connect, room as room_id};
@@ -184,6 +186,61 @@ async fn another_gateway_takes_a_doc_over_when_its_owner_stops() {
     assert!(now.starts_with("gw1-") || now.starts_with("gw2-"), "{now}");
     let (seq, state) = logged(&gws[0], room).await;
     converged(&mut live, seq, &state, &edits).await;
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_lease_was_taken_steps_down_and_its_list_is_acked_once() {
+    let prefix = TestPrefix::new("gw-docs-fence");
+    let mut gws = Vec::new();
+    for i in 0..2 {
+        gws.push(doc_gateway(prefix.prefix(), &format!("gw{i}")).await);
+    }
+    let room = "doc:redis-fence";
+    let id = room_id(room);
+    let (_clients, docs) = editors(&gws, room).await;
+    let mut edits = Vec::new();
+    for (k, d) in docs.iter().enumerate() {
+        edit(d, k, 0);
+        edits.push((k, 0));
+    }
+    for d in &docs {
+        flushed(d).await;
+    }
+    let log = connect(&TestPrefix::target(), prefix.prefix()).await;
+    assert_eq!(log.room_meta(&id).await.unwrap().unwrap().fence, 1);
+    // Another process takes the lease while gw0 still believes it holds it (as if gw0 had
+    // been paused past its lease), then lets it go without committing anything.
+    let mut del = redis::cmd("DEL");
+    del.arg(log.keys().room(room).owner);
+    let _: i64 = log.connection().query(&del).await.unwrap();
+    assert_eq!(
+        log.acquire_lease(&id, "intruder", WAIT).await.unwrap(),
+        Some(2)
+    );
+    assert!(log.release_lease(&id, "intruder").await.unwrap());
+    // gw0's next commit carries fence 1 and is refused (or its next renewal finds fence 2
+    // gone): it steps down, the list is forwarded again, gw0 takes the free lease (fence 3),
+    // reloads and commits it once.
+    edit(&docs[0], 0, 1);
+    edits.push((0, 1));
+    flushed(&docs[0]).await;
+    let meta = log.room_meta(&id).await.unwrap().unwrap();
+    assert_eq!(
+        meta.fence, 3,
+        "the stale owner was fenced and the lease taken again"
+    );
+    let holder = log.lease_holder(&id).await.unwrap().unwrap();
+    assert!(holder.owner.starts_with("gw0-"), "{holder:?}");
+    edit(&docs[1], 1, 1);
+    edits.push((1, 1));
+    flushed(&docs[1]).await;
+    let mut docs = docs;
+    let (seq, state) = logged(&gws[1], room).await;
+    assert_eq!(seq, 1 + edits.len() as u64, "every list committed once");
+    converged(&mut docs, seq, &state, &edits).await;
     for g in gws {
         g.stop().await;
     }
