@@ -65,8 +65,9 @@ pub struct CoreConfig {
     pub doc_hash_every: u64,
     /// A doc snapshot every this many seqs.
     pub doc_snapshot_every: u64,
-    /// Stream rooms are sequenced by a shared commit point (the distributed mode) instead of
-    /// here: they load as shared rooms that follow the committed log.
+    /// Rooms are sequenced by a shared commit point (the distributed mode) instead of here:
+    /// they load as shared rooms that follow the committed log (a doc room with a replica of
+    /// its document, its op lists forwarded to the room's owner).
     pub shared_streams: bool,
     /// Events a shared room buffers behind a gap in its log while the gap is read.
     pub follow_buffer: usize,
