@@ -3,7 +3,8 @@
 //! state) rebases and commits them to a `MemoryStore`. The schedule loses forward answers
 //! (the list is forwarded again with its id), loses and repeats notifications (gaps are
 //! filled from the store), and replaces the owner (a fresh core loaded from the store; the old
-//! one's pending lists get no answer). `RoomCore::check()` runs after every step.
+//! one's pending lists get no answer); a gateway forwards at most 2 lists at once (the others
+//! wait for a credit). `RoomCore::check()` runs after every step.
 //!
 //! Checked: every list is acked once, at the seq the log holds for its id; every list lands
 //! exactly once (the head is the number of lists); at the end every replica is at the head
@@ -81,6 +82,8 @@ struct Stats {
     lost: u64,
     owners: u64,
     fills: u64,
+    /// Lists that waited for a credit.
+    waited: u64,
 }
 
 fn loaded(store: &MemoryStore, room: &RoomId, config: &Config) -> Loaded {
@@ -99,8 +102,10 @@ impl Sim {
         let owner = Self::owner(&store, &room, &config);
         let gws = (0..GATEWAYS)
             .map(|g| {
+                // Few credits, so that lists wait for one.
                 let cfg = CoreConfig {
                     shared_streams: true,
+                    forward_credits: 2,
                     ..CoreConfig::of(&config)
                 };
                 let mut core = RoomCore::new(room.clone(), cfg, Metrics::new());
@@ -152,6 +157,7 @@ impl Sim {
         let base = gw.core.committed();
         let client = ClientId::new(&format!("c{g}")).unwrap();
         let id = OpId::new(&format!("l{n}")).unwrap();
+        let before = gw.forwards.len();
         gw.core.op(
             client,
             base,
@@ -160,7 +166,9 @@ impl Sim {
             &Ok(HashMap::new()),
             &gw.env,
         );
-        self.settle_gw(g)
+        self.settle_gw(g)?;
+        self.stats.waited += u64::from(self.gws[g].forwards.len() == before);
+        Ok(())
     }
 
     /// Carries out gateway `g`'s effects.
@@ -430,13 +438,18 @@ fn doc_rooms_across_gateways_converge_under_lost_answers_and_owner_changes() {
                 total.lost += s.lost;
                 total.owners += s.owners;
                 total.fills += s.fills;
+                total.waited += s.waited;
             }
             Err(e) => panic!("seed {seed}: {e} (rerun with CONCORD_SIM_SEED={seed})"),
         }
     }
     if all.len() > 1 {
         assert!(
-            total.duplicates > 0 && total.lost > 0 && total.owners > 0 && total.fills > 0,
+            total.duplicates > 0
+                && total.lost > 0
+                && total.owners > 0
+                && total.fills > 0
+                && total.waited > 0,
             "the schedule did not exercise everything: {total:?}"
         );
     }

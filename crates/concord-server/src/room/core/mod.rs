@@ -71,6 +71,8 @@ pub struct CoreConfig {
     pub shared_streams: bool,
     /// Events a shared room buffers behind a gap in its log while the gap is read.
     pub follow_buffer: usize,
+    /// Doc lists a gateway forwards to a room's owner at once (the rest wait for a credit).
+    pub forward_credits: usize,
 }
 
 impl CoreConfig {
@@ -84,6 +86,7 @@ impl CoreConfig {
             doc_snapshot_every: c.doc_snapshot_every,
             shared_streams: false,
             follow_buffer: c.room_window,
+            forward_credits: FORWARD_CREDITS,
         }
     }
 }
@@ -244,6 +247,9 @@ impl<W: Waiting> RoomCore<W> {
         self.effects.push(Effect::Fail { waiter, error });
     }
 }
+
+/// Doc lists one gateway forwards to a room's owner at once.
+pub const FORWARD_CREDITS: usize = 64;
 
 /// The answer to every message of a room whose document cannot be loaded.
 pub const BROKEN_MESSAGE: &str =

@@ -141,8 +141,8 @@ impl<W: Waiting> RoomCore<W> {
             client: client.clone(),
             id: id.clone(),
         };
-        let in_flight = std::iter::once(&log.batch)
-            .chain(log.inflight.iter())
+        let in_flight = log
+            .batches()
             .flat_map(|b| &b.events)
             .any(|e| same_key(&key, e));
         if in_flight {
@@ -182,6 +182,10 @@ impl<W: Waiting> RoomCore<W> {
             attempts: 0,
             base: Some(base),
         };
+        if log.inflight.len() >= self.config.forward_credits.max(1) {
+            log.queued.push_back(batch);
+            return;
+        }
         self.effects.push(hand_over(&batch));
         log.inflight.push_back(batch);
     }
@@ -309,6 +313,16 @@ impl<W: Waiting> RoomCore<W> {
                 self.state = State::Shared { live, log };
             }
         }
+        // An answered forward gives its credit to the next list waiting.
+        if let State::Shared { log, .. } = &mut self.state {
+            while !log.moved && log.inflight.len() < self.config.forward_credits.max(1) {
+                let Some(next) = log.queued.pop_front() else {
+                    break;
+                };
+                self.effects.push(hand_over(&next));
+                log.inflight.push_back(next);
+            }
+        }
         // Events held for these acks go out now (after them).
         self.deliver();
         // A room that moved reloads once the last outcome is in.
@@ -335,6 +349,7 @@ impl<W: Waiting> RoomCore<W> {
             let waiters = unsent
                 .waiters
                 .into_iter()
+                .chain(log.queued.drain(..).flat_map(|b| b.waiters))
                 .chain(log.retries.drain(..).map(|r| r.1));
             for w in waiters {
                 self.fail(w, error.clone());
@@ -425,8 +440,7 @@ impl<W: Waiting> RoomCore<W> {
         };
         while let Some(e) = log.held.front() {
             let ours = e.op_id.as_ref().is_some_and(|id| {
-                std::iter::once(&log.batch)
-                    .chain(log.inflight.iter())
+                log.batches()
                     .flat_map(|b| &b.events)
                     .any(|w| w.from == e.from && w.op_id.as_ref() == Some(id))
             });
@@ -469,8 +483,9 @@ impl<W: Waiting> RoomCore<W> {
     /// The waiters a shared room holds (for a shell that ends abnormally).
     pub(super) fn shared_waiters(&mut self, out: &mut Vec<W>) {
         if let State::Shared { log, .. } = &mut self.state {
-            let batches =
-                std::iter::once(std::mem::take(&mut log.batch)).chain(log.inflight.drain(..));
+            let batches = std::iter::once(std::mem::take(&mut log.batch))
+                .chain(log.inflight.drain(..))
+                .chain(log.queued.drain(..));
             for b in batches {
                 out.extend(b.waiters);
             }
@@ -537,7 +552,11 @@ impl<W: Waiting> RoomCore<W> {
         {
             return Err("a forward holds more than one op list".into());
         }
-        let batches = || std::iter::once(&log.batch).chain(log.inflight.iter());
+        let batches = || log.batches();
+        let free = log.inflight.len() < self.config.forward_credits.max(1);
+        if !log.moved && !log.queued.is_empty() && free {
+            return Err("a doc list waits for a credit while one is free".into());
+        }
         if batches().any(|b| b.events.len() != b.waiters.len()) {
             return Err("a shared batch has a write without its waiter".into());
         }
@@ -563,6 +582,7 @@ pub(super) fn shared_log<W>(
         inflight: Default::default(),
         retries: Vec::new(),
         acked: head,
+        queued: Default::default(),
         held: Default::default(),
         moved: false,
     }

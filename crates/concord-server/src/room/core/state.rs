@@ -51,6 +51,8 @@ pub(super) struct SharedLog<W> {
     pub batch: SharedBatch<W>,
     /// Commits handed to the commit point, oldest first: their outcomes come back in order.
     pub inflight: VecDeque<SharedBatch<W>>,
+    /// Doc lists waiting for a credit: at most `forward_credits` are forwarded at once.
+    pub queued: VecDeque<SharedBatch<W>>,
     /// Retries of writes in flight here, answered with their original's outcome.
     pub retries: Vec<(IdemKey, W)>,
     /// The highest seq this room's own commits were given.
@@ -84,6 +86,15 @@ impl<W> Default for SharedBatch<W> {
             attempts: 0,
             base: None,
         }
+    }
+}
+
+impl<W> SharedLog<W> {
+    /// Every batch of writes not answered yet: gathered, in flight, queued.
+    pub fn batches(&self) -> impl Iterator<Item = &SharedBatch<W>> {
+        std::iter::once(&self.batch)
+            .chain(self.inflight.iter())
+            .chain(self.queued.iter())
     }
 }
 
