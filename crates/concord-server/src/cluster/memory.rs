@@ -458,10 +458,7 @@ impl MemoryCommitPoint {
                 dropped: Vec::new(),
             })
             .collect();
-        let _ = Self::feed(&mut inner, room).send(FeedItem::Events {
-            epoch: record.epoch,
-            events: stored,
-        });
+        self.publish(&mut inner, room, record.epoch, stored);
         Ok(results)
     }
 
@@ -545,18 +542,20 @@ impl MemoryCommitPoint {
             .await
             .map_err(internal)?;
         inner.nonces.extend(nonces);
+        self.publish(&mut inner, room, record.epoch, stored);
+        Ok(results)
+    }
+
+    /// Notifies a commit's events (every `lose_every`-th notification is lost).
+    fn publish(&self, inner: &mut Inner, room: &RoomId, epoch: Epoch, events: Vec<StoredEvent>) {
         let n = self.published.fetch_add(1, Ordering::Relaxed) + 1;
         let item = if self.lose_every == 0 || !n.is_multiple_of(self.lose_every) {
-            FeedItem::Events {
-                epoch: record.epoch,
-                events: stored,
-            }
+            FeedItem::Events { epoch, events }
         } else {
             FeedItem::Lost
         };
         // Nobody listening is fine: a subscriber reads the head when it starts.
-        let _ = Self::feed(&mut inner, room).send(item);
-        Ok(results)
+        let _ = Self::feed(inner, room).send(item);
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {

@@ -141,7 +141,10 @@ pub trait CommitPoint: Send + Sync + 'static {
         _list: ForwardedList,
         _timeout: Duration,
     ) -> ForwardAnswer {
-        Err(CommitFailure::Unknown(no_docs::<()>().unwrap_err()))
+        Err(CommitFailure::Refused(crate::room::core::RoomError::new(
+            concord_protocol::ErrorCode::Internal,
+            no_docs::<()>().unwrap_err(),
+        )))
     }
 
     /// The lists forwarded to this gateway (taken once, by the server).

@@ -1,7 +1,7 @@
 //! Doc rooms across the gateways of one cluster (servers sharing an in-memory store and
 //! commit point): one owner runs the OT, the others forward their clients' op lists to it and
 //! follow the log with a replica. Editors on every gateway converge on the state the log
-//! replays to; the owner cut off is replaced after its lease with nothing acked lost; a zombie
+//! replays to (also when the feed loses notifications); the owner cut off is replaced after its lease with nothing acked lost; a zombie
 //! owner (its lease lapsed while it runs on) is fenced and its lists are acked once, by the
 //! next owner.
 
@@ -21,8 +21,13 @@ const LEASE: Duration = Duration::from_millis(600);
 
 /// `n` servers (gateways `gw0`, `gw1`, …) sharing one store and commit point.
 async fn cluster(n: usize) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
+    cluster_losing(n, 0).await
+}
+
+/// The same, with every `lose_every`-th notification lost (0: none).
+async fn cluster_losing(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
     let store = Arc::new(MemoryStore::new());
-    let point = Arc::new(MemoryCommitPoint::new(store.clone()));
+    let point = Arc::new(MemoryCommitPoint::lossy(store.clone(), lose_every));
     let mut servers = Vec::new();
     for i in 0..n {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,7 +130,18 @@ fn every_edit_once(state: &Value, edits: &[(usize, usize)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editors_on_three_gateways_converge() {
-    let (servers, point) = cluster(3).await;
+    editors_converge(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editors_converge_when_notifications_are_lost() {
+    editors_converge(3).await;
+}
+
+/// Three editors on three gateways (the feed losing every `lose_every`-th notification) end
+/// with the state the log replays to, every list once, the room owned by `gw0` throughout.
+async fn editors_converge(lose_every: u64) {
+    let (servers, point) = cluster_losing(3, lose_every).await;
     let room = "doc:cluster";
     let (_clients, mut docs) = editors(&servers, room).await;
     let mut edits = Vec::new();
