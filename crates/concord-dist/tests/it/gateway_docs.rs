@@ -3,14 +3,16 @@
 //! pub/sub) and follow the log with a replica. Editors on three gateways converge on the state
 //! the log replays to, also when the owner stops and another gateway takes the room over; an
 //! owner whose lease was taken behind its back steps down (its next commit is fenced, or its
-//! next renewal finds another fence) and its list is acked once.
+//! next renewal finds another fence) and its list is acked once; lists whose commits timed out
+//! while Redis was stopped are resolved and acked once, never refused.
 
 use crate::gateways::{serve_with, Gateway};
 use crate::support::{config, connect, room as room_id};
 use concord_client::{Client, ClientConfig, Doc, DocOptions};
 use concord_core::doc::state_hash;
 use concord_dist::gateway::GatewayOptions;
-use concord_dist::testing::redis::TestPrefix;
+use concord_dist::testing::redis::{Persistence, RedisServer, TestPrefix};
+use concord_dist::{LogConfig, RedisTarget};
 use concord_server::Config;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -18,13 +20,13 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn doc_gateway(prefix: &str, node: &str) -> Gateway {
-    let backend = concord_dist::gateway::connect(
-        &TestPrefix::target(),
-        config(prefix),
-        GatewayOptions::new(node),
-    )
-    .await
-    .expect("the gateway's backend connects");
+    doc_gateway_on(&TestPrefix::target(), config(prefix), node).await
+}
+
+async fn doc_gateway_on(target: &RedisTarget, log: LogConfig, node: &str) -> Gateway {
+    let backend = concord_dist::gateway::connect(target, log, GatewayOptions::new(node))
+        .await
+        .expect("the gateway's backend connects");
     let config = Config {
         node_id: node.to_string(),
         doc_lease: Duration::from_secs(1),
@@ -240,6 +242,52 @@ async fn an_owner_whose_lease_was_taken_steps_down_and_its_list_is_acked_once() 
     let mut docs = docs;
     let (seq, state) = logged(&gws[1], room).await;
     assert_eq!(seq, 1 + edits.len() as u64, "every list committed once");
+    converged(&mut docs, seq, &state, &edits).await;
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doc_lists_caught_in_a_redis_stop_are_acked_once() {
+    let server = RedisServer::start(Persistence::None);
+    let mut log = config("gw-docs-amb");
+    log.call_timeout = Duration::from_millis(300);
+    let mut gws = Vec::new();
+    for i in 0..2 {
+        gws.push(doc_gateway_on(&server.target(), log.clone(), &format!("gw{i}")).await);
+    }
+    let room = "doc:redis-stop-world";
+    let (_clients, mut docs) = editors(&gws, room).await;
+    let mut edits = Vec::new();
+    for i in 0..5 {
+        for (k, d) in docs.iter().enumerate() {
+            edit(d, k, i);
+            edits.push((k, i));
+        }
+    }
+    // Lists in flight when Redis stops: commits, forwards and renewals time out (their
+    // outcome unknown) until it runs again, past the doc lease.
+    server.pause();
+    for i in 5..10 {
+        for (k, d) in docs.iter().enumerate() {
+            edit(d, k, i);
+            edits.push((k, i));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    server.resume();
+    for i in 10..15 {
+        for (k, d) in docs.iter().enumerate() {
+            edit(d, k, i);
+            edits.push((k, i));
+        }
+    }
+    for d in &docs {
+        flushed(d).await;
+    }
+    // (A client merges the edits it buffers into one list: lists are fewer than edits.)
+    let (seq, state) = logged(&gws[1], room).await;
     converged(&mut docs, seq, &state, &edits).await;
     for g in gws {
         g.stop().await;
