@@ -104,6 +104,12 @@ impl Keys {
         format!("{}:gw:{id}", self.prefix)
     }
 
+    /// The pub/sub channel of gateway `id`'s inbox: doc op lists forwarded to it as a room's
+    /// owner, and the answers to the lists it forwarded.
+    pub fn gateway_inbox(&self, id: &str) -> String {
+        format!("{}:gw:{id}:in", self.prefix)
+    }
+
     /// A worker's heartbeat.
     pub fn worker(&self, id: &str) -> String {
         format!("{}:wk:{id}", self.prefix)

@@ -216,6 +216,14 @@ pub struct Config {
         arg(long, env = "CONCORD_ROOM_IDLE_UNLOAD", value_name = "DURATION", value_parser = duration::parse)
     )]
     pub room_idle_unload: Duration,
+    /// Distributed mode: the lease of a doc room's owner (the gateway that runs its OT),
+    /// renewed every third of it; a gateway that stops renewing is replaced after this long.
+    #[serde(with = "duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "CONCORD_DOC_LEASE", value_name = "DURATION", value_parser = duration::parse)
+    )]
+    pub doc_lease: Duration,
     /// On shutdown, how long connections get to receive their pending acks before close 1001.
     #[serde(with = "duration")]
     #[cfg_attr(
@@ -547,6 +555,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             room_idle_unload: Duration::from_secs(30),
+            doc_lease: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             max_commit_batch: 4_096,
             ws_buffer_bytes: 4 * 1024,

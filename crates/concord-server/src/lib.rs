@@ -130,6 +130,9 @@ pub async fn run_with_ready(
         .store(rooms_stored, std::sync::atomic::Ordering::Relaxed);
     let shared_for_retention = shared.clone();
     let registry = room::Registry::new(shared.clone());
+    if let Some(inbox) = shared.commit_point.as_ref().and_then(|p| p.take_inbox()) {
+        tokio::spawn(room::serve_inbox(inbox, registry.clone()));
+    }
     let token = CancellationToken::new();
     let app = Arc::new(gateway::App {
         shared: shared.clone(),

@@ -122,7 +122,7 @@ impl Sim {
                     self.broadcast = seq;
                 }
                 Effect::Reload => self.reload_wanted = true,
-                Effect::Commit(_) | Effect::Fill(_) => {
+                Effect::Commit(_) | Effect::Fill(_) | Effect::Forward(_) => {
                     return Err("a room of the embedded mode asked for a commit point".into())
                 }
             }

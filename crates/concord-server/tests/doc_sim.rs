@@ -203,7 +203,7 @@ impl Server {
                         }
                     }
                     Effect::Reload => return Err("the core asked for a reload".into()),
-                    Effect::Commit(_) | Effect::Fill(_) => {
+                    Effect::Commit(_) | Effect::Fill(_) | Effect::Forward(_) => {
                         return Err("a doc room asked for a commit point".into())
                     }
                 }

@@ -62,6 +62,7 @@ impl CommitPoint {
                     seq: stored.seq,
                     hlc: stored.hlc.clone(),
                     duplicate: true,
+                    dropped: Vec::new(),
                 });
                 continue;
             }
@@ -80,6 +81,7 @@ impl CommitPoint {
                 seq,
                 hlc,
                 duplicate: false,
+                dropped: Vec::new(),
             });
         }
         out
@@ -155,6 +157,7 @@ impl Sim {
                         .ok_or("a commit of no epoch")?;
                     self.gws[g].commits.push_back((epoch, events));
                 }
+                Effect::Forward(_) => return Err("a stream room forwarded a doc list".into()),
                 Effect::Fill(fill) => {
                     ensure!(
                         self.gws[g].fill.is_none(),

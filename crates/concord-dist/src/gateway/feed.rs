@@ -4,7 +4,8 @@
 //! Redis Cluster, to any node: `PUBLISH` reaches every node), subscribes every channel again
 //! and tells every feed `FeedItem::Lost`, so that each room reads its head and fills the gap.
 //! A feed whose room is slower than its queue also gets `Lost` instead of the notifications
-//! it could not take; a feed dropped by its room is unsubscribed.
+//! it could not take; a feed dropped by its room is unsubscribed. The same connection carries
+//! the gateway's inbox (`subscribe_raw`: the payloads as they are, at most once).
 
 use crate::RedisTarget;
 use concord_core::{ClientId, Epoch, HlcText, OpId, Seq};
@@ -37,27 +38,56 @@ pub struct Notifier {
 
 struct Subscribe {
     channel: String,
-    feed: mpsc::Sender<FeedItem>,
+    feed: Tx,
     /// Answered once Redis confirmed the subscription (or the connection is down: then the
     /// feed's first item is `Lost`).
     done: oneshot::Sender<()>,
 }
 
+/// Where a channel's messages go: a room's feed, or raw payloads.
+enum Tx {
+    Feed(mpsc::Sender<FeedItem>),
+    Raw(mpsc::UnboundedSender<Vec<u8>>),
+}
+
 /// One subscriber of a channel: its queue, and whether it missed notifications.
 struct Sub {
-    tx: mpsc::Sender<FeedItem>,
+    tx: Tx,
     lagging: bool,
 }
 
 impl Sub {
+    fn is_closed(&self) -> bool {
+        match &self.tx {
+            Tx::Feed(tx) => tx.is_closed(),
+            Tx::Raw(tx) => tx.is_closed(),
+        }
+    }
+
+    /// A message: parsed (once, by `item`) for a feed, as it is for a raw subscriber.
+    fn deliver(&mut self, payload: &[u8], item: &mut Option<FeedItem>) {
+        match &self.tx {
+            Tx::Raw(tx) => {
+                let _ = tx.send(payload.to_vec());
+            }
+            Tx::Feed(_) => {
+                let item = item.get_or_insert_with(|| parse(payload).unwrap_or(FeedItem::Lost));
+                self.send(item.clone());
+            }
+        }
+    }
+
     fn send(&mut self, item: FeedItem) {
+        let Tx::Feed(tx) = &self.tx else {
+            return;
+        };
         if self.lagging {
-            if self.tx.try_send(FeedItem::Lost).is_err() {
+            if tx.try_send(FeedItem::Lost).is_err() {
                 return;
             }
             self.lagging = false;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item) {
             self.lagging = true;
         }
     }
@@ -126,6 +156,21 @@ impl Notifier {
     /// reads its head misses nothing).
     pub async fn subscribe(&self, channel: String) -> Feed {
         let (feed, rx) = mpsc::channel(FEED_QUEUE);
+        self.add(channel, Tx::Feed(feed)).await;
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+
+    /// The payloads published on `channel` from now on, as they are (none of those published
+    /// while the connection is down).
+    pub async fn subscribe_raw(&self, channel: String) -> mpsc::UnboundedReceiver<Vec<u8>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.add(channel, Tx::Raw(tx)).await;
+        rx
+    }
+
+    async fn add(&self, channel: String, feed: Tx) {
         let (done, confirmed) = oneshot::channel();
         if self
             .tx
@@ -138,9 +183,6 @@ impl Notifier {
         {
             let _ = confirmed.await;
         }
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }))
     }
 }
 
@@ -214,11 +256,11 @@ async fn run(target: RedisTarget, mut requests: mpsc::UnboundedReceiver<Subscrib
                     };
                     let channel = msg.get_channel_name().to_string();
                     let Some(list) = subs.get_mut(&channel) else { continue };
-                    let item = parse(msg.get_payload_bytes()).unwrap_or(FeedItem::Lost);
+                    let mut item = None;
                     for s in list.iter_mut() {
-                        s.send(item.clone());
+                        s.deliver(msg.get_payload_bytes(), &mut item);
                     }
-                    list.retain(|s| !s.tx.is_closed());
+                    list.retain(|s| !s.is_closed());
                     if list.is_empty() {
                         subs.remove(&channel);
                         if !confirmed(sink.unsubscribe(&channel)).await {
@@ -248,7 +290,7 @@ async fn confirmed(call: impl std::future::Future<Output = redis::RedisResult<()
 
 fn add(subs: &mut HashMap<String, Vec<Sub>>, req: Subscribe) {
     let list = subs.entry(req.channel).or_default();
-    list.retain(|s| !s.tx.is_closed());
+    list.retain(|s| !s.is_closed());
     list.push(Sub {
         tx: req.feed,
         lagging: false,

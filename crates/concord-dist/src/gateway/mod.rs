@@ -6,6 +6,7 @@
 mod ack;
 mod commit_point;
 mod feed;
+mod inbox;
 mod roster;
 mod store;
 
@@ -54,7 +55,7 @@ pub async fn connect(
     let log = Arc::new(RedisLog::connect(target, config).await?);
     ack::check(&log, options.ack).await?;
     let notifier = Notifier::start(target.clone());
-    let point = RedisCommitPoint::new(log.clone(), notifier, &options.node);
+    let point = RedisCommitPoint::new(log.clone(), notifier, &options.node).await;
     roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
         store: Arc::new(RedisStore::new(log, options.archive)),

@@ -22,8 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Gateway {
-    addr: SocketAddr,
+pub(crate) struct Gateway {
+    pub(crate) addr: SocketAddr,
     stop: oneshot::Sender<()>,
     join: tokio::task::JoinHandle<()>,
 }
@@ -41,16 +41,24 @@ async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: 
 
 /// A server on port 0 over `backend`, as gateway `node`.
 async fn serve(backend: concord_server::cluster::Backend, node: &str) -> Gateway {
+    let config = Config {
+        node_id: node.to_string(),
+        ..Config::default()
+    };
+    serve_with(backend, config).await
+}
+
+/// A server on port 0 over `backend` with `config`.
+pub(crate) async fn serve_with(
+    backend: concord_server::cluster::Backend,
+    config: Config,
+) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let env = Env {
         backend: Some(backend),
         ..Env::system()
-    };
-    let config = Config {
-        node_id: node.to_string(),
-        ..Config::default()
     };
     let join = tokio::spawn(async move {
         concord_server::run(config, listener, async move { drop(rx.await) }, env)
@@ -61,7 +69,7 @@ async fn serve(backend: concord_server::cluster::Backend, node: &str) -> Gateway
 }
 
 impl Gateway {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(WAIT, self.join)
             .await

@@ -5,6 +5,7 @@ mod ambiguous;
 mod cluster;
 mod commit;
 mod functions;
+mod gateway_docs;
 mod gateways;
 mod helpers;
 mod lease;

@@ -4,8 +4,13 @@
 //! notification reaches the subscribers as [`FeedItem::Lost`], as a dropped Redis subscription
 //! does (pub/sub loses messages only with the connection, and the subscriber learns of it when
 //! it resubscribes).
+//!
+//! Doc rooms: leases on tokio's clock, a fence per room, the owner's fenced commit with its
+//! expected head, and a per-gateway inbox for forwarded lists. Tests can cut a gateway off
+//! (every call it makes fails as if it had died) or freeze its lease (its renewals stop
+//! reaching the commit point while it goes on believing it owns its rooms: a zombie).
 
-use super::{CommitPoint, Feed, FeedItem};
+use super::{CommitPoint, Feed, FeedItem, ForwardAnswer, Forwarded, ForwardedList, Inbox};
 use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError, RosterDelta};
 use crate::store::{MemoryStore, Store, StoredEvent};
 use async_trait::async_trait;
@@ -14,7 +19,9 @@ use concord_protocol::ErrorCode;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{broadcast, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::time::Instant;
 
 /// Notifications a feed holds for a slow subscriber before it reports [`FeedItem::Lost`].
 const FEED_CAPACITY: usize = 1024;
@@ -26,6 +33,10 @@ pub struct MemoryCommitPoint {
     /// Drop every n-th notification (0: none).
     lose_every: u64,
     published: AtomicU64,
+    /// Each gateway's inbox of forwarded lists.
+    inboxes: parking_lot::Mutex<HashMap<String, mpsc::UnboundedSender<Forwarded>>>,
+    /// Owner commits refused as fenced.
+    fenced: AtomicU64,
 }
 
 #[derive(Default)]
@@ -37,12 +48,23 @@ struct Inner {
     rosters: HashMap<RoomId, BTreeMap<String, RosterDelta>>,
     /// Gateways whose heartbeat lapsed (`gateway_down`).
     down: HashSet<String>,
+    /// Gateways whose every call fails (`cut_off`).
+    cut: HashSet<String>,
+    /// Gateways whose lease renewals do not reach the commit point (`freeze_lease`).
+    frozen: HashSet<String>,
+    /// Doc rooms' leases: holder and expiry.
+    leases: HashMap<RoomId, (String, Instant)>,
+    /// Doc rooms' fences (incremented by every acquisition).
+    fences: HashMap<RoomId, u64>,
+    /// The fence each gateway last acquired each room's lease with.
+    granted: HashMap<(RoomId, String), u64>,
 }
 
-/// One server's handle on a [`MemoryCommitPoint`]: its gateway id.
+/// One server's handle on a [`MemoryCommitPoint`]: its gateway id and inbox.
 pub struct MemoryGateway {
     point: Arc<MemoryCommitPoint>,
     id: String,
+    inbox: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Forwarded>>>,
 }
 
 impl MemoryCommitPoint {
@@ -58,20 +80,51 @@ impl MemoryCommitPoint {
             inner: Mutex::new(Inner::default()),
             lose_every: n,
             published: AtomicU64::new(0),
+            inboxes: Default::default(),
+            fenced: AtomicU64::new(0),
         }
     }
 
     /// The commit point as gateway `id` sees it (one per server).
     pub fn gateway(self: &Arc<Self>, id: &str) -> Arc<MemoryGateway> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inboxes.lock().insert(id.to_string(), tx);
         Arc::new(MemoryGateway {
             point: self.clone(),
             id: id.to_string(),
+            inbox: parking_lot::Mutex::new(Some(rx)),
         })
     }
 
     /// Gateway `id` dies without a word: its heartbeat lapses.
     pub async fn gateway_down(&self, id: &str) {
         self.inner.lock().await.down.insert(id.to_string());
+    }
+
+    /// Gateway `id` is cut off (as if its process died): its heartbeat lapses, every call it
+    /// makes fails with an unknown outcome, lists forwarded to it get no answer; its leases
+    /// lapse on their own.
+    pub async fn cut_off(&self, id: &str) {
+        let mut inner = self.inner.lock().await;
+        inner.down.insert(id.to_string());
+        inner.cut.insert(id.to_string());
+    }
+
+    /// Gateway `id`'s lease renewals stop reaching the commit point, while it is told they
+    /// succeeded (a process paused past its lease): its leases lapse.
+    pub async fn freeze_lease(&self, id: &str) {
+        self.inner.lock().await.frozen.insert(id.to_string());
+    }
+
+    /// How many owner commits were refused as fenced.
+    pub fn fenced(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// The holder of `room`'s lease now.
+    pub async fn owner_of(&self, room: &RoomId) -> Option<String> {
+        let inner = self.inner.lock().await;
+        live_holder(&inner, room)
     }
 
     fn feed(inner: &mut Inner, room: &RoomId) -> broadcast::Sender<FeedItem> {
@@ -102,6 +155,19 @@ pub fn next_hlc(last: Option<&HlcText>, proposed: &HlcText) -> HlcText {
         logical,
         node: p.node,
     })
+}
+
+/// The holder of a lease that has not expired.
+fn live_holder(inner: &Inner, room: &RoomId) -> Option<String> {
+    inner
+        .leases
+        .get(room)
+        .filter(|(_, until)| Instant::now() < *until)
+        .map(|(gw, _)| gw.clone())
+}
+
+fn cut_off_error() -> String {
+    "the gateway is cut off".into()
 }
 
 fn internal(e: impl std::fmt::Display) -> CommitFailure {
@@ -141,7 +207,113 @@ impl CommitPoint for MemoryGateway {
         epoch: &Epoch,
         events: Vec<NewEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
+        if self.is_cut().await {
+            return Err(CommitFailure::Unknown(cut_off_error()));
+        }
         self.point.commit(room, epoch, events).await
+    }
+
+    async fn acquire_lease(&self, room: &RoomId, lease: Duration) -> Result<Option<u64>, String> {
+        let mut inner = self.point.inner.lock().await;
+        if inner.cut.contains(&self.id) {
+            return Err(cut_off_error());
+        }
+        let key = (room.clone(), self.id.clone());
+        if inner.frozen.contains(&self.id) {
+            // The call never arrives; the caller takes its lease as renewed.
+            return Ok(inner.granted.get(&key).copied());
+        }
+        let fence = inner.fences.get(room).copied().unwrap_or(0);
+        match live_holder(&inner, room) {
+            Some(gw) if gw == self.id => {
+                inner
+                    .leases
+                    .insert(room.clone(), (gw, Instant::now() + lease));
+                Ok(Some(fence))
+            }
+            Some(_) => Ok(None),
+            None => {
+                let fence = fence + 1;
+                inner.fences.insert(room.clone(), fence);
+                inner.granted.insert(key, fence);
+                inner
+                    .leases
+                    .insert(room.clone(), (self.id.clone(), Instant::now() + lease));
+                Ok(Some(fence))
+            }
+        }
+    }
+
+    async fn release_lease(&self, room: &RoomId) -> Result<(), String> {
+        let mut inner = self.point.inner.lock().await;
+        if inner.cut.contains(&self.id) {
+            return Err(cut_off_error());
+        }
+        if inner.leases.get(room).is_some_and(|(gw, _)| *gw == self.id) {
+            inner.leases.remove(room);
+        }
+        Ok(())
+    }
+
+    async fn lease_holder(&self, room: &RoomId) -> Result<Option<String>, String> {
+        let inner = self.point.inner.lock().await;
+        if inner.cut.contains(&self.id) {
+            return Err(cut_off_error());
+        }
+        Ok(live_holder(&inner, room))
+    }
+
+    async fn commit_doc(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        fence: u64,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        if self.is_cut().await {
+            return Err(CommitFailure::Unknown(cut_off_error()));
+        }
+        self.point.commit_doc(room, epoch, fence, events).await
+    }
+
+    async fn forward(
+        &self,
+        owner: &str,
+        room: &RoomId,
+        list: ForwardedList,
+        timeout: Duration,
+    ) -> ForwardAnswer {
+        let unknown = |why: &str| Err(CommitFailure::Unknown(why.to_string()));
+        {
+            let inner = self.point.inner.lock().await;
+            if inner.cut.contains(&self.id) || inner.cut.contains(owner) {
+                return unknown("the link to the owner is down");
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let sent = self.point.inboxes.lock().get(owner).map(|tx| {
+            tx.send(Forwarded {
+                room: room.clone(),
+                list,
+                reply,
+            })
+            .is_ok()
+        });
+        if sent != Some(true) {
+            return unknown("the owner does not listen");
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => unknown("the owner dropped the list"),
+            Err(_) => unknown("the owner did not answer in time"),
+        }
+    }
+
+    fn take_inbox(&self) -> Option<Inbox> {
+        let rx = self.inbox.lock().take()?;
+        Some(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|f| (f, rx))
+        })))
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
@@ -197,7 +369,99 @@ impl CommitPoint for MemoryGateway {
     }
 }
 
+impl MemoryGateway {
+    async fn is_cut(&self) -> bool {
+        self.point.inner.lock().await.cut.contains(&self.id)
+    }
+}
+
 impl MemoryCommitPoint {
+    /// The owner's commit of a doc room: the fence, then the keys (all duplicates: their
+    /// original seqs, without the head check), then the expected head; the events keep the
+    /// seqs the owner gave them.
+    async fn commit_doc(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        fence: u64,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        let mut inner = self.inner.lock().await;
+        let record = match self.store.load_room(room).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(CommitFailure::Moved("the room does not exist".into())),
+            Err(e) => return Err(internal(e)),
+        };
+        if &record.epoch != epoch {
+            return Err(CommitFailure::Moved(format!(
+                "the room is in epoch {}",
+                record.epoch
+            )));
+        }
+        let current = inner.fences.get(room).copied().unwrap_or(0);
+        if fence != current {
+            self.fenced.fetch_add(1, Ordering::Relaxed);
+            return Err(CommitFailure::Fenced(format!("the fence is {current}")));
+        }
+        let keys: Vec<_> = events
+            .iter()
+            .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
+            .collect();
+        let found: HashMap<_, _> = self
+            .store
+            .find_ops(room, keys)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
+            .collect();
+        let known = |e: &StoredEvent| {
+            e.op_id
+                .as_ref()
+                .and_then(|id| found.get(&(e.from.clone(), id.clone())).cloned())
+        };
+        if !events.is_empty() && events.iter().all(|e| known(e).is_some()) {
+            return Ok(events
+                .iter()
+                .map(|e| {
+                    let (seq, hlc) = known(e).expect("checked");
+                    CommitResult {
+                        seq,
+                        hlc,
+                        duplicate: true,
+                        dropped: Vec::new(),
+                    }
+                })
+                .collect());
+        }
+        let expected = events.first().map_or(record.head, |e| Seq(e.seq.0 - 1));
+        if expected != record.head || events.iter().any(|e| known(e).is_some()) {
+            return Err(CommitFailure::HeadMoved(record.head));
+        }
+        let mut last = record.head_hlc;
+        let mut stored = Vec::with_capacity(events.len());
+        for e in events {
+            let hlc = next_hlc(last.as_ref(), &e.hlc);
+            last = Some(hlc.clone());
+            stored.push(StoredEvent { hlc, ..e });
+        }
+        self.store
+            .append(room, stored.clone())
+            .await
+            .map_err(internal)?;
+        let results = stored
+            .iter()
+            .map(|e| CommitResult {
+                seq: e.seq,
+                hlc: e.hlc.clone(),
+                duplicate: false,
+                dropped: Vec::new(),
+            })
+            .collect();
+        self.publish(&mut inner, room, record.epoch, stored);
+        Ok(results)
+    }
+
     async fn commit(
         &self,
         room: &RoomId,
@@ -243,6 +507,7 @@ impl MemoryCommitPoint {
                     seq,
                     hlc,
                     duplicate: true,
+                    dropped: Vec::new(),
                 });
                 continue;
             }
@@ -259,6 +524,7 @@ impl MemoryCommitPoint {
                 seq: head,
                 hlc: hlc.clone(),
                 duplicate: false,
+                dropped: Vec::new(),
             });
             stored.push(StoredEvent {
                 seq: head,
@@ -276,18 +542,20 @@ impl MemoryCommitPoint {
             .await
             .map_err(internal)?;
         inner.nonces.extend(nonces);
+        self.publish(&mut inner, room, record.epoch, stored);
+        Ok(results)
+    }
+
+    /// Notifies a commit's events (every `lose_every`-th notification is lost).
+    fn publish(&self, inner: &mut Inner, room: &RoomId, epoch: Epoch, events: Vec<StoredEvent>) {
         let n = self.published.fetch_add(1, Ordering::Relaxed) + 1;
         let item = if self.lose_every == 0 || !n.is_multiple_of(self.lose_every) {
-            FeedItem::Events {
-                epoch: record.epoch,
-                events: stored,
-            }
+            FeedItem::Events { epoch, events }
         } else {
             FeedItem::Lost
         };
         // Nobody listening is fine: a subscriber reads the head when it starts.
-        let _ = Self::feed(&mut inner, room).send(item);
-        Ok(results)
+        let _ = Self::feed(inner, room).send(item);
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {

@@ -5,18 +5,44 @@
 //! in-memory log (for tests of the logic above it, never a deployment).
 //!
 //! A server given a [`Backend`] ([`crate::Env::backend`]) uses its store instead of the one its
-//! config names, and serves stream rooms as shared rooms (`room/core/shared.rs`).
+//! config names, and serves stream rooms as shared rooms (`room/core/shared.rs`). Doc rooms
+//! have one owner at a time, the gateway holding the room's lease: it runs the OT and commits
+//! with its fence and the expected head ([`CommitPoint::commit_doc`]); the other gateways
+//! forward their clients' op lists to it ([`CommitPoint::forward`], answered from the owner's
+//! [`Inbox`]) and follow the log like a stream room, applying each list to a replica.
 
 mod memory;
 
 pub use memory::MemoryCommitPoint;
 
-pub use crate::room::core::{CommitFailure, CommitResult, NewEvent, RosterDelta};
+pub use crate::room::core::{CommitFailure, CommitResult, ForwardedList, NewEvent, RosterDelta};
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId};
 use futures::stream::BoxStream;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The owner's answer to a forwarded list: its seq (a list committed before gets its original
+/// one), a refusal (conflict, invalid op, schema), or `Unknown` — forward it again (the owner
+/// lost its lease, its commit's outcome is unknown, the answer did not come in time).
+pub type ForwardAnswer = Result<CommitResult, CommitFailure>;
+
+/// A list forwarded to this gateway as the room's owner, and where its answer goes.
+pub struct Forwarded {
+    pub room: RoomId,
+    pub list: ForwardedList,
+    pub reply: oneshot::Sender<ForwardAnswer>,
+}
+
+/// The lists other gateways forward to this one (at most once each: a forwarder that gets no
+/// answer forwards the list again).
+pub type Inbox = BoxStream<'static, Forwarded>;
+
+fn no_docs<T>() -> Result<T, String> {
+    Err("this commit point does not serve doc rooms".into())
+}
 
 /// One item of a room's feed.
 #[derive(Debug, Clone)]
@@ -69,6 +95,62 @@ pub trait CommitPoint: Send + Sync + 'static {
     /// Which of `gateways` have lapsed (their heartbeat is gone); their entries of the room's
     /// stored roster are removed.
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String>;
+
+    /// Acquires or renews the doc room's owner lease for this gateway: the fence to commit
+    /// with (bumped by every acquisition, kept by a renewal), `None` while another gateway
+    /// holds it.
+    async fn acquire_lease(&self, _room: &RoomId, _lease: Duration) -> Result<Option<u64>, String> {
+        no_docs()
+    }
+
+    /// Drops the lease if this gateway holds it.
+    async fn release_lease(&self, _room: &RoomId) -> Result<(), String> {
+        no_docs()
+    }
+
+    /// The gateway holding the doc room's lease, if any.
+    async fn lease_holder(&self, _room: &RoomId) -> Result<Option<String>, String> {
+        no_docs()
+    }
+
+    /// The owner's commit of a doc room: `events` continue the head exactly (their seqs are
+    /// the next ones) and are written only while `fence` is the room's fence
+    /// ([`CommitFailure::Fenced`]) and the head is the one before the first event
+    /// ([`CommitFailure::HeadMoved`]). A call whose events were all committed before is
+    /// answered with their original seqs without the head check (a call handed over again
+    /// after an unknown outcome).
+    async fn commit_doc(
+        &self,
+        _room: &RoomId,
+        _epoch: &Epoch,
+        _fence: u64,
+        _events: Vec<StoredEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        Err(CommitFailure::Refused(crate::room::core::RoomError::new(
+            concord_protocol::ErrorCode::Internal,
+            "this commit point does not serve doc rooms",
+        )))
+    }
+
+    /// Forwards an op list to `owner` (the holder of the room's lease) and waits at most
+    /// `timeout` for its answer (then `Unknown`).
+    async fn forward(
+        &self,
+        _owner: &str,
+        _room: &RoomId,
+        _list: ForwardedList,
+        _timeout: Duration,
+    ) -> ForwardAnswer {
+        Err(CommitFailure::Refused(crate::room::core::RoomError::new(
+            concord_protocol::ErrorCode::Internal,
+            no_docs::<()>().unwrap_err(),
+        )))
+    }
+
+    /// The lists forwarded to this gateway (taken once, by the server).
+    fn take_inbox(&self) -> Option<Inbox> {
+        None
+    }
 }
 
 /// The parts of a server of the distributed mode: the store its reads go to and the commit

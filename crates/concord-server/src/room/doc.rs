@@ -106,6 +106,19 @@ pub struct DocState {
     limits: DocLimits,
 }
 
+/// Decodes an op list the server encoded (a forwarded list, a stored event's data).
+pub fn list_ops(data: &serde_json::value::RawValue) -> Result<Vec<Op>, String> {
+    let v = doc::read_stored(data.get()).map_err(|err| format!("not readable JSON: {err}"))?;
+    doc::decode_ops(
+        &v,
+        &doc::Limits {
+            max_ops: usize::MAX,
+            max_path_depth: usize::MAX,
+        },
+    )
+    .map_err(|err| err.message)
+}
+
 /// Decodes the ops column of a stored doc event.
 pub fn stored_ops(e: &StoredEvent) -> Result<Vec<Op>, String> {
     let v = doc::read_stored(e.data.get())
@@ -494,6 +507,22 @@ impl DocState {
         let seq = self.seq;
         self.remember(seq, Arc::new(rebased.ops.clone()));
         Ok(rebased)
+    }
+
+    /// Applies a committed op list (already rebased by the room's owner) as `seq`, the next
+    /// seq: how a replica follows the log. An error leaves the state unchanged.
+    pub fn apply_committed(&mut self, seq: Seq, ops: Vec<Op>) -> Result<(), String> {
+        if seq != self.seq.next() {
+            return Err(format!(
+                "list {seq} does not follow the document at {}",
+                self.seq
+            ));
+        }
+        let (_, grew) = doc::apply_measured(&mut self.state, &ops).map_err(|e| e.to_string())?;
+        self.bytes = (self.bytes as i64 + grew).max(0) as usize;
+        self.seq = seq;
+        self.remember(seq, Arc::new(ops));
+        Ok(())
     }
 
     pub fn hash(&self) -> String {

@@ -48,3 +48,19 @@ pub fn event_frame(room: &RoomId, kind: RoomKind, e: &StoredEvent, hash: Option<
     })
     .encode()
 }
+
+/// Hands the doc lists other gateways forward to this one to their rooms' actors, until the
+/// server stops (a list it cannot hand over is dropped: its forwarder gets no answer and
+/// forwards it again).
+pub async fn serve_inbox(mut inbox: crate::cluster::Inbox, registry: std::sync::Arc<Registry>) {
+    use futures::StreamExt;
+    while let Some(f) = inbox.next().await {
+        let msg = RoomMsg::Forward {
+            list: f.list,
+            reply: f.reply,
+        };
+        if registry.send(&f.room, msg).is_err() {
+            break;
+        }
+    }
+}

@@ -41,6 +41,12 @@ pub enum RoomMsg {
         client: ClientId,
         waiter: Waiter,
     },
+    /// A doc op list another gateway (or this room's own core) forwarded to this gateway as
+    /// the room's owner.
+    Forward {
+        list: crate::cluster::ForwardedList,
+        reply: oneshot::Sender<crate::cluster::ForwardAnswer>,
+    },
     /// A member's presence (already checked for size and rights).
     Presence {
         conn_id: u64,

@@ -5,6 +5,7 @@ mod bad_input;
 mod client;
 mod client_tls;
 mod cluster;
+mod cluster_docs;
 mod demo;
 mod doc_client;
 mod docs;

@@ -5,15 +5,18 @@
 //! next one is sequenced. Nothing is acked or broadcast before the store reports it durable, and
 //! batches complete in the order they were submitted (`FuturesOrdered`), so every member sees
 //! seq order with no gaps. Writing (publish, op, restore) is in `write.rs`, joining and
-//! catch-up in `join.rs`.
+//! catch-up in `join.rs`; the distributed mode's shared rooms in `shared.rs`, and the
+//! ownership of a doc room in `owner.rs`.
 
 mod join;
+mod owner;
 mod shared;
 mod write;
 
 use super::core::{CommitFailure, CoreConfig, Effect, Env, Loaded, MemberConn, Members, RoomCore};
 use super::msg::{Creator, RoomError, RoomMsg, Waiter};
 use super::registry::Registry;
+use crate::cluster::{ForwardAnswer, ForwardedList};
 use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
 use crate::metrics::{Limit, RateScope};
@@ -24,9 +27,10 @@ use concord_core::{HlcTimestamp, RoomId};
 use concord_protocol::ErrorCode;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 
 const MAILBOX_BATCH: usize = 256;
 
@@ -75,6 +79,12 @@ pub(crate) struct RoomActor {
     broken: Option<tokio::time::Instant>,
     /// The distributed mode's commits, fills and feed (None: embedded mode).
     cluster: Option<shared::SharedShell>,
+    /// A doc room this gateway owns (distributed mode).
+    owner: Option<owner::Owner>,
+    /// Doc lists the core asked to forward, not yet handed to the owner.
+    forwards: Vec<ForwardedList>,
+    /// A forward found the room without an owner: the next one tries to take the lease.
+    want_lease: Arc<AtomicBool>,
 }
 
 impl RoomActor {
@@ -123,6 +133,9 @@ impl RoomActor {
             commits: FuturesOrdered::new(),
             broken: None,
             cluster: None,
+            owner: None,
+            forwards: Vec::new(),
+            want_lease: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -152,6 +165,9 @@ impl RoomActor {
                 biased;
                 Some(result) = self.commits.next(), if !self.commits.is_empty() => {
                     self.on_commit(result).await;
+                }
+                ev = Self::next_owner_event(&mut self.owner), if self.owner.is_some() => {
+                    self.on_owner(ev).await;
                 }
                 ev = async { self.cluster.as_mut().expect("checked").next(remote).await }, if self.cluster.is_some() => {
                     self.on_shared(ev).await;
@@ -194,12 +210,15 @@ impl RoomActor {
         if let Some(c) = self.cluster.as_mut() {
             c.finish_telling().await;
         }
+        self.release_lease().await;
         self.snapshot_on_unload().await;
         // The rest (registry entry, gauges, stats) is done by `Drop`.
     }
 
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && !self.core.has_inflight()
+        self.members.is_empty()
+            && !self.core.has_inflight()
+            && !self.owner.as_ref().is_some_and(|o| o.has_inflight())
     }
 
     /// Waits for every batch in flight to be committed (or to fail).
@@ -207,12 +226,22 @@ impl RoomActor {
         while let Some(result) = self.commits.next().await {
             self.on_commit(result).await;
         }
-        while let Some(outcome) = match self.cluster.as_mut() {
-            Some(c) => c.next_commit().await,
-            None => None,
-        } {
-            self.core.commit_done(outcome);
-            self.settle().await;
+        // A doc room's forwards may wait for this gateway's own owner core: both are driven.
+        loop {
+            let owner_busy = self.owner.as_ref().is_some_and(|o| o.has_inflight());
+            let forwarding = self.cluster.as_ref().is_some_and(|c| c.has_commits());
+            if !owner_busy && !forwarding {
+                break;
+            }
+            tokio::select! {
+                Some(outcome) = async { self.cluster.as_mut().expect("checked").next_commit().await }, if forwarding => {
+                    self.core.commit_done(outcome);
+                    self.settle().await;
+                }
+                ev = Self::next_owner_event(&mut self.owner), if owner_busy => {
+                    self.on_owner(ev).await;
+                }
+            }
         }
     }
 
@@ -271,6 +300,46 @@ impl RoomActor {
         self.settle().await;
     }
 
+    /// Forwards a doc list to the room's owner: this gateway's own owner core, or the holder
+    /// of the lease (taken here first when a forward found the room without an owner).
+    async fn forward(&mut self, list: ForwardedList) {
+        let Some(point) = self.shared.commit_point.clone() else {
+            return;
+        };
+        if self.owner.is_none() && self.want_lease.swap(false, Ordering::Relaxed) {
+            self.take_lease().await;
+        }
+        let answer: BoxFuture<'static, ForwardAnswer> = if self.owner.is_some() {
+            let (tx, rx) = oneshot::channel();
+            self.serve_forward(list, tx).await;
+            Box::pin(async move {
+                rx.await.unwrap_or_else(|_| {
+                    Err(CommitFailure::Unknown("the owner dropped the list".into()))
+                })
+            })
+        } else {
+            let (room, want) = (self.room.clone(), self.want_lease.clone());
+            let timeout =
+                (self.shared.config.doc_lease / 3).max(std::time::Duration::from_millis(100));
+            Box::pin(async move {
+                let me = point.gateway_id().to_string();
+                match point.lease_holder(&room).await {
+                    Ok(Some(owner)) if owner != me => {
+                        point.forward(&owner, &room, list, timeout).await
+                    }
+                    Ok(_) => {
+                        want.store(true, Ordering::Relaxed);
+                        Err(CommitFailure::Unknown("the room has no owner".into()))
+                    }
+                    Err(e) => Err(CommitFailure::Unknown(e)),
+                }
+            })
+        };
+        if let Some(c) = self.cluster.as_mut() {
+            c.forward(answer);
+        }
+    }
+
     /// Tells the other gateways what changed among this gateway's clients of the room.
     fn tell_roster(&mut self) {
         if let Some(c) = self.cluster.as_mut() {
@@ -288,8 +357,16 @@ impl RoomActor {
 
     /// Carries out the core's effects, reloading when it asks to, until none are left.
     async fn settle(&mut self) {
-        while self.route() {
-            self.reload().await;
+        loop {
+            while self.route() {
+                self.reload().await;
+            }
+            if self.forwards.is_empty() {
+                break;
+            }
+            for list in std::mem::take(&mut self.forwards) {
+                self.forward(list).await;
+            }
         }
         if let Some(c) = self.cluster.as_mut() {
             c.behind(self.core.behind_acked());
@@ -359,6 +436,10 @@ impl RoomActor {
                     Some(c) => c.fill(fill),
                     None => fills += 1,
                 },
+                Effect::Forward(list) => match self.cluster.is_some() {
+                    true => self.forwards.push(list),
+                    false => commits += 1,
+                },
             }
         }
         if commits + fills > 0 {
@@ -402,17 +483,8 @@ impl RoomActor {
     async fn reload(&mut self) {
         let shared = &self.shared;
         let schema = shared.schema_for(&self.room);
-        let mut loaded =
+        let loaded =
             super::load::load(shared.store.as_ref(), &self.room, &shared.config, schema).await;
-        if shared.commit_point.is_some()
-            && matches!(&loaded, Loaded::Room(r) if r.record.kind == concord_core::RoomKind::Doc)
-        {
-            // A doc room needs one owner running its OT (a lease); until gateways elect one,
-            // the distributed mode serves stream rooms only.
-            loaded = Loaded::Failed(
-                "doc rooms are not served by gateways of the distributed mode yet".into(),
-            );
-        }
         match &loaded {
             Loaded::Room(r) => {
                 if let Some(h) = &r.record.head_hlc {
@@ -486,7 +558,7 @@ impl RoomActor {
                     // Events sequenced before the join go out through the normal broadcast;
                     // a doc's state is given as committed, so its ops in flight finish first.
                     self.submit().await;
-                    if self.core.doc().is_some() {
+                    if self.core.join_waits_for_commits() {
                         self.drain_commits().await;
                     }
                     // Tell the connection whether it is a member now (a failed rejoin keeps
@@ -508,6 +580,7 @@ impl RoomActor {
                         out.send(Utf8Bytes::from(super::left_frame(&self.room)));
                     }
                 }
+                RoomMsg::Forward { list, reply } => self.serve_forward(list, reply).await,
                 RoomMsg::Presence { conn_id, data } => {
                     // Ignored when the join was refused or the member left meanwhile.
                     let now = self.shared.clock.now_ms();
@@ -688,7 +761,8 @@ impl Drop for RoomActor {
                         out.send(Utf8Bytes::from(super::left_frame(&self.room)));
                     }
                 }
-                RoomMsg::Presence { .. } => {}
+                // The forwarder gets `Unknown` (its answer is dropped) and forwards it again.
+                RoomMsg::Presence { .. } | RoomMsg::Forward { .. } => {}
             }
         }
         for w in waiters {

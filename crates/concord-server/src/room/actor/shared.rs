@@ -2,7 +2,7 @@
 //! point (pipelined, their outcomes taken in order), the one fill being read, the room's feed,
 //! and the grace after which acked commits that were not delivered are filled.
 
-use crate::cluster::{CommitPoint, Feed, FeedItem};
+use crate::cluster::{CommitPoint, Feed, FeedItem, ForwardAnswer};
 use crate::room::core::{CommitFailure, CommitResult, NewEvent, RosterDelta};
 use crate::store::{Store, StoreResult, StoredEvent};
 use concord_core::{Epoch, Fill, RoomId, Seq};
@@ -16,6 +16,9 @@ use tokio::time::Instant;
 /// How long acked commits may stay undelivered (their notification lost, nothing after it)
 /// before they are read from the log.
 const FILL_GRACE: Duration = Duration::from_millis(250);
+
+/// The pause before a doc list whose forward got no answer is forwarded again.
+const FORWARD_RETRY: Duration = Duration::from_millis(100);
 
 /// How often a room with members on other gateways checks that those gateways live.
 const CHECK_GATEWAYS: Duration = Duration::from_secs(1);
@@ -186,6 +189,27 @@ impl SharedShell {
             }
             point.commit(&room, &epoch, events).await
         }));
+    }
+
+    /// Waits for a doc list's answer from the room's owner (in order with the commits). An
+    /// `Unknown` answer comes after a pause, so a list forwarded again does not spin while
+    /// the room has no owner.
+    pub fn forward(&mut self, answer: BoxFuture<'static, ForwardAnswer>) {
+        self.commits.push_back(Box::pin(async move {
+            match answer.await {
+                Ok(r) => Ok(vec![r]),
+                Err(CommitFailure::Unknown(why)) => {
+                    tokio::time::sleep(FORWARD_RETRY).await;
+                    Err(CommitFailure::Unknown(why))
+                }
+                Err(f) => Err(f),
+            }
+        }));
+    }
+
+    /// Whether commits or forwards are in flight.
+    pub fn has_commits(&self) -> bool {
+        !self.commits.is_empty()
     }
 
     /// Reads a range of the log for the follower.

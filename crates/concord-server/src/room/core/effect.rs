@@ -2,7 +2,7 @@
 //! members and reloads. The shell drains them in order after every input.
 
 use super::answer::{Acked, RoomError};
-use super::shared::NewEvent;
+use super::shared::{ForwardedList, NewEvent};
 use crate::store::StoredEvent;
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{Fill, Seq};
@@ -26,7 +26,10 @@ pub enum Effect<W> {
     /// Shared stream rooms: hand these writes to the commit point, in order; report the
     /// outcome with [`super::RoomCore::commit_done`], in the order the commits were asked for.
     Commit(Vec<NewEvent>),
-    /// Shared stream rooms: read the log's events in `(after, until]` (as many as can be read
+    /// Doc rooms of the distributed mode: forward this op list to the room's owner; report its
+    /// answer with [`super::RoomCore::commit_done`], in order with the commits.
+    Forward(ForwardedList),
+    /// Shared rooms: read the log's events in `(after, until]` (as many as can be read
     /// at once) and hand them to [`super::RoomCore::filled`] (or report
     /// [`super::RoomCore::fill_failed`]).
     Fill(Fill),

@@ -34,6 +34,7 @@ impl<W: Waiting> RoomCore<W> {
         history: u64,
     ) -> Result<JoinPlan, RoomError> {
         let (live, room_kind) = match &self.state {
+            State::Shared { live, log } if log.doc.is_some() => (live, RoomKind::Doc),
             State::Stream(live) | State::Shared { live, .. } => (live, RoomKind::Stream),
             State::Doc { live, .. } => (live, RoomKind::Doc),
             State::Missing => {

@@ -90,6 +90,14 @@ impl<W: Waiting> RoomCore<W> {
             let _ = live.window.push(Arc::new(Committed { seq: e.seq, frame }));
         }
         match (kind, r.doc) {
+            (RoomKind::Doc, Some(doc)) if cfg.shared_streams => State::Shared {
+                live,
+                log: Box::new(super::shared::shared_log(
+                    head,
+                    cfg.follow_buffer,
+                    Some(Box::new(doc)),
+                )),
+            },
             (RoomKind::Doc, Some(doc)) => State::Doc {
                 live,
                 doc: Box::new(doc),
@@ -97,7 +105,7 @@ impl<W: Waiting> RoomCore<W> {
             (RoomKind::Doc, None) => State::Stale { broken: true },
             (RoomKind::Stream, _) if cfg.shared_streams => State::Shared {
                 live,
-                log: Box::new(super::shared::shared_log(head, cfg.follow_buffer)),
+                log: Box::new(super::shared::shared_log(head, cfg.follow_buffer, None)),
             },
             (RoomKind::Stream, _) => State::Stream(live),
         }

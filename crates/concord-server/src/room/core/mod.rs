@@ -40,7 +40,7 @@ pub use joined::{JoinBudget, NoRecovery};
 pub use load::{Loaded, LoadedRoom};
 pub use members::{MemberConn, Members};
 pub use roster::RosterDelta;
-pub use shared::{CommitFailure, CommitResult, NewEvent};
+pub use shared::{CommitFailure, CommitResult, ForwardedList, NewEvent};
 #[cfg(any(test, feature = "testing"))]
 pub use step_env::StepEnv;
 pub use write::FoundOps;
@@ -65,11 +65,14 @@ pub struct CoreConfig {
     pub doc_hash_every: u64,
     /// A doc snapshot every this many seqs.
     pub doc_snapshot_every: u64,
-    /// Stream rooms are sequenced by a shared commit point (the distributed mode) instead of
-    /// here: they load as shared rooms that follow the committed log.
+    /// Rooms are sequenced by a shared commit point (the distributed mode) instead of here:
+    /// they load as shared rooms that follow the committed log (a doc room with a replica of
+    /// its document, its op lists forwarded to the room's owner).
     pub shared_streams: bool,
     /// Events a shared room buffers behind a gap in its log while the gap is read.
     pub follow_buffer: usize,
+    /// Doc lists a gateway forwards to a room's owner at once (the rest wait for a credit).
+    pub forward_credits: usize,
 }
 
 impl CoreConfig {
@@ -83,6 +86,7 @@ impl CoreConfig {
             doc_snapshot_every: c.doc_snapshot_every,
             shared_streams: false,
             follow_buffer: c.room_window,
+            forward_credits: FORWARD_CREDITS,
         }
     }
 }
@@ -157,6 +161,7 @@ impl<W: Waiting> RoomCore<W> {
 
     pub fn kind(&self) -> Option<RoomKind> {
         match &self.state {
+            State::Shared { log, .. } if log.doc.is_some() => Some(RoomKind::Doc),
             State::Stream(_) | State::Shared { .. } => Some(RoomKind::Stream),
             State::Doc { .. } => Some(RoomKind::Doc),
             _ => None,
@@ -177,12 +182,20 @@ impl<W: Waiting> RoomCore<W> {
         self.state.live().map_or(Seq::ZERO, |l| l.seqr.assigned())
     }
 
-    /// The document of a doc room (its state runs ahead of the commit by the lists in flight).
+    /// The document of a doc room (its state runs ahead of the commit by the lists in flight;
+    /// in the distributed mode, the replica at the delivered head).
     pub fn doc(&self) -> Option<&DocState> {
         match &self.state {
             State::Doc { doc, .. } => Some(doc),
+            State::Shared { log, .. } => log.doc.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether a join must wait for the commits in flight (a doc room sequenced here: its
+    /// document runs ahead of the commit).
+    pub fn join_waits_for_commits(&self) -> bool {
+        matches!(self.state, State::Doc { .. })
     }
 
     /// A doc room's state to save when it unloads: (seq, state JSON), when everything is
@@ -234,6 +247,9 @@ impl<W: Waiting> RoomCore<W> {
         self.effects.push(Effect::Fail { waiter, error });
     }
 }
+
+/// Doc lists one gateway forwards to a room's owner at once.
+pub const FORWARD_CREDITS: usize = 64;
 
 /// The answer to every message of a room whose document cannot be loaded.
 pub const BROKEN_MESSAGE: &str =

@@ -20,6 +20,13 @@
 //! is caught up by [`RoomCore::fill_acked`]; after a lost subscription the shell reads the head
 //! and calls [`RoomCore::feed_resumed`].
 //!
+//! Doc rooms (one owner per room, elsewhere in the cluster or in this gateway's shell): a
+//! client's op list is not rebased here but forwarded with its base ([`Effect::Forward`]); the
+//! owner's answer comes back through [`RoomCore::commit_done`] like a commit's (its seq, the
+//! indexes it dropped, or the owner's refusal). Every committed list is applied to the room's
+//! replica in seq order as it is delivered, so `joined.state` is the replica at the delivered
+//! head and never waits on the owner.
+//!
 //! [`Follower`]: concord_core::Follower
 
 use super::answer::{Acked, RoomError};
@@ -28,8 +35,10 @@ use super::state::{SharedBatch, SharedLog, State};
 use super::window::Committed;
 use super::{Env, RoomCore, Waiting};
 use crate::metrics::Limit;
+use crate::room::doc::DocState;
 use crate::store::StoredEvent;
 use axum::extract::ws::Utf8Bytes;
+use concord_core::doc::Op;
 use concord_core::{ClientId, Epoch, HlcText, IdemKey, OpId, RoomKind, Seq};
 use concord_protocol::ErrorCode;
 use serde_json::value::RawValue;
@@ -38,6 +47,10 @@ use std::sync::Arc;
 /// Outcomes of one commit that are not known after this many hand-overs are answered
 /// `unavailable` (a retry with the same id is still exactly once).
 pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
+
+/// The same for a doc list forwarded to the owner: an owner that is gone is replaced only
+/// after its lease, so a list is forwarded again for longer (the shell pauses between tries).
+pub const MAX_FORWARD_ATTEMPTS: u32 = 100;
 
 /// One write for the commit point.
 #[derive(Debug, Clone)]
@@ -58,6 +71,19 @@ pub struct CommitResult {
     pub hlc: HlcText,
     /// The write had been committed before (this is its original seq and hlc).
     pub duplicate: bool,
+    /// A doc op list: the indexes of its ops that rebasing dropped.
+    pub dropped: Vec<usize>,
+}
+
+/// A doc op list a gateway forwards to the room's owner.
+#[derive(Debug, Clone)]
+pub struct ForwardedList {
+    pub client: ClientId,
+    pub op_id: Option<OpId>,
+    /// The seq of the state the ops were made against.
+    pub base: Seq,
+    /// The ops, as the protocol encodes them (a JSON array).
+    pub ops: Box<RawValue>,
 }
 
 /// Why a commit has no result.
@@ -70,6 +96,12 @@ pub enum CommitFailure {
     Moved(String),
     /// Refused before any write (nothing landed): the waiters get this error.
     Refused(RoomError),
+    /// A doc room's owner commit with a fence that is no longer the room's: another gateway
+    /// took the lease; nothing was written.
+    Fenced(String),
+    /// A doc room's owner commit whose expected head is not the head (given): nothing was
+    /// written.
+    HeadMoved(Seq),
 }
 
 impl<W: Waiting> RoomCore<W> {
@@ -81,24 +113,12 @@ impl<W: Waiting> RoomCore<W> {
         w: W,
         env: &dyn Env,
     ) {
+        let Some(w) = self.retry_in_flight(&client, w) else {
+            return;
+        };
         let State::Shared { log, .. } = &mut self.state else {
             unreachable!("called for shared rooms")
         };
-        if let Some(id) = w.op_id() {
-            let key = IdemKey {
-                client: client.clone(),
-                id: id.clone(),
-            };
-            let in_flight = std::iter::once(&log.batch)
-                .chain(log.inflight.iter())
-                .flat_map(|b| &b.events)
-                .any(|e| e.from == key.client && e.op_id.as_ref() == Some(&key.id));
-            if in_flight {
-                self.metrics.duplicate_ops.inc();
-                log.retries.push((key, w));
-                return;
-            }
-        }
         log.batch.events.push(NewEvent {
             from: client,
             op_id: w.op_id().cloned(),
@@ -106,6 +126,68 @@ impl<W: Waiting> RoomCore<W> {
             data,
         });
         log.batch.waiters.push(w);
+    }
+
+    /// A retry of a write gathered or in flight here waits for its original's outcome
+    /// (`None`); otherwise the waiter is given back.
+    fn retry_in_flight(&mut self, client: &ClientId, w: W) -> Option<W> {
+        let State::Shared { log, .. } = &mut self.state else {
+            return Some(w);
+        };
+        let Some(id) = w.op_id() else {
+            return Some(w);
+        };
+        let key = IdemKey {
+            client: client.clone(),
+            id: id.clone(),
+        };
+        let in_flight = log
+            .batches()
+            .flat_map(|b| &b.events)
+            .any(|e| same_key(&key, e));
+        if in_flight {
+            self.metrics.duplicate_ops.inc();
+            log.retries.push((key, w));
+            return None;
+        }
+        Some(w)
+    }
+
+    /// An op list for a doc room of the distributed mode (admitted by `op`): forwarded to the
+    /// owner with its base, one list per forward.
+    pub(super) fn shared_op(
+        &mut self,
+        client: ClientId,
+        base: Seq,
+        ops: &[Op],
+        w: W,
+        env: &dyn Env,
+    ) {
+        let Some(w) = self.retry_in_flight(&client, w) else {
+            return;
+        };
+        let State::Shared { log, .. } = &mut self.state else {
+            unreachable!("called for shared rooms")
+        };
+        let json = concord_core::doc::encode_ops(ops).to_string();
+        let data = RawValue::from_string(json).expect("encoded ops are JSON");
+        let batch = SharedBatch {
+            events: vec![NewEvent {
+                from: client,
+                op_id: w.op_id().cloned(),
+                proposed: HlcText::from(&env.hlc_now()),
+                data,
+            }],
+            waiters: vec![w],
+            attempts: 0,
+            base: Some(base),
+        };
+        if log.inflight.len() >= self.config.forward_credits.max(1) {
+            log.queued.push_back(batch);
+            return;
+        }
+        self.effects.push(hand_over(&batch));
+        log.inflight.push_back(batch);
     }
 
     /// Hands the gathered writes of a shared room to the commit point.
@@ -148,8 +230,11 @@ impl<W: Waiting> RoomCore<W> {
         match outcome {
             Ok(results) => {
                 let epoch = live.seqr.epoch().clone();
-                let fresh = results.iter().filter(|r| !r.duplicate).count();
-                self.metrics.events_committed.inc_by(fresh as u64);
+                // A doc list is counted where it is committed: by the owner's core.
+                if done.base.is_none() {
+                    let fresh = results.iter().filter(|r| !r.duplicate).count();
+                    self.metrics.events_committed.inc_by(fresh as u64);
+                }
                 for ((w, ev), r) in done.waiters.into_iter().zip(&done.events).zip(results) {
                     log.acked = log.acked.max(r.seq);
                     if r.duplicate {
@@ -159,7 +244,7 @@ impl<W: Waiting> RoomCore<W> {
                         seq: r.seq,
                         hlc: r.hlc,
                         epoch: epoch.clone(),
-                        dropped: Vec::new(),
+                        dropped: r.dropped,
                     };
                     answer_retries(&mut log, ev, &acked, &mut self.effects);
                     self.effects.push(Effect::Ack {
@@ -170,10 +255,20 @@ impl<W: Waiting> RoomCore<W> {
                 }
                 self.state = State::Shared { live, log };
             }
-            Err(CommitFailure::Unknown(why)) if done.attempts + 1 < MAX_COMMIT_ATTEMPTS => {
-                tracing::warn!(room = %self.room, error = %why, "commit outcome unknown; handing it over again");
+            // A keyless doc list cannot be told apart from a second copy of itself by the
+            // owner: it is not forwarded twice.
+            Err(CommitFailure::Unknown(why))
+                if done.attempts + 1
+                    < (if done.base.is_some() {
+                        MAX_FORWARD_ATTEMPTS
+                    } else {
+                        MAX_COMMIT_ATTEMPTS
+                    })
+                    && (done.base.is_none() || done.events.iter().all(|e| e.op_id.is_some())) =>
+            {
+                tracing::debug!(room = %self.room, error = %why, "commit outcome unknown; handing it over again");
                 done.attempts += 1;
-                self.effects.push(Effect::Commit(done.events.clone()));
+                self.effects.push(hand_over(&done));
                 log.inflight.push_back(done);
                 self.state = State::Shared { live, log };
             }
@@ -188,8 +283,13 @@ impl<W: Waiting> RoomCore<W> {
                         );
                         (e, false)
                     }
-                    CommitFailure::Moved(why) => {
+                    CommitFailure::Moved(why) | CommitFailure::Fenced(why) => {
                         tracing::warn!(room = %self.room, reason = %why, "the room moved; reloading");
+                        let e = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
+                        (e, true)
+                    }
+                    CommitFailure::HeadMoved(head) => {
+                        tracing::warn!(room = %self.room, head = %head, "the log's head moved; reloading");
                         let e = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
                         (e, true)
                     }
@@ -211,6 +311,16 @@ impl<W: Waiting> RoomCore<W> {
                 }
                 log.moved |= moved;
                 self.state = State::Shared { live, log };
+            }
+        }
+        // An answered forward gives its credit to the next list waiting.
+        if let State::Shared { log, .. } = &mut self.state {
+            while !log.moved && log.inflight.len() < self.config.forward_credits.max(1) {
+                let Some(next) = log.queued.pop_front() else {
+                    break;
+                };
+                self.effects.push(hand_over(&next));
+                log.inflight.push_back(next);
             }
         }
         // Events held for these acks go out now (after them).
@@ -239,6 +349,7 @@ impl<W: Waiting> RoomCore<W> {
             let waiters = unsent
                 .waiters
                 .into_iter()
+                .chain(log.queued.drain(..).flat_map(|b| b.waiters))
                 .chain(log.retries.drain(..).map(|r| r.1));
             for w in waiters {
                 self.fail(w, error.clone());
@@ -329,8 +440,7 @@ impl<W: Waiting> RoomCore<W> {
         };
         while let Some(e) = log.held.front() {
             let ours = e.op_id.as_ref().is_some_and(|id| {
-                std::iter::once(&log.batch)
-                    .chain(log.inflight.iter())
+                log.batches()
                     .flat_map(|b| &b.events)
                     .any(|w| w.from == e.from && w.op_id.as_ref() == Some(id))
             });
@@ -338,6 +448,20 @@ impl<W: Waiting> RoomCore<W> {
                 break;
             }
             let e = log.held.pop_front().expect("a front event");
+            let (kind, hash) = match log.doc.as_mut() {
+                None => (RoomKind::Stream, None),
+                Some(doc) => {
+                    let applied = crate::room::doc::stored_ops(&e)
+                        .and_then(|ops| doc.apply_committed(e.seq, ops));
+                    if let Err(why) = applied {
+                        tracing::error!(room = %self.room, seq = %e.seq, error = %why, "a committed list does not apply to the replica; reloading");
+                        log.held.push_front(e);
+                        return self.shared_stale();
+                    }
+                    let every = self.config.doc_hash_every.max(1);
+                    (RoomKind::Doc, (e.seq.0 % every == 0).then(|| doc.hash()))
+                }
+            };
             live.seqr.follow(e.seq);
             if let Some(id) = &e.op_id {
                 let key = IdemKey {
@@ -347,7 +471,7 @@ impl<W: Waiting> RoomCore<W> {
                 live.idem.insert(key, e.seq, (e.seq, e.hlc.clone()));
             }
             live.idem.commit(e.seq);
-            let frame = crate::room::event_frame(&self.room, RoomKind::Stream, &e, None);
+            let frame = crate::room::event_frame(&self.room, kind, &e, hash.as_deref());
             let frame = Utf8Bytes::from(frame);
             self.effects.push(Effect::Broadcast(frame.clone()));
             if live.window.push(Arc::new(Committed { seq: e.seq, frame })) {
@@ -359,8 +483,9 @@ impl<W: Waiting> RoomCore<W> {
     /// The waiters a shared room holds (for a shell that ends abnormally).
     pub(super) fn shared_waiters(&mut self, out: &mut Vec<W>) {
         if let State::Shared { log, .. } = &mut self.state {
-            let batches =
-                std::iter::once(std::mem::take(&mut log.batch)).chain(log.inflight.drain(..));
+            let batches = std::iter::once(std::mem::take(&mut log.batch))
+                .chain(log.inflight.drain(..))
+                .chain(log.queued.drain(..));
             for b in batches {
                 out.extend(b.waiters);
             }
@@ -409,7 +534,29 @@ impl<W: Waiting> RoomCore<W> {
         if !self.batch.acks.is_empty() || !self.inflight.is_empty() {
             return Err("a shared room has local batches".into());
         }
-        let batches = || std::iter::once(&log.batch).chain(log.inflight.iter());
+        if let Some(doc) = &log.doc {
+            if doc.seq != head {
+                return Err(format!(
+                    "the replica is at {} and the head at {head}",
+                    doc.seq
+                ));
+            }
+            if !log.batch.events.is_empty() || log.inflight.iter().any(|b| b.base.is_none()) {
+                return Err("a doc room gathered stream writes".into());
+            }
+        }
+        if log
+            .inflight
+            .iter()
+            .any(|b| b.base.is_some() && b.events.len() != 1)
+        {
+            return Err("a forward holds more than one op list".into());
+        }
+        let batches = || log.batches();
+        let free = log.inflight.len() < self.config.forward_credits.max(1);
+        if !log.moved && !log.queued.is_empty() && free {
+            return Err("a doc list waits for a credit while one is free".into());
+        }
         if batches().any(|b| b.events.len() != b.waiters.len()) {
             return Err("a shared batch has a write without its waiter".into());
         }
@@ -422,16 +569,36 @@ impl<W: Waiting> RoomCore<W> {
     }
 }
 
-/// A shared room's state once loaded at `head`.
-pub(super) fn shared_log<W>(head: Seq, max_buffer: usize) -> SharedLog<W> {
+/// A shared room's state once loaded at `head` (a doc room with its replica at `head`).
+pub(super) fn shared_log<W>(
+    head: Seq,
+    max_buffer: usize,
+    doc: Option<Box<DocState>>,
+) -> SharedLog<W> {
     SharedLog {
+        doc,
         follower: concord_core::Follower::new(head, max_buffer),
         batch: SharedBatch::default(),
         inflight: Default::default(),
         retries: Vec::new(),
         acked: head,
+        queued: Default::default(),
         held: Default::default(),
         moved: false,
+    }
+}
+
+/// The effect that hands a batch over: a doc list is forwarded to the owner, stream writes are
+/// committed.
+fn hand_over<W>(batch: &SharedBatch<W>) -> Effect<W> {
+    match (batch.base, batch.events.first()) {
+        (Some(base), Some(e)) => Effect::Forward(ForwardedList {
+            client: e.from.clone(),
+            op_id: e.op_id.clone(),
+            base,
+            ops: e.data.clone(),
+        }),
+        _ => Effect::Commit(batch.events.clone()),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The states of a room (missing, stale, a live stream room, a live doc room, a live stream
-//! room sequenced by a shared commit point) and the batches of writes with their waiters.
+//! The states of a room (missing, stale, a live stream room, a live doc room, a live room of
+//! the distributed mode that follows a shared commit point's log) and the batches of writes
+//! with their waiters.
 
 use super::shared::NewEvent;
 use super::window::{Committed, Window};
@@ -32,9 +33,10 @@ pub(super) enum State<W> {
         live: Box<Live<W>>,
         doc: Box<DocState>,
     },
-    /// A stream room of the distributed mode: a shared commit point (the Redis function)
-    /// assigns the seqs of every gateway's writes, and this room follows the committed log
-    /// (`live.seqr` is the head delivered here; nothing is sequenced locally).
+    /// A room of the distributed mode: a shared commit point (the Redis function) assigns the
+    /// seqs of every gateway's writes — of a doc room, the writes its owner rebased —, and
+    /// this room follows the committed log (`live.seqr` is the head delivered here; nothing is
+    /// sequenced locally; a doc room applies each delivered list to its replica).
     Shared {
         live: Box<Live<W>>,
         log: Box<SharedLog<W>>,
@@ -49,6 +51,8 @@ pub(super) struct SharedLog<W> {
     pub batch: SharedBatch<W>,
     /// Commits handed to the commit point, oldest first: their outcomes come back in order.
     pub inflight: VecDeque<SharedBatch<W>>,
+    /// Doc lists waiting for a credit: at most `forward_credits` are forwarded at once.
+    pub queued: VecDeque<SharedBatch<W>>,
     /// Retries of writes in flight here, answered with their original's outcome.
     pub retries: Vec<(IdemKey, W)>,
     /// The highest seq this room's own commits were given.
@@ -60,6 +64,8 @@ pub(super) struct SharedLog<W> {
     /// The log moved under the room (new epoch, room gone): nothing new is accepted, and the
     /// room reloads once its commits in flight have their outcomes.
     pub moved: bool,
+    /// A doc room's replica: the document at the delivered head (`live.seqr.committed()`).
+    pub doc: Option<Box<DocState>>,
 }
 
 /// Writes committed together: the events in order, each with its waiter.
@@ -68,6 +74,8 @@ pub(super) struct SharedBatch<W> {
     pub waiters: Vec<W>,
     /// Times the batch was handed over without a known outcome.
     pub attempts: u32,
+    /// A doc room's op list (one per batch), forwarded to the owner with this base.
+    pub base: Option<Seq>,
 }
 
 impl<W> Default for SharedBatch<W> {
@@ -76,7 +84,17 @@ impl<W> Default for SharedBatch<W> {
             events: Vec::new(),
             waiters: Vec::new(),
             attempts: 0,
+            base: None,
         }
+    }
+}
+
+impl<W> SharedLog<W> {
+    /// Every batch of writes not answered yet: gathered, in flight, queued.
+    pub fn batches(&self) -> impl Iterator<Item = &SharedBatch<W>> {
+        std::iter::once(&self.batch)
+            .chain(self.inflight.iter())
+            .chain(self.queued.iter())
     }
 }
 

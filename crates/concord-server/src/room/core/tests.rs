@@ -98,7 +98,7 @@ fn drain(core: &mut RoomCore<W>, out: &mut Out) {
             }
             Effect::Broadcast(_) => out.broadcasts += 1,
             Effect::Reload => out.reloads += 1,
-            Effect::Commit(_) | Effect::Fill(_) => {
+            Effect::Commit(_) | Effect::Fill(_) | Effect::Forward(_) => {
                 panic!("an embedded room asked for a commit point")
             }
         }

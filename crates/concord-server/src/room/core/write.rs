@@ -64,7 +64,15 @@ impl<W: Waiting> RoomCore<W> {
                 ErrorCode::KindMismatch,
                 "publish is for stream rooms; doc rooms take op",
             )),
-            (State::Stream(_) | State::Shared { .. }, RoomKind::Doc) => Some((
+            (State::Shared { log, .. }, RoomKind::Stream) if log.doc.is_some() => Some((
+                ErrorCode::KindMismatch,
+                "publish is for stream rooms; doc rooms take op",
+            )),
+            (State::Shared { log, .. }, RoomKind::Doc) if log.doc.is_none() => Some((
+                ErrorCode::KindMismatch,
+                "op is for doc rooms; stream rooms take publish",
+            )),
+            (State::Stream(_), RoomKind::Doc) => Some((
                 ErrorCode::KindMismatch,
                 "op is for doc rooms; stream rooms take publish",
             )),
@@ -182,6 +190,9 @@ impl<W: Waiting> RoomCore<W> {
         let Some(w) = self.admit(RoomKind::Doc, &client, w, found, env) else {
             return;
         };
+        if matches!(self.state, State::Shared { .. }) {
+            return self.shared_op(client, base, ops, w, env);
+        }
         let State::Doc { live, doc } = &mut self.state else {
             unreachable!("admitted as a doc room")
         };
@@ -237,7 +248,10 @@ impl<W: Waiting> RoomCore<W> {
     /// the store at `seq`.
     pub fn restore_source(&self, seq: Seq) -> Result<Option<Value>, RoomError> {
         let (live, doc) = match &self.state {
-            State::Doc { live, doc } => (live, doc),
+            State::Doc { live, doc } => (live, &**doc),
+            State::Shared { live, log } if log.doc.is_some() => {
+                (live, log.doc.as_deref().expect("checked"))
+            }
             State::Missing => {
                 return Err(RoomError::new(ErrorCode::NotFound, "room does not exist"))
             }
@@ -266,6 +280,10 @@ impl<W: Waiting> RoomCore<W> {
     pub fn restore(&mut self, client: ClientId, w: W, target: &Value, env: &dyn Env) {
         let (ops, head) = match &self.state {
             State::Doc { live, doc } => (doc::diff(&doc.state, target), live.seqr.committed()),
+            State::Shared { live, log } if log.doc.is_some() => {
+                let doc = log.doc.as_deref().expect("checked");
+                (doc::diff(&doc.state, target), live.seqr.committed())
+            }
             _ => {
                 // Whatever the state is now, `op` answers the waiter.
                 (Vec::new(), Seq::ZERO)
