@@ -1,15 +1,18 @@
 //! `RedisCommitPoint`: shared stream rooms commit through `concord_commit` (no fence, no
 //! expected head: any gateway writes) and follow their room's channel.
 
+use super::ack::AckLevel;
 use super::feed::Notifier;
+use super::rebuild::Seen;
 use crate::{CommitRequest, LogError, NewEvent, RedisLog};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId};
+use concord_core::{Epoch, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use concord_server::cluster::{
-    self as core, CommitFailure, CommitPoint, CommitResult, Feed, RosterDelta,
+    self as core, CommitFailure, CommitPoint, CommitResult, Feed, FeedItem, RosterDelta,
 };
 use concord_server::room::RoomError;
+use futures::StreamExt;
 use std::sync::Arc;
 
 pub struct RedisCommitPoint {
@@ -21,6 +24,10 @@ pub struct RedisCommitPoint {
     boot: u64,
     /// `{node}-{boot}`: this process among the cluster's gateways.
     id: String,
+    /// Acks wait for the persisted watermark (ack level `durable`).
+    durable: bool,
+    /// What this gateway acked or delivered (none at the ack level `durable`).
+    seen: Option<Arc<Seen>>,
 }
 
 impl RedisCommitPoint {
@@ -32,7 +39,16 @@ impl RedisCommitPoint {
             node: node.to_string(),
             boot,
             id: format!("{node}-{:08x}", boot as u32),
+            durable: false,
+            seen: None,
         }
+    }
+
+    /// What its acks promise; `seen` notes what it acks and delivers.
+    pub fn with_ack(mut self, level: AckLevel, seen: Option<Arc<Seen>>) -> Self {
+        self.durable = level == AckLevel::Durable;
+        self.seen = seen;
+        self
     }
 
     pub(super) fn gateway_id_owned(&self) -> String {
@@ -91,6 +107,9 @@ impl CommitPoint for RedisCommitPoint {
                 .collect(),
         };
         let committed = self.log.commit(room, &req).await.map_err(failure)?;
+        if let (Some(seen), Some(top)) = (&self.seen, committed.iter().map(|c| c.seq).max()) {
+            seen.note(room, epoch, top);
+        }
         Ok(committed
             .into_iter()
             .map(|c| CommitResult {
@@ -103,7 +122,18 @@ impl CommitPoint for RedisCommitPoint {
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
         let channel = self.log.keys().room(room.as_str()).channel;
-        self.notifier.subscribe(channel).await
+        let feed = self.notifier.subscribe(channel).await;
+        let Some(seen) = self.seen.clone() else {
+            return feed;
+        };
+        let room = room.clone();
+        Box::pin(feed.inspect(move |item| {
+            if let FeedItem::Events { epoch, events } = item {
+                if let Some(last) = events.last() {
+                    seen.note(&room, epoch, last.seq);
+                }
+            }
+        }))
     }
 
     fn gateway_id(&self) -> &str {
@@ -120,5 +150,20 @@ impl CommitPoint for RedisCommitPoint {
 
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
         super::roster::gone(&self.log, room, gateways).await
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    async fn persisted(&self, room: &RoomId) -> Option<(Epoch, Seq)> {
+        match self.log.room_meta(room).await {
+            Ok(Some(m)) => Some((m.epoch, m.wm)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "reading the room's watermark failed");
+                None
+            }
+        }
     }
 }

@@ -255,6 +255,32 @@ impl RedisLog {
         })
     }
 
+    /// Recreates the meta of a room Redis lost, from PostgreSQL's record, when it is absent —
+    /// or, given `seen` (epoch, head), when it is still exactly there (a lost tail: its log is
+    /// emptied, the new head being above it).
+    pub async fn rebuild_over(
+        &self,
+        room: &RoomId,
+        kind: RoomKind,
+        epoch: &Epoch,
+        head: Seq,
+        hlc: Option<&HlcText>,
+        seen: Option<(&Epoch, Seq)>,
+    ) -> Result<Rebuilt, LogError> {
+        let rk = self.room_keys(room);
+        let mut cmd = Self::fcall("concord_rebuild", &[&rk.meta, &rk.log]);
+        cmd.arg(kind.as_str())
+            .arg(epoch.as_str())
+            .arg(head.0)
+            .arg(hlc.map(|h| h.as_str()).unwrap_or(""))
+            .arg(self.config.clock.now_ms());
+        if let Some((e, h)) = seen {
+            cmd.arg(e.as_str()).arg(h.0);
+        }
+        let reply: Value = self.call_cmd(&cmd).await?;
+        parse::rebuilt(reply)
+    }
+
     /// Recreates the meta of a room Redis lost, from PostgreSQL's record (only when absent).
     pub async fn rebuild(
         &self,

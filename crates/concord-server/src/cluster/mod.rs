@@ -14,7 +14,7 @@ pub use memory::MemoryCommitPoint;
 pub use crate::room::core::{CommitFailure, CommitResult, NewEvent, RosterDelta};
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId};
+use concord_core::{Epoch, RoomId, Seq};
 use futures::stream::BoxStream;
 use std::sync::Arc;
 
@@ -31,6 +31,9 @@ pub enum FeedItem {
     Lost,
     /// What gateway `gw` told about its own clients of the room (membership, presence).
     Roster { gw: String, delta: RosterDelta },
+    /// The room's persisted watermark in `epoch` reached `seq` (the workers' PostgreSQL
+    /// commit covers every event up to it).
+    Persisted { epoch: Epoch, seq: Seq },
 }
 
 /// A room's feed: at most once, in commit order while it lasts; it may end (resubscribe).
@@ -69,6 +72,17 @@ pub trait CommitPoint: Send + Sync + 'static {
     /// Which of `gateways` have lapsed (their heartbeat is gone); their entries of the room's
     /// stored roster are removed.
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String>;
+
+    /// Whether acks (and deliveries) of shared rooms wait for the persisted watermark (the
+    /// ack level `durable`).
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// The room's persisted watermark (epoch, seq), read now; `None` when unknown.
+    async fn persisted(&self, _room: &RoomId) -> Option<(Epoch, Seq)> {
+        None
+    }
 }
 
 /// The parts of a server of the distributed mode: the store its reads go to and the commit

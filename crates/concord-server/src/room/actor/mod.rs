@@ -20,7 +20,7 @@ use crate::metrics::{Limit, RateScope};
 use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{HlcTimestamp, RoomId};
+use concord_core::{HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -136,6 +136,9 @@ impl RoomActor {
             for (gw, delta) in roster {
                 self.members.apply_roster(&gw, delta, now);
             }
+            if shell.durable() {
+                self.core.hold_until_persisted();
+            }
             self.cluster = Some(shell);
         }
         // The core asks for its first load.
@@ -227,7 +230,12 @@ impl RoomActor {
                 self.core.fill_failed();
             }
             E::Notified(epoch, events) => self.core.notified(&epoch, events),
-            E::Resumed(Ok(head)) => self.core.feed_resumed(head),
+            E::Resumed(Ok(Some((epoch, head)))) => self.core.feed_resumed_in(&epoch, head),
+            E::Resumed(Ok(None)) => self.core.feed_resumed(Seq::ZERO),
+            E::Persisted(epoch, seq) => {
+                let now = self.shared.clock.now_ms();
+                self.core.persisted(&epoch, seq, now);
+            }
             E::Resumed(Err(e)) => {
                 tracing::warn!(room = %self.room, error = %e, "reading the head failed");
             }
@@ -280,6 +288,7 @@ impl RoomActor {
         }
         if let Some(c) = self.cluster.as_mut() {
             c.behind(self.core.behind_acked());
+            c.waits_for_persisted(self.core.waits_for_persisted());
         }
     }
 

@@ -19,6 +19,7 @@
 mod answer;
 mod check;
 mod commit;
+mod durable;
 mod effect;
 mod join;
 mod joined;
@@ -114,6 +115,9 @@ pub struct RoomCore<W> {
     /// Batches handed to the store, oldest first: their outcomes come back in this order.
     inflight: VecDeque<Batch<W>>,
     effects: Vec<Effect<W>>,
+    /// Acks and deliveries of shared rooms wait for the persisted watermark (ack level
+    /// `durable`, room/core/durable.rs).
+    durable_acks: bool,
 }
 
 impl<W: Waiting> RoomCore<W> {
@@ -127,6 +131,7 @@ impl<W: Waiting> RoomCore<W> {
             batch: Batch::default(),
             inflight: VecDeque::new(),
             effects: vec![Effect::Reload],
+            durable_acks: false,
         }
     }
 

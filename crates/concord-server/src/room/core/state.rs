@@ -60,6 +60,8 @@ pub(super) struct SharedLog<W> {
     /// The log moved under the room (new epoch, room gone): nothing new is accepted, and the
     /// room reloads once its commits in flight have their outcomes.
     pub moved: bool,
+    /// At the ack level `durable`: the watermark heard and the acks waiting for it.
+    pub durable: Option<super::durable::Durable<W>>,
 }
 
 /// Writes committed together: the events in order, each with its waiter.
