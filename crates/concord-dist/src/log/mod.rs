@@ -103,10 +103,33 @@ impl RedisLog {
         }
     }
 
-    /// One command under the call timeout.
+    /// One command under the call timeout. A Redis that lost the function library (it
+    /// restarted empty: no persistence, or a failover to a node that never had it) ran
+    /// nothing: the library and the cluster's record are put back and the command is sent
+    /// once more.
     pub(crate) async fn call_cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, LogError> {
-        self.bounded(async { Ok(self.conn.query(cmd).await?) })
-            .await
+        self.bounded(async {
+            match self.conn.query(cmd).await {
+                Err(e) if function_missing(&e) => {
+                    tracing::warn!(error = %e, "Redis has lost the function library: loading it again");
+                    self.record_partitions().await?;
+                    functions::ensure_loaded(&self.conn).await?;
+                    Ok(self.conn.query(cmd).await?)
+                }
+                r => Ok(r?),
+            }
+        })
+        .await
+    }
+
+    /// `HSETNX {prefix}:cluster partitions P` (without the call timeout: inside a call).
+    async fn record_partitions(&self) -> Result<(), LogError> {
+        let mut cmd = redis::cmd("HSETNX");
+        cmd.arg(self.keys.cluster())
+            .arg("partitions")
+            .arg(self.config.partitions);
+        self.conn.query::<i64>(&cmd).await?;
+        Ok(())
     }
 
     fn fcall(name: &str, keys: &[&str]) -> Cmd {
@@ -300,4 +323,10 @@ impl RedisLog {
         let reply: Value = self.call_cmd(&cmd).await?;
         parse::rebuilt(reply)
     }
+}
+
+/// Redis answered that the function called does not exist (it ran nothing).
+fn function_missing(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    text.contains("Function not found") || text.contains("function not found")
 }

@@ -75,6 +75,8 @@ pub(crate) struct RoomActor {
     broken: Option<tokio::time::Instant>,
     /// The distributed mode's commits, fills and feed (None: embedded mode).
     cluster: Option<shared::SharedShell>,
+    /// The epoch the room was last loaded in (a reload into another one resets the members).
+    loaded_epoch: Option<concord_core::Epoch>,
 }
 
 impl RoomActor {
@@ -123,6 +125,7 @@ impl RoomActor {
             commits: FuturesOrdered::new(),
             broken: None,
             cluster: None,
+            loaded_epoch: None,
         }
     }
 
@@ -436,6 +439,29 @@ impl RoomActor {
             Loaded::Missing => {}
         }
         self.core.loaded(loaded);
+        if let Some(now) = self.core.epoch().cloned() {
+            if self.loaded_epoch.as_ref().is_some_and(|e| *e != now) {
+                self.members_rejoin();
+            }
+            self.loaded_epoch = Some(now);
+        }
+    }
+
+    /// The room came back in another epoch (the distributed mode: Redis lost acked events):
+    /// its members are told to join again, and get `recovered: false` when they do.
+    fn members_rejoin(&mut self) {
+        let ids: Vec<u64> = self.members.conns().map(|c| c.conn_id()).collect();
+        let now = self.shared.clock.now_ms();
+        for member in self.members.conns() {
+            self.shared.metrics.error(ErrorCode::Unavailable);
+            member.send(Utf8Bytes::from(unavailable_frame(
+                &self.room,
+                "the room's history was reset (new epoch); join again",
+            )));
+        }
+        for id in ids {
+            self.members.remove(id, now);
+        }
     }
 
     /// Handles the messages in `self.buf`, in order.
