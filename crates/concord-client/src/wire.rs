@@ -43,6 +43,7 @@ pub(crate) fn publish(room: &str, id: &str, data: &Value) -> Result<String, Clie
         room: room.into(),
         id: id.into(),
         data: &data,
+        resend: false,
     })
     .encode();
     let limit = Limits::default().max_frame_bytes;

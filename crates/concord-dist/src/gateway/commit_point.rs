@@ -4,9 +4,10 @@
 use super::ack::AckLevel;
 use super::feed::Notifier;
 use super::rebuild::Seen;
+use crate::pg::PgArchive;
 use crate::{CommitRequest, LogError, NewEvent, RedisLog};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId, Seq};
+use concord_core::{Epoch, HlcText, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use concord_server::cluster::{
     self as core, CommitFailure, CommitPoint, CommitResult, Feed, FeedItem, RosterDelta,
@@ -28,6 +29,8 @@ pub struct RedisCommitPoint {
     durable: bool,
     /// What this gateway acked or delivered (none at the ack level `durable`).
     seen: Option<Arc<Seen>>,
+    /// Where flagged resends older than Redis's idempotency window are looked up.
+    archive: Option<PgArchive>,
 }
 
 impl RedisCommitPoint {
@@ -41,7 +44,57 @@ impl RedisCommitPoint {
             id: format!("{node}-{:08x}", boot as u32),
             durable: false,
             seen: None,
+            archive: None,
         }
+    }
+
+    /// Looks flagged resends up in `archive` before committing them.
+    pub fn with_archive(mut self, archive: Option<PgArchive>) -> Self {
+        self.archive = archive;
+        self
+    }
+
+    /// The original results of flagged resends the archive holds (by index of `events`).
+    async fn archived_resends(
+        &self,
+        room: &RoomId,
+        events: &[core::NewEvent],
+    ) -> Result<Vec<Option<CommitResult>>, CommitFailure> {
+        let mut out = vec![None; events.len()];
+        let Some(archive) = &self.archive else {
+            return Ok(out);
+        };
+        let keys: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e.resend)
+            .filter_map(|e| Some((e.from.to_string(), e.op_id.as_ref()?.to_string())))
+            .collect();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let found = archive
+            .find_ops(room.as_str(), &keys)
+            .await
+            .map_err(|e| CommitFailure::Unknown(format!("looking resends up: {e}")))?;
+        for (slot, e) in out.iter_mut().zip(events) {
+            let (true, Some(op)) = (e.resend, &e.op_id) else {
+                continue;
+            };
+            let hit = found
+                .iter()
+                .find(|f| f.from == e.from.as_str() && f.op_id == op.as_str());
+            if let Some(f) = hit {
+                let hlc = HlcText::parse(&f.hlc).ok_or_else(|| {
+                    CommitFailure::Unknown(format!("archived hlc {} unreadable", f.hlc))
+                })?;
+                *slot = Some(CommitResult {
+                    seq: Seq(f.seq),
+                    hlc,
+                    duplicate: true,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// What its acks promise; `seen` notes what it acks and delivers.
@@ -83,8 +136,17 @@ impl CommitPoint for RedisCommitPoint {
         epoch: &Epoch,
         events: Vec<core::NewEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
+        // A flagged resend may be older than Redis's idempotency window: the archive answers
+        // the ones it holds with their original results; the others go to Redis.
+        let mut answers = self.archived_resends(room, &events).await?;
+        let events: Vec<core::NewEvent> = events
+            .into_iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .map(|(e, _)| e)
+            .collect();
         let Some(first) = events.first() else {
-            return Ok(Vec::new());
+            return Ok(answers.into_iter().flatten().collect());
         };
         let req = CommitRequest {
             epoch: epoch.clone(),
@@ -102,7 +164,7 @@ impl CommitPoint for RedisCommitPoint {
                     from: e.from,
                     op_id: e.op_id,
                     data: e.data,
-                    resend: false,
+                    resend: e.resend,
                 })
                 .collect(),
         };
@@ -110,14 +172,25 @@ impl CommitPoint for RedisCommitPoint {
         if let (Some(seen), Some(top)) = (&self.seen, committed.iter().map(|c| c.seq).max()) {
             seen.note(room, epoch, top);
         }
-        Ok(committed
+        let mut committed = committed.into_iter().map(|c| CommitResult {
+            seq: c.seq,
+            hlc: c.hlc,
+            duplicate: c.duplicate,
+        });
+        for a in answers.iter_mut().filter(|a| a.is_none()) {
+            *a = committed.next();
+        }
+        answers
             .into_iter()
-            .map(|c| CommitResult {
-                seq: c.seq,
-                hlc: c.hlc,
-                duplicate: c.duplicate,
+            .map(|a| {
+                a.ok_or_else(|| {
+                    CommitFailure::Refused(RoomError::new(
+                        ErrorCode::Internal,
+                        "Redis answered fewer results than writes",
+                    ))
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {

@@ -60,7 +60,8 @@ pub async fn connect(
     // are gone; at the level `durable` nothing acked or delivered can be (rebuild.rs).
     let seen = (options.ack != AckLevel::Durable).then(|| Arc::new(Seen::default()));
     let point = RedisCommitPoint::new(log.clone(), notifier, &options.node)
-        .with_ack(options.ack, seen.clone());
+        .with_ack(options.ack, seen.clone())
+        .with_archive(options.archive.clone());
     roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
         store: Arc::new(RedisStore::new(log, options.archive).with_seen(seen)),

@@ -336,3 +336,67 @@ async fn a_lost_tail_is_rebuilt_in_the_same_epoch() {
     );
     s.stop(vec![g2]).await;
 }
+
+/// A publish the client flags as a resend, whose key Redis no longer has (older than its
+/// idempotency window), is looked up in PostgreSQL and answered with its original ack: it is
+/// not committed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_flagged_resend_gets_its_original_ack_from_postgres() {
+    let s = Setup::new("dur-resend", "chat:resend").await;
+    let room = s.room.clone();
+    let g1 = s.gateway("gwr1", AckLevel::Memory).await;
+    let mut w = Ws::hello(&g1, "writer").await;
+    w.join(&room).await;
+    for n in 1..=3u64 {
+        w.publish(&room, &format!("m{n}"), json!({"n": n})).await;
+    }
+    s.persisted(3).await;
+    drop(w);
+    // The keys' buckets expire (the window passed), and the workers trimmed the log (so a
+    // gateway loading the room reads no recent keys from it).
+    let mut c = s.redis.client();
+    let keys = concord_dist::Keys::new(&s.prefix, Partitions::new(1024).unwrap())
+        .unwrap()
+        .room(&room);
+    let _: () = redis::cmd("DEL").arg(&keys.log).query(&mut c).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg("floor")
+        .arg(4)
+        .query(&mut c)
+        .unwrap();
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:i:{room}:*", s.prefix))
+        .query(&mut c)
+        .unwrap();
+    assert!(!buckets.is_empty(), "the commits recorded their keys");
+    let _: () = redis::cmd("DEL").arg(&buckets).query(&mut c).unwrap();
+    // Another gateway, which never had the room loaded (no key in its memory).
+    let g2 = s.gateway("gwr2", AckLevel::Memory).await;
+    let mut w = Ws::hello(&g2, "writer").await;
+    w.join(&room).await;
+    w.send(json!({"type":"publish","room":room,"id":"m2","data":{"n":2},"resend":true}))
+        .await;
+    let ack = w.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(2)),
+        "{ack}"
+    );
+    let ack = w.publish(&room, "m4", json!({"n": 4})).await;
+    assert_eq!(ack["seq"], 4, "the resend took no seq: {ack}");
+    s.persisted(4).await;
+    let rows = s.rows().await;
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.op_id.as_deref() == Some("m2"))
+            .count(),
+        1
+    );
+    g1.stop().await;
+    s.stop(vec![g2]).await;
+}

@@ -102,6 +102,11 @@ pub trait Env {
 pub trait Waiting {
     /// The op id, when the write has one (its idempotency key, with the client).
     fn op_id(&self) -> Option<&OpId>;
+    /// The client flagged the write as a resend: its key is also looked up beyond the
+    /// commit point's recent keys (distributed mode).
+    fn resend(&self) -> bool {
+        false
+    }
 }
 
 /// One room's logic and state.

@@ -50,6 +50,9 @@ pub struct NewEvent {
     /// a batch over again cannot commit it twice.
     pub proposed: HlcText,
     pub data: Box<RawValue>,
+    /// The client flagged it as a resend (its key is looked up in every idempotency bucket,
+    /// and beyond them in the archive).
+    pub resend: bool,
 }
 
 /// What the commit point did with one write.
@@ -105,6 +108,7 @@ impl<W: Waiting> RoomCore<W> {
             op_id: w.op_id().cloned(),
             proposed: HlcText::from(&env.hlc_now()),
             data,
+            resend: w.resend(),
         });
         log.batch.waiters.push(w);
     }

@@ -12,6 +12,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("answer.rs", include_str!("answer.rs")),
     ("check.rs", include_str!("check.rs")),
     ("commit.rs", include_str!("commit.rs")),
+    ("durable.rs", include_str!("durable.rs")),
     ("effect.rs", include_str!("effect.rs")),
     ("join.rs", include_str!("join.rs")),
     ("joined.rs", include_str!("joined.rs")),
