@@ -204,7 +204,8 @@ async fn durable_acks_follow_postgres_and_survive_an_empty_redis() {
 }
 
 /// At the level `memory`, Redis restarted empty after the workers caught up: the room is
-/// rebuilt in its epoch, a member keeps receiving, a rejoin recovers, seqs continue.
+/// rebuilt in its epoch (whatever a client's `since` claimed), a member keeps receiving, a
+/// rejoin recovers, seqs continue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_redis_after_the_workers_caught_up_keeps_the_epoch() {
     let mut s = Setup::new("dur-same", "chat:same").await;
@@ -219,6 +220,10 @@ async fn an_empty_redis_after_the_workers_caught_up_keeps_the_epoch() {
     }
     assert_eq!(obs.events(5).await.len(), 5);
     s.persisted(5).await;
+    // A client claiming to have seen far more cannot make the rebuild believe events are lost.
+    let mut hostile = Ws::hello(&g, "hostile").await;
+    let j = rejoin(&mut hostile, &room, &epoch, 1_000_000).await;
+    assert_eq!(j["recovered"], false, "{j}");
     s.redis.restart();
     let ack = publish_until_acked(&mut w, &room, "m6", json!({"n": 6})).await;
     assert_eq!(ack["seq"], 6, "{ack}");
