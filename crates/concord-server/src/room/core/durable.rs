@@ -30,10 +30,11 @@ pub(super) struct HeldAck<W> {
 }
 
 impl<W> Durable<W> {
-    /// A room loaded at `head`: nothing up to it goes through this room's delivery.
-    pub fn new(head: Seq) -> Self {
+    /// A room just loaded: its watermark is not known until the feed or a read tells it (a
+    /// retry of a write up to the loaded head may not be persisted yet).
+    pub fn unknown() -> Self {
         Durable {
-            persisted: head,
+            persisted: Seq::ZERO,
             acks: VecDeque::new(),
         }
     }
@@ -64,9 +65,9 @@ impl<W: Waiting> RoomCore<W> {
     /// ack level `durable`); kept across reloads.
     pub fn hold_until_persisted(&mut self) {
         self.durable_acks = true;
-        if let State::Shared { live, log } = &mut self.state {
+        if let State::Shared { log, .. } = &mut self.state {
             if log.durable.is_none() {
-                log.durable = Some(Durable::new(live.seqr.committed()));
+                log.durable = Some(Durable::unknown());
             }
         }
     }
