@@ -98,10 +98,16 @@ impl Store for RedisStore {
                 super::rebuild::check(&self.log, archive, seen, room, meta.as_ref(), || {
                     Epoch::generate(clock.now_ms(), rand::random())
                 })
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            if outcome != super::rebuild::Outcome::Kept {
-                meta = self.log.room_meta(room).await.map_err(backend)?;
+                .await;
+            match outcome {
+                Ok(super::rebuild::Outcome::Kept) => {}
+                Ok(_) => meta = self.log.room_meta(room).await.map_err(backend)?,
+                // PostgreSQL unreachable: a room Redis has is served as Redis has it (checked
+                // again at its next load); one it lacks cannot be told from a new room.
+                Err(e) if meta.is_some() => {
+                    tracing::warn!(room = %room, error = %e, "checking the room against PostgreSQL failed; serving it from Redis");
+                }
+                Err(e) => return Err(StoreError::Backend(e.to_string())),
             }
         }
         Ok(meta.map(|m| RoomRecord {
