@@ -17,8 +17,12 @@ use concord_core::{Epoch, HlcText, RoomId, RoomKind, Seq};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Rooms [`Seen`] remembers at most (about 100 bytes each); past it, an arbitrary one is
+/// forgotten for each new one (a loss in a forgotten room keeps its epoch).
+const MAX_ROOMS: usize = 100_000;
+
 /// What this gateway acked or delivered: the highest seq per room, with its epoch (one entry
-/// per room it wrote or followed since it started).
+/// per room it wrote or followed since it started, up to `MAX_ROOMS`).
 #[derive(Default)]
 pub struct Seen {
     rooms: Mutex<HashMap<RoomId, (Epoch, Seq)>>,
@@ -32,6 +36,11 @@ impl Seen {
             Some((e, s)) if e == epoch => *s = (*s).max(seq),
             Some(entry) => *entry = (epoch.clone(), seq),
             None => {
+                if rooms.len() >= MAX_ROOMS {
+                    if let Some(old) = rooms.keys().next().cloned() {
+                        rooms.remove(&old);
+                    }
+                }
                 rooms.insert(room.clone(), (epoch.clone(), seq));
             }
         }
@@ -137,5 +146,27 @@ pub async fn check(
             "Redis lost acked events PostgreSQL does not have: the room starts a new epoch"
         );
         Ok(Outcome::NewEpoch { epoch, head })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_keeps_the_highest_seq_of_the_latest_epoch() {
+        let seen = Seen::default();
+        let room = RoomId::new("r").unwrap();
+        let (e1, e2) = (Epoch("e1".into()), Epoch("e2".into()));
+        seen.note(&room, &e1, Seq(5));
+        seen.note(&room, &e1, Seq(3));
+        assert_eq!(seen.get(&room, &e1), Some(Seq(5)));
+        seen.note(&room, &e2, Seq(1));
+        assert_eq!(seen.get(&room, &e1), None, "another epoch says nothing");
+        assert_eq!(seen.get(&room, &e2), Some(Seq(1)));
+        for n in 0..MAX_ROOMS + 10 {
+            seen.note(&RoomId::new(&format!("r{n}")).unwrap(), &e1, Seq(1));
+        }
+        assert_eq!(seen.rooms.lock().unwrap().len(), MAX_ROOMS, "bounded");
     }
 }
