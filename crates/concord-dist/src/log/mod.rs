@@ -259,8 +259,9 @@ impl RedisLog {
         parse::room_meta(&map).map(Some)
     }
 
-    /// Records that a worker persisted the room up to `seq` (the watermark never lowers) and
-    /// trims the log stream below `wm − keep`, never the head.
+    /// Records that a worker persisted the room up to `seq` (the watermark never lowers; a
+    /// raised one is published on the room's channel) and trims the log stream below
+    /// `wm − keep`, never the head.
     pub async fn persisted(
         &self,
         room: &RoomId,
@@ -269,7 +270,7 @@ impl RedisLog {
         keep: u64,
     ) -> Result<Watermark, LogError> {
         let rk = self.room_keys(room);
-        let mut cmd = Self::fcall("concord_persisted", &[&rk.meta, &rk.log]);
+        let mut cmd = Self::fcall("concord_persisted", &[&rk.meta, &rk.log, &rk.channel]);
         cmd.arg(epoch.as_str()).arg(seq.0).arg(keep);
         let (wm, floor): (u64, u64) = self.call_cmd(&cmd).await?;
         Ok(Watermark {
