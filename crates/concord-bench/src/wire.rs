@@ -149,6 +149,7 @@ pub fn publish(room: &str, index: u64, t_unix_us: u64, padding: &str) -> String 
         room: room.into(),
         id: index.to_string().into(),
         data: &data,
+        resend: false,
     })
     .encode()
 }

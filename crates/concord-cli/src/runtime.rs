@@ -111,10 +111,11 @@ pub async fn gateway_backend(
     let ack = match d.ack_level {
         AckLevel::Memory => concord_dist::gateway::AckLevel::Memory,
         AckLevel::Redis => concord_dist::gateway::AckLevel::Redis,
-        AckLevel::Durable => anyhow::bail!(
-            "--ack-level durable (ack after the workers' PostgreSQL commit) is not served yet; \
-             use memory or redis"
+        AckLevel::Durable if archive.is_none() => anyhow::bail!(
+            "--ack-level durable (ack after the workers' PostgreSQL commit) needs --postgres: \
+             a room Redis lost is rebuilt from it"
         ),
+        AckLevel::Durable => concord_dist::gateway::AckLevel::Durable,
     };
     let options = concord_dist::gateway::GatewayOptions {
         ack,

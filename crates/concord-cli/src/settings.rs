@@ -92,7 +92,8 @@ pub struct Deployment {
     pub partitions: u32,
     /// What a gateway's `ack` promises (with --redis): `memory` (in Redis's memory), `redis`
     /// (fsynced in Redis's append-only file: Redis must run with appendonly yes and appendfsync
-    /// always, checked at start) or `durable` (in PostgreSQL: not served yet).
+    /// always, checked at start) or `durable` (committed in PostgreSQL by a worker: needs
+    /// --postgres and running workers).
     #[arg(long, env = "CONCORD_ACK_LEVEL", value_enum)]
     pub ack_level: AckLevel,
     /// A gateway's heartbeat lease (with --redis): a gateway silent for this long is taken for
@@ -148,7 +149,7 @@ pub enum AckLevel {
     Memory,
     /// Fsynced in Redis's append-only file.
     Redis,
-    /// Committed in PostgreSQL by a worker (not served yet).
+    /// Committed in PostgreSQL by a worker.
     Durable,
 }
 

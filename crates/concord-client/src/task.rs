@@ -599,7 +599,14 @@ impl Task {
         if resent > 0 {
             Counters::bump(&self.counters.resent_publishes, resent);
         }
-        out.extend(sends.into_iter().map(|o| Message::Text(o.frame)));
+        out.extend(sends.into_iter().map(|o| {
+            if o.resend {
+                // Flagged, so a distributed server looks it up beyond its idempotency window.
+                Message::Text(wire::as_resend(o.frame.as_str()).into())
+            } else {
+                Message::Text(o.frame)
+            }
+        }))
     }
 
     fn on_timer(&mut self, out: &mut Vec<Message>) {

@@ -43,6 +43,7 @@ pub(crate) fn publish(room: &str, id: &str, data: &Value) -> Result<String, Clie
         room: room.into(),
         id: id.into(),
         data: &data,
+        resend: false,
     })
     .encode();
     let limit = Limits::default().max_frame_bytes;
@@ -77,6 +78,18 @@ pub(crate) fn drift(room: &str, seq: u64, hash: &str) -> String {
         hash: hash.into(),
     })
     .encode()
+}
+
+/// A `publish` frame sent again, flagged `"resend": true` (a distributed server then also looks
+/// its id up beyond its idempotency window). Any other frame is returned as it is.
+pub(crate) fn as_resend(frame: &str) -> String {
+    match concord_protocol::decode_client(frame) {
+        Ok(ClientMsg::Publish(mut p)) => {
+            p.resend = true;
+            ClientMsg::Publish(p).encode()
+        }
+        _ => frame.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +140,19 @@ mod tests {
             ClientMsg::Publish(Publish { id, data, .. }) => {
                 assert_eq!(id, "p-1");
                 assert_eq!(data.get(), r#"{"text":"hi"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!p.contains("resend"), "a first send is not flagged: {p}");
+        let again = as_resend(&p);
+        match decode_client(&again).unwrap() {
+            ClientMsg::Publish(Publish {
+                id, data, resend, ..
+            }) => {
+                assert_eq!(
+                    (id.as_ref(), data.get(), resend),
+                    ("p-1", r#"{"text":"hi"}"#, true)
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -66,6 +66,10 @@ pub struct Publish<'a> {
     pub id: Cow<'a, str>,
     #[serde(borrow)]
     pub data: &'a RawValue,
+    /// The client sends this publish again (it had no answer): the server then also looks its
+    /// id up beyond its idempotency window where it can (distributed mode). Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

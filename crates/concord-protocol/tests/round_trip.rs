@@ -75,11 +75,14 @@ fn client_msg() -> impl Strategy<Value = ClientMsg<'static>> {
                 })
             ),
         cow().prop_map(|room| ClientMsg::Leave(inbound::Leave { room })),
-        (cow(), cow(), raw()).prop_map(|(room, id, data)| ClientMsg::Publish(inbound::Publish {
-            room,
-            id,
-            data
-        })),
+        (cow(), cow(), raw(), any::<bool>()).prop_map(|(room, id, data, resend)| {
+            ClientMsg::Publish(inbound::Publish {
+                room,
+                id,
+                data,
+                resend,
+            })
+        }),
         (cow(), cow(), any::<u64>(), raw()).prop_map(|(room, id, base, ops)| ClientMsg::Op(
             inbound::Op {
                 room,

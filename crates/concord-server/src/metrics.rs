@@ -83,6 +83,10 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     pub store_commit: Histogram,
     pub store_batch_events: Histogram,
+    /// Acks held until the persisted watermark covers them (ack level `durable`).
+    pub durable_acks_waiting: Gauge,
+    /// Time from a write's admission to its ack at the ack level `durable`.
+    pub durable_wait: Histogram,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -114,6 +118,8 @@ impl Metrics {
             ack_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             store_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            durable_acks_waiting: Gauge::default(),
+            durable_wait: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             registry: Default::default(),
         };
         r.register(
@@ -221,6 +227,16 @@ impl Metrics {
             "concord_ack_latency_seconds",
             "Time from receiving a publish to sending its ack",
             m.ack_latency.clone(),
+        );
+        r.register(
+            "concord_durable_acks_waiting",
+            "Acks held until the workers' PostgreSQL commit covers them (ack level durable)",
+            m.durable_acks_waiting.clone(),
+        );
+        r.register(
+            "concord_durable_ack_wait_seconds",
+            "Time from admitting a write to acking it at ack level durable",
+            m.durable_wait.clone(),
         );
         r.register(
             "concord_store_commit_seconds",

@@ -251,9 +251,10 @@ local function release(keys, args)
   return 0
 end
 
--- concord_persisted(KEYS: meta, log; ARGV: epoch, seq, keep) -> [wm, floor]
+-- concord_persisted(KEYS: meta, log[, channel]; ARGV: epoch, seq, keep) -> [wm, floor]
+-- With the room's channel, a raised watermark is published there: {"room","epoch","wm"}.
 local function persisted(keys, args)
-  local meta, log = keys[1], keys[2]
+  local meta, log, channel = keys[1], keys[2], keys[3]
   local epoch, seq, keep = args[1], tonumber(args[2]), tonumber(args[3])
   if seq == nil or seq < 0 or keep == nil or keep < 0 then return badarg('numbers') end
   local cur = redis.call('HMGET', meta, 'epoch', 'head', 'wm', 'floor')
@@ -269,6 +270,9 @@ local function persisted(keys, args)
   if seq > wm then
     wm = seq
     redis.call('HSET', meta, 'wm', wm)
+    if channel then
+      redis.call('PUBLISH', channel, '{"epoch":' .. cjson.encode(epoch) .. ',"wm":' .. wm .. '}')
+    end
   end
   -- Keep every seq >= wm - keep, and always the head.
   local target = math.min(wm - keep, head)
@@ -280,10 +284,14 @@ local function persisted(keys, args)
   return {wm, floor}
 end
 
--- concord_rebuild(KEYS: meta; ARGV: kind, epoch, head, hlc, now_ms)
--- -> [rebuilt 0|1, kind, epoch, head, hlc]
+-- concord_rebuild(KEYS: meta[, log]; ARGV: kind, epoch, head, hlc, now_ms[, seen epoch,
+-- seen head]) -> [rebuilt 0|1, kind, epoch, head, hlc]
+-- Without the last two: only a room whose meta is absent. With them: also a room whose meta is
+-- still at (seen epoch, seen head) — a lost tail —, whose log is then emptied (its entries are
+-- below the new head).
 local function rebuild(keys, args)
-  local meta = keys[1]
+  local meta, log = keys[1], keys[2]
+  local seen_epoch, seen_head = args[6], tonumber(args[7] or '')
   local kind, epoch, head, hlc = args[1], args[2], tonumber(args[3]), args[4]
   if kind ~= 'stream' and kind ~= 'doc' then return badarg('kind') end
   if epoch == nil or epoch == '' then return badarg('epoch') end
@@ -291,7 +299,14 @@ local function rebuild(keys, args)
   if hlc ~= '' and hlc_parts(hlc) == nil then return badarg('hlc') end
   if meta_exists(meta) then
     local cur = redis.call('HMGET', meta, 'kind', 'epoch', 'head', 'hlc')
-    return {0, cur[1], cur[2], tonumber(cur[3]), cur[4]}
+    local seen = seen_epoch ~= nil and seen_epoch ~= '' and cur[2] == seen_epoch
+      and tonumber(cur[3]) == seen_head and seen_head < head and cur[1] == kind
+    if not seen then
+      return {0, cur[1], cur[2], tonumber(cur[3]), cur[4]}
+    end
+    if log then
+      redis.call('DEL', log)
+    end
   end
   -- The fence restarts at now_ms: above every fence handed out before the loss (fences count
   -- acquisitions, far fewer than milliseconds), so a zombie owner's fence never matches again.

@@ -6,7 +6,12 @@
 //!   (`appendonly yes`, `appendfsync always` on every master — checked when the gateway
 //!   starts): a Redis crash or restart keeps it. (With Redis ≥ 7.2, `WAITAOF` would extend this
 //!   to a replica; Redis 7.0 has no such wait.)
-//! - `durable` (after the workers' PostgreSQL commit) is not served yet.
+//! - `durable`: a worker committed the event to PostgreSQL (the room's persisted watermark
+//!   covers it) before the gateway acks it, and no member is sent it before then either: a
+//!   loss of Redis (restart without persistence, failover) loses no acked or delivered event,
+//!   and the room is rebuilt from PostgreSQL in its epoch (gateway/rebuild.rs). The ack waits
+//!   for the workers (their batch wait plus one PostgreSQL commit), and nothing is acked while
+//!   they are stopped.
 
 use crate::{LogError, RedisLog};
 use redis::Value;
@@ -16,6 +21,7 @@ use redis::Value;
 pub enum AckLevel {
     Memory,
     Redis,
+    Durable,
 }
 
 fn text(v: &Value) -> String {
@@ -45,7 +51,7 @@ fn config_value(answer: &Value, name: &str) -> Option<String> {
 /// Checks that Redis can keep the promise of `level` (`redis`: every master fsyncs its
 /// append-only file before answering).
 pub async fn check(log: &RedisLog, level: AckLevel) -> Result<(), LogError> {
-    if level == AckLevel::Memory {
+    if level != AckLevel::Redis {
         return Ok(());
     }
     let mut cmd = redis::cmd("CONFIG");

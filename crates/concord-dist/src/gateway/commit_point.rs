@@ -3,18 +3,22 @@
 //! holds its lease (`concord_lease`) and commits with its fence and the expected head; op
 //! lists are forwarded to the owner through the gateways' inboxes (`inbox.rs`).
 
+use super::ack::AckLevel;
 use super::feed::Notifier;
 use super::inbox::Forwarding;
+use super::rebuild::Seen;
+use crate::pg::PgArchive;
 use crate::{CommitRequest, LogError, NewEvent, RedisLog};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId, Seq};
+use concord_core::{Epoch, HlcText, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use concord_server::cluster::{
-    self as core, CommitFailure, CommitPoint, CommitResult, Feed, RosterDelta,
+    self as core, CommitFailure, CommitPoint, CommitResult, Feed, FeedItem, RosterDelta,
 };
 use concord_server::cluster::{ForwardAnswer, ForwardedList, Inbox};
 use concord_server::room::RoomError;
 use concord_server::store::StoredEvent;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +32,12 @@ pub struct RedisCommitPoint {
     /// `{node}-{boot}`: this process among the cluster's gateways.
     id: String,
     forwarding: Forwarding,
+    /// Acks wait for the persisted watermark (ack level `durable`).
+    durable: bool,
+    /// What this gateway acked or delivered (none at the ack level `durable`).
+    seen: Option<Arc<Seen>>,
+    /// Where flagged resends older than Redis's idempotency window are looked up.
+    archive: Option<PgArchive>,
 }
 
 impl RedisCommitPoint {
@@ -43,7 +53,67 @@ impl RedisCommitPoint {
             boot,
             id,
             forwarding,
+            durable: false,
+            seen: None,
+            archive: None,
         }
+    }
+
+    /// Looks flagged resends up in `archive` before committing them.
+    pub fn with_archive(mut self, archive: Option<PgArchive>) -> Self {
+        self.archive = archive;
+        self
+    }
+
+    /// The original results of flagged resends the archive holds (by index of `events`).
+    async fn archived_resends(
+        &self,
+        room: &RoomId,
+        events: &[core::NewEvent],
+    ) -> Result<Vec<Option<CommitResult>>, CommitFailure> {
+        let mut out = vec![None; events.len()];
+        let Some(archive) = &self.archive else {
+            return Ok(out);
+        };
+        let keys: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e.resend)
+            .filter_map(|e| Some((e.from.to_string(), e.op_id.as_ref()?.to_string())))
+            .collect();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let found = archive
+            .find_ops(room.as_str(), &keys)
+            .await
+            .map_err(|e| CommitFailure::Unknown(format!("looking resends up: {e}")))?;
+        for (slot, e) in out.iter_mut().zip(events) {
+            let (true, Some(op)) = (e.resend, &e.op_id) else {
+                continue;
+            };
+            let hit = found
+                .iter()
+                .find(|f| f.from == e.from.as_str() && f.op_id == op.as_str());
+            if let Some(f) = hit {
+                let hlc = HlcText::parse(&f.hlc).ok_or_else(|| {
+                    CommitFailure::Unknown(format!("archived hlc {} unreadable", f.hlc))
+                })?;
+                *slot = Some(CommitResult {
+                    seq: Seq(f.seq),
+                    hlc,
+                    duplicate: true,
+                    dropped: Vec::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What its acks promise; `seen` notes what it acks and delivers.
+    pub fn with_ack(mut self, level: AckLevel, seen: Option<Arc<Seen>>) -> Self {
+        self.durable = level == AckLevel::Durable;
+        self.seen = seen;
+        self
     }
 
     pub(super) fn gateway_id_owned(&self) -> String {
@@ -80,8 +150,17 @@ impl CommitPoint for RedisCommitPoint {
         epoch: &Epoch,
         events: Vec<core::NewEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
+        // A flagged resend may be older than Redis's idempotency window: the archive answers
+        // the ones it holds with their original results; the others go to Redis.
+        let mut answers = self.archived_resends(room, &events).await?;
+        let events: Vec<core::NewEvent> = events
+            .into_iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .map(|(e, _)| e)
+            .collect();
         let Some(first) = events.first() else {
-            return Ok(Vec::new());
+            return Ok(answers.into_iter().flatten().collect());
         };
         let req = CommitRequest {
             epoch: epoch.clone(),
@@ -99,25 +178,50 @@ impl CommitPoint for RedisCommitPoint {
                     from: e.from,
                     op_id: e.op_id,
                     data: e.data,
-                    resend: false,
+                    resend: e.resend,
                 })
                 .collect(),
         };
         let committed = self.log.commit(room, &req).await.map_err(failure)?;
-        Ok(committed
+        if let (Some(seen), Some(top)) = (&self.seen, committed.iter().map(|c| c.seq).max()) {
+            seen.note(room, epoch, top);
+        }
+        let mut committed = committed.into_iter().map(|c| CommitResult {
+            seq: c.seq,
+            hlc: c.hlc,
+            duplicate: c.duplicate,
+            dropped: Vec::new(),
+        });
+        for a in answers.iter_mut().filter(|a| a.is_none()) {
+            *a = committed.next();
+        }
+        answers
             .into_iter()
-            .map(|c| CommitResult {
-                seq: c.seq,
-                hlc: c.hlc,
-                duplicate: c.duplicate,
-                dropped: Vec::new(),
+            .map(|a| {
+                a.ok_or_else(|| {
+                    CommitFailure::Refused(RoomError::new(
+                        ErrorCode::Internal,
+                        "Redis answered fewer results than writes",
+                    ))
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
         let channel = self.log.keys().room(room.as_str()).channel;
-        self.notifier.subscribe(channel).await
+        let feed = self.notifier.subscribe(channel).await;
+        let Some(seen) = self.seen.clone() else {
+            return feed;
+        };
+        let room = room.clone();
+        Box::pin(feed.inspect(move |item| {
+            if let FeedItem::Events { epoch, events } = item {
+                if let Some(last) = events.last() {
+                    seen.note(&room, epoch, last.seq);
+                }
+            }
+        }))
     }
 
     fn gateway_id(&self) -> &str {
@@ -215,5 +319,20 @@ impl CommitPoint for RedisCommitPoint {
 
     fn take_inbox(&self) -> Option<Inbox> {
         self.forwarding.take_inbox()
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    async fn persisted(&self, room: &RoomId) -> Option<(Epoch, Seq)> {
+        match self.log.room_meta(room).await {
+            Ok(Some(m)) => Some((m.epoch, m.wm)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "reading the room's watermark failed");
+                None
+            }
+        }
     }
 }

@@ -93,12 +93,14 @@ impl Sub {
     }
 }
 
-/// Either kind of message on a room's channel, read in one pass: a commit's events
-/// (`epoch`, `events`) or a gateway's roster delta (`gw`, `roster`).
+/// Any kind of message on a room's channel, read in one pass: a commit's events (`epoch`,
+/// `events`), a gateway's roster delta (`gw`, `roster`) or a worker's watermark (`epoch`,
+/// `wm`).
 #[derive(Deserialize)]
 struct Note {
     epoch: Option<String>,
     events: Option<Vec<NoteEvent>>,
+    wm: Option<u64>,
     gw: Option<String>,
     roster: Option<super::roster::Wire>,
 }
@@ -120,6 +122,12 @@ fn parse(payload: &[u8]) -> Option<FeedItem> {
         return Some(FeedItem::Roster {
             gw,
             delta: roster.delta(),
+        });
+    }
+    if let (Some(epoch), Some(wm)) = (&note.epoch, note.wm) {
+        return Some(FeedItem::Persisted {
+            epoch: Epoch(epoch.clone()),
+            seq: Seq(wm),
         });
     }
     let events = note
@@ -315,6 +323,16 @@ mod tests {
         assert_eq!(events[0].data.get(), r#"{"a":[1]}"#);
         assert_eq!(events[1].op_id, None);
         assert_eq!(events[1].data.get(), r#""\u0000""#);
+    }
+
+    #[test]
+    fn a_watermark_note_parses() {
+        let Some(FeedItem::Persisted { epoch, seq }) =
+            parse(br#"{"room":"r","epoch":"e1","wm":7}"#)
+        else {
+            panic!("a watermark")
+        };
+        assert_eq!((epoch.as_str(), seq), ("e1", Seq(7)));
     }
 
     #[test]

@@ -7,12 +7,14 @@ mod ack;
 mod commit_point;
 mod feed;
 mod inbox;
+mod rebuild;
 mod roster;
 mod store;
 
 pub use ack::AckLevel;
 pub use commit_point::RedisCommitPoint;
 pub use feed::Notifier;
+pub use rebuild::{Outcome as Rebuilt, Seen};
 pub use store::RedisStore;
 
 use crate::{LogConfig, LogError, RedisLog, RedisTarget};
@@ -55,10 +57,16 @@ pub async fn connect(
     let log = Arc::new(RedisLog::connect(target, config).await?);
     ack::check(&log, options.ack).await?;
     let notifier = Notifier::start(target.clone());
-    let point = RedisCommitPoint::new(log.clone(), notifier, &options.node).await;
+    // What this gateway acked or delivered tells, after a loss of Redis, whether acked events
+    // are gone; at the level `durable` nothing acked or delivered can be (rebuild.rs).
+    let seen = (options.ack != AckLevel::Durable).then(|| Arc::new(Seen::default()));
+    let point = RedisCommitPoint::new(log.clone(), notifier, &options.node)
+        .await
+        .with_ack(options.ack, seen.clone())
+        .with_archive(options.archive.clone());
     roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
-        store: Arc::new(RedisStore::new(log, options.archive)),
+        store: Arc::new(RedisStore::new(log, options.archive).with_seen(seen)),
         commit_point: Arc::new(point),
     })
 }

@@ -5,6 +5,7 @@
 //! answers as documented on each method: writes go through the commit point, retention is the
 //! workers' trim (docs/distributed.md, "Gateways").
 
+use super::rebuild::Seen;
 use crate::pg::PgArchive;
 use crate::{LogError, RedisLog};
 use async_trait::async_trait;
@@ -18,11 +19,24 @@ use std::sync::Arc;
 pub struct RedisStore {
     log: Arc<RedisLog>,
     archive: Option<PgArchive>,
+    /// What this gateway acked or delivered (none at the ack level `durable`).
+    seen: Option<Arc<Seen>>,
 }
 
 impl RedisStore {
     pub fn new(log: Arc<RedisLog>, archive: Option<PgArchive>) -> Self {
-        RedisStore { log, archive }
+        RedisStore {
+            log,
+            archive,
+            seen: None,
+        }
+    }
+
+    /// Notes the events read here (a join's catch-up, a fill: delivered) in `seen`, and asks
+    /// it whether acked events are gone when a room is rebuilt.
+    pub fn with_seen(mut self, seen: Option<Arc<Seen>>) -> Self {
+        self.seen = seen;
+        self
     }
 
     /// Up to `limit` archived events after `after` (PostgreSQL), as stored events.
@@ -72,8 +86,30 @@ fn not_here(what: &str) -> StoreError {
 
 #[async_trait]
 impl Store for RedisStore {
+    /// With the archive, a room Redis lost (or whose tail it lost) is rebuilt from it first
+    /// (gateway/rebuild.rs).
     async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
-        let meta = self.log.room_meta(room).await.map_err(backend)?;
+        let mut meta = self.log.room_meta(room).await.map_err(backend)?;
+        if let Some(archive) = &self.archive {
+            let none = Seen::default();
+            let seen = self.seen.as_deref().unwrap_or(&none);
+            let clock = self.log.config().clock.clone();
+            let outcome =
+                super::rebuild::check(&self.log, archive, seen, room, meta.as_ref(), || {
+                    Epoch::generate(clock.now_ms(), rand::random())
+                })
+                .await;
+            match outcome {
+                Ok(super::rebuild::Outcome::Kept) => {}
+                Ok(_) => meta = self.log.room_meta(room).await.map_err(backend)?,
+                // PostgreSQL unreachable: a room Redis has is served as Redis has it (checked
+                // again at its next load); one it lacks cannot be told from a new room.
+                Err(e) if meta.is_some() => {
+                    tracing::warn!(room = %room, error = %e, "checking the room against PostgreSQL failed; serving it from Redis");
+                }
+                Err(e) => return Err(StoreError::Backend(e.to_string())),
+            }
+        }
         Ok(meta.map(|m| RoomRecord {
             kind: m.kind,
             epoch: m.epoch,
@@ -141,6 +177,9 @@ impl Store for RedisStore {
             .read_log(room, from, limit)
             .await
             .map_err(backend)?;
+        if let (Some(seen), Some(last)) = (&self.seen, logged.last()) {
+            seen.note(room, &meta.epoch, last.seq);
+        }
         for e in logged {
             let data = RawValue::from_string(e.data)
                 .map_err(|err| StoreError::Backend(format!("event {}: {err}", e.seq)))?;

@@ -106,10 +106,33 @@ impl RedisLog {
         }
     }
 
-    /// One command under the call timeout.
+    /// One command under the call timeout. A Redis that lost the function library (it
+    /// restarted empty: no persistence, or a failover to a node that never had it) ran
+    /// nothing: the library and the cluster's record are put back and the command is sent
+    /// once more.
     pub(crate) async fn call_cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, LogError> {
-        self.bounded(async { Ok(self.conn.query(cmd).await?) })
-            .await
+        self.bounded(async {
+            match self.conn.query(cmd).await {
+                Err(e) if function_missing(&e) => {
+                    tracing::warn!(error = %e, "Redis has lost the function library: loading it again");
+                    self.record_partitions().await?;
+                    functions::ensure_loaded(&self.conn).await?;
+                    Ok(self.conn.query(cmd).await?)
+                }
+                r => Ok(r?),
+            }
+        })
+        .await
+    }
+
+    /// `HSETNX {prefix}:cluster partitions P` (without the call timeout: inside a call).
+    async fn record_partitions(&self) -> Result<(), LogError> {
+        let mut cmd = redis::cmd("HSETNX");
+        cmd.arg(self.keys.cluster())
+            .arg("partitions")
+            .arg(self.config.partitions);
+        self.conn.query::<i64>(&cmd).await?;
+        Ok(())
     }
 
     fn fcall(name: &str, keys: &[&str]) -> Cmd {
@@ -243,8 +266,9 @@ impl RedisLog {
         parse::room_meta(&map).map(Some)
     }
 
-    /// Records that a worker persisted the room up to `seq` (the watermark never lowers) and
-    /// trims the log stream below `wm − keep`, never the head.
+    /// Records that a worker persisted the room up to `seq` (the watermark never lowers; a
+    /// raised one is published on the room's channel) and trims the log stream below
+    /// `wm − keep`, never the head.
     pub async fn persisted(
         &self,
         room: &RoomId,
@@ -253,13 +277,39 @@ impl RedisLog {
         keep: u64,
     ) -> Result<Watermark, LogError> {
         let rk = self.room_keys(room);
-        let mut cmd = Self::fcall("concord_persisted", &[&rk.meta, &rk.log]);
+        let mut cmd = Self::fcall("concord_persisted", &[&rk.meta, &rk.log, &rk.channel]);
         cmd.arg(epoch.as_str()).arg(seq.0).arg(keep);
         let (wm, floor): (u64, u64) = self.call_cmd(&cmd).await?;
         Ok(Watermark {
             wm: Seq(wm),
             floor: Seq(floor),
         })
+    }
+
+    /// Recreates the meta of a room Redis lost, from PostgreSQL's record, when it is absent —
+    /// or, given `seen` (epoch, head), when it is still exactly there (a lost tail: its log is
+    /// emptied, the new head being above it).
+    pub async fn rebuild_over(
+        &self,
+        room: &RoomId,
+        kind: RoomKind,
+        epoch: &Epoch,
+        head: Seq,
+        hlc: Option<&HlcText>,
+        seen: Option<(&Epoch, Seq)>,
+    ) -> Result<Rebuilt, LogError> {
+        let rk = self.room_keys(room);
+        let mut cmd = Self::fcall("concord_rebuild", &[&rk.meta, &rk.log]);
+        cmd.arg(kind.as_str())
+            .arg(epoch.as_str())
+            .arg(head.0)
+            .arg(hlc.map(|h| h.as_str()).unwrap_or(""))
+            .arg(self.config.clock.now_ms());
+        if let Some((e, h)) = seen {
+            cmd.arg(e.as_str()).arg(h.0);
+        }
+        let reply: Value = self.call_cmd(&cmd).await?;
+        parse::rebuilt(reply)
     }
 
     /// Recreates the meta of a room Redis lost, from PostgreSQL's record (only when absent).
@@ -281,4 +331,10 @@ impl RedisLog {
         let reply: Value = self.call_cmd(&cmd).await?;
         parse::rebuilt(reply)
     }
+}
+
+/// Redis answered that the function called does not exist (it ran nothing).
+fn function_missing(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    text.contains("Function not found") || text.contains("function not found")
 }

@@ -44,6 +44,10 @@ impl Keys {
     pub fn log(&self, p: &Partition, room: &str) -> String {
         format!("{}:{}:l:{room}", self.prefix, p.tag)
     }
+    /// `{prefix}:T:n:{room}`, the room's notification channel.
+    pub fn channel(&self, p: &Partition, room: &str) -> String {
+        format!("{}:{}:n:{room}", self.prefix, p.tag)
+    }
     /// `{prefix}:wk:{id}`, a worker's heartbeat.
     pub fn heartbeat(&self, worker: &str) -> String {
         format!("{}:wk:{worker}", self.prefix)

@@ -84,6 +84,8 @@ pub async fn step(ctx: &Ctx, st: &mut PartState) -> usize {
             tracing::warn!(partition = st.part.number, error = %e, "persist step failed; retrying");
             ctx.metrics.errors.inc();
             st.mode = Mode::Recovering;
+            // The group may have gone with a Redis that restarted empty: created again first.
+            st.group_ready = false;
             st.next_step = Instant::now() + ctx.config.retry_delay;
             0
         }

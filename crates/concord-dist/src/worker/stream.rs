@@ -11,17 +11,22 @@ use super::entry::{self, Entry};
 use super::keys::{Keys, Partition, GROUP};
 
 /// Raises the room's `wm` to ARGV[2] (never lowers it; skipped when the meta's epoch is not
-/// ARGV[1], i.e. the room started a new history) and trims the log below `wm − keep`, never the
-/// head, recording `floor`. Returns the room's head (0 when unknown).
+/// ARGV[1], i.e. the room started a new history, or when Redis has no such room: it is
+/// rebuilt from PostgreSQL by the next gateway that loads it), publishes the raised watermark
+/// on the room's channel (KEYS[3]: `{"epoch","wm"}`, what gateways acking at the level
+/// `durable` wait for) and trims the log below `wm − keep`, never the head, recording `floor`.
+/// Returns the room's head (0 when unknown).
 const PERSISTED: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return 0 end
 local head = tonumber(redis.call('HGET', KEYS[1], 'head') or '0') or 0
-if epoch and epoch ~= ARGV[1] then return head end
+if epoch ~= ARGV[1] then return head end
 local seq = tonumber(ARGV[2])
 local wm = tonumber(redis.call('HGET', KEYS[1], 'wm') or '0') or 0
 if seq > wm then
   redis.call('HSET', KEYS[1], 'wm', ARGV[2])
   wm = seq
+  redis.call('PUBLISH', KEYS[3], '{"epoch":' .. cjson.encode(epoch) .. ',"wm":' .. ARGV[2] .. '}')
 end
 local minid = wm - tonumber(ARGV[3])
 if head > 0 and minid > head then minid = head end
@@ -239,6 +244,7 @@ impl Streams {
             .persisted
             .key(self.keys.meta(p, room))
             .key(self.keys.log(p, room))
+            .key(self.keys.channel(p, room))
             .arg(epoch)
             .arg(seq)
             .arg(keep)

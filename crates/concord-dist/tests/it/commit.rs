@@ -493,6 +493,75 @@ async fn rebuild_recreates_only_a_missing_room() {
     );
 }
 
+/// A lost tail: a room whose meta is still exactly where the rebuilding gateway read it (epoch,
+/// head below PostgreSQL's watermark) is rebuilt at the watermark, its log emptied; a meta
+/// that moved meanwhile (another gateway rebuilt, or committed) is left as it is.
+#[tokio::test]
+async fn rebuild_over_a_lost_tail_only_from_what_was_read() {
+    let (_p, log) = shared("rebuild-tail").await;
+    let r = room("tail");
+    create(&log, &r, RoomKind::Stream, "e1").await;
+    let events = (0..3)
+        .map(|n| ev("a", Some(&format!("m{n}")), "1"))
+        .collect();
+    log.commit(&r, &req("e1", hlc(BASE_MS, 0), events))
+        .await
+        .expect("commit");
+    let e1 = epoch("e1");
+    let h = hlc(BASE_MS, 9);
+    // Read at another head: nothing happens.
+    let stale = log
+        .rebuild_over(
+            &r,
+            RoomKind::Stream,
+            &e1,
+            Seq(6),
+            Some(&h),
+            Some((&e1, Seq(2))),
+        )
+        .await
+        .expect("rebuild_over");
+    assert!(!stale.rebuilt);
+    assert_eq!(stale.head.head, Seq(3));
+    let done = log
+        .rebuild_over(
+            &r,
+            RoomKind::Stream,
+            &e1,
+            Seq(6),
+            Some(&h),
+            Some((&e1, Seq(3))),
+        )
+        .await
+        .expect("rebuild_over");
+    assert!(done.rebuilt);
+    let meta = log.room_meta(&r).await.expect("meta").expect("exists");
+    assert_eq!((meta.head, meta.wm, meta.floor), (Seq(6), Seq(6), Seq(7)));
+    assert!(log.read_log(&r, Seq(0), 10).await.expect("log").is_empty());
+    let next = log
+        .commit(
+            &r,
+            &req("e1", hlc(BASE_MS, 0), vec![ev("a", Some("m9"), "1")]),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(next[0].seq, Seq(7), "seqs continue above the rebuilt head");
+    // The same call again: the meta moved, it is left as it is.
+    let again = log
+        .rebuild_over(
+            &r,
+            RoomKind::Stream,
+            &e1,
+            Seq(6),
+            Some(&h),
+            Some((&e1, Seq(3))),
+        )
+        .await
+        .expect("rebuild_over");
+    assert!(!again.rebuilt);
+    assert_eq!(again.head.head, Seq(7));
+}
+
 #[tokio::test]
 async fn oversized_batches_are_refused_before_calling_redis() {
     let (_p, log) = shared_with("limits", |c| c.max_commit_events = 2).await;

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) struct Gateway {
     pub(crate) addr: SocketAddr,
@@ -40,7 +40,7 @@ async fn gateway_with(target: &RedisTarget, log: concord_dist::LogConfig, node: 
 }
 
 /// A server on port 0 over `backend`, as gateway `node`.
-async fn serve(backend: concord_server::cluster::Backend, node: &str) -> Gateway {
+pub(crate) async fn serve(backend: concord_server::cluster::Backend, node: &str) -> Gateway {
     let config = Config {
         node_id: node.to_string(),
         ..Config::default()
@@ -78,10 +78,10 @@ impl Gateway {
     }
 }
 
-struct Ws(WebSocketStream<MaybeTlsStream<TcpStream>>);
+pub(crate) struct Ws(WebSocketStream<MaybeTlsStream<TcpStream>>);
 
 impl Ws {
-    async fn hello(g: &Gateway, client: &str) -> Ws {
+    pub(crate) async fn hello(g: &Gateway, client: &str) -> Ws {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", g.addr))
             .await
             .expect("connect");
@@ -92,7 +92,7 @@ impl Ws {
         w
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.0.send(Message::text(v.to_string())).await.unwrap();
     }
 
@@ -100,7 +100,7 @@ impl Ws {
         self.0.feed(Message::text(v.to_string())).await.unwrap();
     }
 
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         loop {
             let m = tokio::time::timeout(WAIT, self.0.next())
                 .await
@@ -121,7 +121,7 @@ impl Ws {
         }
     }
 
-    async fn join(&mut self, room: &str) -> Value {
+    pub(crate) async fn join(&mut self, room: &str) -> Value {
         self.send(json!({"type":"join","room":room,"kind":"stream"}))
             .await;
         let j = self.recv().await;
@@ -129,7 +129,7 @@ impl Ws {
         j
     }
 
-    async fn publish(&mut self, room: &str, id: &str, data: Value) -> Value {
+    pub(crate) async fn publish(&mut self, room: &str, id: &str, data: Value) -> Value {
         self.send(json!({"type":"publish","room":room,"id":id,"data":data}))
             .await;
         loop {
@@ -141,7 +141,7 @@ impl Ws {
         }
     }
 
-    async fn events(&mut self, n: usize) -> Vec<Value> {
+    pub(crate) async fn events(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::new();
         while out.len() < n {
             let m = self.recv().await;

@@ -18,7 +18,7 @@ pub use memory::MemoryCommitPoint;
 pub use crate::room::core::{CommitFailure, CommitResult, ForwardedList, NewEvent, RosterDelta};
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
-use concord_core::{Epoch, RoomId};
+use concord_core::{Epoch, RoomId, Seq};
 use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub enum FeedItem {
     Lost,
     /// What gateway `gw` told about its own clients of the room (membership, presence).
     Roster { gw: String, delta: RosterDelta },
+    /// The room's persisted watermark in `epoch` reached `seq` (the workers' PostgreSQL
+    /// commit covers every event up to it).
+    Persisted { epoch: Epoch, seq: Seq },
 }
 
 /// A room's feed: at most once, in commit order while it lasts; it may end (resubscribe).
@@ -149,6 +152,17 @@ pub trait CommitPoint: Send + Sync + 'static {
 
     /// The lists forwarded to this gateway (taken once, by the server).
     fn take_inbox(&self) -> Option<Inbox> {
+        None
+    }
+
+    /// Whether acks (and deliveries) of shared rooms wait for the persisted watermark (the
+    /// ack level `durable`).
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// The room's persisted watermark (epoch, seq), read now; `None` when unknown.
+    async fn persisted(&self, _room: &RoomId) -> Option<(Epoch, Seq)> {
         None
     }
 }

@@ -361,6 +361,7 @@ async fn submit(
     let (tx, rx) = oneshot::channel();
     let waiter = Waiter {
         id,
+        resend: false,
         received,
         reply: Reply::Http(tx),
     };

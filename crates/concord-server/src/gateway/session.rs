@@ -145,7 +145,7 @@ impl Session {
                     .await
             }
             ClientMsg::Leave(l) => self.leave(&l.room),
-            ClientMsg::Publish(p) => self.publish(client, &p.room, &p.id, p.data).await,
+            ClientMsg::Publish(p) => self.publish(client, &p.room, &p.id, p.data, p.resend).await,
             ClientMsg::Presence(p) => self.presence(&p.room, p.data),
             ClientMsg::Op(op) => self.op(client, &op.room, &op.id, op.base, op.ops).await,
             ClientMsg::Drift(d) => self.drift(&client, &d.room, d.seq, &d.hash),
@@ -472,6 +472,7 @@ impl Session {
         let permit = self.slot().await?;
         Some(Waiter {
             id: Some(id),
+            resend: false,
             received,
             reply: Reply::Ws {
                 out: self.out.clone(),
@@ -494,12 +495,14 @@ impl Session {
         name: &str,
         id: &str,
         data: &RawValue,
+        resend: bool,
     ) -> Result<(), Refusal> {
         let received = Instant::now();
         let (room, op_id) = self.check_write(name, id, data.get().len())?;
-        let Some(waiter) = self.waiter(op_id, received).await else {
+        let Some(mut waiter) = self.waiter(op_id, received).await else {
             return Ok(());
         };
+        waiter.resend = resend;
         let msg = RoomMsg::Publish(Publish {
             client,
             data: data.to_owned(),

@@ -86,6 +86,8 @@ pub struct OpMsg {
 /// Whoever waits for the outcome of one op: its id, when it arrived, and where to answer.
 pub struct Waiter {
     pub id: Option<OpId>,
+    /// The client flagged the write as a resend (`publish.resend`).
+    pub resend: bool,
     pub received: Instant,
     pub reply: Reply,
 }
@@ -105,6 +107,10 @@ pub use super::core::{Acked, RoomError};
 impl super::core::Waiting for Waiter {
     fn op_id(&self) -> Option<&OpId> {
         self.id.as_ref()
+    }
+
+    fn resend(&self) -> bool {
+        self.resend
     }
 }
 

@@ -23,7 +23,7 @@ use crate::metrics::{Limit, RateScope};
 use crate::outbound::ConnHandle;
 use crate::store::{StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{HlcTimestamp, RoomId};
+use concord_core::{HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -85,6 +85,8 @@ pub(crate) struct RoomActor {
     forwards: Vec<ForwardedList>,
     /// A forward found the room without an owner: the next one tries to take the lease.
     want_lease: Arc<AtomicBool>,
+    /// The epoch the room was last loaded in (a reload into another one resets the members).
+    loaded_epoch: Option<concord_core::Epoch>,
 }
 
 impl RoomActor {
@@ -136,6 +138,7 @@ impl RoomActor {
             owner: None,
             forwards: Vec::new(),
             want_lease: Arc::new(AtomicBool::new(false)),
+            loaded_epoch: None,
         }
     }
 
@@ -148,6 +151,9 @@ impl RoomActor {
             let now = self.shared.clock.now_ms();
             for (gw, delta) in roster {
                 self.members.apply_roster(&gw, delta, now);
+            }
+            if shell.durable() {
+                self.core.hold_until_persisted();
             }
             self.cluster = Some(shell);
         }
@@ -267,11 +273,16 @@ impl RoomActor {
                     c.tell(own);
                 }
                 match head {
-                    Ok(head) => self.core.feed_resumed(head),
+                    Ok(Some((epoch, head))) => self.core.feed_resumed_in(&epoch, head),
+                    Ok(None) => self.core.feed_resumed(Seq::ZERO),
                     Err(e) => {
                         tracing::warn!(room = %self.room, error = %e, "reading the head failed")
                     }
                 }
+            }
+            E::Persisted(epoch, seq) => {
+                let now = self.shared.clock.now_ms();
+                self.core.persisted(&epoch, seq, now);
             }
             E::Behind => self.core.fill_acked(),
             E::Roster(gw, delta) => {
@@ -370,6 +381,7 @@ impl RoomActor {
         }
         if let Some(c) = self.cluster.as_mut() {
             c.behind(self.core.behind_acked());
+            c.waits_for_persisted(self.core.waits_for_persisted());
         }
     }
 
@@ -512,6 +524,29 @@ impl RoomActor {
             Loaded::Missing => {}
         }
         self.core.loaded(loaded);
+        if let Some(now) = self.core.epoch().cloned() {
+            if self.loaded_epoch.as_ref().is_some_and(|e| *e != now) {
+                self.members_rejoin();
+            }
+            self.loaded_epoch = Some(now);
+        }
+    }
+
+    /// The room came back in another epoch (the distributed mode: Redis lost acked events):
+    /// its members are told to join again, and get `recovered: false` when they do.
+    fn members_rejoin(&mut self) {
+        let ids: Vec<u64> = self.members.conns().map(|c| c.conn_id()).collect();
+        let now = self.shared.clock.now_ms();
+        for member in self.members.conns() {
+            self.shared.metrics.error(ErrorCode::Unavailable);
+            member.send(Utf8Bytes::from(unavailable_frame(
+                &self.room,
+                "the room's history was reset (new epoch); join again",
+            )));
+        }
+        for id in ids {
+            self.members.remove(id, now);
+        }
     }
 
     /// Handles the messages in `self.buf`, in order.

@@ -19,6 +19,9 @@ const FILL_GRACE: Duration = Duration::from_millis(250);
 
 /// The pause before a doc list whose forward got no answer is forwarded again.
 const FORWARD_RETRY: Duration = Duration::from_millis(100);
+/// How often a room whose acks wait for the persisted watermark reads it (in case a
+/// watermark note was lost).
+const READ_PERSISTED: Duration = Duration::from_millis(200);
 
 /// How often a room with members on other gateways checks that those gateways live.
 const CHECK_GATEWAYS: Duration = Duration::from_secs(1);
@@ -48,10 +51,15 @@ pub(super) enum SharedEvent {
     Filled(Seq, StoreResult<Vec<StoredEvent>>),
     /// Events from the feed.
     Notified(Epoch, Vec<StoredEvent>),
-    /// The feed lost notifications (it was resubscribed): the head and the other gateways'
-    /// stored rosters read again.
-    /// (`None`: the rosters could not be read; the room keeps what it knows.)
-    Resumed(StoreResult<Seq>, Option<Vec<(String, RosterDelta)>>),
+    /// The feed lost notifications (it was resubscribed): the room's epoch and head read
+    /// again (`None`: the room is gone), and the other gateways' stored rosters (`None`: they
+    /// could not be read; the room keeps what it knows).
+    Resumed(
+        StoreResult<Option<(Epoch, Seq)>>,
+        Option<Vec<(String, RosterDelta)>>,
+    ),
+    /// The room's persisted watermark (epoch, seq).
+    Persisted(Epoch, Seq),
     /// Acked commits are still not delivered after the grace.
     Behind,
     /// What another gateway told about its clients of the room.
@@ -78,6 +86,10 @@ pub(super) struct SharedShell {
     to_tell: VecDeque<RosterDelta>,
     telling: Option<BoxFuture<'static, Result<(), String>>>,
     check: tokio::time::Interval,
+    /// Acks or deliveries wait for the persisted watermark: it is read every
+    /// `READ_PERSISTED`.
+    waits_for_persisted: bool,
+    read_persisted: tokio::time::Interval,
 }
 
 impl SharedShell {
@@ -102,7 +114,26 @@ impl SharedShell {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 every
             },
+            waits_for_persisted: false,
+            read_persisted: {
+                let mut every = tokio::time::interval(READ_PERSISTED);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every
+            },
         }
+    }
+
+    /// Whether the commit point holds acks until the persisted watermark covers them.
+    pub fn durable(&self) -> bool {
+        self.point.durable()
+    }
+
+    /// Notes whether the core waits for the persisted watermark (it is then read regularly).
+    pub fn waits_for_persisted(&mut self, waits: bool) {
+        if waits && !self.waits_for_persisted {
+            self.read_persisted.reset();
+        }
+        self.waits_for_persisted = waits;
     }
 
     /// This gateway's id in the cluster.
@@ -255,9 +286,16 @@ impl SharedShell {
                 SharedEvent::Told
             }
             _ = self.check.tick(), if check_gateways => SharedEvent::CheckGateways,
+            _ = self.read_persisted.tick(), if self.waits_for_persisted => {
+                match self.point.persisted(&self.room).await {
+                    Some((epoch, seq)) => SharedEvent::Persisted(epoch, seq),
+                    None => SharedEvent::Told,
+                }
+            }
             item = self.feed.next() => match item {
                 Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
                 Some(FeedItem::Roster { gw, delta }) => SharedEvent::Roster(gw, delta),
+                Some(FeedItem::Persisted { epoch, seq }) => SharedEvent::Persisted(epoch, seq),
                 lost => {
                     if lost.is_none() {
                         // The feed ended: follow the room again.
@@ -271,7 +309,7 @@ impl SharedShell {
                             None
                         }
                     };
-                    SharedEvent::Resumed(head.map(|r| r.map_or(Seq::ZERO, |r| r.head)), roster)
+                    SharedEvent::Resumed(head.map(|r| r.map(|r| (r.epoch, r.head))), roster)
                 }
             },
             _ = tokio::time::sleep_until(grace_at.unwrap_or_else(Instant::now)), if grace_at.is_some() => {

@@ -63,6 +63,9 @@ impl<W: Waiting> RoomCore<W> {
             Loaded::Corrupt(_) => State::Stale { broken: true },
             Loaded::Room(r) => self.live_from(*r),
         };
+        if self.durable_acks {
+            self.hold_until_persisted();
+        }
     }
 
     fn live_from(&self, r: LoadedRoom) -> State<W> {

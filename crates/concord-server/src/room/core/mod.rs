@@ -19,6 +19,7 @@
 mod answer;
 mod check;
 mod commit;
+mod durable;
 mod effect;
 mod join;
 mod joined;
@@ -105,6 +106,11 @@ pub trait Env {
 pub trait Waiting {
     /// The op id, when the write has one (its idempotency key, with the client).
     fn op_id(&self) -> Option<&OpId>;
+    /// The client flagged the write as a resend: its key is also looked up beyond the
+    /// commit point's recent keys (distributed mode).
+    fn resend(&self) -> bool {
+        false
+    }
 }
 
 /// One room's logic and state.
@@ -118,6 +124,9 @@ pub struct RoomCore<W> {
     /// Batches handed to the store, oldest first: their outcomes come back in this order.
     inflight: VecDeque<Batch<W>>,
     effects: Vec<Effect<W>>,
+    /// Acks and deliveries of shared rooms wait for the persisted watermark (ack level
+    /// `durable`, room/core/durable.rs).
+    durable_acks: bool,
 }
 
 impl<W: Waiting> RoomCore<W> {
@@ -131,6 +140,7 @@ impl<W: Waiting> RoomCore<W> {
             batch: Batch::default(),
             inflight: VecDeque::new(),
             effects: vec![Effect::Reload],
+            durable_acks: false,
         }
     }
 

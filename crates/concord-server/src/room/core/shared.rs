@@ -30,6 +30,7 @@
 //! [`Follower`]: concord_core::Follower
 
 use super::answer::{Acked, RoomError};
+use super::durable::{ack_or_hold, HeldAck};
 use super::effect::Effect;
 use super::state::{SharedBatch, SharedLog, State};
 use super::window::Committed;
@@ -62,6 +63,9 @@ pub struct NewEvent {
     /// a batch over again cannot commit it twice.
     pub proposed: HlcText,
     pub data: Box<RawValue>,
+    /// The client flagged it as a resend (its key is looked up in every idempotency bucket,
+    /// and beyond them in the archive).
+    pub resend: bool,
 }
 
 /// What the commit point did with one write.
@@ -124,6 +128,7 @@ impl<W: Waiting> RoomCore<W> {
             op_id: w.op_id().cloned(),
             proposed: HlcText::from(&env.hlc_now()),
             data,
+            resend: w.resend(),
         });
         log.batch.waiters.push(w);
     }
@@ -177,6 +182,7 @@ impl<W: Waiting> RoomCore<W> {
                 op_id: w.op_id().cloned(),
                 proposed: HlcText::from(&env.hlc_now()),
                 data,
+                resend: false,
             }],
             waiters: vec![w],
             attempts: 0,
@@ -246,12 +252,15 @@ impl<W: Waiting> RoomCore<W> {
                         epoch: epoch.clone(),
                         dropped: r.dropped,
                     };
-                    answer_retries(&mut log, ev, &acked, &mut self.effects);
-                    self.effects.push(Effect::Ack {
+                    let admitted_ms = ev.proposed.timestamp().wall_ms;
+                    answer_retries(&mut log, ev, &acked, &mut self.effects, &self.metrics);
+                    let held = HeldAck {
                         waiter: w,
                         acked,
                         fresh: !r.duplicate,
-                    });
+                        admitted_ms,
+                    };
+                    ack_or_hold(&mut log.durable, &mut self.effects, &self.metrics, held);
                 }
                 self.state = State::Shared { live, log };
             }
@@ -342,6 +351,12 @@ impl<W: Waiting> RoomCore<W> {
         if !log.inflight.is_empty() {
             return;
         }
+        let mut held = Vec::new();
+        self.durable_waiters(&mut held);
+        for w in held {
+            let error = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
+            self.fail(w, error);
+        }
         let old = std::mem::replace(&mut self.state, State::Stale { broken: false });
         if let State::Shared { mut log, .. } = old {
             let error = RoomError::new(ErrorCode::Unavailable, "room is reloading; retry");
@@ -410,6 +425,20 @@ impl<W: Waiting> RoomCore<W> {
         self.request_fill();
     }
 
+    /// As [`RoomCore::feed_resumed`], with the room's epoch read again: a room rebuilt in
+    /// another epoch meanwhile (Redis lost acked events) reloads.
+    pub fn feed_resumed_in(&mut self, epoch: &Epoch, head: Seq) {
+        let State::Shared { live, .. } = &self.state else {
+            return;
+        };
+        if live.seqr.epoch() != epoch {
+            tracing::warn!(room = %self.room, "the room is in another epoch; reloading");
+            self.shared_stale();
+            return;
+        }
+        self.feed_resumed(head);
+    }
+
     /// Whether commits acked here are not received yet (their notification may be lost: the
     /// shell calls [`RoomCore::fill_acked`] if this stays true for a while).
     pub fn behind_acked(&self) -> bool {
@@ -434,7 +463,7 @@ impl<W: Waiting> RoomCore<W> {
 
     /// Delivers the events of the log that are ready, in seq order, up to the first one that
     /// is a write gathered or in flight here (it waits for its ack to go out first).
-    fn deliver(&mut self) {
+    pub(super) fn deliver(&mut self) {
         let State::Shared { live, log } = &mut self.state else {
             return;
         };
@@ -444,7 +473,9 @@ impl<W: Waiting> RoomCore<W> {
                     .flat_map(|b| &b.events)
                     .any(|w| w.from == e.from && w.op_id.as_ref() == Some(id))
             });
-            if ours {
+            // At the ack level `durable`, only what PostgreSQL holds is delivered.
+            let unpersisted = log.durable.as_ref().is_some_and(|d| e.seq > d.persisted);
+            if ours || unpersisted {
                 break;
             }
             let e = log.held.pop_front().expect("a front event");
@@ -491,6 +522,7 @@ impl<W: Waiting> RoomCore<W> {
             }
             out.extend(log.retries.drain(..).map(|(_, w)| w));
         }
+        self.durable_waiters(out);
     }
 
     /// Whether commits of a shared room are in the commit point's hands.
@@ -585,6 +617,7 @@ pub(super) fn shared_log<W>(
         queued: Default::default(),
         held: Default::default(),
         moved: false,
+        durable: None,
     }
 }
 
@@ -612,6 +645,7 @@ fn answer_retries<W>(
     ev: &NewEvent,
     acked: &Acked,
     effects: &mut Vec<Effect<W>>,
+    metrics: &crate::metrics::Metrics,
 ) {
     if ev.op_id.is_none() {
         return;
@@ -620,11 +654,13 @@ fn answer_retries<W>(
     while i < log.retries.len() {
         if same_key(&log.retries[i].0, ev) {
             let (_, waiter) = log.retries.remove(i);
-            effects.push(Effect::Ack {
+            let held = HeldAck {
                 waiter,
                 acked: acked.clone(),
                 fresh: false,
-            });
+                admitted_ms: ev.proposed.timestamp().wall_ms,
+            };
+            ack_or_hold(&mut log.durable, effects, metrics, held);
         } else {
             i += 1;
         }

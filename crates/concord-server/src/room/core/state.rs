@@ -66,6 +66,8 @@ pub(super) struct SharedLog<W> {
     pub moved: bool,
     /// A doc room's replica: the document at the delivered head (`live.seqr.committed()`).
     pub doc: Option<Box<DocState>>,
+    /// At the ack level `durable`: the watermark heard and the acks waiting for it.
+    pub durable: Option<super::durable::Durable<W>>,
 }
 
 /// Writes committed together: the events in order, each with its waiter.

@@ -1,7 +1,8 @@
-//! Unit tests of the room core: it stays free of the async runtime, and a failed commit
-//! answers everyone, reloads, and lets a retry find its original seq.
+//! Unit tests of the room core: it stays free of the async runtime, a failed commit
+//! answers everyone, reloads, and lets a retry find its original seq, and the ack level
+//! `durable` holds acks and events for the watermark.
 
-use super::{CoreConfig, Effect, Loaded, LoadedRoom, RoomCore, StepEnv, Waiting};
+use super::{CoreConfig, Effect, Env, Loaded, LoadedRoom, RoomCore, StepEnv, Waiting};
 use crate::metrics::Metrics;
 use crate::store::{EventKey, RoomRecord, StoredEvent};
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
@@ -12,6 +13,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("answer.rs", include_str!("answer.rs")),
     ("check.rs", include_str!("check.rs")),
     ("commit.rs", include_str!("commit.rs")),
+    ("durable.rs", include_str!("durable.rs")),
     ("effect.rs", include_str!("effect.rs")),
     ("join.rs", include_str!("join.rs")),
     ("joined.rs", include_str!("joined.rs")),
@@ -165,4 +167,90 @@ fn a_failed_commit_answers_everyone_and_a_retry_after_the_reload_gets_its_origin
     drain(&mut core, &mut out);
     assert_eq!(out.answers.last(), Some(&(6, Ok(2))));
     assert_eq!(out.broadcasts, 1);
+}
+
+/// At the ack level `durable`, a shared room acks a write and delivers its event only once
+/// the persisted watermark covers it — the ack first —, and a retry of a write the room
+/// loaded with waits for a watermark it has heard.
+#[test]
+fn at_the_durable_level_acks_and_events_wait_for_the_watermark() {
+    use super::shared::CommitResult;
+    let room = RoomId::new("r").unwrap();
+    let env = StepEnv::new("n", 1_000);
+    let cfg = CoreConfig {
+        shared_streams: true,
+        ..config()
+    };
+    let mut core: RoomCore<W> = RoomCore::new(room, cfg, Metrics::new());
+    core.hold_until_persisted();
+    let log = |core: &mut RoomCore<W>| -> Vec<String> {
+        let out = core
+            .drain()
+            .filter_map(|e| match e {
+                Effect::Ack { waiter, acked, .. } => {
+                    Some(format!("ack {} {}", waiter.0, acked.seq))
+                }
+                Effect::Fail { waiter, .. } => Some(format!("fail {}", waiter.0)),
+                Effect::Broadcast(_) => Some("event".into()),
+                _ => None,
+            })
+            .collect();
+        core.check().expect("the core's invariants hold");
+        out
+    };
+    log(&mut core);
+    let c = ClientId::new("c").unwrap();
+    let id = |s: &str| Some(OpId::new(s).unwrap());
+    let key = |seq: u64, op: &str| EventKey {
+        seq: Seq(seq),
+        from: c.clone(),
+        op_id: id(op),
+        hlc: concord_core::HlcText::from(&env.hlc_now()),
+    };
+    core.loaded(stream_room(1, vec![key(1, "old")]));
+    let epoch = Epoch("e1".into());
+    let none = Ok(Default::default());
+    // A retry of the loaded write: the watermark is not known yet.
+    core.publish(c.clone(), data(), W(1, id("old")), &none, &env);
+    assert!(
+        log(&mut core).is_empty(),
+        "acked before the watermark was heard"
+    );
+    core.publish(c.clone(), data(), W(2, id("new")), &none, &env);
+    core.submit();
+    log(&mut core);
+    let hlc = concord_core::HlcText::from(&env.hlc_now());
+    core.commit_done(Ok(vec![CommitResult {
+        seq: Seq(2),
+        hlc: hlc.clone(),
+        duplicate: false,
+        dropped: Vec::new(),
+    }]));
+    core.notified(
+        &epoch,
+        vec![StoredEvent {
+            seq: Seq(2),
+            hlc,
+            from: c.clone(),
+            op_id: id("new"),
+            data: data(),
+        }],
+    );
+    core.persisted(&epoch, Seq(1), 2_000);
+    assert_eq!(
+        log(&mut core),
+        ["ack 1 1"],
+        "only what the watermark covers"
+    );
+    assert!(core.waits_for_persisted());
+    // A watermark of another epoch says nothing about this one.
+    core.persisted(&Epoch("e0".into()), Seq(9), 2_000);
+    assert!(log(&mut core).is_empty());
+    core.persisted(&epoch, Seq(2), 2_000);
+    assert_eq!(
+        log(&mut core),
+        ["ack 2 2", "event"],
+        "the ack, then the event"
+    );
+    assert!(!core.waits_for_persisted());
 }

@@ -112,17 +112,25 @@ impl<W: Waiting> RoomCore<W> {
             if let Some((seq, hlc)) = known {
                 self.metrics.duplicate_ops.inc();
                 if seq <= live.seqr.committed() {
+                    let admitted_ms = hlc.timestamp().wall_ms;
                     let acked = Acked {
                         seq,
                         hlc,
                         epoch: live.seqr.epoch().clone(),
                         dropped: Vec::new(),
                     };
-                    self.effects.push(Effect::Ack {
+                    let held = super::durable::HeldAck {
                         waiter: w,
                         acked,
                         fresh: false,
-                    });
+                        admitted_ms,
+                    };
+                    // A shared room at the ack level `durable` holds it for the watermark.
+                    let durable = match &mut self.state {
+                        State::Shared { log, .. } => &mut log.durable,
+                        _ => &mut None,
+                    };
+                    super::durable::ack_or_hold(durable, &mut self.effects, &self.metrics, held);
                 } else {
                     live.waiting.push((seq, hlc, w));
                 }

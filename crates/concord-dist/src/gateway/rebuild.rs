@@ -1,0 +1,172 @@
+//! Rebuilding a room Redis lost (a restart without persistence, a failover to a replica that
+//! lagged) from PostgreSQL, the record. A gateway loading a room compares Redis's meta with
+//! PostgreSQL's watermark: when Redis has no meta for a room PostgreSQL knows, or its head is
+//! below the watermark in the same epoch (a lost tail), the room is rebuilt at the watermark.
+//!
+//! Its epoch stays unless acked events are really gone: the gateway knows ([`Seen`]) the
+//! highest seq it acked or delivered in each room (at the ack levels `memory` and `redis`;
+//! at `durable` nothing acked or delivered is above the watermark, so nothing is noted). Only
+//! when that is above PostgreSQL's watermark in the watermark's epoch does the room start a
+//! new epoch, its seqs resuming above everything either side knew (so no seq of the old epoch
+//! that a worker may still write is reused: the archive's rows are never overwritten, and
+//! clients get `recovered: false`). Nothing a client says (`since`) enters the decision.
+
+use crate::pg::PgArchive;
+use crate::{LogError, RedisLog, RoomMeta};
+use concord_core::{Epoch, HlcText, RoomId, RoomKind, Seq};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Rooms [`Seen`] remembers at most (about 100 bytes each); past it, an arbitrary one is
+/// forgotten for each new one (a loss in a forgotten room keeps its epoch).
+const MAX_ROOMS: usize = 100_000;
+
+/// What this gateway acked or delivered: the highest seq per room, with its epoch (one entry
+/// per room it wrote or followed since it started, up to `MAX_ROOMS`).
+#[derive(Default)]
+pub struct Seen {
+    rooms: Mutex<HashMap<RoomId, (Epoch, Seq)>>,
+}
+
+impl Seen {
+    /// Notes that `seq` of `room` in `epoch` was acked or delivered here.
+    pub fn note(&self, room: &RoomId, epoch: &Epoch, seq: Seq) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        match rooms.get_mut(room) {
+            Some((e, s)) if e == epoch => *s = (*s).max(seq),
+            Some(entry) => *entry = (epoch.clone(), seq),
+            None => {
+                if rooms.len() >= MAX_ROOMS {
+                    if let Some(old) = rooms.keys().next().cloned() {
+                        rooms.remove(&old);
+                    }
+                }
+                rooms.insert(room.clone(), (epoch.clone(), seq));
+            }
+        }
+    }
+
+    /// The highest seq acked or delivered here in `room`'s `epoch`.
+    pub fn get(&self, room: &RoomId, epoch: &Epoch) -> Option<Seq> {
+        match self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+        {
+            Some((e, s)) if e == epoch => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// Why a room could not be checked or rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("reading the archive: {0}")]
+    Archive(#[from] crate::pg::ArchiveError),
+    #[error("rebuilding in Redis: {0}")]
+    Log(#[from] LogError),
+    #[error("the archive's record of the room is unreadable: {0}")]
+    Record(String),
+}
+
+/// What a load found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Redis's meta stands (or PostgreSQL does not know the room).
+    Kept,
+    /// Rebuilt at PostgreSQL's watermark, in the same epoch.
+    SameEpoch { head: Seq },
+    /// Acked events are gone: a new epoch whose seqs resume after `head`.
+    NewEpoch { epoch: Epoch, head: Seq },
+}
+
+/// Checks `room` (Redis's `meta` as just read) against PostgreSQL and rebuilds it if Redis
+/// lost it or its tail. `new_epoch` draws a fresh epoch.
+pub async fn check(
+    log: &RedisLog,
+    archive: &PgArchive,
+    seen: &Seen,
+    room: &RoomId,
+    meta: Option<&RoomMeta>,
+    new_epoch: impl FnOnce() -> Epoch,
+) -> Result<Outcome, RebuildError> {
+    let Some((pg_epoch, wm)) = archive.watermark(room.as_str()).await? else {
+        return Ok(Outcome::Kept);
+    };
+    let pg_epoch = Epoch(pg_epoch);
+    if let Some(m) = meta {
+        // Another epoch in Redis (a newer one the workers have not reached, or PostgreSQL's
+        // is older): Redis's stands. The same epoch at or above the watermark: nothing lost.
+        if m.epoch != pg_epoch || m.head.0 >= wm {
+            return Ok(Outcome::Kept);
+        }
+    }
+    let Some(row) = archive.room(room.as_str()).await? else {
+        return Ok(Outcome::Kept);
+    };
+    let kind = match row.kind.as_str() {
+        "stream" => RoomKind::Stream,
+        "doc" => RoomKind::Doc,
+        other => return Err(RebuildError::Record(format!("kind {other}"))),
+    };
+    let last = archive
+        .read_events(room.as_str(), wm.saturating_sub(1), 1)
+        .await?;
+    let hlc = match last.first() {
+        Some(e) if e.seq == wm => Some(
+            HlcText::parse(&e.hlc).ok_or_else(|| RebuildError::Record(format!("hlc {}", e.hlc)))?,
+        ),
+        _ => None,
+    };
+    let known = seen.get(room, &pg_epoch).unwrap_or(Seq::ZERO);
+    let redis_head = meta.map_or(Seq::ZERO, |m| m.head);
+    let seen_meta = meta.map(|m| (&m.epoch, m.head));
+    let (epoch, head) = if known.0 > wm {
+        (new_epoch(), known.max(redis_head).max(Seq(wm)))
+    } else {
+        (pg_epoch.clone(), Seq(wm))
+    };
+    let done = log
+        .rebuild_over(room, kind, &epoch, head, hlc.as_ref(), seen_meta)
+        .await?;
+    if !done.rebuilt {
+        // Another gateway was first (or Redis moved on meanwhile): its answer stands.
+        return Ok(Outcome::Kept);
+    }
+    if epoch == pg_epoch {
+        tracing::warn!(room = %room, head = %head, "Redis lost the room: rebuilt from PostgreSQL in its epoch");
+        Ok(Outcome::SameEpoch { head })
+    } else {
+        tracing::warn!(
+            room = %room,
+            watermark = wm,
+            known = %known,
+            "Redis lost acked events PostgreSQL does not have: the room starts a new epoch"
+        );
+        Ok(Outcome::NewEpoch { epoch, head })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_keeps_the_highest_seq_of_the_latest_epoch() {
+        let seen = Seen::default();
+        let room = RoomId::new("r").unwrap();
+        let (e1, e2) = (Epoch("e1".into()), Epoch("e2".into()));
+        seen.note(&room, &e1, Seq(5));
+        seen.note(&room, &e1, Seq(3));
+        assert_eq!(seen.get(&room, &e1), Some(Seq(5)));
+        seen.note(&room, &e2, Seq(1));
+        assert_eq!(seen.get(&room, &e1), None, "another epoch says nothing");
+        assert_eq!(seen.get(&room, &e2), Some(Seq(1)));
+        for n in 0..MAX_ROOMS + 10 {
+            seen.note(&RoomId::new(&format!("r{n}")).unwrap(), &e1, Seq(1));
+        }
+        assert_eq!(seen.rooms.lock().unwrap().len(), MAX_ROOMS, "bounded");
+    }
+}
