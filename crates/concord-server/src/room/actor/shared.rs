@@ -75,7 +75,9 @@ pub(super) struct SharedShell {
     point: Arc<dyn CommitPoint>,
     store: Arc<dyn Store>,
     feed: Feed,
-    commits: FuturesOrdered<BoxFuture<'static, CommitOutcome>>,
+    /// Commits (`true`) and doc forwards (`false`), in order; only commits' unknown outcomes
+    /// count in `unknown_streak` (a forward waits out its own retry pause).
+    commits: FuturesOrdered<BoxFuture<'static, (bool, CommitOutcome)>>,
     /// Commits in a row whose outcome was unknown: the next one waits a little longer
     /// (Redis restarting, failing over), so that the core's attempts span seconds, not
     /// milliseconds, before it answers `unavailable`.
@@ -218,7 +220,7 @@ impl SharedShell {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            point.commit(&room, &epoch, events).await
+            (true, point.commit(&room, &epoch, events).await)
         }));
     }
 
@@ -227,14 +229,15 @@ impl SharedShell {
     /// the room has no owner.
     pub fn forward(&mut self, answer: BoxFuture<'static, ForwardAnswer>) {
         self.commits.push_back(Box::pin(async move {
-            match answer.await {
+            let outcome = match answer.await {
                 Ok(r) => Ok(vec![r]),
                 Err(CommitFailure::Unknown(why)) => {
                     tokio::time::sleep(FORWARD_RETRY).await;
                     Err(CommitFailure::Unknown(why))
                 }
                 Err(f) => Err(f),
-            }
+            };
+            (false, outcome)
         }));
     }
 
@@ -266,11 +269,13 @@ impl SharedShell {
     pub async fn next(&mut self, check_gateways: bool) -> SharedEvent {
         let grace_at = self.behind_since.map(|t| t + FILL_GRACE);
         tokio::select! {
-            Some(outcome) = self.commits.next(), if !self.commits.is_empty() => {
-                self.unknown_streak = match &outcome {
-                    Err(CommitFailure::Unknown(_)) => self.unknown_streak.saturating_add(1),
-                    _ => 0,
-                };
+            Some((commit, outcome)) = self.commits.next(), if !self.commits.is_empty() => {
+                if commit {
+                    self.unknown_streak = match &outcome {
+                        Err(CommitFailure::Unknown(_)) => self.unknown_streak.saturating_add(1),
+                        _ => 0,
+                    };
+                }
                 SharedEvent::Committed(outcome)
             }
             done = async { self.fill.as_mut().expect("checked").await }, if self.fill.is_some() => {
@@ -321,7 +326,7 @@ impl SharedShell {
 
     /// Waits for every commit in flight (at shutdown).
     pub async fn next_commit(&mut self) -> Option<CommitOutcome> {
-        self.commits.next().await
+        self.commits.next().await.map(|(_, outcome)| outcome)
     }
 }
 
