@@ -16,11 +16,13 @@ use crate::store::{MemoryStore, Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
+use futures::FutureExt;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Notifications a feed holds for a slow subscriber before it reports [`FeedItem::Lost`].
@@ -98,14 +100,14 @@ impl MemoryCommitPoint {
 
     /// Gateway `id` dies without a word: its heartbeat lapses.
     pub async fn gateway_down(&self, id: &str) {
-        self.inner.lock().await.down.insert(id.to_string());
+        self.inner.lock().down.insert(id.to_string());
     }
 
     /// Gateway `id` is cut off (as if its process died): its heartbeat lapses, every call it
     /// makes fails with an unknown outcome, lists forwarded to it get no answer; its leases
     /// lapse on their own.
     pub async fn cut_off(&self, id: &str) {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.inner.lock();
         inner.down.insert(id.to_string());
         inner.cut.insert(id.to_string());
     }
@@ -113,7 +115,7 @@ impl MemoryCommitPoint {
     /// Gateway `id`'s lease renewals stop reaching the commit point, while it is told they
     /// succeeded (a process paused past its lease): its leases lapse.
     pub async fn freeze_lease(&self, id: &str) {
-        self.inner.lock().await.frozen.insert(id.to_string());
+        self.inner.lock().frozen.insert(id.to_string());
     }
 
     /// How many owner commits were refused as fenced.
@@ -123,7 +125,7 @@ impl MemoryCommitPoint {
 
     /// The holder of `room`'s lease now.
     pub async fn owner_of(&self, room: &RoomId) -> Option<String> {
-        let inner = self.inner.lock().await;
+        let inner = self.inner.lock();
         live_holder(&inner, room)
     }
 
@@ -158,6 +160,15 @@ pub fn next_hlc(last: Option<&HlcText>, proposed: &HlcText) -> HlcText {
 }
 
 /// The holder of a lease that has not expired.
+/// A memory store's answer, which is there at the first poll: the commit point's state is
+/// held in a plain mutex that no `.await` may span (an async mutex handed to a task that is
+/// not polling — an owner renewing its lease while its own commit waits for the lock — would
+/// deadlock).
+fn now<T>(call: impl std::future::Future<Output = T>) -> T {
+    call.now_or_never()
+        .expect("the memory store answers without waiting")
+}
+
 fn live_holder(inner: &Inner, room: &RoomId) -> Option<String> {
     inner
         .leases
@@ -214,7 +225,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn acquire_lease(&self, room: &RoomId, lease: Duration) -> Result<Option<u64>, String> {
-        let mut inner = self.point.inner.lock().await;
+        let mut inner = self.point.inner.lock();
         if inner.cut.contains(&self.id) {
             return Err(cut_off_error());
         }
@@ -245,7 +256,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn release_lease(&self, room: &RoomId) -> Result<(), String> {
-        let mut inner = self.point.inner.lock().await;
+        let mut inner = self.point.inner.lock();
         if inner.cut.contains(&self.id) {
             return Err(cut_off_error());
         }
@@ -256,7 +267,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn lease_holder(&self, room: &RoomId) -> Result<Option<String>, String> {
-        let inner = self.point.inner.lock().await;
+        let inner = self.point.inner.lock();
         if inner.cut.contains(&self.id) {
             return Err(cut_off_error());
         }
@@ -285,7 +296,7 @@ impl CommitPoint for MemoryGateway {
     ) -> ForwardAnswer {
         let unknown = |why: &str| Err(CommitFailure::Unknown(why.to_string()));
         {
-            let inner = self.point.inner.lock().await;
+            let inner = self.point.inner.lock();
             if inner.cut.contains(&self.id) || inner.cut.contains(owner) {
                 return unknown("the link to the owner is down");
             }
@@ -325,7 +336,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn tell_roster(&self, room: &RoomId, delta: &RosterDelta) -> Result<(), String> {
-        let mut inner = self.point.inner.lock().await;
+        let mut inner = self.point.inner.lock();
         let stored = inner
             .rosters
             .entry(room.clone())
@@ -342,7 +353,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn load_roster(&self, room: &RoomId) -> Result<Vec<(String, RosterDelta)>, String> {
-        let inner = self.point.inner.lock().await;
+        let inner = self.point.inner.lock();
         let Some(all) = inner.rosters.get(room) else {
             return Ok(Vec::new());
         };
@@ -354,7 +365,7 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
-        let mut inner = self.point.inner.lock().await;
+        let mut inner = self.point.inner.lock();
         let gone: Vec<String> = gateways
             .iter()
             .filter(|g| inner.down.contains(*g))
@@ -371,7 +382,7 @@ impl CommitPoint for MemoryGateway {
 
 impl MemoryGateway {
     async fn is_cut(&self) -> bool {
-        self.point.inner.lock().await.cut.contains(&self.id)
+        self.point.inner.lock().cut.contains(&self.id)
     }
 }
 
@@ -386,8 +397,8 @@ impl MemoryCommitPoint {
         fence: u64,
         events: Vec<StoredEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
-        let mut inner = self.inner.lock().await;
-        let record = match self.store.load_room(room).await {
+        let mut inner = self.inner.lock();
+        let record = match now(self.store.load_room(room)) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(CommitFailure::Moved("the room does not exist".into())),
             Err(e) => return Err(internal(e)),
@@ -407,10 +418,7 @@ impl MemoryCommitPoint {
             .iter()
             .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
             .collect();
-        let found: HashMap<_, _> = self
-            .store
-            .find_ops(room, keys)
-            .await
+        let found: HashMap<_, _> = now(self.store.find_ops(room, keys))
             .map_err(internal)?
             .into_iter()
             .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
@@ -445,10 +453,7 @@ impl MemoryCommitPoint {
             last = Some(hlc.clone());
             stored.push(StoredEvent { hlc, ..e });
         }
-        self.store
-            .append(room, stored.clone())
-            .await
-            .map_err(internal)?;
+        now(self.store.append(room, stored.clone())).map_err(internal)?;
         let results = stored
             .iter()
             .map(|e| CommitResult {
@@ -468,8 +473,8 @@ impl MemoryCommitPoint {
         epoch: &Epoch,
         events: Vec<NewEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
-        let mut inner = self.inner.lock().await;
-        let record = match self.store.load_room(room).await {
+        let mut inner = self.inner.lock();
+        let record = match now(self.store.load_room(room)) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(CommitFailure::Moved("the room does not exist".into())),
             Err(e) => return Err(internal(e)),
@@ -484,10 +489,7 @@ impl MemoryCommitPoint {
             .iter()
             .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
             .collect();
-        let mut found: HashMap<_, _> = self
-            .store
-            .find_ops(room, keys)
-            .await
+        let mut found: HashMap<_, _> = now(self.store.find_ops(room, keys))
             .map_err(internal)?
             .into_iter()
             .map(|f| ((f.from, f.op_id), (f.seq, f.hlc)))
@@ -537,10 +539,7 @@ impl MemoryCommitPoint {
         if stored.is_empty() {
             return Ok(results);
         }
-        self.store
-            .append(room, stored.clone())
-            .await
-            .map_err(internal)?;
+        now(self.store.append(room, stored.clone())).map_err(internal)?;
         inner.nonces.extend(nonces);
         self.publish(&mut inner, room, record.epoch, stored);
         Ok(results)
@@ -559,7 +558,7 @@ impl MemoryCommitPoint {
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
-        let rx = Self::feed(&mut *self.inner.lock().await, room).subscribe();
+        let rx = Self::feed(&mut self.inner.lock(), room).subscribe();
         Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
                 Ok(item) => Some((item, rx)),

@@ -134,9 +134,6 @@ async fn editors_on_three_gateways_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known liveness bug: with every 3rd notification lost, about one run in seven \
-            leaves an editor's op list without its ack (`flushed` times out); run it with \
-            --ignored while fixing it"]
 async fn editors_converge_when_notifications_are_lost() {
     editors_converge(3).await;
 }
