@@ -119,8 +119,10 @@ impl RedisConn {
     /// A call got no answer in time: the connection may be stalled without an error that
     /// would make it reconnect (requests queued, none written). A single server's connection is
     /// replaced by a fresh one in the background (at most once per [`REPLACE_EVERY`]); calls in
-    /// flight on the old one keep their timeouts (their outcome is unknown either way). A Redis
-    /// Cluster connection keeps its own per-node connections.
+    /// flight on the old one keep their timeouts (their outcome is unknown either way). A call
+    /// that was stuck on the old connection and is handed over again lands after calls already
+    /// sent on the new one, so one room's commits that met the stall may commit out of their
+    /// order (never twice). A Redis Cluster connection keeps its own per-node connections.
     pub fn replace_stalled(&self) {
         let RedisConn::Single(single) = self else {
             return;
