@@ -12,7 +12,7 @@
 
 use super::{CommitPoint, Feed, FeedItem, ForwardAnswer, Forwarded, ForwardedList, Inbox};
 use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError, RosterDelta};
-use crate::store::{MemoryStore, Store, StoredEvent};
+use crate::store::{MemoryStore, RoomRecord, Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
@@ -387,17 +387,8 @@ impl MemoryGateway {
 }
 
 impl MemoryCommitPoint {
-    /// The owner's commit of a doc room: the fence, then the keys (all duplicates: their
-    /// original seqs, without the head check), then the expected head; the events keep the
-    /// seqs the owner gave them.
-    async fn commit_doc(
-        &self,
-        room: &RoomId,
-        epoch: &Epoch,
-        fence: u64,
-        events: Vec<StoredEvent>,
-    ) -> Result<Vec<CommitResult>, CommitFailure> {
-        let mut inner = self.inner.lock();
+    /// The room's record, if the room exists in `epoch` (else the commit is `Moved`).
+    fn record_in(&self, room: &RoomId, epoch: &Epoch) -> Result<RoomRecord, CommitFailure> {
         let record = match now(self.store.load_room(room)) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(CommitFailure::Moved("the room does not exist".into())),
@@ -409,6 +400,21 @@ impl MemoryCommitPoint {
                 record.epoch
             )));
         }
+        Ok(record)
+    }
+
+    /// The owner's commit of a doc room: the fence, then the keys (all duplicates: their
+    /// original seqs, without the head check), then the expected head; the events keep the
+    /// seqs the owner gave them.
+    async fn commit_doc(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        fence: u64,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<CommitResult>, CommitFailure> {
+        let mut inner = self.inner.lock();
+        let record = self.record_in(room, epoch)?;
         let current = inner.fences.get(room).copied().unwrap_or(0);
         if fence != current {
             self.fenced.fetch_add(1, Ordering::Relaxed);
@@ -474,17 +480,7 @@ impl MemoryCommitPoint {
         events: Vec<NewEvent>,
     ) -> Result<Vec<CommitResult>, CommitFailure> {
         let mut inner = self.inner.lock();
-        let record = match now(self.store.load_room(room)) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(CommitFailure::Moved("the room does not exist".into())),
-            Err(e) => return Err(internal(e)),
-        };
-        if &record.epoch != epoch {
-            return Err(CommitFailure::Moved(format!(
-                "the room is in epoch {}",
-                record.epoch
-            )));
-        }
+        let record = self.record_in(room, epoch)?;
         let keys: Vec<_> = events
             .iter()
             .filter_map(|e| Some((e.from.clone(), e.op_id.clone()?)))
