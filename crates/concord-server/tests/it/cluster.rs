@@ -22,7 +22,7 @@ async fn cluster_with(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<Memory
 }
 
 /// Like [`cluster_with`], every gateway with `config` (its node id set per gateway).
-async fn cluster_configured(
+pub(crate) async fn cluster_configured(
     n: usize,
     lose_every: u64,
     config: Config,

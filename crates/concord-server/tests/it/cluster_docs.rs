@@ -9,9 +9,8 @@ use crate::support::*;
 use concord_client::{Client, ClientConfig, Doc, DocOptions};
 use concord_core::doc::state_hash;
 use concord_core::RoomId;
-use concord_server::cluster::{Backend, MemoryCommitPoint};
-use concord_server::store::MemoryStore;
-use concord_server::{Config, Env};
+use concord_server::cluster::MemoryCommitPoint;
+use concord_server::Config;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,27 +25,12 @@ async fn cluster(n: usize) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
 
 /// The same, with every `lose_every`-th notification lost (0: none).
 async fn cluster_losing(n: usize, lose_every: u64) -> (Vec<TestServer>, Arc<MemoryCommitPoint>) {
-    let store = Arc::new(MemoryStore::new());
-    let point = Arc::new(MemoryCommitPoint::lossy(store.clone(), lose_every));
-    let mut servers = Vec::new();
-    for i in 0..n {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let env = Env {
-            backend: Some(Backend {
-                store: store.clone(),
-                commit_point: point.gateway(&format!("gw{i}")),
-            }),
-            ..Env::system()
-        };
-        let config = Config {
-            node_id: format!("gw{i}"),
-            doc_lease: LEASE,
-            doc_hash_every: 1,
-            ..Config::default()
-        };
-        servers.push(TestServer::with_env(config, listener, env));
-    }
-    (servers, point)
+    let config = Config {
+        doc_lease: LEASE,
+        doc_hash_every: 1,
+        ..Config::default()
+    };
+    crate::cluster::cluster_configured(n, lose_every, config).await
 }
 
 /// One editor per server, `ed0` on `gw0` creating the room with its first list (so `gw0`

@@ -147,7 +147,7 @@ impl RoomActor {
             let store = self.shared.store.clone();
             let shell = shared::SharedShell::start(self.room.clone(), point, store).await;
             // Subscribed first: a roster change told from now on reaches this room.
-            let roster = shell.load_roster().await;
+            let roster = shell.load_roster().await.unwrap_or_default();
             let now = self.shared.clock.now_ms();
             for (gw, delta) in roster {
                 self.members.apply_roster(&gw, delta, now);

@@ -145,14 +145,15 @@ impl SharedShell {
 
     /// What the other gateways last told about their clients of the room (a future that does
     /// not borrow the shell).
-    pub fn load_roster(&self) -> BoxFuture<'static, Vec<(String, RosterDelta)>> {
+    /// (`None` when it could not be read: logged here.)
+    pub fn load_roster(&self) -> BoxFuture<'static, Option<Vec<(String, RosterDelta)>>> {
         let (point, room) = (self.point.clone(), self.room.clone());
         Box::pin(async move {
             match point.load_roster(&room).await {
-                Ok(r) => r,
+                Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(room = %room, error = %e, "reading the room's roster failed");
-                    Vec::new()
+                    None
                 }
             }
         })
@@ -307,13 +308,7 @@ impl SharedShell {
                         self.feed = self.point.subscribe(&self.room).await;
                     }
                     let head = self.store.load_room(&self.room).await;
-                    let roster = match self.point.load_roster(&self.room).await {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            tracing::warn!(room = %self.room, error = %e, "reading the room's roster failed");
-                            None
-                        }
-                    };
+                    let roster = self.load_roster().await;
                     SharedEvent::Resumed(head.map(|r| r.map(|r| (r.epoch, r.head))), roster)
                 }
             },
