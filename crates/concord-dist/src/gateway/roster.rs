@@ -74,7 +74,6 @@ pub(super) async fn tell(
     delta: &RosterDelta,
 ) -> Result<(), String> {
     let rk = log.keys().room(room.as_str());
-    let conn = log.connection();
     let mut set = redis::cmd("HSET");
     set.arg(&rk.roster);
     let mut del = redis::cmd("HDEL");
@@ -107,10 +106,10 @@ pub(super) async fn tell(
         }
     }
     if sets > 0 {
-        conn.query::<i64>(&set).await.map_err(|e| e.to_string())?;
+        log.call_cmd::<i64>(&set).await.map_err(|e| e.to_string())?;
     }
     if dels > 0 {
-        conn.query::<i64>(&del).await.map_err(|e| e.to_string())?;
+        log.call_cmd::<i64>(&del).await.map_err(|e| e.to_string())?;
     }
     let note = RosterNote {
         room: room.to_string(),
@@ -121,7 +120,7 @@ pub(super) async fn tell(
     publish
         .arg(&rk.channel)
         .arg(serde_json::to_string(&note).map_err(|e| e.to_string())?);
-    conn.query::<i64>(&publish)
+    log.call_cmd::<i64>(&publish)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -131,8 +130,7 @@ pub(super) async fn tell(
 async fn alive(log: &RedisLog, gw: &str) -> Result<bool, String> {
     let mut cmd = redis::cmd("EXISTS");
     cmd.arg(log.keys().gateway(gw));
-    log.connection()
-        .query::<i64>(&cmd)
+    log.call_cmd::<i64>(&cmd)
         .await
         .map(|n| n > 0)
         .map_err(|e| e.to_string())
@@ -147,11 +145,7 @@ pub(super) async fn load(
     let rk = log.keys().room(room.as_str());
     let mut cmd = redis::cmd("HGETALL");
     cmd.arg(&rk.roster);
-    let all: BTreeMap<String, String> = log
-        .connection()
-        .query(&cmd)
-        .await
-        .map_err(|e| e.to_string())?;
+    let all: BTreeMap<String, String> = log.call_cmd(&cmd).await.map_err(|e| e.to_string())?;
     let mut by_gw: BTreeMap<String, RosterDelta> = BTreeMap::new();
     for (f, value) in all {
         let mut parts = f.splitn(3, '|');
@@ -207,7 +201,7 @@ pub(super) async fn gone(log: &RedisLog, room: &RoomId, gateways: &[String]) -> 
     let rk = log.keys().room(room.as_str());
     let mut keys = redis::cmd("HKEYS");
     keys.arg(&rk.roster);
-    if let Ok(fields) = log.connection().query::<Vec<String>>(&keys).await {
+    if let Ok(fields) = log.call_cmd::<Vec<String>>(&keys).await {
         let stale: Vec<&String> = fields
             .iter()
             .filter(|f| {
@@ -218,7 +212,7 @@ pub(super) async fn gone(log: &RedisLog, room: &RoomId, gateways: &[String]) -> 
         if !stale.is_empty() {
             let mut del = redis::cmd("HDEL");
             del.arg(&rk.roster).arg(stale);
-            let _ = log.connection().query::<i64>(&del).await;
+            let _ = log.call_cmd::<i64>(&del).await;
         }
     }
     dead

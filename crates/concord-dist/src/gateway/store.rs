@@ -281,8 +281,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.log
-            .connection()
-            .query::<String>(&redis::cmd("PING"))
+            .call_cmd::<String>(&redis::cmd("PING"))
             .await
             .map(|_| ())
             .map_err(|e| StoreError::Backend(e.to_string()))

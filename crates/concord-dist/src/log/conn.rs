@@ -14,6 +14,37 @@ use std::time::Duration;
 /// Replacements of a stalled connection are at least this far apart.
 const REPLACE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a call's own task waits for its answer before giving up (its caller gave up long
+/// before: callers bound their calls by the much shorter call timeout).
+///
+/// Every call runs in a task of its own because redis-rs queues requests to a connection
+/// through a bounded, fair channel: a request future that was granted a slot holds it until it
+/// is polled again. A room that awaited one call in the body of a `select!` arm while its
+/// pipelined commits sat unpolled in another arm could hold every slot of the connection and
+/// wait for a slot itself: the connection stopped writing for every room of the gateway (no
+/// error, no CPU). A spawned call is polled by the runtime whatever its caller does.
+const DRIVEN_FOR: Duration = Duration::from_secs(60);
+
+/// Runs a Redis call to its end in a task of its own, bounded by [`DRIVEN_FOR`].
+async fn driven<T: Send + 'static>(
+    call: impl std::future::Future<Output = RedisResult<T>> + Send + 'static,
+) -> RedisResult<T> {
+    let task = tokio::spawn(tokio::time::timeout(DRIVEN_FOR, call));
+    match task.await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer from Redis",
+            format!("within {DRIVEN_FOR:?}"),
+        ))),
+        Err(e) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "a Redis call's task failed",
+            e.to_string(),
+        ))),
+    }
+}
+
 /// Where Redis is: one server's URL, or the seed URLs of a Redis Cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -74,17 +105,27 @@ impl RedisConn {
         }
     }
 
-    /// Runs one command (routed by its first key on a cluster).
-    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            RedisConn::Single(c) => cmd.query_async(&mut c.current()).await,
-            RedisConn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
+    /// Runs one command (routed by its first key on a cluster), driven by a task of its own
+    /// (see [`DRIVEN_FOR`]).
+    pub async fn query<T: FromRedisValue + Send + 'static>(&self, cmd: &Cmd) -> RedisResult<T> {
+        let (conn, cmd) = (self.clone(), cmd.clone());
+        driven(async move {
+            match &conn {
+                RedisConn::Single(c) => cmd.query_async(&mut c.current()).await,
+                RedisConn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            }
+        })
+        .await
     }
 
     /// Runs one command on every master (the one server when not a cluster): each master's
     /// address (empty for a single server) and its answer, an error answer included.
     pub async fn on_masters(&self, cmd: Cmd) -> RedisResult<Vec<(String, Value)>> {
+        let conn = self.clone();
+        driven(async move { conn.on_masters_here(cmd).await }).await
+    }
+
+    async fn on_masters_here(&self, cmd: Cmd) -> RedisResult<Vec<(String, Value)>> {
         match self {
             RedisConn::Single(c) => {
                 let value = match cmd.query_async::<Value>(&mut c.current()).await {

@@ -110,7 +110,10 @@ impl RedisLog {
     /// restarted empty: no persistence, or a failover to a node that never had it) ran
     /// nothing: the library and the cluster's record are put back and the command is sent
     /// once more.
-    pub(crate) async fn call_cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, LogError> {
+    pub(crate) async fn call_cmd<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: &Cmd,
+    ) -> Result<T, LogError> {
         self.bounded(async {
             match self.conn.query(cmd).await {
                 Err(e) if function_missing(&e) => {

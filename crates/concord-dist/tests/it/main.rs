@@ -4,6 +4,7 @@
 mod ambiguous;
 mod cluster;
 mod commit;
+mod conn;
 mod durability;
 mod functions;
 mod gateway_docs;

@@ -306,7 +306,7 @@ impl RoomActor {
                     }
                 }
             }
-            E::Told => {}
+            E::Nothing => {}
         }
         self.settle().await;
     }

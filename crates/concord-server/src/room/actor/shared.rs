@@ -43,6 +43,14 @@ fn commit_backoff(streak: u32) -> Duration {
 
 type CommitOutcome = Result<Vec<CommitResult>, CommitFailure>;
 
+/// What a resumed feed learns: a new subscription (when the feed had ended), the room's epoch
+/// and head, and the other gateways' rosters.
+type Resume = (
+    Option<Feed>,
+    StoreResult<Option<(Epoch, Seq)>>,
+    Option<Vec<(String, RosterDelta)>>,
+);
+
 /// What happened to a shared room's IO.
 pub(super) enum SharedEvent {
     /// The outcome of the oldest commit in flight.
@@ -66,8 +74,9 @@ pub(super) enum SharedEvent {
     Roster(String, RosterDelta),
     /// Time to check that the gateways with clients here live.
     CheckGateways,
-    /// A roster delta of this gateway was told (the next one goes out).
-    Told,
+    /// The shell moved on by itself (a roster delta told, a read started or answered
+    /// nothing): nothing for the room to do.
+    Nothing,
 }
 
 pub(super) struct SharedShell {
@@ -92,6 +101,13 @@ pub(super) struct SharedShell {
     /// `READ_PERSISTED`.
     waits_for_persisted: bool,
     read_persisted: tokio::time::Interval,
+    persisted: Option<BoxFuture<'static, Option<(Epoch, Seq)>>>,
+    /// The feed lost notifications: the head and rosters being read again (`resume_again`:
+    /// lost more meanwhile, read once more when this one is done). Every call the shell
+    /// waits for is a future polled by [`SharedShell::next`], never awaited in an arm's body,
+    /// so that the room's other IO goes on meanwhile.
+    resuming: Option<BoxFuture<'static, Resume>>,
+    resume_again: bool,
 }
 
 impl SharedShell {
@@ -117,6 +133,9 @@ impl SharedShell {
                 every
             },
             waits_for_persisted: false,
+            persisted: None,
+            resuming: None,
+            resume_again: false,
             read_persisted: {
                 let mut every = tokio::time::interval(READ_PERSISTED);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,27 +308,48 @@ impl SharedShell {
                     tracing::warn!(room = %self.room, error = %e, "telling the room's roster failed");
                 }
                 self.tell_next();
-                SharedEvent::Told
+                SharedEvent::Nothing
             }
             _ = self.check.tick(), if check_gateways => SharedEvent::CheckGateways,
-            _ = self.read_persisted.tick(), if self.waits_for_persisted => {
-                match self.point.persisted(&self.room).await {
+            _ = self.read_persisted.tick(), if self.waits_for_persisted && self.persisted.is_none() => {
+                let (point, room) = (self.point.clone(), self.room.clone());
+                self.persisted = Some(Box::pin(async move { point.persisted(&room).await }));
+                SharedEvent::Nothing
+            }
+            read = async { self.persisted.as_mut().expect("checked").await }, if self.persisted.is_some() => {
+                self.persisted = None;
+                match read {
                     Some((epoch, seq)) => SharedEvent::Persisted(epoch, seq),
-                    None => SharedEvent::Told,
+                    None => SharedEvent::Nothing,
                 }
+            }
+            resumed = async { self.resuming.as_mut().expect("checked").await }, if self.resuming.is_some() => {
+                self.resuming = None;
+                let (feed, head, roster) = resumed;
+                if let Some(feed) = feed {
+                    self.feed = feed;
+                }
+                if std::mem::take(&mut self.resume_again) {
+                    self.resume(false);
+                }
+                SharedEvent::Resumed(head, roster)
             }
             item = self.feed.next() => match item {
                 Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
                 Some(FeedItem::Roster { gw, delta }) => SharedEvent::Roster(gw, delta),
                 Some(FeedItem::Persisted { epoch, seq }) => SharedEvent::Persisted(epoch, seq),
                 lost => {
-                    if lost.is_none() {
-                        // The feed ended: follow the room again.
-                        self.feed = self.point.subscribe(&self.room).await;
+                    let ended = lost.is_none();
+                    if ended {
+                        // Not polled again until the resumption brings a new subscription.
+                        self.feed = Box::pin(futures::stream::pending());
                     }
-                    let head = self.store.load_room(&self.room).await;
-                    let roster = self.load_roster().await;
-                    SharedEvent::Resumed(head.map(|r| r.map(|r| (r.epoch, r.head))), roster)
+                    if self.resuming.is_some() && !ended {
+                        self.resume_again = true;
+                    } else {
+                        self.resume(ended);
+                    }
+                    SharedEvent::Nothing
                 }
             },
             _ = tokio::time::sleep_until(grace_at.unwrap_or_else(Instant::now)), if grace_at.is_some() => {
@@ -317,6 +357,22 @@ impl SharedShell {
                 SharedEvent::Behind
             }
         }
+    }
+
+    /// Reads the room's head and rosters again (after lost notifications), subscribing again
+    /// first when the feed `ended`.
+    fn resume(&mut self, ended: bool) {
+        let (point, store, room) = (self.point.clone(), self.store.clone(), self.room.clone());
+        let roster = self.load_roster();
+        self.resuming = Some(Box::pin(async move {
+            let feed = match ended {
+                true => Some(point.subscribe(&room).await),
+                false => None,
+            };
+            let head = store.load_room(&room).await;
+            let head = head.map(|r| r.map(|r| (r.epoch, r.head)));
+            (feed, head, roster.await)
+        }));
     }
 
     /// Waits for every commit in flight (at shutdown).
