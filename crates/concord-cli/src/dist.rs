@@ -84,7 +84,7 @@ pub struct WorkerArgs {
     /// long is deleted from the group.
     #[arg(long, env = "CONCORD_CONSUMER_IDLE_MAX", default_value = "60s", value_parser = duration::parse)]
     pub consumer_idle_max: Duration,
-    /// Batches written at once.
+    /// Transactions (chunks of partitions' batches) written at once.
     #[arg(long, env = "CONCORD_WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
     /// Most PostgreSQL connections.

@@ -44,7 +44,7 @@ pub struct WorkerConfig {
     pub consumer_idle_max: Duration,
     /// Pause after a transient failure (Redis or PostgreSQL unreachable) before retrying.
     pub retry_delay: Duration,
-    /// Batches written at once (across partitions).
+    /// Transactions written at once (each a chunk of several partitions' batches).
     pub concurrency: usize,
     /// Where `/metrics` is served (none: not served).
     pub metrics_addr: Option<SocketAddr>,

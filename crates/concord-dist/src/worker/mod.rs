@@ -21,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use redis::aio::ConnectionManager;
 
 pub use config::{default_worker_id, WorkerConfig};
@@ -31,7 +31,7 @@ pub use metrics::WorkerMetrics;
 
 use crate::pg::{ArchiveError, PgArchive};
 use lease::Leases;
-use persist::{step, Mode, PartState};
+use persist::{round, Mode, PartState};
 use stream::Streams;
 
 /// Why a worker stopped or could not start.
@@ -143,20 +143,14 @@ async fn run_loop(
     let mut owned: BTreeMap<u32, PartState> = BTreeMap::new();
     let tick_every = ctx.config.lease / 3;
     let mut next_tick = Instant::now();
+    let mut cursor = 0usize;
     let mut shutdown = std::pin::pin!(shutdown.fuse());
     loop {
         if Instant::now() >= next_tick {
             tick(ctx, leases, &mut owned).await;
             next_tick = Instant::now() + tick_every;
         }
-        let mut steps = Vec::with_capacity(owned.len());
-        for st in owned.values_mut() {
-            steps.push(step(ctx, st));
-        }
-        let worked: usize = futures::stream::iter(steps)
-            .buffer_unordered(ctx.config.concurrency)
-            .fold(0, |a, n| async move { a + n })
-            .await;
+        let worked = round(ctx, &mut owned, &mut cursor).await;
         if (&mut shutdown).now_or_never().is_some() {
             break;
         }
