@@ -62,6 +62,9 @@ interface Pending {
   id: string;
   frame: string;
   sent: boolean;
+  /** Times it went out: a publish sent again carries `resend: true` (the distributed mode then
+   * looks its id up beyond the idempotency window; protocol.md §23). */
+  sends: number;
   timer?: ReturnType<typeof setTimeout>;
   resolve: (a: Ack) => void;
   reject: (e: ConcordError) => void;
@@ -196,7 +199,7 @@ export class Client extends Emitter<ClientEvents> {
       });
     }
     return new Promise((resolve, reject) => {
-      const p: Pending = { room, id, frame: JSON.stringify({ type: "publish", room, id, data }), sent: false, resolve, reject };
+      const p: Pending = { room, id, frame: JSON.stringify({ type: "publish", room, id, data }), sent: false, sends: 0, resolve, reject };
       this.pending.set(id, p);
       this.sendPending(p);
     });
@@ -261,8 +264,10 @@ export class Client extends Emitter<ClientEvents> {
 
   private sendPending(p: Pending): void {
     if (p.sent || p.timer || !this.welcomed || !this.ws || this.ws.readyState !== OPEN) return;
-    this.ws.send(p.frame);
+    // `{"type":"publish",…}` → `{"type":"publish","resend":true,…}` (same id, same data).
+    this.ws.send(p.sends > 0 ? `{"type":"publish","resend":true,${p.frame.slice('{"type":"publish",'.length)}` : p.frame);
     p.sent = true;
+    p.sends++;
   }
 
   private drop(why: string): void {
