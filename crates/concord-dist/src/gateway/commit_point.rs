@@ -38,6 +38,8 @@ pub struct RedisCommitPoint {
     seen: Option<Arc<Seen>>,
     /// Where flagged resends older than Redis's idempotency window are looked up.
     archive: Option<PgArchive>,
+    /// Other gateways' heartbeats as last read (shared by the rooms).
+    liveness: super::roster::Liveness,
 }
 
 impl RedisCommitPoint {
@@ -56,6 +58,7 @@ impl RedisCommitPoint {
             durable: false,
             seen: None,
             archive: None,
+            liveness: Default::default(),
         }
     }
 
@@ -233,11 +236,11 @@ impl CommitPoint for RedisCommitPoint {
     }
 
     async fn load_roster(&self, room: &RoomId) -> Result<Vec<(String, RosterDelta)>, String> {
-        super::roster::load(&self.log, room, &self.id).await
+        super::roster::load(&self.log, &self.liveness, room, &self.id).await
     }
 
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
-        super::roster::gone(&self.log, room, gateways).await
+        super::roster::gone(&self.log, &self.liveness, room, gateways).await
     }
 
     async fn acquire_lease(&self, room: &RoomId, lease: Duration) -> Result<Option<u64>, String> {

@@ -10,9 +10,9 @@ use concord_protocol::outbound::MemberInfo;
 use concord_server::cluster::RosterDelta;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A roster delta as published: `{"room":…,"gw":…,"roster":{"members":…,"presence":…}}` (read
 /// back by the feed's `Note`).
@@ -126,19 +126,62 @@ pub(super) async fn tell(
         .map_err(|e| e.to_string())
 }
 
-/// Whether gateway `gw`'s heartbeat is alive.
-async fn alive(log: &RedisLog, gw: &str) -> Result<bool, String> {
+/// How long an answer about a gateway's heartbeat is reused: every room with members on
+/// other gateways checks them every second, and one `EXISTS` per gateway and second serves
+/// them all.
+const ALIVE_FOR: Duration = Duration::from_secs(1);
+
+/// The gateway's answers about other gateways' heartbeats (shared by all its rooms).
+#[derive(Default)]
+pub(super) struct Liveness {
+    seen: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl Liveness {
+    fn cached(&self, gw: &str) -> Option<bool> {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.get(gw) {
+            Some((at, alive)) if at.elapsed() < ALIVE_FOR => Some(*alive),
+            _ => None,
+        }
+    }
+
+    fn note(&self, gw: &str, alive: bool) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: answers past their use are dropped once many pile up.
+        if seen.len() > 4096 {
+            seen.retain(|_, (at, _)| at.elapsed() < ALIVE_FOR);
+        }
+        seen.insert(gw.to_string(), (Instant::now(), alive));
+    }
+}
+
+/// Whether gateway `gw`'s heartbeat is alive (an answer of the last second reused).
+async fn alive(log: &RedisLog, live: &Liveness, gw: &str) -> Result<bool, String> {
+    if let Some(known) = live.cached(gw) {
+        return Ok(known);
+    }
     let mut cmd = redis::cmd("EXISTS");
     cmd.arg(log.keys().gateway(gw));
-    log.call_cmd::<i64>(&cmd)
+    let alive = log
+        .call_cmd::<i64>(&cmd)
         .await
         .map(|n| n > 0)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    live.note(gw, alive);
+    Ok(alive)
 }
 
 /// The room's stored roster, one delta per other gateway whose heartbeat is alive.
 pub(super) async fn load(
     log: &RedisLog,
+    live: &Liveness,
     room: &RoomId,
     own: &str,
 ) -> Result<Vec<(String, RosterDelta)>, String> {
@@ -176,7 +219,7 @@ pub(super) async fn load(
     }
     let mut out = Vec::new();
     for (gw, d) in by_gw {
-        if alive(log, &gw).await? {
+        if alive(log, live, &gw).await? {
             out.push((gw, d));
         }
     }
@@ -184,10 +227,15 @@ pub(super) async fn load(
 }
 
 /// Which of `gateways` lapsed; their fields are removed from the room's roster.
-pub(super) async fn gone(log: &RedisLog, room: &RoomId, gateways: &[String]) -> Vec<String> {
+pub(super) async fn gone(
+    log: &RedisLog,
+    live: &Liveness,
+    room: &RoomId,
+    gateways: &[String],
+) -> Vec<String> {
     let mut dead = Vec::new();
     for gw in gateways {
-        match alive(log, gw).await {
+        match alive(log, live, gw).await {
             Ok(false) => dead.push(gw.clone()),
             Ok(true) => {}
             Err(e) => {

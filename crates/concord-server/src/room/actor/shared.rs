@@ -20,7 +20,7 @@ const FILL_GRACE: Duration = Duration::from_millis(250);
 /// The pause before a doc list whose forward got no answer is forwarded again.
 const FORWARD_RETRY: Duration = Duration::from_millis(100);
 /// How often a room whose acks wait for the persisted watermark reads it (in case a
-/// watermark note was lost).
+/// watermark note was lost; not while notes keep coming: a later note covers a lost one).
 const READ_PERSISTED: Duration = Duration::from_millis(200);
 
 /// How often a room with members on other gateways checks that those gateways live.
@@ -102,6 +102,8 @@ pub(super) struct SharedShell {
     waits_for_persisted: bool,
     read_persisted: tokio::time::Interval,
     persisted: Option<BoxFuture<'static, Option<(Epoch, Seq)>>>,
+    /// When the last watermark note came.
+    last_note: Option<Instant>,
     /// The feed lost notifications: the head and rosters being read again (`resume_again`:
     /// lost more meanwhile, read once more when this one is done). Every call the shell
     /// waits for is a future polled by [`SharedShell::next`], never awaited in an arm's body,
@@ -134,6 +136,7 @@ impl SharedShell {
             },
             waits_for_persisted: false,
             persisted: None,
+            last_note: None,
             resuming: None,
             resume_again: false,
             read_persisted: {
@@ -312,6 +315,9 @@ impl SharedShell {
             }
             _ = self.check.tick(), if check_gateways => SharedEvent::CheckGateways,
             _ = self.read_persisted.tick(), if self.waits_for_persisted && self.persisted.is_none() => {
+                if self.last_note.is_some_and(|t| t.elapsed() < READ_PERSISTED) {
+                    return SharedEvent::Nothing;
+                }
                 let (point, room) = (self.point.clone(), self.room.clone());
                 self.persisted = Some(Box::pin(async move { point.persisted(&room).await }));
                 SharedEvent::Nothing
@@ -337,7 +343,10 @@ impl SharedShell {
             item = self.feed.next() => match item {
                 Some(FeedItem::Events { epoch, events }) => SharedEvent::Notified(epoch, events),
                 Some(FeedItem::Roster { gw, delta }) => SharedEvent::Roster(gw, delta),
-                Some(FeedItem::Persisted { epoch, seq }) => SharedEvent::Persisted(epoch, seq),
+                Some(FeedItem::Persisted { epoch, seq }) => {
+                    self.last_note = Some(Instant::now());
+                    SharedEvent::Persisted(epoch, seq)
+                }
                 lost => {
                     let ended = lost.is_none();
                     if ended {
