@@ -4,6 +4,7 @@
 
 mod config;
 mod conn;
+mod driver;
 mod error;
 mod parse;
 mod types;

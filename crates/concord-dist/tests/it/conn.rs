@@ -3,7 +3,7 @@
 //! the connection for the other calls of the gateway.
 
 use concord_dist::log::RedisConn;
-use concord_dist::testing::redis::SHARED_REDIS_URL;
+use concord_dist::testing::redis::{TestPrefix, SHARED_REDIS_URL};
 use concord_dist::RedisTarget;
 use std::future::Future;
 use std::task::Context;
@@ -45,4 +45,42 @@ async fn calls_left_unpolled_by_their_callers_do_not_stop_the_connection() {
             "{answered:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_redis_in_the_order_of_their_first_polls() {
+    let prefix = TestPrefix::new("conn-order");
+    let key = format!("{}:order", prefix.prefix());
+    let target = RedisTarget::Single(SHARED_REDIS_URL.to_string());
+    let conn = RedisConn::connect(&target, Duration::from_secs(2))
+        .await
+        .expect("the shared Redis");
+    // A room's pipelined commits: many calls in flight at once, more than redis-rs queues,
+    // their answers taken in order; Redis must see them in the order they were made.
+    const N: usize = 2000;
+    let mut calls = futures::stream::FuturesOrdered::new();
+    for i in 0..N {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg(&key).arg(i);
+        let c = conn.clone();
+        calls.push_back(async move { c.query::<i64>(&cmd).await });
+    }
+    let lens: Vec<i64> = futures::StreamExt::collect::<Vec<_>>(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("RPUSH"))
+        .collect();
+    assert_eq!(
+        lens,
+        (1..=N as i64).collect::<Vec<_>>(),
+        "each call saw the list its predecessors left"
+    );
+    let mut range = redis::cmd("LRANGE");
+    range.arg(&key).arg(0).arg(-1);
+    let items: Vec<usize> = conn.query(&range).await.expect("LRANGE");
+    assert_eq!(
+        items,
+        (0..N).collect::<Vec<_>>(),
+        "Redis got the calls in order"
+    );
 }
