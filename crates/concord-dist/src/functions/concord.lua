@@ -316,6 +316,39 @@ local function rebuild(keys, args)
   return {1, kind, epoch, head, hlc}
 end
 
+-- concord_seat(KEYS: roster; ARGV: limit, gw, client, info): a seat in a room of at most
+-- `limit` members, taken atomically when a client joins through gateway `gw`. Members are the
+-- distinct clients of the roster's `m|{gw}|{client}` fields (a client present through several
+-- gateways counts once; a lapsed gateway's fields count until they are removed). A client
+-- already present, or a room below the limit, gets its field written (`info`: its member
+-- info, what the gateway's roster delta writes again) and 1; a full room gets 0.
+local function seat(keys, args)
+  local roster = keys[1]
+  local limit = tonumber(args[1])
+  local gw, client, info = args[2], args[3], args[4]
+  if not limit or not gw or not client or not info then
+    return badarg('seat: limit, gw, client, info')
+  end
+  local seen, n = {}, 0
+  local present = false
+  for _, f in ipairs(redis.call('HKEYS', roster)) do
+    local c = string.match(f, '^m|[^|]*|(.*)$')
+    if c then
+      if c == client then
+        present = true
+      elseif not seen[c] then
+        seen[c] = true
+        n = n + 1
+      end
+    end
+  end
+  if not present and n >= limit then
+    return 0
+  end
+  redis.call('HSET', roster, 'm|' .. gw .. '|' .. client, info)
+  return 1
+end
+
 local function version()
   return VERSION
 end
@@ -326,4 +359,5 @@ redis.register_function{function_name='concord_lease', callback=lease}
 redis.register_function{function_name='concord_release', callback=release}
 redis.register_function{function_name='concord_persisted', callback=persisted}
 redis.register_function{function_name='concord_rebuild', callback=rebuild}
+redis.register_function{function_name='concord_seat', callback=seat}
 redis.register_function{function_name='concord_version', callback=version, flags={'no-writes'}}

@@ -11,6 +11,7 @@ use crate::pg::PgArchive;
 use crate::{CommitRequest, LogError, NewEvent, RedisLog};
 use async_trait::async_trait;
 use concord_core::{Epoch, HlcText, RoomId, Seq};
+use concord_protocol::outbound::MemberInfo;
 use concord_protocol::ErrorCode;
 use concord_server::cluster::{
     self as core, CommitFailure, CommitPoint, CommitResult, Feed, FeedItem, RosterDelta,
@@ -241,6 +242,15 @@ impl CommitPoint for RedisCommitPoint {
 
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {
         super::roster::gone(&self.log, &self.liveness, room, gateways).await
+    }
+
+    async fn take_seat(
+        &self,
+        room: &RoomId,
+        info: &Arc<MemberInfo>,
+        limit: usize,
+    ) -> Result<bool, String> {
+        super::roster::seat(&self.log, room, &self.id, info, limit).await
     }
 
     async fn acquire_lease(&self, room: &RoomId, lease: Duration) -> Result<Option<u64>, String> {

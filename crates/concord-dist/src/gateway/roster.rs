@@ -226,6 +226,31 @@ pub(super) async fn load(
     Ok(out)
 }
 
+/// Takes a seat in the room for the client of `info` through gateway `gw` (`concord_seat`):
+/// its roster field written if the room has fewer than `limit` members or lists it already.
+pub(super) async fn seat(
+    log: &RedisLog,
+    room: &RoomId,
+    gw: &str,
+    info: &MemberInfo,
+    limit: usize,
+) -> Result<bool, String> {
+    let rk = log.keys().room(room.as_str());
+    let json = serde_json::to_string(info).map_err(|e| e.to_string())?;
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("concord_seat")
+        .arg(1)
+        .arg(&rk.roster)
+        .arg(limit)
+        .arg(gw)
+        .arg(&info.client_id)
+        .arg(json);
+    log.call_cmd::<i64>(&cmd)
+        .await
+        .map(|n| n == 1)
+        .map_err(|e| e.to_string())
+}
+
 /// Which of `gateways` lapsed; their fields are removed from the room's roster.
 pub(super) async fn gone(
     log: &RedisLog,

@@ -644,3 +644,90 @@ fn rooms_on_every_master(
     }
     found.into_iter().flatten().collect()
 }
+
+/// `max_members_per_room` holds across gateways joining at the same moment: with one member
+/// in a room of at most 4, 12 clients join through 3 gateways at once; exactly 3 get in (the
+/// seat is taken in Redis, atomically), the others are refused `unavailable`, and after one
+/// member leaves, one more gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_at_once_through_every_gateway_never_exceed_max_members() {
+    let prefix = TestPrefix::new("seats");
+    let target = TestPrefix::target();
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        let backend = concord_dist::gateway::connect(
+            &target,
+            config(prefix.prefix()),
+            GatewayOptions::new(&format!("gw{i}")),
+        )
+        .await
+        .expect("the gateway's backend connects");
+        let config = Config {
+            node_id: format!("gw{i}"),
+            max_members_per_room: 4,
+            ..Config::default()
+        };
+        gws.push(serve_with(backend, config).await);
+    }
+    let room = "chat:seats";
+    // The room exists, with one member, before the rush.
+    let mut first = Ws::hello(&gws[0], "opener").await;
+    first.join(room).await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        clients.push(Ws::hello(&gws[i % 3], &format!("c{i}")).await);
+    }
+    // Every join is written before any answer is read.
+    for c in clients.iter_mut() {
+        c.send(json!({"type":"join","room":room,"kind":"stream"}))
+            .await;
+    }
+    let mut inside = Vec::new();
+    let mut refused = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let m = c.recv().await;
+        match m["type"].as_str() {
+            Some("joined") => inside.push(i),
+            Some("error") => {
+                assert_eq!(m["code"], "unavailable", "{m}");
+                refused += 1;
+            }
+            _ => panic!("a join's answer: {m}"),
+        }
+    }
+    assert_eq!(
+        inside.len(),
+        3,
+        "exactly the room's 3 free seats taken: {inside:?}"
+    );
+    assert_eq!(refused, 9);
+    // One leaves: its seat is free again for a client of another gateway (its departure is
+    // told to Redis; the retry loop waits for that, not for a fixed time).
+    let leaver = inside[0];
+    clients[leaver]
+        .send(json!({"type":"leave","room":room}))
+        .await;
+    let late = (0..12)
+        .find(|i| !inside.contains(i) && i % 3 != leaver % 3)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        clients[late]
+            .send(json!({"type":"join","room":room,"kind":"stream"}))
+            .await;
+        let m = clients[late].recv().await;
+        if m["type"] == "joined" {
+            assert_eq!(m["members"].as_array().map(Vec::len), Some(4), "{m}");
+            break;
+        }
+        assert_eq!(m["code"], "unavailable", "{m}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed seat was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for g in gws {
+        g.stop().await;
+    }
+}

@@ -15,6 +15,7 @@ use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError, Roster
 use crate::store::{MemoryStore, RoomRecord, Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
+use concord_protocol::outbound::MemberInfo;
 use concord_protocol::ErrorCode;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -362,6 +363,32 @@ impl CommitPoint for MemoryGateway {
             .filter(|(gw, _)| **gw != self.id && !inner.down.contains(*gw))
             .map(|(gw, d)| (gw.clone(), d.clone()))
             .collect())
+    }
+
+    async fn take_seat(
+        &self,
+        room: &RoomId,
+        info: &Arc<MemberInfo>,
+        limit: usize,
+    ) -> Result<bool, String> {
+        if self.is_cut().await {
+            return Err(cut_off_error());
+        }
+        let mut inner = self.point.inner.lock();
+        let all = inner.rosters.entry(room.clone()).or_default();
+        let client = ClientId::new(&info.client_id).map_err(|e| e.to_string())?;
+        let mut clients: std::collections::BTreeSet<&ClientId> = std::collections::BTreeSet::new();
+        for stored in all.values() {
+            clients.extend(stored.members.keys());
+        }
+        if !clients.contains(&client) && clients.len() >= limit {
+            return Ok(false);
+        }
+        all.entry(self.id.clone())
+            .or_default()
+            .members
+            .insert(client, Some(info.clone()));
+        Ok(true)
     }
 
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String> {

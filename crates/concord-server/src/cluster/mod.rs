@@ -19,6 +19,7 @@ pub use crate::room::core::{CommitFailure, CommitResult, ForwardedList, NewEvent
 use crate::store::{Store, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{Epoch, RoomId, Seq};
+use concord_protocol::outbound::MemberInfo;
 use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,17 @@ pub trait CommitPoint: Send + Sync + 'static {
     /// Which of `gateways` have lapsed (their heartbeat is gone); their entries of the room's
     /// stored roster are removed.
     async fn gone_gateways(&self, room: &RoomId, gateways: &[String]) -> Vec<String>;
+
+    /// Takes a seat for the client of `info`, joining `room` through this gateway, if the
+    /// room's stored roster has fewer than `limit` distinct clients or already lists it
+    /// (atomically: `max_members_per_room` holds across gateways joining at once); the seat
+    /// is the client's roster entry for this gateway. `false`: the room is full.
+    async fn take_seat(
+        &self,
+        room: &RoomId,
+        info: &Arc<MemberInfo>,
+        limit: usize,
+    ) -> Result<bool, String>;
 
     /// Acquires or renews the doc room's owner lease for this gateway: the fence to commit
     /// with (bumped by every acquisition, kept by a renewal), `None` while another gateway

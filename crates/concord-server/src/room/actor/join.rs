@@ -6,7 +6,7 @@
 use super::{encode_event, RoomActor};
 use crate::metrics::{JoinOutcome, Limit};
 use crate::outbound::ConnHandle;
-use crate::room::core::{JoinBudget, NoRecovery};
+use crate::room::core::{JoinBudget, MemberConn, NoRecovery, RosterDelta};
 use crate::room::msg::{Creator, RoomError};
 use axum::extract::ws::Utf8Bytes;
 use concord_core::{RoomKind, Seq};
@@ -113,6 +113,29 @@ impl RoomActor {
         if !presence_rest.is_empty() {
             self.shared.metrics.limit(Limit::MaxCatchUpBytes);
         }
+        // The distributed mode: a new member takes its seat in Redis (atomic across gateways).
+        let seated = !self.members.has_client(conn.client());
+        if let (true, Some(point)) = (seated, self.shared.commit_point.clone()) {
+            match point.take_seat(&self.room, conn.info(), max_members).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.shared.metrics.limit(Limit::MaxMembersPerRoom);
+                    return fail(
+                        self,
+                        ErrorCode::Unavailable,
+                        &format!("room is full ({max_members} members)"),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(room = %self.room, error = %e, "taking a seat failed");
+                    return fail(
+                        self,
+                        ErrorCode::Unavailable,
+                        "room membership is not writable right now; retry",
+                    );
+                }
+            }
+        }
         let frame = self
             .core
             .joined_frame(&plan, recovered, &frames, &presence, &members);
@@ -128,6 +151,12 @@ impl RoomActor {
                 .store(self.members.len() as u64, Ordering::Relaxed);
             true
         } else {
+            // Gone before it joined: the seat it took is given back.
+            if let (true, Some(c)) = (seated, self.cluster.as_mut()) {
+                let mut gone = RosterDelta::default();
+                gone.members.insert(conn.client().clone(), None);
+                c.tell(gone);
+            }
             false
         }
     }

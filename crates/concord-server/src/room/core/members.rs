@@ -92,6 +92,11 @@ impl<C: MemberConn> Members<C> {
         self.conns.contains_key(&conn_id)
     }
 
+    /// Whether `client` is joined here through some connection.
+    pub fn has_client(&self, client: &ClientId) -> bool {
+        self.clients.contains_key(client)
+    }
+
     /// Sends `frame` to every member; members whose connection is gone or lagging are removed.
     pub fn broadcast(&mut self, frame: &Utf8Bytes, now_ms: u64) {
         let mut gone = Vec::new();
