@@ -7,7 +7,7 @@
 //! gap-free even when an earlier commit failed.
 
 use async_trait::async_trait;
-use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, HlcText, OpId, RoomKind, Seq};
 use serde_json::value::RawValue;
 
 mod lock;

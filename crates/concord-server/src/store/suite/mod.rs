@@ -38,6 +38,7 @@
 //! concurrent ones; see [`run`]).
 
 use super::*;
+use concord_core::RoomId;
 use std::future::Future;
 use std::sync::Arc;
 
