@@ -597,13 +597,17 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
     store
         .append(
             &room,
-            Append::new(Epoch("e-sim".into()), vec![StoredEvent {
-                seq: Seq(1),
-                hlc: HlcText::parse("0000000000001-000000-init").ok_or("an hlc")?,
-                from: ClientId::new("http").map_err(|e| e.to_string())?,
-                op_id: None,
-                data: RawValue::from_string(doc::encode_ops(&init_ops).to_string()).expect("JSON"),
-            }]),
+            Append::new(
+                Epoch("e-sim".into()),
+                vec![StoredEvent {
+                    seq: Seq(1),
+                    hlc: HlcText::parse("0000000000001-000000-init").ok_or("an hlc")?,
+                    from: ClientId::new("http").map_err(|e| e.to_string())?,
+                    op_id: None,
+                    data: RawValue::from_string(doc::encode_ops(&init_ops).to_string())
+                        .expect("JSON"),
+                }],
+            ),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -247,8 +247,11 @@ impl Sim {
             match e {
                 Effect::Append(a) => {
                     let events = a.events.clone();
-                    let outcome = block_on(self.store.append(&self.room, Append::new(Epoch("e1".into()), a.events)))
-                        .map(|_| ());
+                    let outcome = block_on(
+                        self.store
+                            .append(&self.room, Append::new(Epoch("e1".into()), a.events)),
+                    )
+                    .map(|_| ());
                     self.owner.append_done(outcome.map_err(|e| e.to_string()));
                     for gw in &mut self.gws {
                         if !self.rng.random_bool(0.15) {

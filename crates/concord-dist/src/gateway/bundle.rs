@@ -18,8 +18,8 @@ use crate::RedisLog;
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
 use concord_server::store::{
-    Append, Archive, ClientRegistry, CommitLog, Durability, EventKey, FoundOp, History,
-    RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+    Append, Archive, ClientRegistry, CommitLog, Durability, EventKey, FoundOp, History, RoomRecord,
+    Store, StoreError, StoreResult, StoredEvent,
 };
 use std::sync::Arc;
 

@@ -47,7 +47,8 @@ impl PgArchive {
         let p = p.ok_or_else(|| {
             StoreError::Backend("the archive has no partition count yet".to_string())
         })?;
-        Partitions::new(u32::try_from(p).unwrap_or(0)).map_err(|e| StoreError::Backend(e.to_string()))
+        Partitions::new(u32::try_from(p).unwrap_or(0))
+            .map_err(|e| StoreError::Backend(e.to_string()))
     }
 
     /// Up to `limit` archived events after `after`, as stored events.
@@ -212,7 +213,8 @@ impl History for PgArchive {
         found
             .into_iter()
             .map(|f| {
-                let bad = |what: &str| StoreError::Backend(format!("archived op {}: {what}", f.seq));
+                let bad =
+                    |what: &str| StoreError::Backend(format!("archived op {}: {what}", f.seq));
                 Ok(FoundOp {
                     from: ClientId::new(&f.from).map_err(|_| bad("client id"))?,
                     op_id: OpId::new(&f.op_id).map_err(|_| bad("op id"))?,

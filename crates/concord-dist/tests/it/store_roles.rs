@@ -22,12 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A commit log on the shared Redis, the history that reads it, what it promises, its prefix.
-async fn redis_log() -> (
-    Arc<dyn CommitLog>,
-    Arc<dyn History>,
-    Durability,
-    TestPrefix,
-) {
+async fn redis_log() -> (Arc<dyn CommitLog>, Arc<dyn History>, Durability, TestPrefix) {
     let (prefix, log) = shared("roles-log").await;
     let log = Arc::new(log);
     (
@@ -93,7 +88,10 @@ impl Seeder for RedisPgSeeder {
             // The events below the watermark left the Redis stream: reads of them cross into
             // PostgreSQL.
             let floor = self.log.room_meta(room).await.unwrap().unwrap().floor;
-            assert!(floor.0 >= upto, "floor {floor:?} below the watermark {upto}");
+            assert!(
+                floor.0 >= upto,
+                "floor {floor:?} below the watermark {upto}"
+            );
             let below = self.log.read_log(room, Seq(0), 1).await.unwrap();
             assert!(below.first().is_none_or(|e| e.seq.0 >= upto), "{below:?}");
         }
@@ -157,12 +155,16 @@ async fn an_append_under_a_stale_fence_is_fenced() {
         append.fence = Some(fence);
         append
     };
-    let got = commit.append(&r, fenced(first, vec![ev(1, "a", Some("a1"))])).await;
+    let got = commit
+        .append(&r, fenced(first, vec![ev(1, "a", Some("a1"))]))
+        .await;
     assert_eq!(got.unwrap(), Durability::Memory);
     assert!(log.release_lease(&r, "a").await.unwrap());
     let second = log.acquire_lease(&r, "b", lease).await.unwrap().unwrap();
     assert!(second > first);
-    let stale = commit.append(&r, fenced(first, vec![ev(2, "a", Some("a2"))])).await;
+    let stale = commit
+        .append(&r, fenced(first, vec![ev(2, "a", Some("a2"))]))
+        .await;
     assert!(
         matches!(stale, Err(StoreError::Fenced { current, .. }) if current == second),
         "{stale:?}"
@@ -186,7 +188,11 @@ async fn an_append_in_flight_while_redis_is_stopped_is_unknown_and_lands_once() 
     let server = RedisServer::start(Persistence::None);
     let mut cfg = config("roles-unknown");
     cfg.call_timeout = Duration::from_millis(300);
-    let log = Arc::new(RedisLog::connect(&server.target(), cfg).await.expect("connect"));
+    let log = Arc::new(
+        RedisLog::connect(&server.target(), cfg)
+            .await
+            .expect("connect"),
+    );
     let commit = RedisCommitLog::new(log.clone(), Durability::Memory);
     let history = RedisStore::new(log.clone(), None);
     let r = room("unknown");
@@ -194,7 +200,9 @@ async fn an_append_in_flight_while_redis_is_stopped_is_unknown_and_lands_once() 
         .create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
         .unwrap();
-    put(&commit, &r, vec![ev(1, "c", Some("u1"))]).await.unwrap();
+    put(&commit, &r, vec![ev(1, "c", Some("u1"))])
+        .await
+        .unwrap();
     let batch = vec![
         ev(2, "c", Some("u2")),
         ev(3, "c", None),
@@ -213,7 +221,13 @@ async fn an_append_in_flight_while_redis_is_stopped_is_unknown_and_lands_once() 
         let all = history.read_events(&r, Seq(0), 100).await.unwrap();
         let got: Vec<(u64, &str, Option<&str>)> = all
             .iter()
-            .map(|e| (e.seq.0, e.from.as_str(), e.op_id.as_ref().map(|o| o.as_str())))
+            .map(|e| {
+                (
+                    e.seq.0,
+                    e.from.as_str(),
+                    e.op_id.as_ref().map(|o| o.as_str()),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -230,6 +244,8 @@ async fn an_append_in_flight_while_redis_is_stopped_is_unknown_and_lands_once() 
         assert_eq!(rec.head_hlc.as_ref(), Some(&all[3].hlc));
     }
     // The log goes on from there.
-    put(&commit, &r, vec![ev(5, "c", Some("u5"))]).await.unwrap();
+    put(&commit, &r, vec![ev(5, "c", Some("u5"))])
+        .await
+        .unwrap();
     assert_eq!(history.load_room(&r).await.unwrap().unwrap().head, Seq(5));
 }

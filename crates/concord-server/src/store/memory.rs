@@ -1,8 +1,8 @@
 //! `MemoryStore`: the store contract held in process memory, for tests of the logic above it.
 
 use super::{
-    hlc_floor, Append, Archive, ClientRegistry, CommitLog, Durability, EventKey, FoundOp,
-    History, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+    hlc_floor, Append, Archive, ClientRegistry, CommitLog, Durability, EventKey, FoundOp, History,
+    RoomRecord, Store, StoreError, StoreResult, StoredEvent,
 };
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};

@@ -50,7 +50,9 @@ pub async fn watermark_never_moves_back(a: Arc<dyn Archive>, h: Arc<dyn History>
     for e in &mut stale {
         e.data = RawValue::from_string("\"stale\"".into()).unwrap();
     }
-    a.upsert(&r, RoomKind::Stream, &epoch(), stale).await.unwrap();
+    a.upsert(&r, RoomKind::Stream, &epoch(), stale)
+        .await
+        .unwrap();
     assert_eq!(a.watermark(&r).await.unwrap(), Some(Seq(10)));
     let read = h.read_events(&r, Seq(0), 100).await.unwrap();
     assert_eq!(seqs(&read), (1..=10).collect::<Vec<_>>());

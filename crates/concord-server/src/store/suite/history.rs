@@ -48,8 +48,12 @@ pub async fn pagination(s: Arc<dyn Seeder>) {
     let h = s.history();
     let r = room("d");
     assert_eq!(h.load_room(&r).await.unwrap(), None);
-    s.seed(&r, RoomKind::Stream, (1..=25).map(|i| ev(i, "c", None)).collect())
-        .await;
+    s.seed(
+        &r,
+        RoomKind::Stream,
+        (1..=25).map(|i| ev(i, "c", None)).collect(),
+    )
+    .await;
     let mut after = Seq(0);
     let mut seen = Vec::new();
     loop {
@@ -63,7 +67,10 @@ pub async fn pagination(s: Arc<dyn Seeder>) {
     }
     assert_eq!(seen, (1..=25).collect::<Vec<_>>());
     let rec = h.load_room(&r).await.unwrap().unwrap();
-    assert_eq!((rec.kind, rec.epoch, rec.head), (RoomKind::Stream, epoch(), Seq(25)));
+    assert_eq!(
+        (rec.kind, rec.epoch, rec.head),
+        (RoomKind::Stream, epoch(), Seq(25))
+    );
     assert_eq!(rec.head_hlc, Some(hlc(25)));
     assert!(h.read_events(&r, Seq(25), 10).await.unwrap().is_empty());
 }

@@ -68,7 +68,10 @@ pub async fn append_continues_the_expected_head(
         "{half:?}"
     );
     let other = log
-        .append(&r, Append::new(Epoch("other".into()), vec![ev(3, "c", None)]))
+        .append(
+            &r,
+            Append::new(Epoch("other".into()), vec![ev(3, "c", None)]),
+        )
         .await;
     assert!(
         matches!(&other, Err(StoreError::EpochChanged { current, .. }) if *current == epoch()),
@@ -175,11 +178,7 @@ pub async fn racing_appenders_one_wins(
 /// appends after N from its stale view. A is refused (`HeadMoved`, B's head) whatever the size
 /// of its batch, nothing of A's lands, B's events are intact; A only continues after
 /// reloading.
-pub async fn zombie_writer_is_fenced(
-    log: Arc<dyn CommitLog>,
-    h: Arc<dyn History>,
-    _: Durability,
-) {
+pub async fn zombie_writer_is_fenced(log: Arc<dyn CommitLog>, h: Arc<dyn History>, _: Durability) {
     let r = room("zombie");
     log.create_room(&r, RoomKind::Stream, &epoch())
         .await

@@ -21,7 +21,8 @@ pub async fn recent_keys_without_bodies(s: Arc<dyn Store>) {
     assert!(s.recent_keys(&r, 10).await.unwrap().is_empty());
     let mut big = ev(3, "d", Some("m3"));
     big.data = RawValue::from_string(format!("\"{}\"", "é".repeat(100))).unwrap();
-    put(&*s, 
+    put(
+        &*s,
         &r,
         vec![
             ev(1, "c", Some("m1")),
@@ -224,7 +225,8 @@ pub async fn reads_across_a_trim_boundary(s: Arc<dyn Store>) {
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
         .unwrap();
-    put(&*s, 
+    put(
+        &*s,
         &r,
         (1..=20)
             .map(|n| ev(n, "c", Some(&format!("m{n}"))))
@@ -470,7 +472,9 @@ mod tests {
         // What this version appends is stored as the same text.
         let mut e = ev(3, "c-2", Some("m3"));
         e.hlc = HlcText::parse("1763812345679-000000-gw-1").unwrap();
-        s.append(&r, Append::new(Epoch("e1".into()), vec![e])).await.unwrap();
+        s.append(&r, Append::new(Epoch("e1".into()), vec![e]))
+            .await
+            .unwrap();
         s.close().await;
         drop(s);
         let c = rusqlite::Connection::open(&path).unwrap();
@@ -503,7 +507,12 @@ mod tests {
             s.create_room(&r, RoomKind::Stream, &Epoch("e1".into()))
                 .await
                 .unwrap();
-            s.append(&r, Append::new(Epoch("e1".into()), vec![ev(1, "c", Some("m1"))])).await.unwrap();
+            s.append(
+                &r,
+                Append::new(Epoch("e1".into()), vec![ev(1, "c", Some("m1"))]),
+            )
+            .await
+            .unwrap();
             s.close().await;
             drop(s);
             {
@@ -538,15 +547,26 @@ mod tests {
             s.create_room(&r, RoomKind::Stream, &Epoch("e9".into()))
                 .await
                 .unwrap();
-            s.append(&r, Append::new(Epoch("e9".into()), vec![ev(1, "c", Some("m1")), ev(2, "c", None)]))
-                .await
-                .unwrap();
+            s.append(
+                &r,
+                Append::new(
+                    Epoch("e9".into()),
+                    vec![ev(1, "c", Some("m1")), ev(2, "c", None)],
+                ),
+            )
+            .await
+            .unwrap();
             s.close().await;
         }
         let s = SqliteStore::open(&path, true, 1000, crate::metrics::Metrics::new()).unwrap();
         let rec = s.load_room(&r).await.unwrap().unwrap();
         assert_eq!((rec.epoch.as_str(), rec.head), ("e9", Seq(2)));
-        s.append(&r, Append::new(Epoch("e9".into()), vec![ev(3, "c", None)])).await.unwrap();
-        assert!(s.append(&r, Append::new(Epoch("e9".into()), vec![ev(5, "c", None)])).await.is_err());
+        s.append(&r, Append::new(Epoch("e9".into()), vec![ev(3, "c", None)]))
+            .await
+            .unwrap();
+        assert!(s
+            .append(&r, Append::new(Epoch("e9".into()), vec![ev(5, "c", None)]))
+            .await
+            .is_err());
     }
 }
