@@ -20,7 +20,7 @@ pub mod worker;
 
 pub use keys::Keys;
 pub use log::{
-    CommitError, CommitRequest, Committed, LogConfig, LogError, LoggedEvent, NewEvent, RedisLog,
-    RedisTarget, RoomMeta,
+    CommitError, CommitRequest, Committed, LogConfig, LogError, LoggedEvent, NewEvent,
+    RedisCommitLog, RedisLog, RedisTarget, RoomMeta,
 };
 pub use partition::{Partition, PartitionError, Partitions};

@@ -122,7 +122,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use crate::store::{MemoryStore, Store, StoredEvent};
+    use crate::store::{Append, MemoryStore, Store, StoredEvent};
     use concord_core::{Epoch, ManualClock};
     use serde_json::value::RawValue;
     use std::time::Duration;
@@ -152,10 +152,8 @@ mod tests {
             .create_room(&room, kind, &Epoch("e".into()))
             .await
             .unwrap();
-        store
-            .append(&room, (1..=n).map(ev).collect())
-            .await
-            .unwrap();
+        let append = Append::new(Epoch("e".into()), (1..=n).map(ev).collect());
+        store.append(&room, append).await.unwrap();
         room
     }
 

@@ -31,7 +31,7 @@ use concord_server::metrics::Metrics;
 use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv};
 use concord_server::room::doc::state_at;
 use concord_server::room::load::load;
-use concord_server::store::{MemoryStore, Store, StoredEvent};
+use concord_server::store::{Append, Archive, CommitLog, History, MemoryStore, StoredEvent};
 use concord_server::Config;
 use futures::executor::block_on;
 use rand::rngs::StdRng;
@@ -232,7 +232,12 @@ impl Sim {
         let roll = self.rng.random_range(0..100);
         let result = if roll < 75 {
             // Lands (unless the store refuses it: not contiguous after a lost append).
-            let r = block_on(self.store.append(&self.room, events)).map_err(|e| e.to_string());
+            let r = block_on(
+                self.store
+                    .append(&self.room, Append::new(Epoch("e-sim".into()), events)),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string());
             if r.is_ok() {
                 if let Some((seq, state)) = snapshot {
                     block_on(self.store.save_snapshot(&self.room, seq, state))
@@ -246,7 +251,11 @@ impl Sim {
         } else {
             // Timed out: it landed (if the store took it), the core cannot know.
             self.stats.landed_unknown += 1;
-            let _ = block_on(self.store.append(&self.room, events));
+            let _ = block_on(
+                self.store
+                    .append(&self.room, Append::new(Epoch("e-sim".into()), events)),
+            )
+            .map(|_| ());
             Err("injected: the append timed out".into())
         };
         self.core.append_done(result);
@@ -354,7 +363,12 @@ impl Sim {
             self.core.submit();
             self.effects()?;
             if let Some((events, snapshot)) = self.appends.pop_front() {
-                let r = block_on(self.store.append(&self.room, events)).map_err(|e| e.to_string());
+                let r = block_on(
+                    self.store
+                        .append(&self.room, Append::new(Epoch("e-sim".into()), events)),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string());
                 if let (Ok(()), Some((seq, state))) = (&r, snapshot) {
                     block_on(self.store.save_snapshot(&self.room, seq, state))
                         .map_err(|e| format!("snapshot: {e}"))?;
@@ -439,7 +453,8 @@ fn run_seed(seed: u64, steps: usize) -> SimResult<Stats> {
             op_id: None,
             data: RawValue::from_string(init.to_string()).expect("JSON"),
         };
-        block_on(store.append(&room, vec![first])).map_err(|e| e.to_string())?;
+        block_on(store.append(&room, Append::new(Epoch("e-sim".into()), vec![first])))
+            .map_err(|e| e.to_string())?;
     }
     // Small bounds, so the table misses (store lookups) and the window drops by count and size.
     let cfg = Config {

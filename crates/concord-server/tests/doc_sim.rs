@@ -39,7 +39,7 @@ use concord_server::metrics::Metrics;
 use concord_server::room::core::{CoreConfig, Effect, RoomCore, StepEnv, Waiting};
 use concord_server::room::doc::{state_at, stored_ops, DocLimits, DocState};
 use concord_server::room::load::load;
-use concord_server::store::{MemoryStore, Store, StoredEvent};
+use concord_server::store::{Append, Archive, CommitLog, History, MemoryStore, StoredEvent};
 use concord_server::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -156,8 +156,9 @@ impl Server {
                         }
                         let r = self
                             .store
-                            .append(&self.room, a.events)
+                            .append(&self.room, Append::new(Epoch("e-sim".into()), a.events))
                             .await
+                            .map(|_| ())
                             .map_err(|e| format!("append: {e}"));
                         if let (Ok(()), Some((seq, state))) = (&r, a.snapshot) {
                             self.store
@@ -596,13 +597,17 @@ async fn run_seed(seed: u64, ops_per_client: usize) -> SimResult<Stats> {
     store
         .append(
             &room,
-            vec![StoredEvent {
-                seq: Seq(1),
-                hlc: HlcText::parse("0000000000001-000000-init").ok_or("an hlc")?,
-                from: ClientId::new("http").map_err(|e| e.to_string())?,
-                op_id: None,
-                data: RawValue::from_string(doc::encode_ops(&init_ops).to_string()).expect("JSON"),
-            }],
+            Append::new(
+                Epoch("e-sim".into()),
+                vec![StoredEvent {
+                    seq: Seq(1),
+                    hlc: HlcText::parse("0000000000001-000000-init").ok_or("an hlc")?,
+                    from: ClientId::new("http").map_err(|e| e.to_string())?,
+                    op_id: None,
+                    data: RawValue::from_string(doc::encode_ops(&init_ops).to_string())
+                        .expect("JSON"),
+                }],
+            ),
         )
         .await
         .map_err(|e| e.to_string())?;

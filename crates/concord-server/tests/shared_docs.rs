@@ -21,7 +21,7 @@ use concord_server::metrics::Metrics;
 use concord_server::room::core::{CoreConfig, Effect, Loaded, RoomCore, StepEnv, Waiting};
 use concord_server::room::doc::{state_at, DocState};
 use concord_server::room::load::load;
-use concord_server::store::{MemoryStore, Store};
+use concord_server::store::{Append, CommitLog, History, MemoryStore};
 use concord_server::Config;
 use futures::executor::block_on;
 use rand::rngs::StdRng;
@@ -247,7 +247,11 @@ impl Sim {
             match e {
                 Effect::Append(a) => {
                     let events = a.events.clone();
-                    let outcome = block_on(self.store.append(&self.room, a.events));
+                    let outcome = block_on(
+                        self.store
+                            .append(&self.room, Append::new(Epoch("e1".into()), a.events)),
+                    )
+                    .map(|_| ());
                     self.owner.append_done(outcome.map_err(|e| e.to_string()));
                     for gw in &mut self.gws {
                         if !self.rng.random_bool(0.15) {

@@ -14,6 +14,7 @@
 //!   they are stopped.
 
 use crate::{LogError, RedisLog};
+use concord_server::store::Durability;
 use redis::Value;
 
 /// What an ack promises (`--ack-level`).
@@ -45,6 +46,18 @@ fn config_value(answer: &Value, name: &str) -> Option<String> {
             .find(|kv| kv.len() == 2 && text(&kv[0]) == name)
             .map(|kv| text(&kv[1])),
         _ => None,
+    }
+}
+
+impl AckLevel {
+    /// What a commit in Redis promises at this level once it returns (its `CommitLog`
+    /// durability): `Fsynced` at `redis`; `Memory` otherwise — at `durable` the ack waits,
+    /// on top of the commit, for the workers' PostgreSQL commit (the archive's `Disk`).
+    pub fn durability(self) -> Durability {
+        match self {
+            AckLevel::Redis => Durability::Fsynced,
+            AckLevel::Memory | AckLevel::Durable => Durability::Memory,
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! What a gateway of the distributed mode runs on: [`RedisCommitPoint`] (the commit point of
 //! shared stream rooms, over `RedisLog::commit`, and every room's feed, over Redis pub/sub)
-//! and [`RedisStore`] (the room records and recent history a gateway reads, from Redis). Both
-//! plug into `concord_server::run` through `Env::backend`.
+//! and [`GatewayStore`] (the `Store` bundle of its room actors: [`RedisStore`], the room
+//! records and history a gateway reads from Redis then PostgreSQL, and the roles the other
+//! parts play; bundle.rs). Both plug into `concord_server::run` through `Env::backend`.
 
 mod ack;
+mod bundle;
 mod commit_point;
 mod feed;
 mod inbox;
@@ -12,6 +14,7 @@ mod roster;
 mod store;
 
 pub use ack::AckLevel;
+pub use bundle::GatewayStore;
 pub use commit_point::RedisCommitPoint;
 pub use feed::Notifier;
 pub use rebuild::{Outcome as Rebuilt, Seen};
@@ -66,7 +69,11 @@ pub async fn connect(
         .with_archive(options.archive.clone());
     roster::heartbeat(log.clone(), point.gateway_id_owned(), options.lease);
     Ok(Backend {
-        store: Arc::new(RedisStore::new(log, options.archive).with_seen(seen)),
+        store: Arc::new(GatewayStore::new(
+            log.clone(),
+            RedisStore::new(log, options.archive.clone()).with_seen(seen),
+            options.archive,
+        )),
         commit_point: Arc::new(point),
     })
 }

@@ -1,9 +1,8 @@
-//! `RedisStore`: the `Store` a gateway of the distributed mode reads from — room records
-//! (the meta hash), room creation (`concord_create`), recent history (the room's log stream),
-//! and, given the PostgreSQL archive, the history below the stream's floor and the client
-//! registry (write-once bindings of client ids to users). What lives elsewhere in this mode
-//! answers as documented on each method: writes go through the commit point, retention is the
-//! workers' trim (docs/distributed.md, "Gateways").
+//! `RedisStore`: the [`History`] a gateway of the distributed mode reads — room records (the
+//! meta hash, checked against PostgreSQL when Redis lost a room or its tail), recent history
+//! (the room's log stream) and, given the PostgreSQL archive, the history below the stream's
+//! floor. Reads that gateways do not serve answer as documented on each method. The rest of
+//! a gateway's `Store` is `GatewayStore` (bundle.rs).
 
 use super::rebuild::Seen;
 use crate::pg::PgArchive;
@@ -11,7 +10,7 @@ use crate::{LogError, RedisLog};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, OpId, RoomId, RoomKind, Seq};
 use concord_server::store::{
-    EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+    EventKey, FoundOp, History, RoomRecord, StoreError, StoreResult, StoredEvent,
 };
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -38,36 +37,6 @@ impl RedisStore {
         self.seen = seen;
         self
     }
-
-    /// Up to `limit` archived events after `after` (PostgreSQL), as stored events.
-    async fn archived(
-        &self,
-        archive: &PgArchive,
-        room: &RoomId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = archive
-            .read_events(room.as_str(), after.0, limit)
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        rows.into_iter()
-            .map(|r| {
-                let bad =
-                    |what: &str| StoreError::Backend(format!("archived event {}: {what}", r.seq));
-                Ok(StoredEvent {
-                    seq: Seq(r.seq),
-                    hlc: concord_core::HlcText::parse(&r.hlc).ok_or_else(|| bad("hlc"))?,
-                    from: ClientId::new(&r.from).map_err(|_| bad("client id"))?,
-                    op_id: match &r.op_id {
-                        Some(o) => Some(OpId::new(o).map_err(|_| bad("op id"))?),
-                        None => None,
-                    },
-                    data: RawValue::from_string(r.data.clone()).map_err(|_| bad("data"))?,
-                })
-            })
-            .collect()
-    }
 }
 
 fn backend(e: LogError) -> StoreError {
@@ -78,14 +47,14 @@ fn backend(e: LogError) -> StoreError {
 }
 
 /// What gateways of the distributed mode do not do (yet): named in the error.
-fn not_here(what: &str) -> StoreError {
+pub(super) fn not_here(what: &str) -> StoreError {
     StoreError::Backend(format!(
         "{what} is not available on gateways of the distributed mode"
     ))
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl History for RedisStore {
     /// With the archive, a room Redis lost (or whose tail it lost) is rebuilt from it first
     /// (gateway/rebuild.rs).
     async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
@@ -118,21 +87,6 @@ impl Store for RedisStore {
         }))
     }
 
-    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
-        match self.log.create_room(room, kind, epoch).await {
-            Ok(_) => Ok(()),
-            Err(LogError::Exists { kind }) => Err(StoreError::Backend(format!(
-                "room {room} exists as a {kind} room"
-            ))),
-            Err(e) => Err(backend(e)),
-        }
-    }
-
-    /// Writes go through the commit point (`concord_commit`), never through here.
-    async fn append(&self, _room: &RoomId, _events: Vec<StoredEvent>) -> StoreResult<()> {
-        Err(not_here("appending outside the commit point"))
-    }
-
     /// From the room's log stream. Below its floor (events moved to PostgreSQL and trimmed
     /// from Redis) the read starts at the floor, as a store's read starts at its retained floor:
     /// a short read that a join turns into a reset (`recovered: false`).
@@ -152,7 +106,7 @@ impl Store for RedisStore {
         if after.0 < below {
             if let Some(archive) = &self.archive {
                 let want = ((below - after.0) as usize).min(limit);
-                out = self.archived(archive, room, after, want).await?;
+                out = archive.stored_events(room, after, want).await?;
                 let contiguous = out
                     .iter()
                     .enumerate()
@@ -234,10 +188,6 @@ impl Store for RedisStore {
         Ok(Vec::new())
     }
 
-    async fn trim(&self, _room: &RoomId, _before: Seq) -> StoreResult<()> {
-        Ok(())
-    }
-
     async fn seq_at_or_after(&self, _room: &RoomId, _wall_ms: u64) -> StoreResult<Option<Seq>> {
         Err(not_here("reading a room at a time"))
     }
@@ -251,39 +201,12 @@ impl Store for RedisStore {
         Ok(Vec::new())
     }
 
-    async fn save_snapshot(&self, _room: &RoomId, _seq: Seq, _state: String) -> StoreResult<()> {
-        Err(not_here("doc snapshots"))
-    }
-
-    async fn prune_snapshots(&self, _room: &RoomId, _keep: usize) -> StoreResult<()> {
-        Ok(())
-    }
-
+    /// Gateways keep no doc snapshots (a doc room loads from its log).
     async fn load_snapshot(
         &self,
         _room: &RoomId,
         _at: Option<Seq>,
     ) -> StoreResult<Option<(Seq, String)>> {
         Ok(None)
-    }
-
-    /// In the archive's write-once registry (without an archive a gateway cannot bind client
-    /// ids: it runs with `--auth none`).
-    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String> {
-        match &self.archive {
-            Some(a) => a
-                .claim_client(client.as_str(), user)
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string())),
-            None => Err(not_here("binding client ids to users without PostgreSQL")),
-        }
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.log
-            .call_cmd::<String>(&redis::cmd("PING"))
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Backend(e.to_string()))
     }
 }

@@ -1,7 +1,9 @@
 //! `RedisLog`: the Rust API of the `concord` function library — create a room, commit events
 //! (seqs, hlcs, idempotency, fencing), read a room's log and meta, record what workers
-//! persisted, rebuild a lost room. Leases are in `lease.rs`.
+//! persisted, rebuild a lost room. Leases are in `lease.rs`; the store role it plays
+//! (`CommitLog`) is `RedisCommitLog` (`commit_log.rs`).
 
+mod commit_log;
 mod config;
 mod conn;
 mod driver;
@@ -9,6 +11,7 @@ mod error;
 mod parse;
 mod types;
 
+pub use commit_log::{store_error, RedisCommitLog};
 pub use config::LogConfig;
 pub use conn::{RedisConn, RedisTarget};
 pub use error::{CommitError, LogError};

@@ -1,16 +1,19 @@
 //! The PostgreSQL archive of the distributed mode (`PgArchive`): the schema's migrations, the
 //! workers' idempotent batch insert and the reads (events by room/after/limit, watermarks, op
-//! keys, rooms, snapshots, the client registry). Schema: docs/distributed.md.
+//! keys, rooms, snapshots, the client registry), and the store roles it plays (`roles.rs`:
+//! `Archive`, `ClientRegistry`, the `History` of what it holds). Schema: docs/distributed.md.
 
 mod copy;
 mod error;
 mod insert;
 mod read;
+mod roles;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use error::ArchiveError;
 pub use read::{FoundOp, RoomRow, StoredRow};
+pub use roles::stored_event;
 
 /// How `insert_batch` moves a batch's events into `events` (docs/benchmarks.md measures both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

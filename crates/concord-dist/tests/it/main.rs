@@ -13,4 +13,5 @@ mod helpers;
 mod lease;
 mod notify;
 mod persisted;
+mod store_roles;
 mod support;

@@ -12,7 +12,7 @@
 
 use super::{CommitPoint, Feed, FeedItem, ForwardAnswer, Forwarded, ForwardedList, Inbox};
 use crate::room::core::{CommitFailure, CommitResult, NewEvent, RoomError, RosterDelta};
-use crate::store::{MemoryStore, RoomRecord, Store, StoredEvent};
+use crate::store::{Append, CommitLog, History, MemoryStore, RoomRecord, StoredEvent};
 use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::outbound::MemberInfo;
@@ -486,7 +486,8 @@ impl MemoryCommitPoint {
             last = Some(hlc.clone());
             stored.push(StoredEvent { hlc, ..e });
         }
-        now(self.store.append(room, stored.clone())).map_err(internal)?;
+        let append = Append::new(record.epoch.clone(), stored.clone());
+        now(self.store.append(room, append)).map_err(internal)?;
         let results = stored
             .iter()
             .map(|e| CommitResult {
@@ -562,7 +563,8 @@ impl MemoryCommitPoint {
         if stored.is_empty() {
             return Ok(results);
         }
-        now(self.store.append(room, stored.clone())).map_err(internal)?;
+        let append = Append::new(record.epoch.clone(), stored.clone());
+        now(self.store.append(room, append)).map_err(internal)?;
         inner.nonces.extend(nonces);
         self.publish(&mut inner, room, record.epoch, stored);
         Ok(results)

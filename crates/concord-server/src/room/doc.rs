@@ -13,7 +13,7 @@
 
 pub use crate::config::DocSchema;
 use crate::metrics::Limit;
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::store::{History, Store, StoreError, StoredEvent};
 use concord_core::doc::{self, Op, PathSeg, Transformed};
 use concord_core::{RoomId, Seq};
 use serde_json::{Map, Value};
@@ -136,7 +136,7 @@ pub fn stored_ops(e: &StoredEvent) -> Result<Vec<Op>, String> {
 /// The latest readable snapshot at or before `at` (or the empty document at seq 0), and how
 /// many unreadable snapshots were skipped on the way (each one logged).
 async fn base_state(
-    store: &dyn Store,
+    store: &dyn History,
     room: &RoomId,
     at: Seq,
 ) -> Result<(Seq, Value, u32), StoreError> {
@@ -167,7 +167,7 @@ async fn base_state(
 /// list read (also those at or before `from`, when `read_from` is older). A list that does not
 /// decode or apply is an error unless `skip_bad` (then it is left out and counted).
 struct Replay<'a> {
-    store: &'a dyn Store,
+    store: &'a dyn History,
     room: &'a RoomId,
     skip_bad: bool,
     skipped: u64,
@@ -280,7 +280,7 @@ pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
 
 /// The document as it was at `at`: the latest readable snapshot at or before it, plus the ops
 /// after it (from seq 0 when no snapshot that old is kept).
-pub async fn state_at(store: &dyn Store, room: &RoomId, at: Seq) -> Result<Value, StoreError> {
+pub async fn state_at(store: &dyn History, room: &RoomId, at: Seq) -> Result<Value, StoreError> {
     let (seq, mut state, _) = base_state(store, room, at).await?;
     let mut replay = Replay {
         store,
@@ -341,7 +341,7 @@ impl DocState {
     /// unreadable snapshot is skipped (an older one, or the op log from seq 0, rebuilds the
     /// state); an op log that cannot be replayed is [`DocLoadError::Corrupt`].
     pub async fn load(
-        store: &dyn Store,
+        store: &dyn History,
         room: &RoomId,
         head: Seq,
         window: usize,
@@ -569,7 +569,7 @@ fn diff_into(path: &mut Vec<PathSeg>, from: &Value, to: &Value, ops: &mut Vec<Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{Append, Archive, CommitLog, MemoryStore};
     use concord_core::{Epoch, RoomKind};
     use serde_json::json;
     use serde_json::value::RawValue;
@@ -601,7 +601,10 @@ mod tests {
             .enumerate()
             .map(|(i, l)| event(i as u64 + 1, l))
             .collect();
-        store.append(&room, events).await.unwrap();
+        store
+            .append(&room, Append::new(Epoch("e".into()), events))
+            .await
+            .unwrap();
         room
     }
 

@@ -4,13 +4,13 @@
 use super::core::{CoreConfig, Loaded, LoadedRoom};
 use super::doc::{DocLimits, DocLoadError, DocSchema, DocState};
 use crate::config::Config;
-use crate::store::{Store, StoreResult, StoredEvent};
+use crate::store::{History, StoreResult, StoredEvent};
 use concord_core::{RoomId, RoomKind, Seq};
 use std::sync::Arc;
 
 /// Reads what the core needs to serve `room` (errors are part of the outcome).
 pub async fn load(
-    store: &dyn Store,
+    store: &dyn History,
     room: &RoomId,
     cfg: &Config,
     schema: Option<Arc<DocSchema>>,
@@ -60,7 +60,7 @@ pub async fn load(
 /// events never has more than one chunk beyond the window in memory. Stops early at a gap
 /// (events removed by retention).
 async fn window_tail(
-    store: &dyn Store,
+    store: &dyn History,
     room: &RoomId,
     cfg: &Config,
     head: Seq,
@@ -95,7 +95,7 @@ async fn window_tail(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventKey, FoundOp, MemoryStore, RoomRecord};
+    use crate::store::{Append, CommitLog, EventKey, FoundOp, MemoryStore, RoomRecord};
     use async_trait::async_trait;
     use concord_core::{ClientId, Epoch, HlcText, OpId};
 
@@ -116,18 +116,13 @@ mod tests {
     }
 
     #[async_trait]
-    impl Store for Growing {
+    impl History for Growing {
         async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
             let record = self.inner.load_room(room).await?;
             let head = record.as_ref().map_or(0, |r| r.head.0);
-            self.inner.append(room, vec![event(head + 1)]).await?;
+            let append = Append::new(Epoch("e".into()), vec![event(head + 1)]);
+            self.inner.append(room, append).await?;
             Ok(record)
-        }
-        async fn create_room(&self, r: &RoomId, k: RoomKind, e: &Epoch) -> StoreResult<()> {
-            self.inner.create_room(r, k, e).await
-        }
-        async fn append(&self, r: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()> {
-            self.inner.append(r, events).await
         }
         async fn read_events(
             &self,
@@ -150,9 +145,6 @@ mod tests {
         ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
             self.inner.list_rooms(after, limit).await
         }
-        async fn trim(&self, r: &RoomId, before: Seq) -> StoreResult<()> {
-            self.inner.trim(r, before).await
-        }
         async fn seq_at_or_after(&self, r: &RoomId, ms: u64) -> StoreResult<Option<Seq>> {
             self.inner.seq_at_or_after(r, ms).await
         }
@@ -163,24 +155,12 @@ mod tests {
         ) -> StoreResult<Vec<FoundOp>> {
             self.inner.find_ops(r, k).await
         }
-        async fn save_snapshot(&self, r: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
-            self.inner.save_snapshot(r, seq, state).await
-        }
-        async fn prune_snapshots(&self, r: &RoomId, keep: usize) -> StoreResult<()> {
-            self.inner.prune_snapshots(r, keep).await
-        }
         async fn load_snapshot(
             &self,
             r: &RoomId,
             at: Option<Seq>,
         ) -> StoreResult<Option<(Seq, String)>> {
             self.inner.load_snapshot(r, at).await
-        }
-        async fn claim_client(&self, c: &ClientId, user: &str) -> StoreResult<String> {
-            self.inner.claim_client(c, user).await
-        }
-        async fn ping(&self) -> StoreResult<()> {
-            self.inner.ping().await
         }
     }
 
@@ -191,13 +171,12 @@ mod tests {
         };
         let room = RoomId::new("chat:growing").unwrap();
         store
+            .inner
             .create_room(&room, RoomKind::Stream, &Epoch("e".into()))
             .await
             .unwrap();
-        store
-            .append(&room, (1..=3).map(event).collect())
-            .await
-            .unwrap();
+        let append = Append::new(Epoch("e".into()), (1..=3).map(event).collect());
+        store.inner.append(&room, append).await.unwrap();
         let Loaded::Room(loaded) = load(&store, &room, &Config::default(), None).await else {
             panic!("the room loads");
         };

@@ -1,21 +1,25 @@
-//! The `Store` trait — the durable record of rooms and their events — and its backends.
+//! The store — the durable record of rooms and their events — split by role (`roles.rs`:
+//! [`CommitLog`], [`History`], [`Archive`], [`ClientRegistry`]), the [`Store`] bundle of them
+//! all, and the embedded backends.
 //!
-//! A store only ever holds committed events. `append` returns once the events are durable and
-//! refuses any append that does not continue the room's log exactly (`expected` seq), which is
-//! the fencing that keeps a log gap-free even when an earlier commit failed.
+//! A store only ever holds committed events. An append names the head it continues and is
+//! refused unless that is the room's head (`HeadMoved`), which is the fencing that keeps a log
+//! gap-free even when an earlier commit failed.
 
 use async_trait::async_trait;
-use concord_core::{ClientId, Epoch, HlcText, OpId, RoomId, RoomKind, Seq};
+use concord_core::{ClientId, Epoch, HlcText, OpId, RoomKind, Seq};
 use serde_json::value::RawValue;
 
 mod lock;
 mod memory;
+mod roles;
 mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod suite;
 
 pub use lock::DirLock;
 pub use memory::MemoryStore;
+pub use roles::{Append, Archive, ClientRegistry, CommitLog, Durability, History};
 pub use sqlite::SqliteStore;
 
 /// One committed event as stored.
@@ -64,12 +68,27 @@ pub struct FoundOp {
 pub enum StoreError {
     #[error("room {0} does not exist")]
     NoRoom(String),
+    /// The events do not follow the head they name one by one, or a snapshot lies beyond
+    /// the head.
     #[error("append to {room} at seq {got} does not continue the log (expected {expected})")]
     NotContiguous {
         room: String,
         expected: u64,
         got: u64,
     },
+    /// The room's head is not the one the append continues: nothing landed.
+    #[error("append to {room}: the head is {head}, not the expected one")]
+    HeadMoved { room: String, head: u64 },
+    /// Another owner took the room (its fence is now `current`): nothing landed.
+    #[error("append to {room}: fenced (the room's fence is now {current})")]
+    Fenced { room: String, current: u64 },
+    /// The room's epoch is not the writer's: nothing landed; reload the room.
+    #[error("append to {room}: the room's epoch is now {current}")]
+    EpochChanged { room: String, current: Epoch },
+    /// The append may or may not have landed (a timeout, a lost connection): hand the same
+    /// append over again (see [`CommitLog`]).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     #[error("store is closed")]
     Closed,
     /// What was asked for lies before the retained floor of the room (removed by retention).
@@ -96,62 +115,12 @@ fn hlc_floor(wall_ms: u64) -> String {
     format!("{wall_ms:013}")
 }
 
-/// The durable record. Implementations: [`SqliteStore`] (embedded), [`MemoryStore`] (tests).
+/// The bundle of every role that the embedded mode and the room actors use
+/// (`Arc<dyn Store>`), with the backend's health checks and shutdown. Implementations:
+/// [`SqliteStore`] (embedded), [`MemoryStore`] (tests); a gateway of the distributed mode
+/// bundles its own parts (concord-dist, `GatewayStore`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The room's record, or `None` if it was never created.
-    async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>>;
-    /// Creates a room durably; creating an existing room with the same kind is a no-op.
-    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()>;
-    /// Appends events with consecutive seqs following the room's head; durable on return.
-    async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()>;
-    /// Up to `limit` events with seq > `after`, in seq order.
-    async fn read_events(
-        &self,
-        room: &RoomId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredEvent>>;
-    /// The keys of the room's last `last` events, in seq order, without reading their bodies.
-    async fn recent_keys(&self, room: &RoomId, last: usize) -> StoreResult<Vec<EventKey>>;
-    /// Number of rooms ever created (and not deleted).
-    async fn room_count(&self) -> StoreResult<u64>;
-    /// Up to `limit` rooms whose name sorts after `after` (all from the start when `None`), in
-    /// name order, with their kinds: for background sweeps.
-    async fn list_rooms(
-        &self,
-        after: Option<RoomId>,
-        limit: usize,
-    ) -> StoreResult<Vec<(RoomId, RoomKind)>>;
-    /// Deletes the room's events with seq < `before` (retention), except the head event, which
-    /// always survives so that seqs never restart. Reads then start at the retained floor; the
-    /// idempotency keys of deleted events are forgotten (a retry of one is a new event). Durable
-    /// on return.
-    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()>;
-    /// The first seq of the room whose hlc's wall time is at or after `wall_ms` (hlcs grow with
-    /// seqs), if any.
-    async fn seq_at_or_after(&self, room: &RoomId, wall_ms: u64) -> StoreResult<Option<Seq>>;
-    /// The committed ops among `keys` (from, op_id).
-    async fn find_ops(
-        &self,
-        room: &RoomId,
-        keys: Vec<(ClientId, OpId)>,
-    ) -> StoreResult<Vec<FoundOp>>;
-    /// Saves a snapshot of a doc room's state at `seq` (a JSON document), replacing one at the
-    /// same seq. Durable on return. Refused if `seq` is beyond the room's head (a snapshot
-    /// never describes events that were not committed).
-    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()>;
-    /// Deletes all but the newest `keep` snapshots of a room (at least one is kept).
-    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()>;
-    /// The latest snapshot at or before `at` (or the latest of all), as (seq, state JSON).
-    async fn load_snapshot(
-        &self,
-        room: &RoomId,
-        at: Option<Seq>,
-    ) -> StoreResult<Option<(Seq, String)>>;
-    /// Binds `client` to `user` if it is not bound yet; returns the user it is bound to (with
-    /// authentication on, a client id — the scope of op ids — belongs to one user for good).
-    async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String>;
+pub trait Store: CommitLog + History + Archive + ClientRegistry {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Cheap check for `/readyz` that the store can still commit (a full disk, a read-only

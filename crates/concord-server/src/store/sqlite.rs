@@ -8,7 +8,8 @@
 //! data only.
 
 use super::{
-    hlc_floor, DirLock, EventKey, FoundOp, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
+    hlc_floor, Append, Archive, ClientRegistry, CommitLog, DirLock, Durability, EventKey, FoundOp,
+    History, RoomRecord, Store, StoreError, StoreResult, StoredEvent,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -67,6 +68,15 @@ enum WriteReq {
     },
     Append {
         room: RoomId,
+        epoch: Epoch,
+        expected_head: Seq,
+        events: Vec<StoredEvent>,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Upsert {
+        room: RoomId,
+        kind: RoomKind,
+        epoch: Epoch,
         events: Vec<StoredEvent>,
         reply: oneshot::Sender<StoreResult<()>>,
     },
@@ -243,7 +253,33 @@ fn row_to_event(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl CommitLog for SqliteStore {
+    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Create {
+            room: room.clone(),
+            kind,
+            epoch: epoch.clone(),
+            reply,
+        })
+        .await
+    }
+
+    async fn append(&self, room: &RoomId, append: Append) -> StoreResult<Durability> {
+        append.check(room)?;
+        self.write(|reply| WriteReq::Append {
+            room: room.clone(),
+            epoch: append.epoch,
+            expected_head: append.expected_head,
+            events: append.events,
+            reply,
+        })
+        .await?;
+        Ok(Durability::Disk)
+    }
+}
+
+#[async_trait]
+impl History for SqliteStore {
     async fn load_room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
         let name = room.to_string();
         self.read(move |c| {
@@ -273,25 +309,6 @@ impl Store for SqliteStore {
                 head: Seq(head.as_ref().map(|h| h.0).unwrap_or(0)),
                 head_hlc: head.map(|h| stored_hlc(&h.1)).transpose()?,
             }))
-        })
-        .await
-    }
-
-    async fn create_room(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
-        self.write(|reply| WriteReq::Create {
-            room: room.clone(),
-            kind,
-            epoch: epoch.clone(),
-            reply,
-        })
-        .await
-    }
-
-    async fn append(&self, room: &RoomId, events: Vec<StoredEvent>) -> StoreResult<()> {
-        self.write(|reply| WriteReq::Append {
-            room: room.clone(),
-            events,
-            reply,
         })
         .await
     }
@@ -359,46 +376,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn room_count(&self) -> StoreResult<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rooms", [], |r| r.get::<_, u64>(0))?))
-            .await
-    }
-
-    async fn list_rooms(
-        &self,
-        after: Option<RoomId>,
-        limit: usize,
-    ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
-        let after = after.map(|r| r.to_string()).unwrap_or_default();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT name, kind FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (name, kind) = row?;
-                let bad = |e: String| StoreError::Backend(format!("stored room {name:?}: {e}"));
-                let room = RoomId::new(&name).map_err(|e| bad(e.to_string()))?;
-                let kind = RoomKind::parse(&kind).map_err(|e| bad(e.to_string()))?;
-                out.push((room, kind));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()> {
-        self.write(|reply| WriteReq::Trim {
-            room: room.clone(),
-            before,
-            reply,
-        })
-        .await
-    }
-
     async fn seq_at_or_after(&self, room: &RoomId, wall_ms: u64) -> StoreResult<Option<Seq>> {
         let (name, hlc) = (room.to_string(), hlc_floor(wall_ms));
         self.read(move |c| {
@@ -447,25 +424,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
-        self.write(|reply| WriteReq::Snapshot {
-            room: room.clone(),
-            seq,
-            state,
-            reply,
-        })
-        .await
-    }
-
-    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()> {
-        self.write(|reply| WriteReq::PruneSnapshots {
-            room: room.clone(),
-            keep: keep.max(1),
-            reply,
-        })
-        .await
-    }
-
     async fn load_snapshot(
         &self,
         room: &RoomId,
@@ -486,6 +444,98 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn room_count(&self) -> StoreResult<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rooms", [], |r| r.get::<_, u64>(0))?))
+            .await
+    }
+
+    async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(RoomId, RoomKind)>> {
+        let after = after.map(|r| r.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, kind FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, kind) = row?;
+                let bad = |e: String| StoreError::Backend(format!("stored room {name:?}: {e}"));
+                let room = RoomId::new(&name).map_err(|e| bad(e.to_string()))?;
+                let kind = RoomKind::parse(&kind).map_err(|e| bad(e.to_string()))?;
+                out.push((room, kind));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Archive for SqliteStore {
+    /// The log is the archive here: events at or below the head (or trimmed) are left alone,
+    /// the rest must continue the head (a gap is refused, as an append's).
+    async fn upsert(
+        &self,
+        room: &RoomId,
+        kind: RoomKind,
+        epoch: &Epoch,
+        events: Vec<StoredEvent>,
+    ) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Upsert {
+            room: room.clone(),
+            kind,
+            epoch: epoch.clone(),
+            events,
+            reply,
+        })
+        .await
+    }
+
+    async fn watermark(&self, room: &RoomId) -> StoreResult<Option<Seq>> {
+        Ok(self
+            .load_room(room)
+            .await?
+            .map(|r| r.head)
+            .filter(|h| h.0 > 0))
+    }
+
+    async fn trim(&self, room: &RoomId, before: Seq) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Trim {
+            room: room.clone(),
+            before,
+            reply,
+        })
+        .await
+    }
+
+    async fn save_snapshot(&self, room: &RoomId, seq: Seq, state: String) -> StoreResult<()> {
+        self.write(|reply| WriteReq::Snapshot {
+            room: room.clone(),
+            seq,
+            state,
+            reply,
+        })
+        .await
+    }
+
+    async fn prune_snapshots(&self, room: &RoomId, keep: usize) -> StoreResult<()> {
+        self.write(|reply| WriteReq::PruneSnapshots {
+            room: room.clone(),
+            keep: keep.max(1),
+            reply,
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ClientRegistry for SqliteStore {
     async fn claim_client(&self, client: &ClientId, user: &str) -> StoreResult<String> {
         // Most hellos come from a client id that is already bound: a read answers them, and
         // only a first claim goes through the writer.
@@ -502,7 +552,10 @@ impl Store for SqliteStore {
             .await?
             .ok_or_else(|| StoreError::Backend(format!("client {client} was not bound")))
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -542,8 +595,9 @@ struct Writer {
     conn: Connection,
     max_batch: usize,
     metrics: Metrics,
-    /// room name → (row id, head seq), for rooms appended to since the last failed commit.
-    rooms: HashMap<RoomId, (i64, u64)>,
+    /// room name → (row id, head seq, epoch), for rooms appended to since the last failed
+    /// commit.
+    rooms: HashMap<RoomId, (i64, u64, Epoch)>,
 }
 
 impl Writer {
@@ -568,7 +622,8 @@ impl Writer {
                         close_reply = Some(reply);
                         break;
                     }
-                    WriteReq::Append { events: ref e, .. } => events += e.len(),
+                    WriteReq::Append { events: ref e, .. }
+                    | WriteReq::Upsert { events: ref e, .. } => events += e.len(),
                     WriteReq::Create { .. }
                     | WriteReq::Snapshot { .. }
                     | WriteReq::PruneSnapshots { .. }
@@ -643,19 +698,29 @@ impl Writer {
         req: &WriteReq,
         heads: &mut HashMap<RoomId, u64>,
     ) -> Option<StoreError> {
-        let WriteReq::Append { room, events, .. } = req else {
+        let WriteReq::Append {
+            room,
+            epoch,
+            expected_head,
+            events,
+            ..
+        } = req
+        else {
             return None;
         };
-        let (first, last) = (events.first()?.seq.0, events.last()?.seq.0);
-        let head = match heads.get(room) {
-            Some(h) => *h,
-            None => self.rooms.get(room)?.1,
-        };
-        if first != head + 1 {
-            return Some(StoreError::NotContiguous {
+        let last = events.last()?.seq.0;
+        let cached = self.rooms.get(room)?;
+        if cached.2 != *epoch {
+            return Some(StoreError::EpochChanged {
                 room: room.to_string(),
-                expected: head + 1,
-                got: first,
+                current: cached.2.clone(),
+            });
+        }
+        let head = heads.get(room).copied().unwrap_or(cached.1);
+        if expected_head.0 != head {
+            return Some(StoreError::HeadMoved {
+                room: room.to_string(),
+                head,
             });
         }
         heads.insert(room.clone(), last);
@@ -665,14 +730,12 @@ impl Writer {
     /// Applies `reqs` in one transaction: all of them or none (the head cache follows).
     fn transaction(&mut self, reqs: &[WriteReq]) -> StoreResult<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let mut heads = Vec::new();
         let mut result = Ok(());
         for req in reqs {
             match self.apply(req) {
-                Ok(Some(head)) => {
+                Ok(Some((room, id, head, epoch))) => {
                     // Later appends of the same room in this transaction continue from here.
-                    self.rooms.insert(head.0.clone(), (head.1, head.2));
-                    heads.push(head);
+                    self.rooms.insert(room, (id, head, epoch));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -691,37 +754,70 @@ impl Writer {
         result
     }
 
+    /// Creates the room's record unless it exists.
+    fn create(&self, room: &RoomId, kind: RoomKind, epoch: &Epoch) -> StoreResult<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO rooms (name, kind, epoch, created_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(name) DO NOTHING",
+            )?
+            .execute(params![room.as_str(), kind.as_str(), epoch.as_str(), now])?;
+        Ok(())
+    }
+
+    /// The room's (row id, head, epoch): from the cache, else from the database.
+    fn room_head(&self, room: &RoomId) -> StoreResult<(i64, u64, Epoch)> {
+        if let Some(v) = self.rooms.get(room) {
+            return Ok(v.clone());
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = rooms.id), epoch \
+                 FROM rooms WHERE name = ?1",
+            )?
+            .query_row([room.as_str()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?, Epoch(r.get::<_, String>(2)?)))
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NoRoom(room.to_string()))
+    }
+
     /// Applies one request inside the open transaction; returns the room's new head on append.
-    fn apply(&mut self, req: &WriteReq) -> StoreResult<Option<(RoomId, i64, u64)>> {
+    fn apply(&mut self, req: &WriteReq) -> StoreResult<Option<(RoomId, i64, u64, Epoch)>> {
         match req {
             WriteReq::Create {
                 room, kind, epoch, ..
             } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO rooms (name, kind, epoch, created_ms) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT(name) DO NOTHING",
-                    )?
-                    .execute(params![room.as_str(), kind.as_str(), epoch.as_str(), now])?;
+                self.create(room, *kind, epoch)?;
                 Ok(None)
             }
-            WriteReq::Append { room, events, .. } => {
-                let (id, head) = match self.rooms.get(room) {
-                    Some(v) => *v,
-                    None => self
-                        .conn
-                        .prepare_cached(
-                            "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = rooms.id) \
-                             FROM rooms WHERE name = ?1",
-                        )?
-                        .query_row([room.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)))
-                        .optional()?
-                        .ok_or_else(|| StoreError::NoRoom(room.to_string()))?,
-                };
+            WriteReq::Append {
+                room,
+                epoch,
+                expected_head,
+                events,
+                ..
+            } => {
+                let (id, head, current) = self.room_head(room)?;
+                if current != *epoch {
+                    return Err(StoreError::EpochChanged {
+                        room: room.to_string(),
+                        current,
+                    });
+                }
+                if events.is_empty() {
+                    return Ok(None);
+                }
+                if expected_head.0 != head {
+                    return Err(StoreError::HeadMoved {
+                        room: room.to_string(),
+                        head,
+                    });
+                }
                 let mut expected = head + 1;
                 let mut stmt = self.conn.prepare_cached(
                     "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -744,7 +840,40 @@ impl Writer {
                     ])?;
                     expected += 1;
                 }
-                Ok(Some((room.clone(), id, expected - 1)))
+                Ok(Some((room.clone(), id, expected - 1, current)))
+            }
+            WriteReq::Upsert {
+                room,
+                kind,
+                epoch,
+                events,
+                ..
+            } => {
+                self.create(room, *kind, epoch)?;
+                let (id, head, current) = self.room_head(room)?;
+                let mut expected = head + 1;
+                let mut stmt = self.conn.prepare_cached(
+                    "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for e in events.iter().filter(|e| e.seq.0 > head) {
+                    if e.seq.0 != expected {
+                        return Err(StoreError::NotContiguous {
+                            room: room.to_string(),
+                            expected,
+                            got: e.seq.0,
+                        });
+                    }
+                    stmt.execute(params![
+                        id,
+                        e.seq.0,
+                        e.hlc.as_str(),
+                        e.from.as_str(),
+                        e.op_id.as_ref().map(OpId::as_str),
+                        e.data.get()
+                    ])?;
+                    expected += 1;
+                }
+                Ok(Some((room.clone(), id, expected - 1, current)))
             }
             WriteReq::Snapshot {
                 room, seq, state, ..
@@ -808,6 +937,7 @@ fn reply(req: WriteReq, result: StoreResult<()>) {
     match req {
         WriteReq::Create { reply, .. }
         | WriteReq::Append { reply, .. }
+        | WriteReq::Upsert { reply, .. }
         | WriteReq::Snapshot { reply, .. }
         | WriteReq::PruneSnapshots { reply, .. }
         | WriteReq::Trim { reply, .. }

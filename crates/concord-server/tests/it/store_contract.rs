@@ -2,7 +2,7 @@
 //! (`concord-server` with the `testing` feature, `store_suite!` with an async factory).
 
 use concord_server::metrics::Metrics;
-use concord_server::store::{SqliteStore, Store};
+use concord_server::store::{Durability, SqliteStore, Store};
 use std::sync::Arc;
 
 /// A fresh SQLite store in a temp dir; the dir is the guard that outlives the test's store.
@@ -12,4 +12,4 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
-concord_server::store_suite!(sqlite_store, sqlite().await);
+concord_server::store_suite!(sqlite_store, Durability::Disk, sqlite().await);

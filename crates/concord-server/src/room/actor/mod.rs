@@ -21,9 +21,9 @@ use crate::context::{RoomStats, Shared};
 use crate::limiter::Bucket;
 use crate::metrics::{Limit, RateScope};
 use crate::outbound::ConnHandle;
-use crate::store::{StoreResult, StoredEvent};
+use crate::store::{Append, StoreResult, StoredEvent};
 use axum::extract::ws::Utf8Bytes;
-use concord_core::{HlcTimestamp, RoomId, Seq};
+use concord_core::{Epoch, HlcTimestamp, RoomId, Seq};
 use concord_protocol::ErrorCode;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -401,8 +401,12 @@ impl RoomActor {
                     let store = self.shared.store.clone();
                     let room = self.room.clone();
                     let keep = self.shared.config.doc_snapshots_kept;
+                    // The core only appends to a live room, which has an epoch (an empty one
+                    // would be refused as another epoch's, and the room reloaded).
+                    let epoch = epoch.clone().unwrap_or_else(|| Epoch(String::new()));
+                    let log_append = Append::new(epoch, append.events);
                     self.commits.push_back(Box::pin(async move {
-                        store.append(&room, append.events).await?;
+                        store.append(&room, log_append).await?;
                         if let Some((seq, state)) = append.snapshot {
                             // Not awaited by the acks; the store refuses a snapshot beyond its
                             // head. Only the newest `doc_snapshots_kept` are kept.
