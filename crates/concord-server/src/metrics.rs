@@ -87,6 +87,15 @@ pub struct Metrics {
     pub durable_acks_waiting: Gauge,
     /// Time from a write's admission to its ack at the ack level `durable`.
     pub durable_wait: Histogram,
+    /// The distributed mode: commits and doc forwards whose outcome was unknown (handed over
+    /// again), feeds that lost notifications (the room read its head again), ranges read from
+    /// the log to fill a gap, doc lists forwarded to another gateway, doc rooms this gateway
+    /// owns.
+    pub cluster_unknown_outcomes: Counter,
+    pub cluster_feed_resumes: Counter,
+    pub cluster_fills: Counter,
+    pub cluster_forwards: Counter,
+    pub doc_rooms_owned: Gauge,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -120,6 +129,11 @@ impl Metrics {
             store_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             durable_acks_waiting: Gauge::default(),
             durable_wait: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            cluster_unknown_outcomes: Counter::default(),
+            cluster_feed_resumes: Counter::default(),
+            cluster_fills: Counter::default(),
+            cluster_forwards: Counter::default(),
+            doc_rooms_owned: Gauge::default(),
             registry: Default::default(),
         };
         r.register(
@@ -237,6 +251,31 @@ impl Metrics {
             "concord_durable_ack_wait_seconds",
             "Time from admitting a write to acking it at ack level durable",
             m.durable_wait.clone(),
+        );
+        r.register(
+            "concord_cluster_unknown_outcomes",
+            "Distributed mode: commits and doc forwards whose outcome was unknown (handed over again)",
+            m.cluster_unknown_outcomes.clone(),
+        );
+        r.register(
+            "concord_cluster_feed_resumes",
+            "Distributed mode: room feeds that lost notifications (the room read its head again)",
+            m.cluster_feed_resumes.clone(),
+        );
+        r.register(
+            "concord_cluster_fills",
+            "Distributed mode: ranges read from the log to fill a gap in a room's feed",
+            m.cluster_fills.clone(),
+        );
+        r.register(
+            "concord_cluster_forwards",
+            "Distributed mode: doc op lists forwarded to the gateway owning their room",
+            m.cluster_forwards.clone(),
+        );
+        r.register(
+            "concord_doc_rooms_owned",
+            "Distributed mode: doc rooms whose lease this gateway holds",
+            m.doc_rooms_owned.clone(),
         );
         r.register(
             "concord_store_commit_seconds",

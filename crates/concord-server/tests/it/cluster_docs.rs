@@ -149,6 +149,23 @@ async fn editors_converge(lose_every: u64) {
     converge(&mut docs, seq, &state).await;
     every_edit_once(&state, &edits);
     assert_eq!(point.fenced(), 0);
+    // The owner's gauge and the forwarders' counters.
+    let owned: Vec<f64> = servers
+        .iter()
+        .map(|s| s.metric("concord_doc_rooms_owned", &[]))
+        .collect();
+    assert_eq!(owned, [1.0, 0.0, 0.0], "only gw0 owns the room");
+    assert_eq!(
+        servers[0].metric("concord_cluster_forwards_total", &[]),
+        0.0,
+        "the owner's own editor is served in place"
+    );
+    for s in &servers[1..] {
+        assert!(
+            s.metric("concord_cluster_forwards_total", &[]) >= 1.0,
+            "each other gateway forwarded its editor's lists to the owner"
+        );
+    }
     for s in servers {
         s.stop().await;
     }
@@ -189,6 +206,16 @@ async fn a_gateway_takes_over_when_the_owner_is_gone() {
     assert!(
         matches!(owner.as_deref(), Some("gw1" | "gw2")),
         "owner {owner:?}"
+    );
+    let new_owner = if owner.as_deref() == Some("gw1") {
+        1
+    } else {
+        2
+    };
+    assert_eq!(
+        servers[new_owner].metric("concord_doc_rooms_owned", &[]),
+        1.0,
+        "the new owner counts the room"
     );
     let (seq, state) = logged(&servers[1], room).await;
     converge(&mut live, seq, &state).await;

@@ -255,7 +255,12 @@ impl RoomActor {
     async fn on_shared(&mut self, ev: shared::SharedEvent) {
         use shared::SharedEvent as E;
         match ev {
-            E::Committed(outcome) => self.core.commit_done(outcome),
+            E::Committed(outcome) => {
+                if matches!(outcome, Err(CommitFailure::Unknown(_))) {
+                    self.shared.metrics.cluster_unknown_outcomes.inc();
+                }
+                self.core.commit_done(outcome)
+            }
             E::Filled(after, Ok(events)) => self.core.filled(after, events),
             E::Filled(_, Err(e)) => {
                 tracing::warn!(room = %self.room, error = %e, "reading the log failed");
@@ -263,6 +268,7 @@ impl RoomActor {
             }
             E::Notified(epoch, events) => self.core.notified(&epoch, events),
             E::Resumed(head, roster) => {
+                self.shared.metrics.cluster_feed_resumes.inc();
                 // What the other gateways told meanwhile may be lost, and what this one told
                 // may be gone from Redis: read theirs again, tell ours again.
                 if let Some(roster) = roster {
@@ -330,12 +336,14 @@ impl RoomActor {
             })
         } else {
             let (room, want) = (self.room.clone(), self.want_lease.clone());
+            let metrics = self.shared.metrics.clone();
             let timeout =
                 (self.shared.config.doc_lease / 3).max(std::time::Duration::from_millis(100));
             Box::pin(async move {
                 let me = point.gateway_id().to_string();
                 match point.lease_holder(&room).await {
                     Ok(Some(owner)) if owner != me => {
+                        metrics.cluster_forwards.inc();
                         point.forward(&owner, &room, list, timeout).await
                     }
                     Ok(_) => {
@@ -449,7 +457,10 @@ impl RoomActor {
                     _ => commits += 1,
                 },
                 Effect::Fill(fill) => match self.cluster.as_mut() {
-                    Some(c) => c.fill(fill),
+                    Some(c) => {
+                        self.shared.metrics.cluster_fills.inc();
+                        c.fill(fill)
+                    }
                     None => fills += 1,
                 },
                 Effect::Forward(list) => match self.cluster.is_some() {
@@ -760,6 +771,9 @@ impl Drop for RoomActor {
         self.rx.close();
         let metrics = &self.shared.metrics;
         metrics.rooms_active.dec();
+        if self.owner.is_some() {
+            metrics.doc_rooms_owned.dec();
+        }
         {
             let mut stats = self.shared.room_stats.lock();
             if stats

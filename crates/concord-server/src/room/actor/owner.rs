@@ -152,6 +152,9 @@ impl RoomActor {
             }
         };
         tracing::info!(room = %self.room, fence, "this gateway owns the doc room");
+        if self.owner.is_none() {
+            self.shared.metrics.doc_rooms_owned.inc();
+        }
         let config = CoreConfig::of(&self.shared.config);
         self.owner = Some(Owner {
             fence,
@@ -172,6 +175,7 @@ impl RoomActor {
         let Some(mut o) = self.owner.take() else {
             return;
         };
+        self.shared.metrics.doc_rooms_owned.dec();
         tracing::info!(room = %self.room, fence = o.fence, reason = why, "this gateway no longer owns the doc room");
         for w in o.core.take_waiters() {
             let _ = w.reply.send(Err(CommitFailure::Unknown(why.to_string())));
@@ -183,6 +187,7 @@ impl RoomActor {
         if self.owner.take().is_none() {
             return;
         }
+        self.shared.metrics.doc_rooms_owned.dec();
         if let Some(point) = self.shared.commit_point.clone() {
             if let Err(e) = point.release_lease(&self.room).await {
                 tracing::warn!(room = %self.room, error = %e, "releasing the doc lease failed");
