@@ -145,31 +145,9 @@ pub async fn fields_round_trip(s: Arc<dyn Seeder>) {
     let r = room("fields");
     let sent = round_trip_events();
     s.seed(&r, RoomKind::Doc, sent.clone()).await;
-    let fields = |e: &StoredEvent| {
-        (
-            e.seq,
-            e.hlc.clone(),
-            e.from.clone(),
-            e.op_id.clone(),
-            e.data.get().to_string(),
-        )
-    };
     let read = h.read_events(&r, Seq(0), 10).await.unwrap();
-    assert_eq!(
-        read.iter().map(fields).collect::<Vec<_>>(),
-        sent.iter().map(fields).collect::<Vec<_>>()
-    );
     let keys = h.recent_keys(&r, 10).await.unwrap();
-    let expected: Vec<EventKey> = sent
-        .iter()
-        .map(|e| EventKey {
-            seq: e.seq,
-            from: e.from.clone(),
-            op_id: e.op_id.clone(),
-            hlc: e.hlc.clone(),
-        })
-        .collect();
-    assert_eq!(keys, expected);
+    assert_reads_round_trip(&read, &keys, &sent);
     let rec = h.load_room(&r).await.unwrap().unwrap();
     assert_eq!(rec.kind, RoomKind::Doc);
     assert_eq!(rec.head_hlc, Some(sent[2].hlc.clone()));

@@ -117,6 +117,34 @@ pub async fn put<L: CommitLog + ?Sized>(
     log.append(room, Append::new(epoch(), events)).await
 }
 
+/// `read` (every event of a room) and `keys` (its recent keys) are exactly what `sent`
+/// committed: every field of each event, and the keys without bodies.
+pub fn assert_reads_round_trip(read: &[StoredEvent], keys: &[EventKey], sent: &[StoredEvent]) {
+    let fields = |e: &StoredEvent| {
+        (
+            e.seq,
+            e.hlc.clone(),
+            e.from.clone(),
+            e.op_id.clone(),
+            e.data.get().to_string(),
+        )
+    };
+    assert_eq!(
+        read.iter().map(fields).collect::<Vec<_>>(),
+        sent.iter().map(fields).collect::<Vec<_>>()
+    );
+    let expected: Vec<EventKey> = sent
+        .iter()
+        .map(|e| EventKey {
+            seq: e.seq,
+            from: e.from.clone(),
+            op_id: e.op_id.clone(),
+            hlc: e.hlc.clone(),
+        })
+        .collect();
+    assert_eq!(keys, expected);
+}
+
 /// The seqs of `evs`, in the order read.
 pub fn seqs(evs: &[StoredEvent]) -> Vec<u64> {
     evs.iter().map(|e| e.seq.0).collect()

@@ -302,41 +302,14 @@ pub async fn fields_round_trip(s: Arc<dyn Store>) {
     s.create_room(&r, RoomKind::Stream, &Epoch("e".into()))
         .await
         .unwrap();
+    // The ids of `round_trip_events`, for the op lookups below.
     let odd: String = (0x21u8..=0x7e).map(char::from).collect();
     let long = "x".repeat(128);
-    let mut first = ev(1, &odd[..64], Some(&odd[64..]));
-    first.hlc = HlcText::parse("1763812345678-000042-gw-1-eu").unwrap();
-    let mut second = ev(2, &long, Some(&long));
-    second.hlc = HlcText::parse("1763812345678-000043-gw-1-eu").unwrap();
-    let mut third = ev(3, "http:alice", None);
-    third.hlc = HlcText::parse("1763812345679-000000-n").unwrap();
-    let sent = vec![first, second, third];
+    let sent = super::history::round_trip_events();
     put(&*s, &r, sent.clone()).await.unwrap();
-    let fields = |e: &StoredEvent| {
-        (
-            e.seq,
-            e.hlc.clone(),
-            e.from.clone(),
-            e.op_id.clone(),
-            e.data.get().to_string(),
-        )
-    };
     let read = s.read_events(&r, Seq(0), 10).await.unwrap();
-    assert_eq!(
-        read.iter().map(fields).collect::<Vec<_>>(),
-        sent.iter().map(fields).collect::<Vec<_>>()
-    );
     let keys = s.recent_keys(&r, 10).await.unwrap();
-    let expected: Vec<EventKey> = sent
-        .iter()
-        .map(|e| EventKey {
-            seq: e.seq,
-            from: e.from.clone(),
-            op_id: e.op_id.clone(),
-            hlc: e.hlc.clone(),
-        })
-        .collect();
-    assert_eq!(keys, expected);
+    assert_reads_round_trip(&read, &keys, &sent);
     let mut found = s
         .find_ops(
             &r,
