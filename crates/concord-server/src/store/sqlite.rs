@@ -770,6 +770,39 @@ impl Writer {
     }
 
     /// The room's (row id, head, epoch): from the cache, else from the database.
+    /// Inserts `events` (room row `id`), which must continue `head` one by one; the new head.
+    fn insert_after<'e>(
+        &self,
+        room: &RoomId,
+        id: i64,
+        head: u64,
+        events: impl Iterator<Item = &'e StoredEvent>,
+    ) -> StoreResult<u64> {
+        let mut expected = head + 1;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in events {
+            if e.seq.0 != expected {
+                return Err(StoreError::NotContiguous {
+                    room: room.to_string(),
+                    expected,
+                    got: e.seq.0,
+                });
+            }
+            stmt.execute(params![
+                id,
+                e.seq.0,
+                e.hlc.as_str(),
+                e.from.as_str(),
+                e.op_id.as_ref().map(OpId::as_str),
+                e.data.get()
+            ])?;
+            expected += 1;
+        }
+        Ok(expected - 1)
+    }
+
     fn room_head(&self, room: &RoomId) -> StoreResult<(i64, u64, Epoch)> {
         if let Some(v) = self.rooms.get(room) {
             return Ok(v.clone());
@@ -818,29 +851,8 @@ impl Writer {
                         head,
                     });
                 }
-                let mut expected = head + 1;
-                let mut stmt = self.conn.prepare_cached(
-                    "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for e in events {
-                    if e.seq.0 != expected {
-                        return Err(StoreError::NotContiguous {
-                            room: room.to_string(),
-                            expected,
-                            got: e.seq.0,
-                        });
-                    }
-                    stmt.execute(params![
-                        id,
-                        e.seq.0,
-                        e.hlc.as_str(),
-                        e.from.as_str(),
-                        e.op_id.as_ref().map(OpId::as_str),
-                        e.data.get()
-                    ])?;
-                    expected += 1;
-                }
-                Ok(Some((room.clone(), id, expected - 1, current)))
+                let new_head = self.insert_after(room, id, head, events.iter())?;
+                Ok(Some((room.clone(), id, new_head, current)))
             }
             WriteReq::Upsert {
                 room,
@@ -851,29 +863,9 @@ impl Writer {
             } => {
                 self.create(room, *kind, epoch)?;
                 let (id, head, current) = self.room_head(room)?;
-                let mut expected = head + 1;
-                let mut stmt = self.conn.prepare_cached(
-                    "INSERT INTO events (room, seq, hlc, client, op_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for e in events.iter().filter(|e| e.seq.0 > head) {
-                    if e.seq.0 != expected {
-                        return Err(StoreError::NotContiguous {
-                            room: room.to_string(),
-                            expected,
-                            got: e.seq.0,
-                        });
-                    }
-                    stmt.execute(params![
-                        id,
-                        e.seq.0,
-                        e.hlc.as_str(),
-                        e.from.as_str(),
-                        e.op_id.as_ref().map(OpId::as_str),
-                        e.data.get()
-                    ])?;
-                    expected += 1;
-                }
-                Ok(Some((room.clone(), id, expected - 1, current)))
+                let new_head =
+                    self.insert_after(room, id, head, events.iter().filter(|e| e.seq.0 > head))?;
+                Ok(Some((room.clone(), id, new_head, current)))
             }
             WriteReq::Snapshot {
                 room, seq, state, ..
