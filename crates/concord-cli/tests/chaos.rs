@@ -24,8 +24,7 @@ mod support;
 
 use concord_client::{Client, ClientConfig, JoinOptions, RoomUpdate};
 use concord_dist::pg::PgArchive;
-use concord_dist::testing::pg::TestDb;
-use concord_dist::testing::redis::{Persistence, RedisServer};
+use concord_dist::testing::redis::Persistence;
 use concord_dist::worker::{all_partitions, Keys};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -33,21 +32,16 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{next_json, Report, Server};
+use support::dist::{Cluster, LEASE_DURATION, PARTITIONS};
+use support::{next_json, Report};
 use tokio_tungstenite::tungstenite::Message;
 
 const GATEWAYS: usize = 3;
 const WORKERS: usize = 2;
 const ROOMS: usize = 6;
-/// The cluster's partitions (gateways and workers must agree).
-const PARTITIONS: u32 = 1024;
-/// Gateway and worker leases: short, so that deaths are noticed within the test.
-const LEASE: &str = "2s";
 /// How long the whole load may take, faults included.
 const LOAD_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -72,62 +66,6 @@ fn rooms_of(c: usize) -> [usize; 2] {
 /// Client `c` leaves for good after its publishes (its gateway may be killed meanwhile).
 fn leaves(c: usize) -> bool {
     c % 9 == 4
-}
-
-/// A `concord worker` process, SIGKILLed on drop.
-struct WorkerProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl WorkerProc {
-    fn start(redis: &str, pg: &str, prefix: &str, id: &str, log: PathBuf) -> WorkerProc {
-        let file = std::fs::File::create(&log).expect("worker log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CONCORD_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["worker", "--redis", redis, "--postgres", pg])
-            .args(["--redis-prefix", prefix, "--worker-id", id, "--no-migrate"])
-            .args(["--partitions", &PARTITIONS.to_string(), "--lease", LEASE])
-            .env("CONCORD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn concord worker");
-        WorkerProc { child, log }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill {sig} {} failed", self.child.id());
-    }
-
-    fn kill9(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("the worker had exited on its own ({status}); its log:\n{log}");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        // SIGKILL ends a stopped process too.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One fault of the schedule.
@@ -268,81 +206,21 @@ async fn run_client(
     client
 }
 
-struct Cluster {
-    report: Report,
-    redis: RedisServer,
-    prefix: String,
-    db: TestDb,
-    listen: Vec<String>,
-    gateways: Vec<Server>,
-    workers: Vec<WorkerProc>,
-}
-
-impl Cluster {
-    fn gateway_args(&self, g: usize) -> Vec<String> {
-        [
-            "--redis",
-            &self.redis.url(),
-            "--postgres",
-            self.db.url(),
-            "--redis-prefix",
-            &self.prefix,
-            "--node-id",
-            &format!("gw{g}"),
-            "--ack-level",
-            "redis",
-            "--gateway-lease",
-            LEASE,
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-
-    async fn start_gateway(&mut self, g: usize) -> Server {
-        let log = self.report.log_path(&format!("gw{g}.log"));
-        let dir = self.report.data_dir().join(format!("gw{g}"));
-        std::fs::create_dir_all(&dir).expect("a data dir");
-        let args = self.gateway_args(g);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_at(&dir, &self.listen[g], &args, &log).await
-    }
-
-    fn start_worker(&mut self, w: usize) -> WorkerProc {
-        let log = self.report.log_path(&format!("wk{w}.log"));
-        WorkerProc::start(
-            &self.redis.url(),
-            self.db.url(),
-            &self.prefix,
-            &format!("wk{w}"),
-            log,
-        )
-    }
-
-    async fn inject(&mut self, fault: Fault) {
-        match fault {
-            Fault::KillGateway(g) => {
-                self.gateways[g].kill9();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                self.gateways[g] = self.start_gateway(g).await;
-            }
-            Fault::KillWorker(w) => {
-                self.workers[w].kill9();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                self.workers[w] = self.start_worker(w);
-            }
-            Fault::StopWorker(w) => {
-                // Past its lease: the other worker takes its partitions; on SIGCONT it finds
-                // its leases gone.
-                self.workers[w].signal("-STOP");
-                tokio::time::sleep(Duration::from_millis(2500)).await;
-                self.workers[w].signal("-CONT");
-            }
-            Fault::KillRedis => {
-                let redis = &mut self.redis;
-                tokio::task::block_in_place(|| redis.restart());
-            }
+/// Injects one fault into the cluster.
+async fn inject(cluster: &mut Cluster, fault: Fault) {
+    match fault {
+        Fault::KillGateway(g) => cluster.restart_gateway(g).await,
+        Fault::KillWorker(w) => cluster.restart_worker(w).await,
+        Fault::StopWorker(w) => {
+            // Past its lease: the other worker takes its partitions; on SIGCONT it finds its
+            // leases gone.
+            cluster.workers[w].signal("-STOP");
+            tokio::time::sleep(LEASE_DURATION + Duration::from_millis(500)).await;
+            cluster.workers[w].signal("-CONT");
+        }
+        Fault::KillRedis => {
+            let redis = &mut cluster.redis;
+            tokio::task::block_in_place(|| redis.restart());
         }
     }
 }
@@ -357,36 +235,15 @@ async fn acked_publishes_survive_killed_gateways_workers_and_redis() {
     let mut rng = StdRng::seed_from_u64(seed);
     let (clients, each, fault_count) = sizes();
     let faults_done = Arc::new(AtomicBool::new(false));
-    let redis = tokio::task::block_in_place(|| RedisServer::start(Persistence::AofAlways));
-    let db = TestDb::migrated().await;
-    let listen = (0..GATEWAYS)
-        .map(|_| {
-            let port = concord_dist::testing::redis::free_port(false);
-            format!("127.0.0.1:{port}")
-        })
-        .collect();
-    let mut cluster = Cluster {
+    let mut cluster = Cluster::start(
         report,
-        redis,
-        prefix: format!("chaos{seed}"),
-        db,
-        listen,
-        gateways: Vec::new(),
-        workers: Vec::new(),
-    };
-    for g in 0..GATEWAYS {
-        let s = cluster.start_gateway(g).await;
-        cluster.gateways.push(s);
-    }
-    for w in 0..WORKERS {
-        let p = cluster.start_worker(w);
-        cluster.workers.push(p);
-    }
-    let urls: Vec<String> = cluster
-        .listen
-        .iter()
-        .map(|a| format!("ws://{a}/v1/ws"))
-        .collect();
+        format!("chaos{seed}"),
+        Persistence::AofAlways,
+        (GATEWAYS, WORKERS),
+        &["--ack-level", "redis"],
+    )
+    .await;
+    let urls = cluster.urls();
 
     let log: Log = Arc::default();
     let acks: Acks = Arc::default();
@@ -410,7 +267,7 @@ async fn acked_publishes_survive_killed_gateways_workers_and_redis() {
             "chaos: {fault:?} ({} publishes acked so far)",
             acks.lock().unwrap().len()
         );
-        cluster.inject(fault).await;
+        inject(&mut cluster, fault).await;
     }
     faults_done.store(true, Ordering::SeqCst);
     let mut stayers = Vec::new();

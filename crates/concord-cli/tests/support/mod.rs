@@ -2,6 +2,8 @@
 //! SIGKILLed by its pid, always reaped), step timeouts, and a report that keeps the data and
 //! logs of a failed run.
 
+pub mod dist;
+
 use futures::stream::{SplitStream, StreamExt};
 use serde_json::Value;
 use std::future::Future;
