@@ -368,7 +368,9 @@ pub struct Config {
         )
     )]
     pub rate_publish_per_room: Rate,
-    /// Limit: presence updates per connection (0 = unlimited).
+    /// Presence updates per connection passed on to its rooms (0 = unlimited); updates beyond
+    /// it are held, the latest per room replacing the one before, and passed on when the
+    /// bucket refills.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -378,6 +380,17 @@ pub struct Config {
         )
     )]
     pub rate_presence_per_conn: Rate,
+    /// Limit: presence updates per connection beyond which they are refused (`rate_limited`);
+    /// 0 = unlimited.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "CONCORD_RATE_PRESENCE_FLOOD_PER_CONN",
+            value_name = "PER_SEC[:BURST]"
+        )
+    )]
+    pub rate_presence_flood_per_conn: Rate,
     /// Limit: `drift` reports per connection; each accepted one is logged once (0 = unlimited).
     #[cfg_attr(
         feature = "cli",
@@ -576,6 +589,7 @@ impl Default for Config {
             rate_publish_per_conn: Rate::new(1_000, 2_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
+            rate_presence_flood_per_conn: Rate::new(300, 600),
             rate_drift_per_conn: Rate::new(1, 5),
             rate_room_create_per_conn: Rate::new(10, 20),
             rate_room_create_per_user: Rate::new(50, 100),

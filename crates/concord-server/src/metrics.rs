@@ -73,6 +73,7 @@ pub struct Metrics {
     pub presence_in: Counter,
     pub presence_out: Counter,
     pub presence_coalesced: Counter,
+    pub presence_held: Counter,
     pub doc_hash_mismatch: Counter,
     /// Doc rooms whose document could not be loaded (op log not replayable; `concord repair`).
     pub doc_load_failures: Counter,
@@ -120,6 +121,7 @@ impl Metrics {
             presence_in: Counter::default(),
             presence_out: Counter::default(),
             presence_coalesced: Counter::default(),
+            presence_held: Counter::default(),
             doc_hash_mismatch: Counter::default(),
             doc_load_failures: Counter::default(),
             doc_snapshot_unreadable: Counter::default(),
@@ -211,6 +213,11 @@ impl Metrics {
             "concord_presence_coalesced",
             "Presence updates replaced by a newer value before being sent",
             m.presence_coalesced.clone(),
+        );
+        r.register(
+            "concord_presence_held",
+            "Presence updates held by a connection's presence rate until it admitted them",
+            m.presence_held.clone(),
         );
         r.register(
             "concord_doc_hash_mismatch",

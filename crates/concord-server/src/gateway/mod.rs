@@ -5,6 +5,7 @@ mod demo;
 mod guard;
 mod http;
 mod page;
+mod presence_gate;
 mod refusal;
 mod session;
 mod writer;

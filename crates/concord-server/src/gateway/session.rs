@@ -2,6 +2,7 @@
 //! and the handling of each client message.
 
 use super::credentials::is_http_client;
+use super::presence_gate::{Offer, PresenceGate};
 use super::refusal::Refusal;
 use super::App;
 use crate::auth::{Identity, Right};
@@ -54,7 +55,8 @@ pub struct Session {
     pub rooms: HashMap<RoomId, Option<oneshot::Receiver<bool>>>,
     permits: Arc<Semaphore>,
     publish_rate: Bucket,
-    presence_rate: Bucket,
+    /// The presence rate: updates sent, held or refused.
+    pub presence: PresenceGate,
     drift_rate: Bucket,
     /// Rooms this connection creates (checked by a room's actor when a join creates it).
     room_create_rate: Arc<Bucket>,
@@ -67,7 +69,11 @@ impl Session {
             conn_id,
             permits: Arc::new(Semaphore::new(cfg.max_inflight_per_conn)),
             publish_rate: Bucket::new(cfg.rate_publish_per_conn, &app.shared.clock),
-            presence_rate: Bucket::new(cfg.rate_presence_per_conn, &app.shared.clock),
+            presence: PresenceGate::new(
+                cfg.rate_presence_per_conn,
+                cfg.rate_presence_flood_per_conn,
+                &app.shared.clock,
+            ),
             drift_rate: Bucket::new(cfg.rate_drift_per_conn, &app.shared.clock),
             room_create_rate: Arc::new(Bucket::new(
                 cfg.rate_room_create_per_conn,
@@ -250,6 +256,7 @@ impl Session {
             .collect();
         for room in revoked {
             self.rooms.remove(&room);
+            self.presence.forget(&room);
             let msg = RoomMsg::Leave {
                 conn_id: self.conn_id,
                 notify: Some(self.out.clone()),
@@ -414,6 +421,7 @@ impl Session {
         if self.rooms.remove(&room).is_none() {
             return Err(Refusal::new(ErrorCode::NotFound, "not a member of this room").room(name));
         }
+        self.presence.forget(&room);
         let msg = RoomMsg::Leave {
             conn_id: self.conn_id,
             notify: Some(self.out.clone()),
@@ -589,18 +597,43 @@ impl Session {
                 .limit(Limit::MaxPresenceBytes));
         }
         self.allowed(&room, Right::Presence, None)?;
-        if let Err(retry) = self.presence_rate.check() {
-            let msg = "this connection sends presence faster than its limit";
-            return Err(Refusal::new(ErrorCode::RateLimited, msg)
-                .room(name)
-                .rate(RateScope::Presence, retry));
+        let metrics = &self.app.shared.metrics;
+        match self.presence.offer(&room, data.to_owned()) {
+            Offer::Refused(retry) => {
+                let msg = "this connection floods presence far beyond its rate";
+                return Err(Refusal::new(ErrorCode::RateLimited, msg)
+                    .room(name)
+                    .rate(RateScope::Presence, retry));
+            }
+            Offer::Send(data) => {
+                metrics.presence_in.inc();
+                self.send_presence(&room, data);
+            }
+            Offer::Held { replaced } => {
+                metrics.presence_in.inc();
+                metrics.presence_held.inc();
+                if replaced {
+                    metrics.presence_coalesced.inc();
+                }
+            }
         }
-        self.app.shared.metrics.presence_in.inc();
+        Ok(())
+    }
+
+    /// Sends the held presence updates the rate admits now (at [`PresenceGate::due`]).
+    pub fn release_presence(&mut self) {
+        for (room, data) in self.presence.release() {
+            if self.rooms.contains_key(&room) {
+                self.send_presence(&room, data);
+            }
+        }
+    }
+
+    fn send_presence(&self, room: &RoomId, data: Box<RawValue>) {
         let msg = RoomMsg::Presence {
             conn_id: self.conn_id,
-            data: data.to_owned(),
+            data,
         };
-        let _ = self.app.registry.send(&room, msg);
-        Ok(())
+        let _ = self.app.registry.send(room, msg);
     }
 }

@@ -218,6 +218,9 @@ async fn read_frames(
                     return end;
                 }
             }
+            _ = time.sleep_until_ms(s.presence.due().unwrap_or(0)), if s.presence.due().is_some() => {
+                s.release_presence();
+            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > idle_timeout {
                     s.app.shared.metrics.limit(Limit::IdleTimeout);

@@ -87,7 +87,8 @@ async fn room_rate_and_presence_rate_and_connection_limits() {
     let clock = TestClock::at_system_time();
     let server = TestServer::memory_at(&clock, |c| {
         c.rate_publish_per_room = Rate::new(3, 3);
-        c.rate_presence_per_conn = Rate::new(2, 2);
+        c.rate_presence_per_conn = Rate::new(1, 1);
+        c.rate_presence_flood_per_conn = Rate::new(2, 2);
         c.max_members_per_room = 2;
         c.max_rooms_per_conn = 2;
         c.max_conns_per_ip = 6;
@@ -128,7 +129,7 @@ async fn room_rate_and_presence_rate_and_connection_limits() {
         3,
         "{outcomes:?}"
     );
-    // Presence rate.
+    // Presence flood rate (updates over the presence rate but under it are held, not refused).
     for n in 0..4 {
         ws[0]
             .send(json!({"type":"presence","room":"room","data":n}))

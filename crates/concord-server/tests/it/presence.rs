@@ -206,3 +206,55 @@ async fn joined_presence_is_under_the_catch_up_budget_and_the_rest_follows_as_pr
     }
     server.stop().await;
 }
+
+/// A cursor moved 200 times in a burst (beyond the default presence rate of 30/s, burst 60):
+/// nothing is refused, the other member ends at the last position, in a handful of frames.
+#[tokio::test]
+async fn a_burst_beyond_the_presence_rate_ends_at_its_latest_value_everywhere() {
+    // The server's clock stands still until the test moves it: the rate refills only then.
+    let clock = TestClock::at_system_time();
+    let server = TestServer::memory_at(&clock, |c| {
+        c.presence_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut a = Ws::hello(&server, "a").await;
+    a.join("r", json!({})).await;
+    let mut b = Ws::hello(&server, "b").await;
+    b.join("r", json!({})).await;
+    for i in 0..200 {
+        a.feed(json!({"type":"presence","room":"r","data":{"cursor":i}}))
+            .await;
+    }
+    a.flush().await;
+    // The connection handles its frames in order: once the publish after the burst is acked,
+    // every update of the burst was handled, and any refusal would have come first.
+    a.publish("r", "after-burst", json!(1)).await;
+    assert_eq!(server.metric("concord_presence_in_total", &[]), 200.0);
+    assert_eq!(
+        server.metric("concord_rate_limited_total", &[("scope", "presence")]),
+        0.0
+    );
+    // Held beyond the burst of 60 (each replacing the one before but the first).
+    assert_eq!(server.metric("concord_presence_held_total", &[]), 140.0);
+    // Time moves in presence intervals until b sees a's last position.
+    let mut frames = Vec::new();
+    for _ in 0..200 {
+        clock.advance(Duration::from_millis(50));
+        // Reads what arrived; the short wait only paces the clock's steps.
+        while let Ok(m) = tokio::time::timeout(Duration::from_millis(20), b.recv()).await {
+            if m["type"] == "presence" && m["client_id"] == "a" {
+                frames.push(m["data"]["cursor"].clone());
+            }
+        }
+        if frames.last() == Some(&json!(199)) {
+            break;
+        }
+    }
+    assert_eq!(
+        frames.last(),
+        Some(&json!(199)),
+        "b never saw a's last cursor: {frames:?}"
+    );
+    assert!(frames.len() <= 4, "presence frames to b: {frames:?}");
+    server.stop().await;
+}
