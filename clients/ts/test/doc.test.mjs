@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { connect, stateHash } from "../dist/node.js";
 import { getJson, rng, seed, startServer, tempDir, until } from "./support.mjs";
 
-const ARGS = ["--doc-hash-every", "1", "--rate-publish-per-conn", "100000:100000", "--rate-publish-per-room", "100000:100000"];
+const ARGS = ["--doc-hash-every", "1", "--rate-publish-per-conn", "100000:100000", "--rate-frames-per-conn", "100000:100000", "--rate-publish-per-room", "100000:100000"];
 
 /** A random edit valid against `s` (text, task list, counter). */
 function randomEdit(s, r) {

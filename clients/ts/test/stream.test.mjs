@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { connect } from "../dist/node.js";
 import { getJson, startServer, tempDir, until } from "./support.mjs";
 
-const FAST = ["--rate-publish-per-conn", "100000:100000", "--rate-publish-per-room", "100000:100000"];
+const FAST = ["--rate-publish-per-conn", "100000:100000", "--rate-frames-per-conn", "100000:100000", "--rate-publish-per-room", "100000:100000"];
 
 test("publishes are acked by id and delivered to every member in send order", async () => {
   const server = await startServer({ args: FAST });

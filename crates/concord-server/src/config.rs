@@ -391,6 +391,26 @@ pub struct Config {
         )
     )]
     pub rate_presence_flood_per_conn: Rate,
+    /// Limit: WebSocket data frames read per connection, checked before a frame is parsed
+    /// (0 = unlimited). Beyond it the connection is not read until the rate admits its next
+    /// frame (nothing is dropped), and it is told once a second with `rate_limited`.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "CONCORD_RATE_FRAMES_PER_CONN",
+            value_name = "PER_SEC[:BURST]"
+        )
+    )]
+    pub rate_frames_per_conn: Rate,
+    /// Limit: a connection held back by `rate_frames_per_conn` for this long without respite
+    /// (no frame that found the rate free) is closed with 1008 (0 = never).
+    #[serde(with = "duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "CONCORD_FLOOD_CLOSE_AFTER", value_name = "DURATION", value_parser = duration::parse)
+    )]
+    pub flood_close_after: Duration,
     /// Limit: `drift` reports per connection; each accepted one is logged once (0 = unlimited).
     #[cfg_attr(
         feature = "cli",
@@ -586,11 +606,13 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             metrics_listen: None,
             allowed_origins: Vec::new(),
-            rate_publish_per_conn: Rate::new(1_000, 2_000),
+            rate_publish_per_conn: Rate::new(1_000, 1_000),
             rate_publish_per_room: Rate::new(50_000, 100_000),
             rate_presence_per_conn: Rate::new(30, 60),
             rate_presence_flood_per_conn: Rate::new(300, 600),
             rate_drift_per_conn: Rate::new(1, 5),
+            rate_frames_per_conn: Rate::new(1_500, 1_500),
+            flood_close_after: Duration::from_secs(10),
             rate_room_create_per_conn: Rate::new(10, 20),
             rate_room_create_per_user: Rate::new(50, 100),
             max_rooms: 1_000_000,

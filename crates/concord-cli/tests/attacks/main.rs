@@ -22,6 +22,7 @@ mod drift_flood;
 mod fd_exhaustion;
 mod http_edges;
 mod never_reading;
+mod publish_flood;
 mod room_floods;
 mod room_load;
 mod shutdown;

@@ -2,6 +2,7 @@
 
 mod credentials;
 mod demo;
+mod frame_gate;
 mod guard;
 mod http;
 mod page;

@@ -433,13 +433,15 @@ impl Session {
         Ok(())
     }
 
-    /// The checks every write (publish, op) passes: room name, id, size, right, rate. Returns
-    /// the room and the op id.
+    /// The checks every write (publish, op) passes: room name, id, size, right, rate (a write
+    /// flagged as a resend takes no token: it was counted when first sent, and the frame rate
+    /// bounds a connection that flags everything). Returns the room and the op id.
     fn check_write(
         &mut self,
         name: &str,
         id: &str,
         size: usize,
+        resend: bool,
     ) -> Result<(RoomId, OpId), Refusal> {
         let room = self.room(name, Some(id))?;
         let op_id = OpId::new(id).map_err(|e| Refusal::bad_request(e.to_string()).room(name))?;
@@ -452,12 +454,14 @@ impl Session {
                 .limit(Limit::MaxDataBytes));
         }
         self.allowed(&room, Right::Write, Some(id))?;
-        if let Err(retry) = self.publish_rate.check() {
-            let msg = "this connection writes faster than its limit";
-            return Err(Refusal::new(ErrorCode::RateLimited, msg)
-                .id(Some(id))
-                .room(name)
-                .rate(RateScope::Connection, retry));
+        if !resend {
+            if let Err(retry) = self.publish_rate.check() {
+                let msg = "this connection writes faster than its limit";
+                return Err(Refusal::new(ErrorCode::RateLimited, msg)
+                    .id(Some(id))
+                    .room(name)
+                    .rate(RateScope::Connection, retry));
+            }
         }
         Ok((room, op_id))
     }
@@ -506,7 +510,7 @@ impl Session {
         resend: bool,
     ) -> Result<(), Refusal> {
         let received = Instant::now();
-        let (room, op_id) = self.check_write(name, id, data.get().len())?;
+        let (room, op_id) = self.check_write(name, id, data.get().len(), resend)?;
         let Some(mut waiter) = self.waiter(op_id, received).await else {
             return Ok(());
         };
@@ -529,7 +533,7 @@ impl Session {
         ops: &RawValue,
     ) -> Result<(), Refusal> {
         let received = Instant::now();
-        let (room, op_id) = self.check_write(name, id, ops.get().len())?;
+        let (room, op_id) = self.check_write(name, id, ops.get().len(), false)?;
         let limits = concord_core::doc::Limits {
             max_ops: self.app.shared.config.doc_max_ops,
             ..Default::default()

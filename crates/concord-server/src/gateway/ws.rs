@@ -4,13 +4,15 @@
 //! Message handling lives in `session.rs`, the writer task in `writer.rs`.
 
 use super::credentials::bearer;
+use super::frame_gate::{Admit, FrameGate};
 use super::refusal::Refusal;
 use super::session::{End, Session};
 use super::writer::{writer, LAG_CLOSE_WAIT};
 use super::App;
-use crate::metrics::Limit;
+use crate::metrics::{Limit, RateScope};
 use crate::outbound::{self, Frame};
 use crate::room::RoomMsg;
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
@@ -195,6 +197,11 @@ async fn read_frames(
     let cfg = &s.app.shared.config;
     let (handshake_timeout, ping_interval, idle_timeout) =
         (cfg.handshake_timeout, cfg.ping_interval, cfg.idle_timeout);
+    let mut frames = FrameGate::new(
+        cfg.rate_frames_per_conn,
+        cfg.flood_close_after.as_millis() as u64,
+        &s.app.shared.clock,
+    );
     let hello_deadline = tokio::time::Instant::now() + handshake_timeout;
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,9 +210,13 @@ async fn read_frames(
     let shutdown = s.app.shutdown.clone();
     let lagged = s.out.lagged();
     let time = s.app.shared.time.clone();
+    // A data frame read while the frame rate had no token: it waits, and the socket is not
+    // read, until `paused_until`.
+    let mut held: Option<Message> = None;
+    let mut paused_until: Option<u64> = None;
     loop {
         let auth_deadline = s.auth_deadline;
-        tokio::select! {
+        let admitted = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
             _ = lagged.cancelled() => return End::Lagging,
             _ = writer_done.cancelled() => return End::Gone,
@@ -217,9 +228,11 @@ async fn read_frames(
                 if let Err(end) = s.on_auth_deadline() {
                     return end;
                 }
+                None
             }
             _ = time.sleep_until_ms(s.presence.due().unwrap_or(0)), if s.presence.due().is_some() => {
                 s.release_presence();
+                None
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > idle_timeout {
@@ -227,8 +240,17 @@ async fn read_frames(
                     return End::Close(close::GOING_AWAY, "idle timeout");
                 }
                 s.out.control(Frame::Ping);
+                None
             }
-            msg = stream.next() => {
+            _ = time.sleep_until_ms(paused_until.unwrap_or(0)), if paused_until.is_some() => {
+                paused_until = None;
+                let admit = frames.admit();
+                match gate(s, admit, &mut held, &mut paused_until) {
+                    Ok(m) => m,
+                    Err(end) => return end,
+                }
+            }
+            msg = stream.next(), if paused_until.is_none() => {
                 let msg = match msg {
                     None => return End::Gone,
                     Some(Err(e)) => return read_error_end(&e, &s.app.shared.metrics),
@@ -236,18 +258,61 @@ async fn read_frames(
                 };
                 last_seen = Instant::now();
                 match msg {
-                    Message::Text(t) => {
-                        if let Err(end) = s.on_text(&t).await {
-                            return end;
-                        }
+                    Message::Text(_) | Message::Binary(_) => {
+                        held = Some(msg);
+                        let admit = frames.admit();
+                        match gate(s, admit, &mut held, &mut paused_until) {
+                    Ok(m) => m,
+                    Err(end) => return end,
+                }
                     }
-                    Message::Binary(_) => s.refuse(Refusal::bad_request(
-                        "binary frames are not supported; send JSON text frames",
-                    )),
                     Message::Close(_) => return End::PeerClosed,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) => None,
                 }
             }
+        };
+        match admitted {
+            Some(Message::Text(t)) => {
+                if let Err(end) = s.on_text(&t).await {
+                    return end;
+                }
+            }
+            Some(Message::Binary(_)) => s.refuse(Refusal::bad_request(
+                "binary frames are not supported; send JSON text frames",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Applies the frame rate's answer to the held frame: handed back to be handled now, or kept
+/// while reading pauses (with a `rate_limited` notice when one is due), or the connection
+/// closes.
+fn gate(
+    s: &Session,
+    admit: Admit,
+    held: &mut Option<Message>,
+    paused_until: &mut Option<u64>,
+) -> Result<Option<Message>, End> {
+    let metrics = &s.app.shared.metrics;
+    match admit {
+        Admit::Now => Ok(held.take()),
+        Admit::Pause { until, notice } => {
+            metrics.rate_limit(RateScope::Frames);
+            *paused_until = Some(until);
+            if let Some(retry) = notice {
+                let msg = "this connection sends frames faster than its limit: \
+                           the server reads it again after retry_after_ms";
+                let refusal =
+                    Refusal::new(ErrorCode::RateLimited, msg).rate(RateScope::Frames, retry);
+                metrics.error(ErrorCode::RateLimited);
+                s.out.send(Utf8Bytes::from(refusal.frame()));
+            }
+            Ok(None)
+        }
+        Admit::Close => {
+            metrics.limit(Limit::FloodCloseAfter);
+            Err(End::Close(close::POLICY, "sustained flooding"))
         }
     }
 }

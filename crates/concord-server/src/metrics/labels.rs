@@ -44,6 +44,8 @@ pub enum Limit {
     RoomWindowBytes,
     /// Rooms trimmed by a retention sweep.
     Retention,
+    /// Connections closed after being held back by their frame rate for that long.
+    FloodCloseAfter,
 }
 
 /// `scope` of `concord_rate_limited_total`: the token bucket that refused a request.
@@ -64,6 +66,8 @@ pub enum RateScope {
     RoomCreateConn,
     /// Rooms created by one user.
     RoomCreateUser,
+    /// A connection's data frames, before parsing: frames that waited for the rate.
+    Frames,
 }
 
 /// `reason` of `concord_auth_failures_total`: why a token (or a `hello`) was refused.
