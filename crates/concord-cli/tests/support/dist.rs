@@ -36,7 +36,7 @@ impl WorkerProc {
             .args(["worker", "--redis", redis, "--postgres", pg])
             .args(["--redis-prefix", prefix, "--worker-id", id, "--no-migrate"])
             .args(["--partitions", &PARTITIONS.to_string(), "--lease", LEASE])
-            .env("CONCORD_LOG", "info")
+            .env("CONCORD_LOG", super::server_log_filter())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
