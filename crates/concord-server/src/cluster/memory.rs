@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::outbound::MemberInfo;
 use concord_protocol::ErrorCode;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,8 @@ struct Inner {
     cut: HashSet<String>,
     /// Gateways whose lease renewals do not reach the commit point (`freeze_lease`).
     frozen: HashSet<String>,
+    /// Gateways whose feeds get no commit notifications (`deafen`).
+    deaf: HashSet<String>,
     /// Doc rooms' leases: holder and expiry.
     leases: HashMap<RoomId, (String, Instant)>,
     /// Doc rooms' fences (incremented by every acquisition).
@@ -117,6 +119,13 @@ impl MemoryCommitPoint {
     /// succeeded (a process paused past its lease): its leases lapse.
     pub async fn freeze_lease(&self, id: &str) {
         self.inner.lock().frozen.insert(id.to_string());
+    }
+
+    /// Gateway `id`'s feeds stop hearing of commits, without learning that they missed any
+    /// (a gateway whose notifications lag far behind): its replicas stay where they are until
+    /// something makes them read the log.
+    pub async fn deafen(&self, id: &str) {
+        self.inner.lock().deaf.insert(id.to_string());
     }
 
     /// How many owner commits were refused as fenced.
@@ -329,7 +338,13 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
-        self.point.subscribe(room).await
+        let feed = self.point.subscribe(room).await;
+        let (point, id) = (self.point.clone(), self.id.clone());
+        Box::pin(feed.filter(move |item| {
+            let deaf =
+                matches!(item, FeedItem::Events { .. }) && point.inner.lock().deaf.contains(&id);
+            std::future::ready(!deaf)
+        }))
     }
 
     fn gateway_id(&self) -> &str {

@@ -390,6 +390,53 @@ impl SharedShell {
     }
 }
 
+/// Events past a rejoin's `since` read with the missing ones (the replica is brought to the
+/// log's head, not just to the client's position).
+const READ_PAST_SINCE: usize = 1000;
+
+impl super::RoomActor {
+    /// Before a join is planned: a rejoin whose `since` is past what this gateway's replica
+    /// delivered (its notifications lag, or it loaded the room a moment ago) first reads the
+    /// missing events from the log, so that it recovers instead of being served an older
+    /// state. False when the log has them but the replica still could not deliver them (the
+    /// join is answered `unavailable`, to be tried again); a `since` past the log's own head
+    /// is left to the join's checks (a reset), so a client's position never makes the
+    /// gateway wait for events that do not exist.
+    pub(super) async fn read_up_to_since(
+        &mut self,
+        since: Option<&concord_protocol::Since>,
+    ) -> bool {
+        let Some(since) = since else {
+            return true;
+        };
+        let Some(after) = self.core.behind_since(&since.epoch, Seq(since.seq)) else {
+            return true;
+        };
+        // What is missing up to `since`, and whatever followed it (up to a bound).
+        let missing = (since.seq - after.0) as usize + READ_PAST_SINCE;
+        match self
+            .shared
+            .store
+            .read_events(&self.room, after, missing)
+            .await
+        {
+            Ok(events) if events.last().is_some_and(|e| e.seq.0 >= since.seq) => {
+                self.core.filled(after, events);
+                self.settle().await;
+                self.core
+                    .behind_since(&since.epoch, Seq(since.seq))
+                    .is_none()
+            }
+            // The log does not reach `since`: not for this gateway to wait for.
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(room = %self.room, error = %e, "reading the log for a rejoin failed");
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::commit_backoff;
