@@ -224,19 +224,24 @@ async fn run_editor(
     log
 }
 
+/// Gateway `g`'s `concord_doc_rooms_owned` gauge (`None` if it does not answer).
+async fn rooms_owned(cluster: &Cluster, g: usize) -> Option<f64> {
+    let addr = cluster.gateways[g]
+        .metrics_addr
+        .as_ref()
+        .expect("a metrics listener");
+    let resp = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+    let text = resp.text().await.ok()?;
+    Some(metric(&text, "concord_doc_rooms_owned", &[]))
+}
+
 /// The gateway that owns the room (its gauge is 1), waiting up to `limit` for one.
 async fn find_owner(cluster: &Cluster, limit: Duration) -> Option<usize> {
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + limit;
     loop {
         let mut owners = Vec::new();
-        for (g, s) in cluster.gateways.iter().enumerate() {
-            let addr = s.metrics_addr.as_ref().expect("a metrics listener");
-            let Ok(resp) = http.get(format!("http://{addr}/metrics")).send().await else {
-                continue;
-            };
-            let text = resp.text().await.unwrap_or_default();
-            if metric(&text, "concord_doc_rooms_owned", &[]) >= 1.0 {
+        for g in 0..cluster.gateways.len() {
+            if rooms_owned(cluster, g).await.is_some_and(|n| n >= 1.0) {
                 owners.push(g);
             }
         }
@@ -266,6 +271,16 @@ async fn inject(cluster: &mut Cluster, fault: Fault) {
             signal(pid, "-STOP");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             signal(pid, "-CONT");
+            // The zombie learns that another gateway owns the room (its renewal finds the
+            // lease taken, or its next commit is fenced) and steps down.
+            let deadline = Instant::now() + 2 * LEASE_DURATION;
+            while rooms_owned(cluster, owner).await != Some(0.0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "gw{owner} still owns {ROOM} a lease after it woke up"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
