@@ -5,7 +5,8 @@
 //! counter adds, inserts into a shared list, sets of their own key — while a seeded schedule
 //! finds the room's owner (the gateway whose `concord_doc_rooms_owned` gauge is 1) and either
 //! SIGKILLs it (restarted later at the same address) or SIGSTOPs it past the lease and then
-//! SIGCONTs it (the zombie must be fenced, never commit).
+//! SIGCONTs it (the zombie must be fenced, never commit, and step down: its gauge drops to 0).
+//! Each fault waits until the room moved again after the previous one.
 //!
 //! A history checker then reads every editor's log, a fresh join through every gateway, and
 //! PostgreSQL:
@@ -18,9 +19,11 @@
 //! - hlcs strictly increase with the seq across owner changes.
 //!
 //! The longest stall (the largest gap between the wall times of consecutive commits) is
-//! printed and bounded generously (10 leases). `CONCORD_CHAOS_DOCS_SEED=<seed>` replays a
-//! schedule (the editors' interleaving still depends on timing); `CONCORD_HEAVY=1` runs more
-//! editors and faults.
+//! printed and bounded generously (10 leases; `CONCORD_CHAOS_DOCS_MAX_STALL_MS` tightens it).
+//! `CONCORD_CHAOS_DOCS_SEED=<seed>` replays a schedule (the editors' interleaving still
+//! depends on timing); `CONCORD_HEAVY=1` runs more editors and faults;
+//! `CONCORD_TEST_SERVER_LOG` and `CONCORD_TEST_CLIENT_LOG` set the processes' and the
+//! editors' log filters.
 
 mod support;
 
