@@ -414,12 +414,19 @@ impl super::RoomActor {
         };
         // What is missing up to `since`, and whatever followed it (up to a bound).
         let missing = (since.seq - after.0) as usize + READ_PAST_SINCE;
-        match self
+        let read = self
             .shared
             .store
             .read_events(&self.room, after, missing)
-            .await
-        {
+            .await;
+        tracing::debug!(
+            room = %self.room,
+            since = since.seq,
+            delivered = %after,
+            read = ?read.as_ref().map(|evs| (evs.first().map(|e| e.seq), evs.last().map(|e| e.seq))),
+            "a rejoin past this replica: reading the log"
+        );
+        match read {
             Ok(events) if events.last().is_some_and(|e| e.seq.0 >= since.seq) => {
                 self.core.filled(after, events);
                 self.settle().await;
