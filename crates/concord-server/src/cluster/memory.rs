@@ -57,6 +57,8 @@ struct Inner {
     frozen: HashSet<String>,
     /// Gateways whose feeds get no commit notifications (`deafen`).
     deaf: HashSet<String>,
+    /// Gateways that never get the owner's answers to their forwards (`lose_answers`).
+    answerless: HashSet<String>,
     /// Doc rooms' leases: holder and expiry.
     leases: HashMap<RoomId, (String, Instant)>,
     /// Doc rooms' fences (incremented by every acquisition).
@@ -126,6 +128,17 @@ impl MemoryCommitPoint {
     /// something makes them read the log.
     pub async fn deafen(&self, id: &str) {
         self.inner.lock().deaf.insert(id.to_string());
+    }
+
+    /// The owner's answers to gateway `id`'s forwarded lists are lost on the way back (the
+    /// lists are served, committed or not): its forwards end unknown and are forwarded again.
+    pub async fn lose_answers(&self, id: &str, lose: bool) {
+        let mut inner = self.inner.lock();
+        if lose {
+            inner.answerless.insert(id.to_string());
+        } else {
+            inner.answerless.remove(id);
+        }
     }
 
     /// How many owner commits were refused as fenced.
@@ -324,6 +337,9 @@ impl CommitPoint for MemoryGateway {
             return unknown("the owner does not listen");
         }
         match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(_)) if self.point.inner.lock().answerless.contains(&self.id) => {
+                unknown("the answer was lost")
+            }
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => unknown("the owner dropped the list"),
             Err(_) => unknown("the owner did not answer in time"),

@@ -398,8 +398,9 @@ impl super::RoomActor {
     /// Before a join is planned: a rejoin whose `since` is past what this gateway's replica
     /// delivered (its notifications lag, or it loaded the room a moment ago) first reads the
     /// missing events from the log, so that it recovers instead of being served an older
-    /// state. False when the log has them but the replica still could not deliver them (the
-    /// join is answered `unavailable`, to be tried again); a `since` past the log's own head
+    /// state. False when the log has them but the replica still could not deliver them — it
+    /// holds them behind a write of its own whose ack is not back (the join is answered
+    /// `unavailable`, to be tried again); a `since` past the log's own head
     /// is left to the join's checks (a reset), so a client's position never makes the
     /// gateway wait for events that do not exist.
     pub(super) async fn read_up_to_since(
@@ -412,6 +413,11 @@ impl super::RoomActor {
         let Some(after) = self.core.behind_since(&since.epoch, Seq(since.seq)) else {
             return true;
         };
+        if after.0 >= since.seq {
+            // The replica has the events but holds them behind a write of its own in flight
+            // (their owner's answer is not back): not yet.
+            return false;
+        }
         // What is missing up to `since`, and whatever followed it (up to a bound).
         let missing = (since.seq - after.0) as usize + READ_PAST_SINCE;
         let read = self
