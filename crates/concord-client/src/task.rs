@@ -945,8 +945,36 @@ impl Task {
             self.on_left(&room, out);
             return Step::Continue;
         }
+        if retryable && self.rejoin_room(&room, out) {
+            // The server dropped the room (reloaded, reset): join it again from where we are.
+            tracing::info!(room, error = %err, "room unavailable; joining it again");
+            return Step::Continue;
+        }
         tracing::warn!(room, error = %err, "server error");
         Step::Continue
+    }
+
+    /// Joins a joined room again within the session, from its position (a doc's list in
+    /// flight is sent again after the answer). False if the room is not joined or offline.
+    fn rejoin_room(&mut self, room: &str, out: &mut Vec<Message>) -> bool {
+        let frame = if let Some(joined) = self.rooms.get(room) {
+            let since = joined.tracker.since();
+            wire::join(room, Some(&joined.kind), Some(&since), None)
+        } else if let Some(doc) = self.docs.get(room) {
+            doc.shared.lock().replica.connection_lost();
+            doc.rejoin_frame(room)
+        } else {
+            return false;
+        };
+        match &mut self.link {
+            Link::Offline => return false,
+            Link::Rejoining(waiting) => {
+                waiting.insert(room.to_string());
+            }
+            Link::Ready => self.link = Link::Rejoining(HashSet::from([room.to_string()])),
+        }
+        out.push(text(frame));
+        true
     }
 }
 

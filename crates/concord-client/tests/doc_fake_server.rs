@@ -131,6 +131,20 @@ impl FakeServer {
         self.kill.send_modify(|n| *n += 1);
     }
 
+    /// Tells every member of `room` `unavailable` (no op id: the room itself) and forgets
+    /// their membership, as a gateway does when it drops a room its members must join again.
+    fn evict(&self, room: &str) {
+        self.with(|s| {
+            let frame = json!({"type":"error","room":room,"code":"unavailable",
+                               "message":"the room was reloaded: join again"});
+            for conn in s.conns.values_mut() {
+                if conn.rooms.remove(room) {
+                    let _ = conn.tx.send(frame.to_string());
+                }
+            }
+        });
+    }
+
     fn doc(&self, room: &str) -> (u64, Value) {
         self.with(|s| {
             let d = &s.docs[room];
@@ -625,6 +639,43 @@ async fn reconnects_resend_lost_lists_once_and_recover_committed_ones() {
     assert!(a.stats().reconnects >= 1 && b.stats().reconnects >= 1);
     // Recovery used `since`.
     assert!(server.with(|s| s.joins.iter().any(|(r, since)| r == "d" && *since)));
+}
+
+#[tokio::test]
+async fn unavailable_for_a_room_without_an_id_rejoins_it() {
+    let server = FakeServer::start().await;
+    let a = client(&server, "c-a").await;
+    let b = client(&server, "c-b").await;
+    let mut da = a.join_doc("d", DocOptions::create()).await.unwrap();
+    let mut db = b.join_doc("d", DocOptions::create()).await.unwrap();
+    da.edit_json(json!([{"op":"set","path":["n"],"value":0}]))
+        .unwrap();
+    assert_converged(&server, "d", &mut [&mut da, &mut db]).await;
+    let joins = server.with(|s| s.joins.len());
+
+    // The room drops its members: each must join it again (from where it is) to hear more.
+    server.evict("d");
+    tokio::time::timeout(WAIT, async {
+        while server.with(|s| s.joins.len()) < joins + 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("both clients join the room again");
+    assert!(server.with(|s| s.joins[joins..].iter().all(|(r, since)| r == "d" && *since)));
+    da.edit_json(json!([{"op":"add","path":["n"],"value":1}]))
+        .unwrap();
+    db.edit_json(json!([{"op":"add","path":["n"],"value":2}]))
+        .unwrap();
+    assert_converged(&server, "d", &mut [&mut da, &mut db]).await;
+    assert_eq!(da.state(), json!({"n":3}));
+    for d in [&mut da, &mut db] {
+        while let Some(u) = d.try_next() {
+            assert!(matches!(u, DocUpdate::Changed { .. }), "{u:?}");
+        }
+        assert!(d.end_reason().is_none());
+    }
+    assert_eq!(a.stats().reconnects + b.stats().reconnects, 0);
 }
 
 #[tokio::test]

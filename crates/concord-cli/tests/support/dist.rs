@@ -36,7 +36,7 @@ impl WorkerProc {
             .args(["worker", "--redis", redis, "--postgres", pg])
             .args(["--redis-prefix", prefix, "--worker-id", id, "--no-migrate"])
             .args(["--partitions", &PARTITIONS.to_string(), "--lease", LEASE])
-            .env("CONCORD_LOG", "info")
+            .env("CONCORD_LOG", super::server_log_filter())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -96,6 +96,8 @@ pub struct Cluster {
     pub gateway_extra: Vec<String>,
     pub gateways: Vec<Server>,
     pub workers: Vec<WorkerProc>,
+    /// How many times each gateway was started (a restart logs to a file of its own).
+    starts: Vec<usize>,
 }
 
 impl Cluster {
@@ -122,6 +124,7 @@ impl Cluster {
             gateway_extra: gateway_extra.iter().map(|s| s.to_string()).collect(),
             gateways: Vec::new(),
             workers: Vec::new(),
+            starts: vec![0; gateways],
         };
         for g in 0..gateways {
             let s = cluster.start_gateway(g).await;
@@ -163,9 +166,15 @@ impl Cluster {
         args
     }
 
-    /// Starts gateway `g` at its address (its log `gwG.log`, overwritten on a restart).
+    /// Starts gateway `g` at its address (its log `gwG.log`, then `gwG.N.log` for its N-th
+    /// restart).
     pub async fn start_gateway(&mut self, g: usize) -> Server {
-        let log = self.report.log_path(&format!("gw{g}.log"));
+        let name = match self.starts[g] {
+            0 => format!("gw{g}.log"),
+            n => format!("gw{g}.{n}.log"),
+        };
+        self.starts[g] += 1;
+        let log = self.report.log_path(&name);
         let dir = self.report.data_dir().join(format!("gw{g}"));
         std::fs::create_dir_all(&dir).expect("a data dir");
         let args = self.gateway_args(g);

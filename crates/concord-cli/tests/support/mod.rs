@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+#[allow(dead_code)] // not every test binary that shares this module uses raw sockets
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -101,6 +102,12 @@ impl Drop for Report {
     }
 }
 
+/// The log filter of the spawned processes: `CONCORD_TEST_SERVER_LOG` (e.g.
+/// `info,concord_server::room=debug` to debug a failing seed), `info` by default.
+pub fn server_log_filter() -> String {
+    std::env::var("CONCORD_TEST_SERVER_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
 /// A running `concord serve`; dropping it SIGKILLs the process (by its pid) and reaps it.
 pub struct Server {
     child: Child,
@@ -162,7 +169,7 @@ impl Server {
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env("CONCORD_LOG", "info")
+            .env("CONCORD_LOG", server_log_filter())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -275,6 +282,7 @@ impl Drop for Server {
 
 /// The next JSON text frame, within [`STEP_TIMEOUT`] in all (pings and other non-text frames
 /// do not restart the clock).
+#[allow(dead_code)]
 pub async fn next_json(rx: &mut SplitStream<Ws>, what: &str) -> Value {
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     loop {

@@ -17,7 +17,7 @@ pub use ack::AckLevel;
 pub use bundle::GatewayStore;
 pub use commit_point::RedisCommitPoint;
 pub use feed::Notifier;
-pub use rebuild::{Outcome as Rebuilt, Seen};
+pub use rebuild::{check as check_rebuild, Outcome as Rebuilt, Seen};
 pub use store::RedisStore;
 
 use crate::{LogConfig, LogError, RedisLog, RedisTarget};

@@ -82,27 +82,39 @@ pub enum Outcome {
     NewEpoch { epoch: Epoch, head: Seq },
 }
 
-/// Checks `room` (Redis's `meta` as just read) against PostgreSQL and rebuilds it if Redis
-/// lost it or its tail. `new_epoch` draws a fresh epoch.
+/// Checks `room` against PostgreSQL and rebuilds it if Redis lost it or its tail. `meta` is
+/// Redis's meta as the load read it, and is left as Redis has it when the check returns.
+/// `new_epoch` draws a fresh epoch.
 pub async fn check(
     log: &RedisLog,
     archive: &PgArchive,
     seen: &Seen,
     room: &RoomId,
-    meta: Option<&RoomMeta>,
+    meta: &mut Option<RoomMeta>,
     new_epoch: impl FnOnce() -> Epoch,
 ) -> Result<Outcome, RebuildError> {
     let Some((pg_epoch, wm)) = archive.watermark(room.as_str()).await? else {
         return Ok(Outcome::Kept);
     };
     let pg_epoch = Epoch(pg_epoch);
-    if let Some(m) = meta {
-        // Another epoch in Redis (a newer one the workers have not reached, or PostgreSQL's
-        // is older): Redis's stands. The same epoch at or above the watermark: nothing lost.
-        if m.epoch != pg_epoch || m.head.0 >= wm {
-            return Ok(Outcome::Kept);
-        }
+    // Another epoch in Redis (a newer one the workers have not reached, or PostgreSQL's is
+    // older): Redis's stands. The same epoch at or above the watermark: nothing lost.
+    let lost = |m: &Option<RoomMeta>| match m {
+        Some(m) => m.epoch == pg_epoch && m.head.0 < wm,
+        None => true,
+    };
+    if !lost(meta) {
+        return Ok(Outcome::Kept);
     }
+    // The meta was read before the watermark: commits that followed it may be persisted
+    // now, or another gateway may have rebuilt the room meanwhile. Decide on Redis as it is
+    // after the watermark was read.
+    *meta = log.room_meta(room).await?;
+    if !lost(meta) {
+        return Ok(Outcome::Kept);
+    }
+    let now = meta.clone();
+    let current = now.as_ref();
     let Some(row) = archive.room(room.as_str()).await? else {
         return Ok(Outcome::Kept);
     };
@@ -121,8 +133,8 @@ pub async fn check(
         _ => None,
     };
     let known = seen.get(room, &pg_epoch).unwrap_or(Seq::ZERO);
-    let redis_head = meta.map_or(Seq::ZERO, |m| m.head);
-    let seen_meta = meta.map(|m| (&m.epoch, m.head));
+    let redis_head = current.map_or(Seq::ZERO, |m| m.head);
+    let seen_meta = current.map(|m| (&m.epoch, m.head));
     let (epoch, head) = if known.0 > wm {
         (new_epoch(), known.max(redis_head).max(Seq(wm)))
     } else {
@@ -131,6 +143,8 @@ pub async fn check(
     let done = log
         .rebuild_over(room, kind, &epoch, head, hlc.as_ref(), seen_meta)
         .await?;
+    // Rebuilt here or by another gateway first: the load gets Redis's meta as it is now.
+    *meta = log.room_meta(room).await?;
     if !done.rebuilt {
         // Another gateway was first (or Redis moved on meanwhile): its answer stands.
         return Ok(Outcome::Kept);

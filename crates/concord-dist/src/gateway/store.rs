@@ -63,14 +63,13 @@ impl History for RedisStore {
             let none = Seen::default();
             let seen = self.seen.as_deref().unwrap_or(&none);
             let clock = self.log.config().clock.clone();
-            let outcome =
-                super::rebuild::check(&self.log, archive, seen, room, meta.as_ref(), || {
-                    Epoch::generate(clock.now_ms(), rand::random())
-                })
-                .await;
+            let outcome = super::rebuild::check(&self.log, archive, seen, room, &mut meta, || {
+                Epoch::generate(clock.now_ms(), rand::random())
+            })
+            .await;
             match outcome {
-                Ok(super::rebuild::Outcome::Kept) => {}
-                Ok(_) => meta = self.log.room_meta(room).await.map_err(backend)?,
+                // `meta` is Redis's as the check left it.
+                Ok(_) => {}
                 // PostgreSQL unreachable: a room Redis has is served as Redis has it (checked
                 // again at its next load); one it lacks cannot be told from a new room.
                 Err(e) if meta.is_some() => {

@@ -342,6 +342,56 @@ async fn a_lost_tail_is_rebuilt_in_the_same_epoch() {
     s.stop(vec![g2]).await;
 }
 
+/// A load reads Redis's meta, then PostgreSQL's watermark: commits that followed the first
+/// read may have been persisted before the second, so the meta looks like a lost tail. The
+/// check reads Redis again before it decides anything: nothing was lost, so no epoch is
+/// drawn, nothing is rebuilt, and the load gets Redis's current meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_decided_on_an_earlier_read_reads_redis_again() {
+    let mut s = Setup::new("dur-stale", "chat:stale").await;
+    let room = s.room.clone();
+    let id = concord_core::RoomId::new(&room).unwrap();
+    let g = s.gateway("gws1", AckLevel::Memory).await;
+    let mut w = Ws::hello(&g, "writer").await;
+    w.join(&room).await;
+    for n in 1..=3u64 {
+        w.publish(&room, &format!("m{n}"), json!({"n": n})).await;
+    }
+    s.persisted(3).await;
+    let log = concord_dist::RedisLog::connect(&s.redis.target(), config(&s.prefix))
+        .await
+        .expect("the log");
+    let earlier = log.room_meta(&id).await.unwrap().expect("the room");
+    assert_eq!(earlier.head.0, 3);
+    for n in 4..=6u64 {
+        w.publish(&room, &format!("m{n}"), json!({"n": n})).await;
+    }
+    s.persisted(6).await;
+    s.stop_worker().await;
+    w.publish(&room, "m7", json!({"n": 7})).await;
+    // This gateway delivered seq 7, above the watermark.
+    let seen = concord_dist::gateway::Seen::default();
+    seen.note(&id, &earlier.epoch, concord_core::Seq(7));
+    let drawn = std::sync::atomic::AtomicBool::new(false);
+    let mut meta = Some(earlier.clone());
+    let outcome =
+        concord_dist::gateway::check_rebuild(&log, &s.archive, &seen, &id, &mut meta, || {
+            drawn.store(true, std::sync::atomic::Ordering::SeqCst);
+            concord_core::Epoch("never".into())
+        })
+        .await
+        .expect("the check");
+    assert_eq!(outcome, concord_dist::gateway::Rebuilt::Kept);
+    assert!(
+        !drawn.load(std::sync::atomic::Ordering::SeqCst),
+        "a new epoch was drawn for events that were never lost"
+    );
+    let now = log.room_meta(&id).await.unwrap().expect("the room");
+    assert_eq!((&now.epoch, now.head.0), (&earlier.epoch, 7));
+    assert_eq!(meta, Some(now), "the load gets Redis's current meta");
+    s.stop(vec![g]).await;
+}
+
 /// A publish the client flags as a resend, whose key Redis no longer has (older than its
 /// idempotency window), is looked up in PostgreSQL and answered with its original ack: it is
 /// not committed again.

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use concord_core::{ClientId, Epoch, HlcText, HlcTimestamp, RoomId, Seq};
 use concord_protocol::outbound::MemberInfo;
 use concord_protocol::ErrorCode;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,10 @@ struct Inner {
     cut: HashSet<String>,
     /// Gateways whose lease renewals do not reach the commit point (`freeze_lease`).
     frozen: HashSet<String>,
+    /// Gateways whose feeds get no commit notifications (`deafen`).
+    deaf: HashSet<String>,
+    /// Gateways that never get the owner's answers to their forwards (`lose_answers`).
+    answerless: HashSet<String>,
     /// Doc rooms' leases: holder and expiry.
     leases: HashMap<RoomId, (String, Instant)>,
     /// Doc rooms' fences (incremented by every acquisition).
@@ -117,6 +121,24 @@ impl MemoryCommitPoint {
     /// succeeded (a process paused past its lease): its leases lapse.
     pub async fn freeze_lease(&self, id: &str) {
         self.inner.lock().frozen.insert(id.to_string());
+    }
+
+    /// Gateway `id`'s feeds stop hearing of commits, without learning that they missed any
+    /// (a gateway whose notifications lag far behind): its replicas stay where they are until
+    /// something makes them read the log.
+    pub async fn deafen(&self, id: &str) {
+        self.inner.lock().deaf.insert(id.to_string());
+    }
+
+    /// The owner's answers to gateway `id`'s forwarded lists are lost on the way back (the
+    /// lists are served, committed or not): its forwards end unknown and are forwarded again.
+    pub async fn lose_answers(&self, id: &str, lose: bool) {
+        let mut inner = self.inner.lock();
+        if lose {
+            inner.answerless.insert(id.to_string());
+        } else {
+            inner.answerless.remove(id);
+        }
     }
 
     /// How many owner commits were refused as fenced.
@@ -315,6 +337,9 @@ impl CommitPoint for MemoryGateway {
             return unknown("the owner does not listen");
         }
         match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(_)) if self.point.inner.lock().answerless.contains(&self.id) => {
+                unknown("the answer was lost")
+            }
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => unknown("the owner dropped the list"),
             Err(_) => unknown("the owner did not answer in time"),
@@ -329,7 +354,13 @@ impl CommitPoint for MemoryGateway {
     }
 
     async fn subscribe(&self, room: &RoomId) -> Feed {
-        self.point.subscribe(room).await
+        let feed = self.point.subscribe(room).await;
+        let (point, id) = (self.point.clone(), self.id.clone());
+        Box::pin(feed.filter(move |item| {
+            let deaf =
+                matches!(item, FeedItem::Events { .. }) && point.inner.lock().deaf.contains(&id);
+            std::future::ready(!deaf)
+        }))
     }
 
     fn gateway_id(&self) -> &str {

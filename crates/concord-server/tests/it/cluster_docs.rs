@@ -291,3 +291,103 @@ async fn a_zombie_owner_is_fenced_and_its_lists_are_acked_once() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_past_a_lagging_replica_reads_the_log_first() {
+    let (servers, point) = cluster(2).await;
+    let room = "doc:lag";
+    let (_clients, docs) = editors(&servers, room).await;
+    // gw1 follows the room, then hears of no more commits.
+    point.deafen("gw1").await;
+    for i in 0..5 {
+        edit(&docs[0], 0, i);
+        flushed(&docs[0]).await;
+    }
+    let (seq, state) = logged(&servers[0], room).await;
+    assert!(seq >= 5);
+    // A client at the head (say its gateway died) rejoins through gw1, whose replica is
+    // behind its position: it gets the missing events from the log, never an older state.
+    let mut w = Ws::hello(&servers[0], "mover").await;
+    let joined = w.join(room, json!({"kind":"doc"})).await;
+    assert_eq!(joined["seq"], seq);
+    let since = json!({"epoch": joined["epoch"], "seq": seq - 2});
+    let mut w = Ws::hello(&servers[1], "mover").await;
+    w.send(json!({"type":"join","room":room,"kind":"doc","since":since}))
+        .await;
+    let answer = loop {
+        let m = w.recv().await;
+        if m["type"] == "joined" || m["type"] == "error" {
+            break m;
+        }
+    };
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(answer["seq"], seq, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![seq - 1, seq]
+    );
+    // gw1's replica is at the head now: a fresh join serves the logged state.
+    let mut f = Ws::hello(&servers[1], "fresh").await;
+    let fresh = f.join(room, json!({"kind":"doc"})).await;
+    assert_eq!((&fresh["seq"], &fresh["state"]), (&json!(seq), &state));
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_past_events_held_behind_a_list_in_flight_is_unavailable_not_a_reset() {
+    let (servers, point) = cluster(2).await;
+    let room = "doc:held";
+    let (_clients, docs) = editors(&servers, room).await;
+    // gw1's list commits, but the owner's answer never comes back: gw1 holds its event (and
+    // every later one) until the list is acked.
+    point.lose_answers("gw1", true).await;
+    edit(&docs[1], 1, 0);
+    for i in 0..3 {
+        edit(&docs[0], 0, i);
+        flushed(&docs[0]).await;
+    }
+    let (seq, _) = logged(&servers[0], room).await;
+    assert!(seq >= 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A client at the head (its gateway died) rejoins through gw1: its replica has every
+    // event but delivered none past gw1's own list. Not a reset to an older state: retry.
+    let mut w = Ws::hello(&servers[0], "mover").await;
+    let epoch = w.join(room, json!({"kind":"doc"})).await["epoch"].clone();
+    let since = json!({"epoch": epoch, "seq": seq});
+    let mut w = Ws::hello(&servers[1], "mover").await;
+    let answer = rejoin_doc(&mut w, room, &since).await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{answer}"
+    );
+    // Once gw1's list is acked, the rejoin recovers.
+    point.lose_answers("gw1", false).await;
+    flushed(&docs[1]).await;
+    let answer = rejoin_doc(&mut w, room, &since).await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert!(answer["seq"].as_u64().unwrap() >= seq, "{answer}");
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+/// Sends a doc `join` with `since`; returns the `joined` or the `error` that answers it.
+async fn rejoin_doc(w: &mut Ws, room: &str, since: &Value) -> Value {
+    w.send(json!({"type":"join","room":room,"kind":"doc","since":since}))
+        .await;
+    loop {
+        let m = w.recv().await;
+        if m["type"] == "joined" || m["type"] == "error" {
+            break m;
+        }
+    }
+}

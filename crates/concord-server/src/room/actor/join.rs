@@ -64,6 +64,13 @@ impl RoomActor {
                 }
             }
         }
+        if !self.read_up_to_since(since.as_ref()).await {
+            return fail(
+                self,
+                ErrorCode::Unavailable,
+                "this gateway has not caught up with the room yet; retry",
+            );
+        }
         let plan = match self.core.plan_join(kind, since.as_ref(), history) {
             Ok(p) => p,
             Err(e) => return fail(self, e.code, &e.message),

@@ -390,6 +390,66 @@ impl SharedShell {
     }
 }
 
+/// Events past a rejoin's `since` read with the missing ones (the replica is brought to the
+/// log's head, not just to the client's position).
+const READ_PAST_SINCE: usize = 1000;
+
+impl super::RoomActor {
+    /// Before a join is planned: a rejoin whose `since` is past what this gateway's replica
+    /// delivered (its notifications lag, or it loaded the room a moment ago) first reads the
+    /// missing events from the log, so that it recovers instead of being served an older
+    /// state. False when the log has them but the replica still could not deliver them — it
+    /// holds them behind a write of its own whose ack is not back (the join is answered
+    /// `unavailable`, to be tried again); a `since` past the log's own head
+    /// is left to the join's checks (a reset), so a client's position never makes the
+    /// gateway wait for events that do not exist.
+    pub(super) async fn read_up_to_since(
+        &mut self,
+        since: Option<&concord_protocol::Since>,
+    ) -> bool {
+        let Some(since) = since else {
+            return true;
+        };
+        let Some(after) = self.core.behind_since(&since.epoch, Seq(since.seq)) else {
+            return true;
+        };
+        if after.0 >= since.seq {
+            // The replica has the events but holds them behind a write of its own in flight
+            // (their owner's answer is not back): not yet.
+            return false;
+        }
+        // What is missing up to `since`, and whatever followed it (up to a bound).
+        let missing = (since.seq - after.0) as usize + READ_PAST_SINCE;
+        let read = self
+            .shared
+            .store
+            .read_events(&self.room, after, missing)
+            .await;
+        tracing::debug!(
+            room = %self.room,
+            since = since.seq,
+            delivered = %after,
+            read = ?read.as_ref().map(|evs| (evs.first().map(|e| e.seq), evs.last().map(|e| e.seq))),
+            "a rejoin past this replica: reading the log"
+        );
+        match read {
+            Ok(events) if events.last().is_some_and(|e| e.seq.0 >= since.seq) => {
+                self.core.filled(after, events);
+                self.settle().await;
+                self.core
+                    .behind_since(&since.epoch, Seq(since.seq))
+                    .is_none()
+            }
+            // The log does not reach `since`: not for this gateway to wait for.
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(room = %self.room, error = %e, "reading the log for a rejoin failed");
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::commit_backoff;

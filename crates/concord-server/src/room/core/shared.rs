@@ -375,6 +375,17 @@ impl<W: Waiting> RoomCore<W> {
         }
     }
 
+    /// A rejoin's position (`since`) past what this replica delivered, in its epoch: the seq
+    /// the missing events follow (read them from the log for [`RoomCore::filled`]). `None`
+    /// when the room is not shared, the epoch differs or nothing is missing.
+    pub fn behind_since(&self, epoch: &str, seq: Seq) -> Option<Seq> {
+        let State::Shared { live, log } = &self.state else {
+            return None;
+        };
+        (live.seqr.epoch().as_str() == epoch && seq > live.seqr.committed())
+            .then(|| log.follower.delivered())
+    }
+
     /// Committed events of `epoch` from the room's notifications, in any order, possibly
     /// repeated or with some lost.
     pub fn notified(&mut self, epoch: &Epoch, events: Vec<StoredEvent>) {
