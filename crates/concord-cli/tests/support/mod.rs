@@ -3,6 +3,7 @@
 //! logs of a failed run.
 
 pub mod dist;
+pub mod load;
 
 use futures::stream::{SplitStream, StreamExt};
 use serde_json::Value;
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+#[allow(dead_code)] // not every test binary speaks WebSocket itself
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -275,6 +277,7 @@ impl Drop for Server {
 
 /// The next JSON text frame, within [`STEP_TIMEOUT`] in all (pings and other non-text frames
 /// do not restart the clock).
+#[allow(dead_code)]
 pub async fn next_json(rx: &mut SplitStream<Ws>, what: &str) -> Value {
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     loop {
