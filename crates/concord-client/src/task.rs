@@ -945,8 +945,40 @@ impl Task {
             self.on_left(&room, out);
             return Step::Continue;
         }
+        if retryable && self.rejoin_one(&room, out) {
+            // The server ended our membership of a joined room (it came back in a new epoch,
+            // or its actor failed) and asks us to join again: from our position, like after a
+            // reconnect (a new epoch answers `recovered: false`, a reset).
+            tracing::info!(room, error = %err, "the server asks to join the room again");
+            return Step::Continue;
+        }
         tracing::warn!(room, error = %err, "server error");
         Step::Continue
+    }
+
+    /// Joins a joined room again from its position on the current connection; publishes wait
+    /// until it is rejoined, as after a reconnect. False when the room is not joined or there
+    /// is no session (the next session rejoins every room anyway).
+    fn rejoin_one(&mut self, name: &str, out: &mut Vec<Message>) -> bool {
+        if !self.online() {
+            return false;
+        }
+        let frame = if let Some(room) = self.rooms.get(name) {
+            let since = room.tracker.since();
+            wire::join(name, Some(&room.kind), Some(&since), None)
+        } else if let Some(doc) = self.docs.get(name) {
+            doc.rejoin_frame(name)
+        } else {
+            return false;
+        };
+        out.push(text(frame));
+        match &mut self.link {
+            Link::Rejoining(waiting) => {
+                waiting.insert(name.to_string());
+            }
+            _ => self.link = Link::Rejoining(HashSet::from([name.to_string()])),
+        }
+        true
     }
 }
 
