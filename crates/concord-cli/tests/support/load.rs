@@ -115,7 +115,11 @@ pub async fn run_client(
                 .collect::<Vec<_>>(),
         )
         .with_backoff(Duration::from_millis(50), Duration::from_millis(500));
-    let client = Client::connect(config).await.expect("a first connection");
+    log_clients();
+    let client =
+        tracing::Instrument::instrument(Client::connect(config), tracing::info_span!("client", c))
+            .await
+            .expect("a first connection");
     for r in rooms_of(c, rooms) {
         // A join refused for a passing reason (Redis restarting) is tried again.
         let mut room = loop {
@@ -222,6 +226,23 @@ pub async fn run_client(
     }
     drop(inflight);
     client
+}
+
+/// With `CONCORD_TEST_CLIENT_LOG=FILE`, the clients' debug logs (each line in its client's
+/// span) go to FILE: what a client did when a run fails.
+fn log_clients() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(path) = std::env::var_os("CONCORD_TEST_CLIENT_LOG") else {
+            return;
+        };
+        let file = std::fs::File::create(path).expect("the client log");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("concord_client=debug")
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init();
+    });
 }
 
 /// Waits until every (client, room) of `stayers` received the room's head.
