@@ -185,18 +185,24 @@ pub async fn run_client(
             }
             after += 1;
         }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        // The publish is counted before the pause is checked, so that `quiesce` (which sets
+        // the pause, then waits for the count to drop to 0) cannot miss one about to go out.
         // Paused: collect the acks of what is in flight, send nothing new.
-        while control.paused.load(Ordering::SeqCst) && !control.done.load(Ordering::SeqCst) {
+        loop {
+            control.inflight.fetch_add(1, Ordering::SeqCst);
+            if !control.paused.load(Ordering::SeqCst) || control.done.load(Ordering::SeqCst) {
+                break;
+            }
+            control.inflight.fetch_sub(1, Ordering::SeqCst);
             tokio::select! {
                 Some(a) = inflight.next(), if !inflight.is_empty() => record(a),
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
         let r = rooms_of(c, rooms)[n % 2];
         let id = format!("m{n}");
         let client = &client;
-        control.inflight.fetch_add(1, Ordering::SeqCst);
         inflight.push(async move {
             let data = json!({"c": c, "n": n});
             loop {
@@ -238,7 +244,7 @@ fn log_clients() {
         };
         let file = std::fs::File::create(path).expect("the client log");
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("concord_client=debug")
+            .with_env_filter("concord_client=trace")
             .with_ansi(false)
             .with_writer(Mutex::new(file))
             .try_init();
