@@ -45,7 +45,8 @@ const CLIENTS: usize = 24;
 /// Publishes each client sends after the outages.
 const EACH_AFTER: usize = 10;
 const OUTAGES: usize = 2;
-/// Acks already released when PostgreSQL stops may still arrive this long after the stop.
+/// Acks of rows committed before PostgreSQL stopped may still arrive this long after it did
+/// (the worker acknowledges, raises the watermark; the gateway releases the ack).
 const ACK_GRACE: Duration = Duration::from_millis(700);
 
 /// Every watermark sample of a room, in order: (where, seq), where = "pg" or "redis".
@@ -140,20 +141,22 @@ async fn acked_publishes_survive_postgres_crashes_at_the_durable_level() {
             run_client(c, urls, control, log, acks).await
         }));
     }
-    // (stopped, started again), since the control's start.
+    // (stopped, starting again), since the control's start.
     let mut outages = Vec::new();
     for _ in 0..OUTAGES {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1200..2500))).await;
         let down = Duration::from_millis(rng.random_range(1500..2500));
-        let stopped = control.start.elapsed();
         eprintln!(
             "pg chaos: PostgreSQL crashed for {down:?} ({} publishes acked so far)",
             acks.lock().unwrap().len()
         );
         tokio::task::block_in_place(|| pg.stop(StopMode::Immediate));
+        // From here to the restart every backend is gone (the stop waited for the postmaster).
+        let stopped = control.start.elapsed();
         tokio::time::sleep(down).await;
+        let restarting = control.start.elapsed();
         tokio::task::block_in_place(|| pg.start_again());
-        outages.push((stopped, control.start.elapsed()));
+        outages.push((stopped, restarting));
     }
     control.done.store(true, Ordering::SeqCst);
     let mut clients = Vec::new();
