@@ -234,8 +234,8 @@ pub async fn run_client(
     client
 }
 
-/// With `CONCORD_TEST_CLIENT_LOG=FILE`, the clients' debug logs (each line in its client's
-/// span) go to FILE: what a client did when a run fails.
+/// With `CONCORD_TEST_CLIENT_LOG=FILE`, the clients' debug logs go to FILE (the lines about
+/// rejoins and resends name their client): what a client did when a run fails.
 fn log_clients() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
