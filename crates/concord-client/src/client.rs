@@ -124,7 +124,8 @@ impl Client {
             next_id: AtomicU64::new(1),
         };
         let task = Task::new(config, cmd_rx, connected_tx, counters, id_nonce);
-        tokio::spawn(task.run(first_tx));
+        // In the caller's span: an application (or a test) running many clients tells their logs apart.
+        tokio::spawn(tracing::Instrument::in_current_span(task.run(first_tx)));
         first_rx.await.map_err(|_| ClientError::Closed)??;
         Ok(Client {
             inner: Arc::new(inner),

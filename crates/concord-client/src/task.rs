@@ -595,6 +595,9 @@ impl Task {
             return;
         }
         let sends = self.pending.take_sendable(Instant::now());
+        if !sends.is_empty() {
+            tracing::trace!(client = %self.config.client_id, n = sends.len(), "publishes sent");
+        }
         let resent = sends.iter().filter(|o| o.resend).count() as u64;
         if resent > 0 {
             Counters::bump(&self.counters.resent_publishes, resent);
@@ -745,6 +748,7 @@ impl Task {
             ..
         } = j;
         if rejoin {
+            tracing::debug!(client = %self.config.client_id, room, epoch, seq, recovered, "rejoined");
             if let Some(joined) = self.rooms.get_mut(&room) {
                 let result = joined.tracker.on_rejoined(epoch, seq, recovered, events);
                 if result.violation {
@@ -900,7 +904,7 @@ impl Task {
                 let at_least = Duration::from_millis(retry_after_ms.unwrap_or(0));
                 let delay = |n| backoff.delay(n, &mut rand::rng()).max(at_least);
                 if self.pending.retry_later(&id, Instant::now(), delay) {
-                    tracing::debug!(id, "publish unavailable; will resend");
+                    tracing::debug!(client = %self.config.client_id, id, "publish unavailable; will resend");
                     return Step::Continue;
                 }
             } else if let Some(waiters) = self.pending.complete(&id) {

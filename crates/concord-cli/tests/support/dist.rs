@@ -1,5 +1,6 @@
 //! A local distributed-mode cluster of real processes for the chaos tests: a private Redis,
-//! a PostgreSQL database, `concord serve` gateways on fixed free addresses (a restarted gateway
+//! a PostgreSQL database (a fresh one on the machine's server, or one the test gives: a
+//! private server it crashes), `concord serve` gateways on fixed free addresses (a restarted gateway
 //! keeps its clients' URL) and `concord worker`s, each with its log in the test's report.
 #![allow(dead_code)] // not every test binary that shares this module uses all of it
 
@@ -83,13 +84,30 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
+/// The database a cluster's processes use.
+pub enum Db {
+    /// A fresh database on the machine's server, dropped with the cluster.
+    Test(TestDb),
+    /// A migrated database the test owns (e.g. on a private server it crashes).
+    Url(String),
+}
+
+impl Db {
+    pub fn url(&self) -> &str {
+        match self {
+            Db::Test(db) => db.url(),
+            Db::Url(url) => url,
+        }
+    }
+}
+
 /// The processes of one cluster and what they run on.
 pub struct Cluster {
     pub report: Report,
     pub redis: RedisServer,
     pub prefix: String,
-    /// The database the processes use (dropped with the cluster).
-    pub db: TestDb,
+    /// The database the processes use.
+    pub db: Db,
     /// Each gateway's listen address, kept across restarts.
     pub listen: Vec<String>,
     /// Arguments every gateway gets besides Redis, PostgreSQL, prefix and node id.
@@ -107,11 +125,23 @@ impl Cluster {
         report: Report,
         prefix: String,
         persistence: Persistence,
-        (gateways, workers): (usize, usize),
+        counts: (usize, usize),
         gateway_extra: &[&str],
     ) -> Cluster {
+        let db = Db::Test(TestDb::migrated().await);
+        Self::start_on(report, prefix, persistence, counts, gateway_extra, db).await
+    }
+
+    /// [`Cluster::start`] on a given (migrated) database.
+    pub async fn start_on(
+        report: Report,
+        prefix: String,
+        persistence: Persistence,
+        (gateways, workers): (usize, usize),
+        gateway_extra: &[&str],
+        db: Db,
+    ) -> Cluster {
         let redis = tokio::task::block_in_place(|| RedisServer::start(persistence));
-        let db = TestDb::migrated().await;
         let listen = (0..gateways)
             .map(|_| format!("127.0.0.1:{}", free_port(false)))
             .collect();
@@ -205,5 +235,65 @@ impl Cluster {
         self.workers[w].kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.workers[w] = self.start_worker(w);
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S …`: the state follows the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+impl Cluster {
+    /// Every gateway and worker process still runs (none exited or crashed).
+    pub fn assert_running(&self) {
+        for (g, s) in self.gateways.iter().enumerate() {
+            assert!(running(s.pid), "gateway {g} (pid {}) is gone", s.pid);
+        }
+        for (w, p) in self.workers.iter().enumerate() {
+            assert!(running(p.pid()), "worker {w} (pid {}) is gone", p.pid());
+        }
+    }
+
+    /// Waits until every worker keeps its heartbeat in Redis and holds partition leases: each
+    /// works (after a Redis restart, a SIGSTOP…) without being restarted.
+    pub async fn wait_workers_working(&self, limit: Duration) {
+        use concord_dist::worker::{all_partitions, Keys};
+        let keys = Keys::new(&self.prefix);
+        let parts = all_partitions(PARTITIONS);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut conn = self.redis.client();
+        loop {
+            let mut missing = Vec::new();
+            let holders: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(parts.iter().map(|p| keys.owner(p)).collect::<Vec<_>>())
+                .query(&mut conn)
+                .unwrap_or_default();
+            for w in 0..self.workers.len() {
+                let id = format!("wk{w}");
+                let beat: bool = redis::cmd("EXISTS")
+                    .arg(keys.heartbeat(&id))
+                    .query(&mut conn)
+                    .unwrap_or(false);
+                let owns = holders.iter().filter(|h| h.as_deref() == Some(&id)).count();
+                if !beat || owns == 0 {
+                    missing.push(format!("{id}: heartbeat {beat}, {owns} partitions"));
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "workers not working within {limit:?}: {missing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

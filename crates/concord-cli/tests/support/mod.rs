@@ -3,6 +3,7 @@
 //! logs of a failed run.
 
 pub mod dist;
+pub mod load;
 
 use futures::stream::{SplitStream, StreamExt};
 use serde_json::Value;

@@ -22,41 +22,66 @@ use std::sync::Mutex;
 const MAX_ROOMS: usize = 100_000;
 
 /// What this gateway acked or delivered: the highest seq per room, with its epoch (one entry
-/// per room it wrote or followed since it started, up to `MAX_ROOMS`).
+/// per room it wrote or followed since it started, up to `MAX_ROOMS`), and each loaded room's
+/// kind (what a rebuild needs when PostgreSQL never had the room).
 #[derive(Default)]
 pub struct Seen {
-    rooms: Mutex<HashMap<RoomId, (Epoch, Seq)>>,
+    inner: Mutex<SeenRooms>,
+}
+
+#[derive(Default)]
+struct SeenRooms {
+    rooms: HashMap<RoomId, (Epoch, Seq)>,
+    kinds: HashMap<RoomId, RoomKind>,
+}
+
+/// Inserts into a map of at most `MAX_ROOMS` entries (an arbitrary one forgotten when full).
+fn bounded_insert<V>(map: &mut HashMap<RoomId, V>, room: &RoomId, value: V) {
+    if map.len() >= MAX_ROOMS && !map.contains_key(room) {
+        if let Some(old) = map.keys().next().cloned() {
+            map.remove(&old);
+        }
+    }
+    map.insert(room.clone(), value);
 }
 
 impl Seen {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeenRooms> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Notes that `seq` of `room` in `epoch` was acked or delivered here.
     pub fn note(&self, room: &RoomId, epoch: &Epoch, seq: Seq) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        match rooms.get_mut(room) {
+        let mut inner = self.lock();
+        match inner.rooms.get_mut(room) {
             Some((e, s)) if e == epoch => *s = (*s).max(seq),
             Some(entry) => *entry = (epoch.clone(), seq),
-            None => {
-                if rooms.len() >= MAX_ROOMS {
-                    if let Some(old) = rooms.keys().next().cloned() {
-                        rooms.remove(&old);
-                    }
-                }
-                rooms.insert(room.clone(), (epoch.clone(), seq));
-            }
+            None => bounded_insert(&mut inner.rooms, room, (epoch.clone(), seq)),
+        }
+    }
+
+    /// Notes the kind of a room this gateway loaded.
+    pub fn note_kind(&self, room: &RoomId, kind: RoomKind) {
+        let mut inner = self.lock();
+        if inner.kinds.get(room) != Some(&kind) {
+            bounded_insert(&mut inner.kinds, room, kind);
         }
     }
 
     /// The highest seq acked or delivered here in `room`'s `epoch`.
     pub fn get(&self, room: &RoomId, epoch: &Epoch) -> Option<Seq> {
-        match self
-            .rooms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(room)
-        {
+        match self.lock().rooms.get(room) {
             Some((e, s)) if e == epoch => Some(*s),
             _ => None,
         }
+    }
+
+    /// The latest epoch of `room` seen here, its highest seq acked or delivered, and the
+    /// room's kind (when it was loaded here).
+    fn last(&self, room: &RoomId) -> Option<(Epoch, Seq, RoomKind)> {
+        let inner = self.lock();
+        let (epoch, seq) = inner.rooms.get(room)?.clone();
+        Some((epoch, seq, *inner.kinds.get(room)?))
     }
 }
 
@@ -76,6 +101,9 @@ pub enum RebuildError {
 pub enum Outcome {
     /// Redis's meta stands (or PostgreSQL does not know the room).
     Kept,
+    /// Another gateway rebuilt the room between this one's read of the meta and its rebuild
+    /// (or Redis moved on meanwhile): Redis has the room now, read it again.
+    Raced,
     /// Rebuilt at PostgreSQL's watermark, in the same epoch.
     SameEpoch { head: Seq },
     /// Acked events are gone: a new epoch whose seqs resume after `head`.
@@ -94,7 +122,7 @@ pub async fn check(
     new_epoch: impl FnOnce() -> Epoch,
 ) -> Result<Outcome, RebuildError> {
     let Some((pg_epoch, wm)) = archive.watermark(room.as_str()).await? else {
-        return Ok(Outcome::Kept);
+        return unarchived(log, seen, room, meta, new_epoch).await;
     };
     let pg_epoch = Epoch(pg_epoch);
     // Another epoch in Redis (a newer one the workers have not reached, or PostgreSQL's is
@@ -146,8 +174,9 @@ pub async fn check(
     // Rebuilt here or by another gateway first: the load gets Redis's meta as it is now.
     *meta = log.room_meta(room).await?;
     if !done.rebuilt {
-        // Another gateway was first (or Redis moved on meanwhile): its answer stands.
-        return Ok(Outcome::Kept);
+        // Another gateway was first (or Redis moved on meanwhile): its answer stands, and the
+        // meta this load read before is stale (absent, when Redis had lost the room).
+        return Ok(Outcome::Raced);
     }
     if epoch == pg_epoch {
         tracing::warn!(room = %room, head = %head, "Redis lost the room: rebuilt from PostgreSQL in its epoch");
@@ -161,6 +190,40 @@ pub async fn check(
         );
         Ok(Outcome::NewEpoch { epoch, head })
     }
+}
+
+/// A room PostgreSQL has no event of. When Redis lost it although this gateway acked or
+/// delivered some of its events, those are gone (the watermark is 0, below them): the room
+/// is rebuilt in a new epoch whose seqs resume above them. Otherwise Redis's meta stands (or
+/// the room is new).
+async fn unarchived(
+    log: &RedisLog,
+    seen: &Seen,
+    room: &RoomId,
+    meta: &mut Option<RoomMeta>,
+    new_epoch: impl FnOnce() -> Epoch,
+) -> Result<Outcome, RebuildError> {
+    if meta.is_some() {
+        return Ok(Outcome::Kept);
+    }
+    let Some((_, known, kind)) = seen.last(room).filter(|(_, seq, _)| seq.0 > 0) else {
+        return Ok(Outcome::Kept);
+    };
+    let epoch = new_epoch();
+    let done = log
+        .rebuild_over(room, kind, &epoch, known, None, None)
+        .await?;
+    // Rebuilt here or by another gateway first: the load gets Redis's meta as it is now.
+    *meta = log.room_meta(room).await?;
+    if !done.rebuilt {
+        return Ok(Outcome::Raced);
+    }
+    tracing::warn!(
+        room = %room,
+        known = %known,
+        "Redis lost acked events of a room PostgreSQL never had: the room starts a new epoch"
+    );
+    Ok(Outcome::NewEpoch { epoch, head: known })
 }
 
 #[cfg(test)]
@@ -181,6 +244,9 @@ mod tests {
         for n in 0..MAX_ROOMS + 10 {
             seen.note(&RoomId::new(&format!("r{n}")).unwrap(), &e1, Seq(1));
         }
-        assert_eq!(seen.rooms.lock().unwrap().len(), MAX_ROOMS, "bounded");
+        assert_eq!(seen.lock().rooms.len(), MAX_ROOMS, "bounded");
+        assert_eq!(seen.last(&room), None, "no kind noted");
+        seen.note_kind(&room, RoomKind::Stream);
+        assert_eq!(seen.last(&room), Some((e2, Seq(1), RoomKind::Stream)));
     }
 }

@@ -78,6 +78,9 @@ impl History for RedisStore {
                 Err(e) => return Err(StoreError::Backend(e.to_string())),
             }
         }
+        if let (Some(seen), Some(m)) = (&self.seen, &meta) {
+            seen.note_kind(room, m.kind);
+        }
         Ok(meta.map(|m| RoomRecord {
             kind: m.kind,
             epoch: m.epoch,
