@@ -34,7 +34,7 @@ use std::time::Duration;
 use support::dist::{Cluster, Db};
 use support::load::{
     check_acks, check_client_logs, check_no_dead_letter_rows, check_postgres, check_redis_drained,
-    room_name, run_client, wait_caught_up, Acks, Control, Log,
+    room_name, spawn_clients, wait_caught_up, Control,
 };
 use support::Report;
 
@@ -132,15 +132,7 @@ async fn acked_publishes_survive_postgres_crashes_at_the_durable_level() {
     );
 
     let control = Control::new(ROOMS, EACH_AFTER);
-    let log: Log = Arc::default();
-    let acks: Acks = Arc::default();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let (urls, log, acks, control) = (urls.clone(), log.clone(), acks.clone(), control.clone());
-        tasks.push(tokio::spawn(async move {
-            run_client(c, urls, control, log, acks).await
-        }));
-    }
+    let (log, acks, tasks) = spawn_clients(CLIENTS, &urls, &control);
     // (stopped, starting again), since the control's start.
     let mut outages = Vec::new();
     for _ in 0..OUTAGES {

@@ -33,7 +33,7 @@ use std::time::Duration;
 use support::dist::Cluster;
 use support::load::{
     check_acks, check_client_logs, check_events, check_no_dead_letter_rows, check_postgres,
-    check_redis_drained, room_name, rooms_of, run_client, wait_caught_up, wait_persisted, Acks,
+    check_redis_drained, room_name, rooms_of, spawn_clients, wait_caught_up, wait_persisted, Acks,
     Control, Log, SeenEvent,
 };
 use support::Report;
@@ -75,16 +75,17 @@ async fn start(
     }
     let urls = cluster.urls();
     let control = Control::new(ROOMS, EACH_AFTER);
-    let log: Log = Arc::default();
-    let acks: Acks = Arc::default();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let (urls, log, acks, control) = (urls.clone(), log.clone(), acks.clone(), control.clone());
-        tasks.push(tokio::spawn(async move {
-            run_client(c, urls, control, log, acks).await
-        }));
-    }
+    let (log, acks, tasks) = spawn_clients(CLIENTS, &urls, &control);
     (cluster, control, log, acks, tasks)
+}
+
+/// Nothing pending, nothing dead-lettered, both workers working (heartbeat and leases in the
+/// Redis they now talk to), every process still running.
+async fn check_settled(cluster: &Cluster) {
+    check_redis_drained(cluster, ROOMS);
+    check_no_dead_letter_rows(cluster.db.url()).await;
+    cluster.wait_workers_working(Duration::from_secs(10)).await;
+    cluster.assert_running();
 }
 
 type JoinClient = tokio::task::JoinHandle<concord_client::Client>;
@@ -149,10 +150,7 @@ async fn an_empty_redis_after_the_workers_caught_up_keeps_every_epoch() {
     wait_caught_up(&log, &(0..CLIENTS).collect::<Vec<_>>(), ROOMS, &heads).await;
     check_client_logs(&log.lock().unwrap(), &acks, &heads);
     check_postgres(cluster.db.url(), &acks, &heads).await;
-    check_redis_drained(&cluster, ROOMS);
-    check_no_dead_letter_rows(cluster.db.url()).await;
-    cluster.wait_workers_working(Duration::from_secs(10)).await;
-    cluster.assert_running();
+    check_settled(&cluster).await;
     archive.close().await;
     for client in clients {
         client.close().await;
@@ -371,10 +369,7 @@ async fn lost_with_redis(name: &str, persisted_first: bool) {
             acked_heads[r]
         );
     }
-    check_redis_drained(&cluster, ROOMS);
-    check_no_dead_letter_rows(cluster.db.url()).await;
-    cluster.wait_workers_working(Duration::from_secs(10)).await;
-    cluster.assert_running();
+    check_settled(&cluster).await;
     archive.close().await;
     for client in clients {
         client.close().await;

@@ -251,6 +251,24 @@ fn log_clients() {
     });
 }
 
+/// Clients `0..clients`, each running [`run_client`] under `control`, with the log and the acks
+/// they fill.
+pub fn spawn_clients(
+    clients: usize,
+    urls: &[String],
+    control: &Arc<Control>,
+) -> (Log, Acks, Vec<tokio::task::JoinHandle<Client>>) {
+    let log: Log = Arc::default();
+    let acks: Acks = Arc::default();
+    let tasks = (0..clients)
+        .map(|c| {
+            let (urls, log, acks) = (urls.to_vec(), log.clone(), acks.clone());
+            tokio::spawn(run_client(c, urls, control.clone(), log, acks))
+        })
+        .collect();
+    (log, acks, tasks)
+}
+
 /// Waits until every (client, room) of `stayers` received the room's head.
 pub async fn wait_caught_up(log: &Log, stayers: &[usize], rooms: usize, heads: &[u64]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
